@@ -1,0 +1,59 @@
+"""Settings from the environment (pydantic-settings).
+
+The Temporal connection is *not* configured here: it comes from Temporal's own envconfig
+(`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_PROFILE`, TOML profiles); see
+`billing.temporal_client`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
+DEFAULT_STATE_DIR = Path(".state")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Postgres. Unset -> an embedded Postgres under STATE_DIR (see starter.stack).
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    database_pool_min: int = Field(default=1, alias="DATABASE_POOL_MIN")
+    database_pool_max: int = Field(default=10, alias="DATABASE_POOL_MAX")
+
+    # Stripe. The official SDK is always the client; in development it points at the emulator.
+    stripe_api_key: str = Field(default="sk_test_emulator", alias="STRIPE_API_KEY")
+    stripe_api_base: str = Field(default="http://127.0.0.1:12111", alias="STRIPE_API_BASE")
+    stripe_webhook_secret: str = Field(default="whsec_emulator", alias="STRIPE_WEBHOOK_SECRET")
+    # Client-side limiter shared by every Stripe call of one worker (ops/s). Test mode allows 25.
+    stripe_rate_limit: float = Field(default=20.0, alias="STRIPE_RATE_LIMIT")
+    stripe_max_network_retries: int = Field(default=2, alias="STRIPE_MAX_NETWORK_RETRIES")
+    stripe_timeout_seconds: float = Field(default=30.0, alias="STRIPE_TIMEOUT_SECONDS")
+
+    # Reconciliation policy.
+    recon_epsilon: Decimal = Field(default=Decimal("0.005"), alias="RECON_EPSILON")
+    recon_settle_seconds: int = Field(default=600, alias="RECON_SETTLE_SECONDS")
+    recon_auto_approve_over_reporting: bool = Field(
+        default=False, alias="RECON_AUTO_APPROVE_OVER_REPORTING"
+    )
+    recon_page_size: int = Field(default=500, alias="RECON_PAGE_SIZE")
+    recon_stripe_concurrency: int = Field(default=8, alias="RECON_STRIPE_CONCURRENCY")
+
+    # Temporal task queue used by the worker and every starter.
+    task_queue: str = Field(default="billing-recon", alias="BILLING_TASK_QUEUE")
+
+    # Local stack.
+    state_dir: Path = Field(default=DEFAULT_STATE_DIR, alias="BILLING_STATE_DIR")
+    emulator_host: str = Field(default="127.0.0.1", alias="EMULATOR_HOST")
+    emulator_port: int = Field(default=12111, alias="EMULATOR_PORT")
+    temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
