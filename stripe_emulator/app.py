@@ -1,0 +1,320 @@
+"""The Starlette ASGI app: Stripe's v1 wire protocol plus the ``/_emulator`` admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import json
+import logging
+import re
+import traceback
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import resources as r
+from .admin import admin_routes
+from .errors import StripeError, rate_limited
+from .forms import FormError, parse_pairs
+from .state import API_VERSION, Config, RequestContext, SavedResponse, Store, new_request_id
+from .webhooks import WebhookDeliverer
+
+log = logging.getLogger("stripe_emulator")
+
+Handler = Callable[..., dict[str, Any]]
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+        self.routes.append((method, re.compile(f"^{pattern}$"), template, handler))
+
+    def match(self, method: str, path: str) -> tuple[str, Handler, dict[str, str]] | None:
+        for m, rx, template, handler in self.routes:
+            if m == method:
+                mt = rx.match(path)
+                if mt:
+                    return template, handler, mt.groupdict()
+        return None
+
+
+def build_router(store: Store) -> Router:
+    s = store
+    m = store.meters
+    rt = Router()
+
+    def w(fn: Callable[..., dict[str, Any]]) -> Handler:
+        return lambda ctx, p, **kw: fn(s, ctx, p, **kw)
+
+    # billing
+    rt.add("POST", "/v1/billing/meter_events", lambda ctx, p: m.create_event(ctx, p))
+    rt.add("POST", "/v1/billing/meter_event_adjustments", lambda ctx, p: m.create_adjustment(ctx, p))
+    rt.add("POST", "/v1/billing/meters", lambda ctx, p: m.create_meter(ctx, p))
+    rt.add("GET", "/v1/billing/meters", lambda ctx, p: m.list_meters(p))
+    rt.add("GET", "/v1/billing/meters/{id}", lambda ctx, p, id: m.get_meter(id))
+    rt.add("POST", "/v1/billing/meters/{id}", lambda ctx, p, id: m.update_meter(ctx, p, id))
+    rt.add("POST", "/v1/billing/meters/{id}/deactivate", lambda ctx, p, id: m.set_status(ctx, id, False))
+    rt.add("POST", "/v1/billing/meters/{id}/reactivate", lambda ctx, p, id: m.set_status(ctx, id, True))
+    rt.add("GET", "/v1/billing/meters/{id}/event_summaries", lambda ctx, p, id: m.event_summaries(p, id))
+    # customers
+    rt.add("POST", "/v1/customers", w(r.create_customer))
+    rt.add("GET", "/v1/customers", w(r.list_customers))
+    rt.add("GET", "/v1/customers/{id}", w(r.retrieve_customer))
+    rt.add("POST", "/v1/customers/{id}", w(r.update_customer))
+    rt.add("DELETE", "/v1/customers/{id}", w(r.delete_customer))
+    # products / prices
+    rt.add("POST", "/v1/products", w(r.create_product))
+    rt.add("GET", "/v1/products", w(r.list_products))
+    rt.add("GET", "/v1/products/{id}", lambda ctx, p, id: s.col("product").get(id))
+    rt.add("POST", "/v1/products/{id}", w(r.update_product))
+    rt.add("POST", "/v1/prices", w(r.create_price))
+    rt.add("GET", "/v1/prices", w(r.list_prices))
+    rt.add("GET", "/v1/prices/{id}", lambda ctx, p, id: s.col("price").get(id))
+    rt.add("POST", "/v1/prices/{id}", w(r.update_price))
+    # subscriptions
+    rt.add("POST", "/v1/subscriptions", w(r.create_subscription))
+    rt.add("GET", "/v1/subscriptions", w(r.list_subscriptions))
+    rt.add("GET", "/v1/subscriptions/{id}", w(r.retrieve_subscription))
+    rt.add("POST", "/v1/subscriptions/{id}", w(r.update_subscription))
+    rt.add("DELETE", "/v1/subscriptions/{id}", w(r.cancel_subscription))
+    rt.add("GET", "/v1/subscription_items", w(r.list_subscription_items))
+    rt.add("GET", "/v1/subscription_items/{id}", w(r.retrieve_subscription_item))
+    # invoices
+    rt.add("POST", "/v1/invoices", w(r.create_invoice))
+    rt.add("GET", "/v1/invoices", w(r.list_invoices))
+    rt.add("GET", "/v1/invoices/{id}", w(r.retrieve_invoice))
+    rt.add("POST", "/v1/invoices/{id}/finalize", w(r.finalize_invoice))
+    rt.add("POST", "/v1/invoices/{id}/pay", w(r.pay_invoice))
+    rt.add("POST", "/v1/invoices/{id}/void", w(r.void_invoice))
+    # checkout
+    rt.add("POST", "/v1/checkout/sessions", w(r.create_checkout_session))
+    rt.add("GET", "/v1/checkout/sessions", w(r.list_checkout_sessions))
+    rt.add("GET", "/v1/checkout/sessions/{id}", w(r.retrieve_checkout_session))
+    rt.add("POST", "/v1/checkout/sessions/{id}/expire", w(r.expire_checkout_session))
+    # webhook endpoints
+    rt.add("POST", "/v1/webhook_endpoints", w(r.create_webhook_endpoint))
+    rt.add("GET", "/v1/webhook_endpoints", w(r.list_webhook_endpoints))
+    rt.add("GET", "/v1/webhook_endpoints/{id}", lambda ctx, p, id: s.col("webhook_endpoint").get(id))
+    rt.add("POST", "/v1/webhook_endpoints/{id}", w(r.update_webhook_endpoint))
+    rt.add("DELETE", "/v1/webhook_endpoints/{id}", w(r.delete_webhook_endpoint))
+    # events
+    rt.add("GET", "/v1/events", w(r.list_events))
+    rt.add("GET", "/v1/events/{id}", w(r.retrieve_event))
+    return rt
+
+
+def _public(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if obj.get("object") == "list" and isinstance(obj.get("data"), list):
+            return {**obj, "data": [_public(o) for o in obj["data"]]}
+        if any(k.startswith("_") for k in obj):
+            return {k: v for k, v in obj.items() if not k.startswith("_")}
+    return obj
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+_API_KEY_RE = re.compile(r"^(sk|rk)_(test|live)?_?[A-Za-z0-9_]+$")
+
+
+def _api_key(request: Request) -> tuple[str | None, StripeError | None]:
+    auth = request.headers.get("authorization")
+    if not auth:
+        return None, StripeError(
+            401,
+            "You did not provide an API key. You need to provide your API key in the Authorization "
+            "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See "
+            "https://stripe.com/docs/api#authentication for details, or we can help at "
+            "https://support.stripe.com/.",
+        )
+    scheme, _, value = auth.partition(" ")
+    key = value.strip()
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):
+            key = base64.b64decode(key).decode().partition(":")[0]
+    elif scheme.lower() != "bearer":
+        key = ""
+    if not key or not _API_KEY_RE.match(key):
+        shown = (key[:8] + "*" * 4 + key[-4:]) if len(key) > 12 else key
+        return None, StripeError(401, f"Invalid API Key provided: {shown}", code="api_key_invalid" if False else None)
+    return key, None
+
+
+class EmulatorApp:
+    def __init__(self, config: Config | None = None) -> None:
+        self.initial_config = copy.deepcopy(config or Config())
+        self.store = Store(copy.deepcopy(self.initial_config))
+        self.deliverer = WebhookDeliverer(self.store)
+        self.router = build_router(self.store)
+
+    def respond(
+        self, status: int, body: bytes, request_id: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        h = {"Request-Id": request_id, "Stripe-Version": API_VERSION, "Access-Control-Allow-Origin": "*"}
+        if headers:
+            h.update(headers)
+        return Response(content=body, status_code=status, headers=h, media_type="application/json")
+
+    def error_response(self, err: StripeError, request_id: str, extra: dict[str, str] | None = None) -> Response:
+        headers = dict(err.headers)
+        if extra:
+            headers.update(extra)
+        return self.respond(err.status, _dumps(err.body(request_id)), request_id, headers)
+
+    async def api(self, request: Request) -> Response:
+        s = self.store
+        request_id = new_request_id()
+        method = request.method.upper()
+        path = request.url.path
+
+        api_key, auth_err = _api_key(request)
+        if auth_err is not None:
+            return self.error_response(auth_err, request_id)
+        matched = self.router.match(method, path)
+        if matched is None:
+            err = StripeError(
+                404,
+                f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
+                "or we can help at https://support.stripe.com/.",
+            )
+            return self.error_response(err, request_id)
+        template, handler, path_params = matched
+        if not s.bucket.take():
+            return self.error_response(rate_limited(), request_id)
+
+        body = await request.body() if method == "POST" else b""
+        try:
+            pairs = parse_qsl(request.url.query, keep_blank_values=True)
+            if body:
+                pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+            params = parse_pairs(pairs)
+        except FormError as exc:
+            return self.error_response(StripeError(400, str(exc)), request_id)
+
+        idem_key = request.headers.get("idempotency-key") if method in ("POST", "DELETE") else None
+        scope = (api_key or "", idem_key) if idem_key else None
+        fingerprint = (method, path, "&".join(f"{k}={v}" for k, v in sorted(pairs)))
+        if scope is not None:
+            saved = s.saved_response(scope)
+            if saved is not None:
+                if saved.fingerprint != fingerprint:
+                    err = StripeError(
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters they "
+                        f"were first used with. Try using a key other than '{idem_key}' if you meant "
+                        "to execute a different request.",
+                        type="idempotency_error",
+                        headers={"Stripe-Should-Retry": "false"},
+                    )
+                    return self.error_response(err, request_id)
+                if 200 <= saved.status < 300:
+                    s.record_stat(f"{method} {template}")
+                return self.respond(
+                    saved.status, saved.body, request_id,
+                    {**saved.headers, "Idempotent-Replayed": "true"},
+                )
+            if scope in s.in_flight:
+                err = StripeError(
+                    409,
+                    "There is currently another in-progress request using this Idempotent Key (that "
+                    "probably means you submitted twice, and the other request is still going through): "
+                    f"{idem_key}. Please try again later.",
+                    type="idempotency_error",
+                    code="idempotency_key_in_use",
+                )
+                return self.error_response(err, request_id)
+            s.in_flight.add(scope)
+        try:
+            fault = self._draw_fault(method, path)
+            if fault is not None and fault.latency_ms:
+                await asyncio.sleep(fault.latency_ms / 1000.0)
+            if fault is not None and fault.status and not fault.after:
+                return self.error_response(self._fault_error(fault.status), request_id)
+
+            ctx = RequestContext(request_id=request_id, idempotency_key=idem_key, api_key=api_key)
+            saved_headers: dict[str, str] = {}
+            save = True
+            try:
+                result = handler(ctx, params, **path_params)
+                status, out = 200, _dumps(_public(result))
+            except StripeError as err:
+                status, out = err.status, _dumps(err.body(request_id))
+                saved_headers = dict(err.headers)
+                save = err.saved and err.status != 429
+            except Exception:  # pragma: no cover - emulator bug surfaces as Stripe's api_error
+                log.error("handler crashed:\n%s", traceback.format_exc())
+                err = StripeError(500, "An unknown error occurred", type="api_error")
+                status, out = 500, _dumps(err.body(request_id))
+            if scope is not None and save:
+                s.idempotency[scope] = SavedResponse(
+                    fingerprint, status, out, {**saved_headers, "Original-Request": request_id}, s.clock.now_float()
+                )
+                s.purge_idempotency()
+            if fault is not None and fault.status and fault.after:
+                return self.error_response(self._fault_error(fault.status), request_id)
+            if 200 <= status < 300:
+                s.record_stat(f"{method} {template}")
+            return self.respond(status, out, request_id, saved_headers)
+        finally:
+            if scope is not None:
+                s.in_flight.discard(scope)
+
+    def _draw_fault(self, method: str, path: str):
+        for f in self.store.config.faults:
+            if f.matches(method, path):
+                if f.probability >= 1.0 or self.store.rng.random() < f.probability:
+                    f.injected += 1
+                    return f
+        return None
+
+    @staticmethod
+    def _fault_error(status: int) -> StripeError:
+        if status == 429:
+            return rate_limited()
+        if status >= 500:
+            return StripeError(
+                status,
+                "An unknown error occurred (injected by the emulator).",
+                type="api_error",
+                headers={"Stripe-Should-Retry": "true"},
+            )
+        if status == 409:
+            return StripeError(409, "This object cannot be accessed right now because another API request "
+                               "or Stripe process is currently accessing it.", code="lock_timeout")
+        return StripeError(status, f"Injected fault ({status}).")
+
+    def build(self) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette):
+            await self.deliverer.start()
+            try:
+                yield
+            finally:
+                await self.deliverer.stop()
+
+        methods = ["GET", "POST", "DELETE"]
+        routes = [
+            *admin_routes(self),
+            Route("/v1/{path:path}", self.api, methods=methods),
+            Route("/v2/{path:path}", self.api, methods=methods),
+        ]
+        app = Starlette(routes=routes, lifespan=lifespan)
+        app.state.emulator = self
+        return app
+
+
+def create_app(config: Config | None = None) -> Starlette:
+    """A fresh emulator app (state lives in the returned app)."""
+    return EmulatorApp(config).build()
