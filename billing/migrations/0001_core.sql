@@ -59,7 +59,8 @@ CREATE TABLE billing.stripe_usage_pushes (
     workflow_run_id     text,
     planned_at          timestamptz NOT NULL DEFAULT now(),
     sent_at             timestamptz,
-    settled_at          timestamptz,
+    settled_at          timestamptz,             -- confirmed by a summary
+    cancelled_at        timestamptz,
     error               text
 );
 CREATE INDEX stripe_usage_pushes_key_idx ON billing.stripe_usage_pushes (customer_id, meter, usage_day);

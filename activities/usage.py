@@ -1,0 +1,711 @@
+"""Usage reconciliation activities: pages of customers, compared across ledger, counters, our
+outbox and Stripe's summaries, corrected idempotently.
+
+Exactly-once: every Stripe write is first recorded in `billing.stripe_usage_pushes` under a
+deterministic identifier (status `planned`), then sent, then marked `sent`. A crash anywhere
+leaves either a `planned` row (sent again under the same identifier before anything else is
+decided; Stripe refuses a second copy within 24 h, which we read as "already sent") or a `sent`
+row (counted in P, so the key is `pending`, never pushed again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import usage_store as store
+from billing.models import (
+    ApplyPlanInput,
+    AuditInput,
+    Counts,
+    FinishRunInput,
+    MeterInfo,
+    Mode,
+    PageCheckpoint,
+    PageInput,
+    PageResult,
+    Policy,
+    RunContext,
+    RunStatusUpdate,
+    StartRunInput,
+)
+from billing.periods import (
+    billing_period,
+    current_period_window,
+    days_in,
+    periods_overlapping,
+    push_timestamp,
+)
+from billing.policy import (
+    CounterFinding,
+    FindingKind,
+    Push,
+    StripeFinding,
+    classify_counter,
+    classify_stripe_key,
+    diff_pct,
+    fallback_compensation_identifier,
+    to_stripe_value,
+)
+from billing.settings import Settings
+from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
+
+log = logging.getLogger(__name__)
+
+# Customers handled between two heartbeats (and so redone at most after a crash).
+SUB_BATCH = 50
+MAX_WINDOW_DAYS = 400
+
+
+class Permanent:
+    """ApplicationError types that retrying cannot fix."""
+
+    INVALID_WINDOW = "InvalidWindow"
+    UNKNOWN_CUSTOMER = "UnknownCustomer"
+    UNKNOWN_METER = "UnknownMeter"
+    UNSUPPORTED_METER = "UnsupportedMeter"
+    UNKNOWN_RUN = "UnknownRun"
+
+
+def _fail(message: str, type_: str) -> ApplicationError:
+    return ApplicationError(message, type=type_, non_retryable=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dec(v: Any) -> Decimal:
+    return Decimal(v) if v is not None else Decimal(0)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, (date, datetime)):
+        return v.isoformat()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@dataclass
+class _Customer:
+    customer_id: str
+    stripe_customer_id: str | None
+
+
+@dataclass
+class _Finding:
+    """One discrepancy row to record, with the action that fixes it (if any)."""
+
+    key: str
+    kind: str
+    customer_id: str
+    stripe_customer_id: str | None
+    meter: str
+    usage_day: date | None = None
+    period_start: date | None = None
+    ledger: Decimal | None = None
+    counter: Decimal | None = None
+    pushed: Decimal | None = None
+    stripe: Decimal | None = None
+    beyond_epsilon: bool = False
+    action: str | None = None
+    params: dict[str, Any] | None = None
+    status: str = "observed"
+    detail: str = ""
+    over_quota_transition: bool = False
+    extra_counts: Counts = field(default_factory=Counts)
+
+
+class UsageActivities:
+    def __init__(self, pool: asyncpg.Pool, stripe: StripeGateway, settings: Settings) -> None:
+        self.pool = pool
+        self.stripe = stripe
+        self.settings = settings
+
+    # ------------------------------------------------------------------ run bookkeeping
+
+    @activity.defn(name="usage.start_run")
+    async def start_run(self, inp: StartRunInput) -> RunContext:
+        req = inp.request
+        default_start, default_end = current_period_window(inp.today)
+        start = req.start_date or default_start
+        end = req.end_date or (inp.today if req.start_date is None else max(start, min(inp.today, billing_period(start)[1] - timedelta(days=1))))
+        if end < start:
+            raise _fail(f"invalid window: end {end} is before start {start}", Permanent.INVALID_WINDOW)
+        if start > inp.today:
+            raise _fail(f"invalid window: start {start} is in the future (today is {inp.today} UTC)", Permanent.INVALID_WINDOW)
+        if (end - start).days + 1 > MAX_WINDOW_DAYS:
+            raise _fail(f"invalid window: {start}..{end} spans more than {MAX_WINDOW_DAYS} days", Permanent.INVALID_WINDOW)
+        end = min(end, inp.today)
+
+        async with self.pool.acquire() as conn:
+            if req.customers:
+                known = {r["customer_id"] for r in await conn.fetch(
+                    "SELECT customer_id FROM billing.customers WHERE customer_id = ANY($1)", req.customers)}
+                unknown = sorted(set(req.customers) - known)
+                if unknown:
+                    raise _fail(f"unknown customer(s): {', '.join(unknown)}", Permanent.UNKNOWN_CUSTOMER)
+
+        meters = await self.stripe.list_meters()
+        by_name = {m.event_name: m for m in meters if m.status == "active"}
+        wanted = req.meters or sorted(by_name)
+        missing = [m for m in wanted if m not in by_name]
+        if missing:
+            raise _fail(f"no active Stripe meter for event name(s): {', '.join(missing)}", Permanent.UNKNOWN_METER)
+        unsupported = [m for m in wanted if by_name[m].formula != "sum"]
+        if unsupported:
+            raise _fail(
+                f"meter(s) {', '.join(unsupported)} do not aggregate with 'sum'; only sum meters "
+                "can be reconciled with delta corrections", Permanent.UNSUPPORTED_METER)
+
+        s = self.settings
+        policy = Policy(
+            epsilon=req.epsilon if req.epsilon is not None else s.recon_epsilon,
+            settle_seconds=req.settle_seconds if req.settle_seconds is not None else s.recon_settle_seconds,
+            auto_approve_over_reporting=(
+                req.auto_approve_over_reporting if req.auto_approve_over_reporting is not None
+                else s.recon_auto_approve_over_reporting),
+            page_size=req.page_size or s.recon_page_size,
+        )
+        ctx = RunContext(
+            run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,
+            window_start=start, window_end=end, customers=sorted(set(req.customers)),
+            meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
+            policy=policy, actor=req.actor,
+        )
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """
+                INSERT INTO billing.reconciliation_runs
+                    (run_id, workflow_run_id, mode, window_start, window_end, customers_filter, meters_filter)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (run_id) DO UPDATE SET workflow_run_id = EXCLUDED.workflow_run_id
+                """,
+                ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
+                ctx.customers or None, req.meters or None,
+            )
+        return ctx
+
+    @activity.defn(name="usage.set_run_status")
+    async def set_run_status(self, inp: RunStatusUpdate) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """
+                UPDATE billing.reconciliation_runs
+                   SET status = $2,
+                       approved_by = coalesce($3, approved_by),
+                       rejected_by = coalesce($4, rejected_by),
+                       decision_reason = coalesce($5, decision_reason)
+                 WHERE run_id = $1
+                """,
+                inp.run_id, inp.status.value, inp.approved_by, inp.rejected_by, inp.reason,
+            )
+            if inp.status.value == "rejected":
+                await conn.execute(
+                    "UPDATE billing.discrepancies SET status = 'rejected', updated_at = now() "
+                    "WHERE run_id = $1 AND status IN ('proposed', 'held')", inp.run_id)
+
+    @activity.defn(name="usage.finish_run")
+    async def finish_run(self, inp: FinishRunInput) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """
+                UPDATE billing.reconciliation_runs
+                   SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4
+                 WHERE run_id = $1
+                """,
+                inp.context.run_id, inp.status.value,
+                {**inp.counts.model_dump(),
+                 "verify": inp.verify_counts.model_dump() if inp.verify_counts else None},
+                inp.error,
+            )
+
+    @activity.defn(name="usage.audit")
+    async def audit(self, inp: AuditInput) -> None:
+        async with self.pool.acquire() as conn:
+            await _audit(conn, inp)
+
+    # ------------------------------------------------------------------ the page scan
+
+    @activity.defn(name="usage.reconcile_page")
+    async def reconcile_page(self, inp: PageInput) -> PageResult:
+        ctx = inp.context
+        checkpoint = PageCheckpoint()
+        details = activity.info().heartbeat_details
+        if details:
+            # Comes back as a plain dict after a retry: resume after the last finished batch.
+            checkpoint = PageCheckpoint.model_validate(details[0])
+        start_cursor = checkpoint.done_through or inp.cursor
+        already = _customers_between(checkpoint, inp)
+
+        async with self.pool.acquire() as conn:
+            rows = await store.customers_page(
+                conn, after=start_cursor, limit=ctx.policy.page_size - already,
+                only=ctx.customers, verify_run=ctx.run_id if inp.verify else None)
+        customers = [_Customer(r["customer_id"], r["stripe_customer_id"]) for r in rows]
+        counts = checkpoint.counts
+        for i in range(0, len(customers), SUB_BATCH):
+            batch = customers[i : i + SUB_BATCH]
+            counts = counts.add(await self._reconcile_batch(ctx, batch, inp))
+            checkpoint = PageCheckpoint(done_through=batch[-1].customer_id, counts=counts)
+            activity.heartbeat(checkpoint.model_dump(mode="json"))
+        done = already + len(customers)
+        last = customers[-1].customer_id if customers else start_cursor
+        next_cursor = last if done >= ctx.policy.page_size and customers else None
+        return PageResult(next_cursor=next_cursor, counts=counts)
+
+    async def _reconcile_batch(self, ctx: RunContext, batch: list[_Customer], inp: PageInput) -> Counts:
+        counts = Counts(customers_scanned=len(batch))
+        ids = [c.customer_id for c in batch]
+        meter_names = [m.event_name for m in ctx.meters]
+        corrective = not inp.observe_only and ctx.mode == Mode.APPLY
+        now = _now()
+
+        if corrective:
+            async with self.pool.acquire() as conn:
+                planned = await store.planned_pushes(conn, ids)
+            for r in planned:
+                await self._send_push(ctx, dict(r), counts)
+
+        periods = periods_overlapping(ctx.window_start, ctx.window_end)
+        async with self.pool.acquire() as conn:
+            ledger_rows = await store.ledger_by_day(conn, ids, ctx.window_start, ctx.window_end, meter_names)
+            period_rows = await store.ledger_by_period(conn, ids, periods, meter_names)
+            counter_rows = await store.counters(conn, ids, [p[0] for p in periods], meter_names)
+            push_rows = await store.pushes(conn, ids, ctx.window_start, ctx.window_end)
+
+        ledger: dict[tuple[str, str, date], Decimal] = {}
+        for r in ledger_rows:
+            ledger[(r["customer_id"], r["meter"], r["day"])] = _dec(r["total"])
+            counts.dedupe_count += int(r["dupes"] or 0)
+        pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
+        for r in push_rows:
+            pushes[(r["customer_id"], r["meter"], r["usage_day"])].append(Push(
+                r["identifier"], _dec(r["value"]), r["status"], r["kind"], r["planned_at"],
+                r["sent_at"], r["cancelled_at"]))
+
+        findings: list[_Finding] = []
+        findings += self._counter_findings(ctx, batch, period_rows, counter_rows)
+        stripe_values = await self._fetch_summaries(ctx, batch)
+        by_id = {c.customer_id: c for c in batch}
+        days = days_in(ctx.window_start, ctx.window_end)
+        settle = timedelta(seconds=ctx.policy.settle_seconds)
+        for c in batch:
+            for m in ctx.meters:
+                for day in days:
+                    k = (c.customer_id, m.event_name, day)
+                    L = ledger.get(k, Decimal(0))
+                    if c.stripe_customer_id is None:
+                        if L != 0:
+                            findings.append(_Finding(
+                                key=f"stripe|{c.customer_id}|{m.event_name}|{day}",
+                                kind=FindingKind.UNMAPPED_CUSTOMER, customer_id=c.customer_id,
+                                stripe_customer_id=None, meter=m.event_name, usage_day=day, ledger=L,
+                                status="failed", detail="customer has usage but no stripe_customer_id"))
+                            counts.reconcile_failures += 1
+                        continue
+                    S = stripe_values.get((c.customer_id, m.event_name), {}).get(day, Decimal(0))
+                    key_pushes = pushes.get(k, [])
+                    if L == 0 and S == 0 and not key_pushes:
+                        continue
+                    counts.keys_checked += 1
+                    f = classify_stripe_key(
+                        customer_id=c.customer_id, meter=m.event_name, day=day, ledger=L, stripe=S,
+                        pushes=key_pushes, now=now, settle=settle, epsilon=ctx.policy.epsilon,
+                        auto_approve_over_reporting=ctx.policy.auto_approve_over_reporting)
+                    if f.kind == FindingKind.OK:
+                        if f.confirm and corrective:
+                            async with self.pool.acquire() as conn:
+                                await conn.execute(
+                                    "UPDATE billing.stripe_usage_pushes SET status = 'confirmed', settled_at = now() "
+                                    "WHERE identifier = ANY($1) AND status = 'sent'", f.confirm)
+                        continue
+                    findings.append(_stripe_finding(by_id[c.customer_id], m, day, f))
+
+        prefix = "verify|" if inp.verify else ""
+        for f in findings:
+            f.key = prefix + f.key
+            self._decide_status(ctx, f, inp, counts)
+        await self._record(ctx, findings)
+        if corrective:
+            await self._execute_all(ctx, [f for f in findings if f.status == "approved"], counts)
+        return counts
+
+    def _counter_findings(self, ctx, batch, period_rows, counter_rows) -> list[_Finding]:
+        ledger = {(r["customer_id"], r["meter"], r["period_start"]): _dec(r["total"]) for r in period_rows}
+        ctr = {(r["customer_id"], r["meter"], r["period_start"]): r for r in counter_rows}
+        sids = {c.customer_id: c.stripe_customer_id for c in batch}
+        out: list[_Finding] = []
+        for key in sorted(set(ledger) | set(ctr)):
+            cust, meter, pstart = key
+            row = ctr.get(key)
+            L = ledger.get(key, Decimal(0))
+            cf: CounterFinding = classify_counter(
+                L, _dec(row["value"]) if row else None, row["quota"] if row else None, key in ledger)
+            if not cf.needs_repair:
+                continue
+            pend = row["period_end"] if row else billing_period(pstart)[1]
+            out.append(_Finding(
+                key=f"counter|{cust}|{meter}|{pstart}", kind=cf.kind, customer_id=cust,
+                stripe_customer_id=sids.get(cust), meter=meter, period_start=pstart, ledger=L,
+                counter=cf.counter, action="set_counter",
+                params={"counter": {"period_start": pstart, "period_end": pend,
+                                    "expected_before": cf.counter, "value": L, "quota": cf.quota}},
+                over_quota_transition=cf.over_quota_transition,
+                detail="counter has no usage behind it" if cf.kind == FindingKind.ORPHAN_COUNTER else ""))
+        return out
+
+    async def _fetch_summaries(self, ctx: RunContext, batch: list[_Customer]) -> dict[tuple[str, str], dict[date, Decimal]]:
+        sem = asyncio.Semaphore(self.settings.recon_stripe_concurrency)
+        out: dict[tuple[str, str], dict[date, Decimal]] = {}
+
+        async def one(c: _Customer, m: MeterInfo) -> None:
+            async with sem:
+                out[(c.customer_id, m.event_name)] = await self.stripe.daily_summaries(
+                    m.stripe_meter_id, c.stripe_customer_id, ctx.window_start, ctx.window_end)
+
+        await asyncio.gather(*(one(c, m) for c in batch if c.stripe_customer_id for m in ctx.meters))
+        return out
+
+    def _decide_status(self, ctx: RunContext, f: _Finding, inp: PageInput, counts: Counts) -> None:
+        """What happens to a finding in this mode; counts it once."""
+        kind = FindingKind(f.kind)
+        if kind == FindingKind.UNMAPPED_CUSTOMER:
+            return
+        if kind != FindingKind.PENDING:
+            counts.drift_count += 1
+        if f.beyond_epsilon:
+            counts.beyond_epsilon += 1
+        if f.over_quota_transition:
+            counts.over_quota_transitions += 1
+        if kind == FindingKind.PENDING:
+            counts.pending += 1
+            f.status = "pending"
+            return
+        if kind == FindingKind.NEEDS_INVOICE_ADJUSTMENT:
+            counts.needs_invoice_adjustment += 1
+            f.status = "unfixable"
+            return
+        if kind == FindingKind.ORPHAN_COUNTER:
+            counts.orphan_counters += 1
+        if inp.observe_only or ctx.mode == Mode.DRY_RUN:
+            f.status = "observed"
+        elif ctx.mode == Mode.PLAN:
+            f.status = "proposed"
+        elif f.params and f.params.get("needs_approval"):
+            f.status = "held"
+            counts.held_for_approval += 1
+        else:
+            f.status = "approved"  # becomes applied / failed / skipped once executed
+
+    async def _record(self, ctx: RunContext, findings: list[_Finding]) -> None:
+        if not findings:
+            return
+        rows = [(
+            ctx.run_id, f.key, str(f.kind), f.customer_id, f.stripe_customer_id, f.meter, f.usage_day,
+            f.period_start, f.ledger, f.counter, f.pushed, f.stripe,
+            (f.ledger - (f.stripe if f.stripe is not None else (f.counter or Decimal(0))))
+            if f.ledger is not None else None,
+            diff_pct(f.ledger, f.stripe) if f.ledger is not None and f.stripe is not None else None,
+            f.beyond_epsilon, f.action, _jsonable(f.params) if f.params else None, f.status, f.detail,
+        ) for f in findings]
+        async with self.pool.acquire() as conn:
+            await conn.executemany(
+                """
+                INSERT INTO billing.discrepancies
+                    (run_id, discrepancy_key, kind, customer_id, stripe_customer_id, meter, usage_day,
+                     period_start, ledger_value, counter_value, pushed_value, stripe_value, diff,
+                     diff_pct, beyond_epsilon, action, action_params, status, detail)
+                VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+                ON CONFLICT (run_id, discrepancy_key) DO UPDATE SET
+                    kind = EXCLUDED.kind, ledger_value = EXCLUDED.ledger_value,
+                    counter_value = EXCLUDED.counter_value, pushed_value = EXCLUDED.pushed_value,
+                    stripe_value = EXCLUDED.stripe_value, diff = EXCLUDED.diff, diff_pct = EXCLUDED.diff_pct,
+                    beyond_epsilon = EXCLUDED.beyond_epsilon, action = EXCLUDED.action,
+                    action_params = EXCLUDED.action_params, status = EXCLUDED.status,
+                    detail = EXCLUDED.detail, updated_at = now()
+                """,
+                rows,
+            )
+
+    # ------------------------------------------------------------------ applying a stored plan
+
+    @activity.defn(name="usage.apply_plan_page")
+    async def apply_plan_page(self, inp: ApplyPlanInput) -> PageResult:
+        """Execute the stored plan of a run (proposed/held rows), one page of discrepancies."""
+        ctx = inp.context
+        details = activity.info().heartbeat_details
+        cursor = inp.cursor
+        counts = Counts()
+        if details:
+            cp = PageCheckpoint.model_validate(details[0])
+            cursor, counts = cp.done_through or cursor, cp.counts
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT * FROM billing.discrepancies
+                 WHERE run_id = $1 AND status IN ('proposed', 'held')
+                   AND ($2::text IS NULL OR discrepancy_key > $2)
+                 ORDER BY discrepancy_key LIMIT $3
+                """,
+                ctx.run_id, cursor, ctx.policy.page_size)
+        for i in range(0, len(rows), SUB_BATCH):
+            batch = [_finding_from_row(r) for r in rows[i : i + SUB_BATCH]]
+            sub = Counts()
+            if inp.observe_only:
+                pass  # paused: leave the plan as it is
+            else:
+                await self._execute_all(ctx, batch, sub, check_stale=True)
+            counts = counts.add(sub)
+            activity.heartbeat(PageCheckpoint(done_through=batch[-1].key, counts=counts).model_dump(mode="json"))
+        next_cursor = rows[-1]["discrepancy_key"] if len(rows) == ctx.policy.page_size else None
+        return PageResult(next_cursor=next_cursor, counts=counts)
+
+    # ------------------------------------------------------------------ executing corrections
+
+    async def _execute_all(self, ctx: RunContext, findings: list[_Finding], counts: Counts,
+                           check_stale: bool = False) -> None:
+        sem = asyncio.Semaphore(self.settings.recon_stripe_concurrency)
+        subs: list[Counts] = []
+
+        async def one(f: _Finding) -> None:
+            c = Counts()
+            async with sem:
+                await self._execute(ctx, f, c, check_stale)
+            subs.append(c)
+
+        await asyncio.gather(*(one(f) for f in findings))
+        for c in subs:
+            for k in Counts.model_fields:
+                setattr(counts, k, getattr(counts, k) + getattr(c, k))
+
+    async def _execute(self, ctx: RunContext, f: _Finding, counts: Counts, check_stale: bool) -> None:
+        params = f.params or {}
+        status, detail = "applied", f.detail
+        if "counter" in params:
+            ok = await self._set_counter(ctx, f, params["counter"])
+            if ok:
+                counts.counter_repairs += 1
+            else:
+                status, detail = "skipped", "counter changed since it was read; next run re-checks"
+                counts.stale_skipped += 1
+        else:
+            if check_stale:
+                async with self.pool.acquire() as conn:
+                    current = await store.pushed_total(conn, f.customer_id, f.meter, f.usage_day)
+                if current != _dec(params.get("expected_pushed")):
+                    status, detail = "skipped", "outbox changed since the plan was made; next run re-plans"
+                    counts.stale_skipped += 1
+                    await self._set_discrepancy_status(ctx, f.key, status, detail)
+                    return
+            status, detail = await self._apply_stripe(ctx, f, params, counts)
+        await self._set_discrepancy_status(ctx, f.key, status, detail)
+
+    async def _set_discrepancy_status(self, ctx: RunContext, key: str, status: str, detail: str) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE billing.discrepancies SET status = $3, detail = $4, updated_at = now() "
+                "WHERE run_id = $1 AND discrepancy_key = $2", ctx.run_id, key, status, detail)
+
+    async def _set_counter(self, ctx: RunContext, f: _Finding, p: dict[str, Any]) -> bool:
+        """Compare-and-set: the counter is only overwritten if it still holds what we read, so a
+        concurrent increment by the application is never lost."""
+        period_start = date.fromisoformat(str(p["period_start"]))
+        period_end = date.fromisoformat(str(p["period_end"]))
+        before = None if p["expected_before"] is None else Decimal(str(p["expected_before"]))
+        value = Decimal(str(p["value"]))
+        entity = f"{f.customer_id}|{f.meter}|{period_start}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            if before is None:
+                res = await conn.execute(
+                    """
+                    INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value)
+                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
+                    """, f.customer_id, f.meter, period_start, period_end, value)
+            else:
+                res = await conn.execute(
+                    """
+                    UPDATE billing.usage_counters SET value = $5, updated_at = now()
+                     WHERE customer_id = $1 AND meter = $2 AND period_start = $3 AND value = $4
+                    """, f.customer_id, f.meter, period_start, before, value)
+            changed = not res.endswith(" 0")
+            if changed:
+                await _audit(conn, AuditInput(
+                    actor=ctx.actor, action="set_usage_counter", entity_type="usage_counter",
+                    entity_id=entity, reason=str(f.kind),
+                    after={"before": _jsonable(before), "after": str(value),
+                           "over_quota_transition": f.over_quota_transition},
+                    workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
+                    idempotency_key=f"counter|{ctx.run_id}|{entity}"))
+            return changed
+
+    async def _apply_stripe(self, ctx: RunContext, f: _Finding, params: dict[str, Any], counts: Counts) -> tuple[str, str]:
+        meter = f.meter
+        day = f.usage_day
+        assert day is not None and f.stripe_customer_id is not None
+        extra_compensation = Decimal(0)
+        for ident in params.get("cancel", []):
+            async with self.pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT value, status FROM billing.stripe_usage_pushes WHERE identifier = $1", ident)
+            if row is None or row["status"] == "cancelled":
+                continue
+            outcome, msg = await self.stripe.cancel_meter_event(identifier=ident, event_name=meter)
+            counts.stripe_writes += 1
+            if outcome == CancelOutcome.CANCELLED:
+                counts.corrections_cancelled += 1
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        "UPDATE billing.stripe_usage_pushes SET status = 'cancelled', cancelled_at = now() "
+                        "WHERE identifier = $1", ident)
+                    await _audit(conn, AuditInput(
+                        actor=ctx.actor, action="cancel_meter_event", entity_type="meter_event",
+                        entity_id=ident, reason=str(f.kind), after={"value": str(row["value"])},
+                        workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
+                        idempotency_key=f"cancel|{ident}"))
+            else:
+                # Past Stripe's 24 h (or refused): compensate instead, under its own identifier.
+                extra_compensation += _dec(row["value"])
+                log.info("cancel of %s refused (%s); compensating", ident, msg)
+
+        if params.get("mark_failed"):
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = 'not reflected in "
+                    "Stripe after the settle window' WHERE identifier = ANY($1) AND status = 'sent'",
+                    params["mark_failed"])
+
+        planned: list[dict[str, Any]] = []
+        if params.get("push"):
+            p = params["push"]
+            planned.append({**p, "value": Decimal(str(p["value"])),
+                            "event_timestamp": datetime.fromisoformat(str(p["event_timestamp"]))})
+        if extra_compensation:
+            ts = planned[0]["event_timestamp"] if planned else datetime.fromisoformat(str(params["timestamp"]))
+            planned.append({"identifier": fallback_compensation_identifier(params["cancel"][0]),
+                            "value": -extra_compensation, "kind": "compensation",
+                            "event_timestamp": ts, "replaces": None})
+        status, detail = "applied", ""
+        for p in planned:
+            row = {**p, "customer_id": f.customer_id, "stripe_customer_id": f.stripe_customer_id,
+                   "meter": meter, "usage_day": day}
+            async with self.pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetchval(
+                    """
+                    INSERT INTO billing.stripe_usage_pushes
+                        (identifier, customer_id, stripe_customer_id, meter, usage_day, value,
+                         event_timestamp, kind, status, replaces, run_id, workflow_id, workflow_run_id)
+                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'planned',$9,$10,$10,$11)
+                    ON CONFLICT (identifier) DO NOTHING RETURNING 1
+                    """,
+                    p["identifier"], f.customer_id, f.stripe_customer_id, meter, day, p["value"],
+                    p["event_timestamp"], p["kind"], p.get("replaces"), ctx.run_id, ctx.workflow_run_id)
+                if inserted:
+                    await _audit(conn, AuditInput(
+                        actor=ctx.actor, action=f"push_meter_event:{p['kind']}", entity_type="meter_event",
+                        entity_id=p["identifier"], reason=str(f.kind),
+                        after={"customer_id": f.customer_id, "meter": meter, "day": day.isoformat(),
+                               "value": str(p["value"])},
+                        workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
+                        idempotency_key=f"push|{p['identifier']}"))
+            result = await self._send_push(ctx, row, counts)
+            if result in (PushOutcome.TOO_OLD,):
+                status, detail = "unfixable", "Stripe refused the timestamp (35-day window)"
+            elif result == PushOutcome.REJECTED:
+                status, detail = "failed", "Stripe rejected the correction; see the outbox row"
+        return status, detail
+
+    async def _send_push(self, ctx: RunContext, row: dict[str, Any], counts: Counts) -> PushOutcome | None:
+        """Send one outbox row that is `planned`; mark it by outcome. Transient errors raise."""
+        async with self.pool.acquire() as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM billing.stripe_usage_pushes WHERE identifier = $1", row["identifier"])
+        if status != "planned":
+            return None
+        outcome, msg = await self.stripe.push_meter_event(
+            identifier=row["identifier"], event_name=row["meter"],
+            stripe_customer_id=row["stripe_customer_id"], value=to_stripe_value(_dec(row["value"])),
+            timestamp=row["event_timestamp"])
+        counts.stripe_writes += 1
+        async with self.pool.acquire() as conn:
+            if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
+                counts.corrections_pushed += 1
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = now() "
+                    "WHERE identifier = $1 AND status = 'planned'", row["identifier"])
+            else:
+                counts.reconcile_failures += 1
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
+                    "WHERE identifier = $1 AND status = 'planned'", row["identifier"], msg[:500])
+        return outcome
+
+
+def _customers_between(checkpoint: PageCheckpoint, inp: PageInput) -> int:
+    # Customers already finished by an earlier attempt of this page.
+    return checkpoint.counts.customers_scanned
+
+
+def _stripe_finding(c: _Customer, m: MeterInfo, day: date, f: StripeFinding) -> _Finding:
+    action = None
+    params: dict[str, Any] | None = None
+    if f.push or f.cancel:
+        action = "+".join(x for x in [
+            "cancel" if f.cancel else "", f"push_{f.push.kind}" if f.push else ""] if x)
+        params = {
+            "expected_pushed": f.pushed,
+            "needs_approval": f.needs_approval,
+            "cancel": f.cancel,
+            "mark_failed": f.mark_failed,
+            "timestamp": f.push.event_timestamp if f.push else None,
+            "push": None if not f.push else {
+                "identifier": f.push.identifier, "value": f.push.value, "kind": f.push.kind,
+                "event_timestamp": f.push.event_timestamp, "replaces": f.push.replaces},
+        }
+        if params["timestamp"] is None:
+            params["timestamp"] = push_timestamp(day, _now())
+    return _Finding(
+        key=f"stripe|{c.customer_id}|{m.event_name}|{day}", kind=f.kind, customer_id=c.customer_id,
+        stripe_customer_id=c.stripe_customer_id, meter=m.event_name, usage_day=day,
+        ledger=f.ledger, pushed=f.pushed, stripe=f.stripe, beyond_epsilon=f.beyond_epsilon,
+        action=action, params=params, detail=f.detail)
+
+
+def _finding_from_row(r: asyncpg.Record) -> _Finding:
+    params = r["action_params"]
+    if isinstance(params, str):
+        params = json.loads(params)
+    return _Finding(
+        key=r["discrepancy_key"], kind=r["kind"], customer_id=r["customer_id"],
+        stripe_customer_id=r["stripe_customer_id"], meter=r["meter"], usage_day=r["usage_day"],
+        period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
+        pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
+        action=r["action"], params=params, status=r["status"], detail=r["detail"] or "")
+
+
+async def _audit(conn: asyncpg.Connection, a: AuditInput) -> None:
+    await conn.execute(
+        """
+        INSERT INTO billing.audit_log
+            (actor, action, entity_type, entity_id, after, reason, workflow_id, run_id, idempotency_key)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        """,
+        a.actor, a.action, a.entity_type, a.entity_id, a.after, a.reason, a.workflow_id, a.run_id,
+        a.idempotency_key,
+    )

@@ -1,0 +1,11 @@
+"""Input/result of the Smoke workflow."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class SmokeCheck(BaseModel):
+    migrations_applied: int | None = None
+    customers: int | None = None
+    stripe_meters: list[str] = Field(default_factory=list)

@@ -1,0 +1,233 @@
+"""The drift policy: pure functions that decide, per key, what is wrong and what to do.
+
+Spec: DESIGN.md "Usage reconciliation semantics". Key = (customer, meter, UTC day) for Stripe,
+(customer, meter, billing period) for counters. L = ledger, C = counter, P = our pushes,
+S = Stripe's summary. Nothing here does IO, so every rule is unit-tested without Temporal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+from billing.periods import push_timestamp
+
+# Stripe aggregates in floats; values closer than this are equal.
+TOLERANCE = Decimal("0.000001")
+# Stripe accepts cancellations for events received within 24 h; keep a margin.
+CANCEL_WINDOW = timedelta(hours=23)
+
+LIVE_STATUSES = ("planned", "sent", "confirmed")
+
+
+class FindingKind(StrEnum):
+    OK = "ok"
+    COUNTER_DRIFT = "counter_drift"
+    ORPHAN_COUNTER = "orphan_counter"
+    UNDER_REPORTED = "under_reported"  # L > S: push the missing usage
+    LOST_PUSH = "lost_push"  # our push is older than the settle window and still not in S
+    PENDING = "pending"  # our pushes are still settling: verify later, do nothing now
+    OVER_REPORTED = "over_reported"  # S > L: cancel our own pushes or compensate
+    NEEDS_INVOICE_ADJUSTMENT = "needs_invoice_adjustment"  # outside Stripe's 35-day window
+    UNMAPPED_CUSTOMER = "unmapped_customer"  # usage but no Stripe customer id
+
+
+def normalize(d: Decimal) -> Decimal:
+    """Canonical text form for identifiers and Stripe payloads (no exponent, no trailing 0)."""
+    q = d.quantize(Decimal("0.000001")).normalize()
+    return q if q != 0 else Decimal(0)
+
+
+def to_stripe_value(d: Decimal) -> str:
+    return format(normalize(d), "f")
+
+
+def correction_identifier(
+    customer_id: str, meter: str, day: date, kind: str, pushed_before: Decimal,
+    stripe_value: Decimal, ledger_value: Decimal,
+) -> str:
+    """Deterministic meter event identifier (<= 100 chars): the same key in the same state
+    always plans the same correction, so a retried activity, a re-run workflow or a crashed
+    worker can never push it twice."""
+    raw = "|".join(
+        [customer_id, meter, day.isoformat(), kind, to_stripe_value(pushed_before),
+         to_stripe_value(stripe_value), to_stripe_value(ledger_value)]
+    )
+    return "br_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def fallback_compensation_identifier(cancelled_identifier: str) -> str:
+    """Identifier of the compensation that replaces a cancel Stripe refused (past 24 h)."""
+    return "br_" + hashlib.sha256(f"{cancelled_identifier}|compensate".encode()).hexdigest()[:40]
+
+
+def diff_pct(ledger: Decimal, stripe: Decimal) -> Decimal:
+    return abs(ledger - stripe) / max(ledger, Decimal(1))
+
+
+@dataclass(frozen=True)
+class Push:
+    identifier: str
+    value: Decimal
+    status: str
+    kind: str
+    planned_at: datetime
+    sent_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PlannedPush:
+    identifier: str
+    value: Decimal
+    kind: str  # delta | repush | compensation
+    event_timestamp: datetime
+    replaces: str | None = None
+
+
+@dataclass
+class StripeFinding:
+    kind: FindingKind
+    ledger: Decimal
+    stripe: Decimal
+    pushed: Decimal
+    unsettled: Decimal
+    beyond_epsilon: bool = False
+    needs_approval: bool = False
+    push: PlannedPush | None = None
+    cancel: list[str] = field(default_factory=list)  # identifiers of our pushes to cancel
+    mark_failed: list[str] = field(default_factory=list)  # pushes now known lost
+    confirm: list[str] = field(default_factory=list)  # pushes now reflected in S
+    detail: str = ""
+
+    @property
+    def diff(self) -> Decimal:
+        return self.ledger - self.stripe
+
+
+def _is_unsettled(p: Push, now: datetime, settle: timedelta) -> bool:
+    if p.status == "planned":
+        return True
+    if p.status == "sent" and p.sent_at is not None and p.sent_at > now - settle:
+        return True
+    if p.status == "cancelled" and p.cancelled_at is not None and p.cancelled_at > now - settle:
+        return True
+    return False
+
+
+def classify_stripe_key(
+    *,
+    customer_id: str,
+    meter: str,
+    day: date,
+    ledger: Decimal,
+    stripe: Decimal,
+    pushes: list[Push],
+    now: datetime,
+    settle: timedelta,
+    epsilon: Decimal,
+    auto_approve_over_reporting: bool,
+) -> StripeFinding:
+    live = [p for p in pushes if p.status in LIVE_STATUSES]
+    pushed = sum((p.value for p in live), Decimal(0))
+    # What S will still move by once everything in flight lands (cancellations move it down).
+    unsettled = sum(
+        (-p.value if p.status == "cancelled" else p.value)
+        for p in pushes if _is_unsettled(p, now, settle)
+    ) or Decimal(0)
+    gap = ledger - (stripe + unsettled)
+    beyond = diff_pct(ledger, stripe) > epsilon
+    base = dict(ledger=ledger, stripe=stripe, pushed=pushed, unsettled=unsettled)
+
+    if abs(ledger - stripe) <= TOLERANCE:
+        # In agreement. Everything sent and settled is now known to be reflected.
+        confirm = [p.identifier for p in live if p.status == "sent" and not _is_unsettled(p, now, settle)]
+        return StripeFinding(FindingKind.OK, confirm=confirm, **base)
+    if abs(gap) <= TOLERANCE:
+        return StripeFinding(FindingKind.PENDING, beyond_epsilon=beyond,
+                             detail="pushes in flight cover the difference", **base)
+
+    ts = push_timestamp(day, now)
+    if ts is None:
+        return StripeFinding(
+            FindingKind.NEEDS_INVOICE_ADJUSTMENT, beyond_epsilon=beyond,
+            detail="day is outside Stripe's 35-day meter event window", **base)
+
+    if gap > 0:
+        # Under-reported. Settled pushes that Stripe does not reflect were lost (or rejected
+        # asynchronously): mark them failed and push the whole gap under a new identifier.
+        settled_sent = sorted(
+            (p for p in live if p.status in ("sent", "confirmed") and not _is_unsettled(p, now, settle)),
+            key=lambda p: p.sent_at or p.planned_at, reverse=True)
+        settled_total = sum((p.value for p in settled_sent), Decimal(0))
+        lost_amount = settled_total - stripe
+        mark_failed: list[str] = []
+        if lost_amount > TOLERANCE:
+            running = Decimal(0)
+            for p in settled_sent:
+                if p.status == "sent" and p.value > 0 and running + p.value <= lost_amount + TOLERANCE:
+                    mark_failed.append(p.identifier)
+                    running += p.value
+        kind = "repush" if mark_failed else "delta"
+        ident = correction_identifier(customer_id, meter, day, kind, pushed, stripe, ledger)
+        return StripeFinding(
+            FindingKind.LOST_PUSH if mark_failed else FindingKind.UNDER_REPORTED,
+            beyond_epsilon=beyond, mark_failed=mark_failed,
+            push=PlannedPush(ident, gap, kind, ts, replaces=mark_failed[0] if mark_failed else None),
+            **base)
+
+    # Over-reported: remove `excess`. Cancel our own recent pushes first (exact, no trace on
+    # the invoice), then compensate the rest with one negative event.
+    excess = -gap
+    cancel: list[str] = []
+    cancellable = sorted(
+        (p for p in live if p.status in ("sent", "confirmed") and p.value > 0
+         and p.sent_at is not None and p.sent_at > now - CANCEL_WINDOW),
+        key=lambda p: p.sent_at or p.planned_at, reverse=True)
+    remaining = excess
+    for p in cancellable:
+        if p.value <= remaining + TOLERANCE:
+            cancel.append(p.identifier)
+            remaining -= p.value
+    push = None
+    if remaining > TOLERANCE:
+        ident = correction_identifier(customer_id, meter, day, "compensation", pushed, stripe, ledger)
+        push = PlannedPush(ident, -remaining, "compensation", ts)
+    return StripeFinding(
+        FindingKind.OVER_REPORTED, beyond_epsilon=beyond,
+        needs_approval=beyond and not auto_approve_over_reporting,
+        cancel=cancel, push=push, **base)
+
+
+@dataclass
+class CounterFinding:
+    kind: FindingKind
+    ledger: Decimal
+    counter: Decimal | None  # None = no counter row
+    quota: Decimal | None
+    over_quota_transition: bool = False
+
+    @property
+    def needs_repair(self) -> bool:
+        return self.kind in (FindingKind.COUNTER_DRIFT, FindingKind.ORPHAN_COUNTER)
+
+
+def classify_counter(ledger: Decimal, counter: Decimal | None, quota: Decimal | None,
+                     has_events: bool) -> CounterFinding:
+    if counter is not None and not has_events and counter != 0:
+        kind = FindingKind.ORPHAN_COUNTER
+    elif counter is None and ledger == 0:
+        kind = FindingKind.OK
+    elif counter is None or abs(counter - ledger) > TOLERANCE:
+        kind = FindingKind.COUNTER_DRIFT
+    else:
+        kind = FindingKind.OK
+    transition = False
+    if kind != FindingKind.OK and quota is not None:
+        before = (counter or Decimal(0)) > quota
+        after = ledger > quota
+        transition = before != after
+    return CounterFinding(kind, ledger, counter, quota, transition)

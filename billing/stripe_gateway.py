@@ -1,0 +1,141 @@
+"""The one way this project talks to Stripe: the official SDK's StripeClient, behind one
+client-side rate limiter shared by every call of the process. Translates Stripe's answers into
+outcomes the reconciler can act on; transient failures (429, 5xx, network) are raised so that
+Temporal retries the activity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+import stripe
+from aiolimiter import AsyncLimiter
+
+from billing.settings import Settings
+
+
+def make_stripe_client(settings: Settings) -> stripe.StripeClient:
+    base = settings.stripe_api_base.rstrip("/")
+    return stripe.StripeClient(
+        api_key=settings.stripe_api_key,
+        base_addresses={"api": base, "meter_events": base},
+        max_network_retries=settings.stripe_max_network_retries,
+        http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
+    )
+
+
+def make_limiter(rate_per_second: float) -> AsyncLimiter | None:
+    if rate_per_second <= 0:
+        return None
+    # Burst of one second's worth, like Stripe's own bucket.
+    return AsyncLimiter(max_rate=rate_per_second, time_period=1.0)
+
+
+class PushOutcome(StrEnum):
+    SENT = "sent"
+    ALREADY_SENT = "already_sent"  # Stripe already holds this identifier: our earlier send landed
+    TOO_OLD = "too_old"  # outside the 35-day window
+    REJECTED = "rejected"  # any other 4xx: retrying cannot help
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    TOO_OLD = "too_old"  # Stripe only cancels events received within 24 h
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Meter:
+    id: str
+    event_name: str
+    status: str
+    formula: str
+
+
+class StripeGateway:
+    def __init__(self, client: stripe.StripeClient, limiter: AsyncLimiter | None) -> None:
+        self._client = client
+        self._limiter = limiter
+
+    async def _slot(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    async def list_meters(self) -> list[Meter]:
+        meters: list[Meter] = []
+        params: dict = {"limit": 100}
+        while True:
+            await self._slot()
+            page = await self._client.v1.billing.meters.list_async(params=params)
+            for m in page.data:
+                meters.append(Meter(m.id, m.event_name, m.status, m.default_aggregation.formula))
+            if not page.has_more or not page.data:
+                return meters
+            params = {"limit": 100, "starting_after": page.data[-1].id}
+
+    async def daily_summaries(
+        self, meter_id: str, stripe_customer_id: str, start: date, end_inclusive: date
+    ) -> dict[date, Decimal]:
+        """Stripe's aggregated value per UTC day in [start, end_inclusive]; missing days = 0."""
+        start_ts = int(datetime.combine(start, datetime.min.time(), tzinfo=UTC).timestamp())
+        end_ts = int(
+            datetime.combine(end_inclusive + timedelta(days=1), datetime.min.time(), tzinfo=UTC).timestamp()
+        )
+        out: dict[date, Decimal] = {}
+        params: dict = {
+            "customer": stripe_customer_id, "start_time": start_ts, "end_time": end_ts,
+            "value_grouping_window": "day", "limit": 100,
+        }
+        while True:
+            await self._slot()
+            page = await self._client.v1.billing.meters.event_summaries.list_async(meter_id, params=params)
+            for s in page.data:
+                day = datetime.fromtimestamp(s.start_time, tz=UTC).date()
+                out[day] = out.get(day, Decimal(0)) + Decimal(str(s.aggregated_value))
+            if not page.has_more or not page.data:
+                return out
+            params = {**params, "starting_after": page.data[-1].id}
+
+    async def push_meter_event(
+        self, *, identifier: str, event_name: str, stripe_customer_id: str, value: str,
+        timestamp: datetime,
+    ) -> tuple[PushOutcome, str]:
+        await self._slot()
+        try:
+            await self._client.v1.billing.meter_events.create_async(
+                params={
+                    "event_name": event_name,
+                    "identifier": identifier,
+                    "timestamp": int(timestamp.timestamp()),
+                    "payload": {"stripe_customer_id": stripe_customer_id, "value": value},
+                },
+                # SDK retries of this very request replay Stripe's saved answer.
+                options={"idempotency_key": f"meter-event-{identifier}"},
+            )
+            return PushOutcome.SENT, ""
+        except stripe.InvalidRequestError as e:
+            msg = e.user_message or str(e)
+            if "already exists" in msg and "identifier" in msg:
+                return PushOutcome.ALREADY_SENT, msg
+            if "35 days" in msg or "too far in the past" in msg:
+                return PushOutcome.TOO_OLD, msg
+            return PushOutcome.REJECTED, msg
+
+    async def cancel_meter_event(self, *, identifier: str, event_name: str) -> tuple[CancelOutcome, str]:
+        await self._slot()
+        try:
+            await self._client.v1.billing.meter_event_adjustments.create_async(
+                params={"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}},
+                options={"idempotency_key": f"meter-event-cancel-{identifier}"},
+            )
+            return CancelOutcome.CANCELLED, ""
+        except stripe.InvalidRequestError as e:
+            msg = e.user_message or str(e)
+            low = msg.lower()
+            if "already" in low and "cancel" in low:
+                return CancelOutcome.CANCELLED, msg
+            if "24" in low or "too old" in low or "older" in low:
+                return CancelOutcome.TOO_OLD, msg
+            return CancelOutcome.REJECTED, msg

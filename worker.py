@@ -1,0 +1,89 @@
+"""The worker: wiring only. Builds the dependencies (asyncpg pool, Stripe client behind one
+rate limiter), the activity classes that hold them, and registers every workflow.
+
+Run: `billing-recon worker` or `python -m worker`. SIGTERM/SIGINT drain gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.worker import Worker
+
+from activities.health import HealthActivities
+from activities.usage import UsageActivities
+from billing import db
+from billing.settings import Settings, get_settings
+from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
+from billing.temporal_client import connect
+from workflows.reconcile_usage import ReconcileUsage
+from workflows.smoke import Smoke
+
+log = logging.getLogger("billing.worker")
+
+WORKFLOWS = [ReconcileUsage, Smoke]
+GRACEFUL_SHUTDOWN = 30  # seconds given to running activities on SIGTERM
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from starter.stack import resolve_database_url  # the local stack's embedded Postgres
+
+    return resolve_database_url(settings)
+
+
+async def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None):
+    """Returns (worker, close) where close() releases the dependencies."""
+    pool = await db.create_pool(
+        database_url(settings), min_size=settings.database_pool_min, max_size=settings.database_pool_max)
+    gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit))
+    usage = UsageActivities(pool, gateway, settings)
+    health = HealthActivities(pool, gateway)
+    worker = Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=[
+            usage.start_run, usage.reconcile_page, usage.apply_plan_page, usage.set_run_status,
+            usage.finish_run, usage.audit, health.check_postgres, health.check_stripe,
+        ],
+        graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_SHUTDOWN),
+        max_concurrent_activities=20,
+    )
+
+    async def close() -> None:
+        await pool.close()
+
+    return worker, close
+
+
+async def run(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    client = await connect(interceptors=[TracingInterceptor()])
+    worker, close = await build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with worker:
+            log.warning("worker started on task queue %s", settings.task_queue)
+            await stop.wait()
+            log.warning("shutting down: draining running activities")
+    finally:
+        await close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

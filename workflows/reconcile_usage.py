@@ -1,0 +1,286 @@
+"""ReconcileUsage: the daily usage reconciliation runbook as a durable workflow.
+
+Deterministic orchestration only. The workflow passes cursors (never lists of customers) to
+page activities, keeps its whole state in one model (`ReconcileCarry`) and continues-as-new
+when Temporal suggests it, so a run over 100k customers stays far from history limits.
+
+Phases: scan pages -> (plan mode, or held over-reporting: wait for approve/reject) -> apply the
+stored plan -> settle (durable timer) -> verify the keys this run touched -> done.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.usage import Permanent, UsageActivities
+    from billing.models import (
+        ApplyPlanInput,
+        ApprovalDecision,
+        ApprovalResult,
+        AuditInput,
+        Counts,
+        FinishRunInput,
+        Mode,
+        PageInput,
+        PauseRequest,
+        Phase,
+        ReconcileCarry,
+        ReconcileProgress,
+        ReconcileResult,
+        ReconcileUsageInput,
+        RunStatus,
+        RunStatusUpdate,
+        StartRunInput,
+    )
+
+SHORT_TIMEOUT = timedelta(minutes=2)
+PAGE_TIMEOUT = timedelta(minutes=30)
+# A killed worker's page is retried elsewhere after at most this long.
+PAGE_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=[
+        Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
+        Permanent.UNSUPPORTED_METER, Permanent.UNKNOWN_RUN,
+    ],
+)
+
+
+@workflow.defn(name="ReconcileUsage")
+class ReconcileUsage:
+    def __init__(self) -> None:
+        self._state: ReconcileCarry | None = None
+        self._paused = False
+
+    # ------------------------------------------------------------------ messages
+
+    @workflow.query(name="progress")
+    def progress(self) -> ReconcileProgress | None:
+        s = self._state
+        if s is None:
+            return None
+        return ReconcileProgress(
+            run_id=s.context.run_id, mode=s.context.mode, phase=s.phase, paused=self._paused,
+            pages_done=s.pages_done, customers_scanned=s.counts.customers_scanned,
+            cursor=s.cursor, counts=s.counts)
+
+    @workflow.signal(name="pause")
+    async def pause(self, req: PauseRequest) -> None:
+        self._paused = True
+        await self._audit(req.actor, "pause_auto_healing", req.reason)
+
+    @workflow.signal(name="resume")
+    async def resume(self, req: PauseRequest) -> None:
+        self._paused = False
+        await self._audit(req.actor, "resume_auto_healing", req.reason)
+
+    @workflow.update(name="approve")
+    async def approve(self, decision: ApprovalDecision) -> ApprovalResult:
+        return await self._decide(decision, approved=True)
+
+    @workflow.update(name="reject")
+    async def reject(self, decision: ApprovalDecision) -> ApprovalResult:
+        return await self._decide(decision, approved=False)
+
+    @approve.validator
+    def _validate_approve(self, decision: ApprovalDecision) -> None:
+        self._validate_decision()
+
+    @reject.validator
+    def _validate_reject(self, decision: ApprovalDecision) -> None:
+        self._validate_decision()
+
+    def _validate_decision(self) -> None:
+        s = self._state
+        if s is None or s.phase != Phase.AWAITING_APPROVAL:
+            phase = s.phase.value if s else "starting"
+            raise ApplicationError(f"run is not awaiting approval (phase: {phase})")
+        if s.decision is not None:
+            raise ApplicationError(f"run was already {'approved' if s.approved else 'rejected'} by {s.decision.actor}")
+
+    async def _decide(self, decision: ApprovalDecision, approved: bool) -> ApprovalResult:
+        assert self._state is not None
+        self._state.decision = decision
+        self._state.approved = approved
+        await self._audit(decision.actor, "approve_plan" if approved else "reject_plan", decision.reason)
+        status = RunStatus.APPLYING if approved else RunStatus.REJECTED
+        return ApprovalResult(run_id=self._state.context.run_id, accepted=True, status=status)
+
+    async def _audit(self, actor: str, action: str, reason: str | None) -> None:
+        info = workflow.info()
+        await workflow.execute_activity_method(
+            UsageActivities.audit,
+            AuditInput(actor=actor, action=action, entity_type="reconciliation_run",
+                       entity_id=info.workflow_id, reason=reason, workflow_id=info.workflow_id,
+                       run_id=info.run_id,
+                       idempotency_key=f"{info.workflow_id}|{action}|{workflow.uuid4()}"),
+            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+
+    # ------------------------------------------------------------------ main
+
+    @workflow.run
+    async def run(self, inp: ReconcileUsageInput) -> ReconcileResult:
+        try:
+            return await self._run(inp)
+        except ActivityError as e:
+            cause = e.cause
+            message = getattr(cause, "message", None) or str(cause or e)
+            error_type = getattr(cause, "type", None) or "ReconciliationFailed"
+            if self._state is not None:
+                await self._finish(RunStatus.FAILED, error=message)
+            raise ApplicationError(message, type=error_type, non_retryable=True) from e
+
+    async def _run(self, inp: ReconcileUsageInput) -> ReconcileResult:
+        info = workflow.info()
+        if inp.carried is not None:
+            self._state = inp.carried
+            self._paused = inp.carried.paused
+        else:
+            ctx = await workflow.execute_activity_method(
+                UsageActivities.start_run,
+                StartRunInput(run_id=info.workflow_id, workflow_run_id=info.run_id, request=inp,
+                              today=workflow.now().date()),
+                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            self._state = ReconcileCarry(context=ctx)
+        s = self._state
+        ctx = s.context
+
+        if s.phase == Phase.SCANNING:
+            await self._page_loop(inp, verify=False)
+            s.phase = self._after_scan()
+            s.cursor = None
+
+        if s.phase == Phase.AWAITING_APPROVAL:
+            await self._set_status(RunStatus.AWAITING_APPROVAL)
+            decided = await self._wait(lambda: s.decision is not None,
+                                       timedelta(seconds=inp.approval_timeout_seconds))
+            if not decided or not s.approved:
+                reason = "approval timed out" if not decided else (s.decision.reason if s.decision else None)
+                await self._set_status(RunStatus.REJECTED, rejected_by=s.decision.actor if s.decision else "timeout",
+                                       reason=reason)
+                return await self._finish(RunStatus.REJECTED)
+            await self._set_status(RunStatus.APPLYING, approved_by=s.decision.actor if s.decision else None,
+                                   reason=s.decision.reason if s.decision else None)
+            s.phase = Phase.APPLYING
+
+        if s.phase == Phase.APPLYING:
+            # Corrective writes stop while paused; the plan waits for `resume`.
+            while True:
+                await workflow.wait_condition(lambda: not self._paused)
+                res = await workflow.execute_activity_method(
+                    UsageActivities.apply_plan_page,
+                    ApplyPlanInput(context=self._approved_context(), cursor=s.cursor),
+                    start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
+                    retry_policy=RETRY)
+                s.counts = s.counts.add(res.counts)
+                s.cursor = res.next_cursor
+                if s.cursor is None:
+                    break
+                await self._maybe_continue_as_new(inp)
+            s.phase = Phase.SETTLING if self._should_verify() else Phase.DONE
+
+        if s.phase == Phase.SETTLING:
+            await workflow.sleep(timedelta(seconds=ctx.policy.settle_seconds))
+            s.phase = Phase.VERIFYING
+            s.cursor = None
+
+        if s.phase == Phase.VERIFYING:
+            await self._set_status(RunStatus.VERIFYING)
+            await self._page_loop(inp, verify=True)
+            s.phase = Phase.DONE
+
+        return await self._finish(RunStatus.COMPLETED)
+
+    async def _page_loop(self, inp: ReconcileUsageInput, verify: bool) -> None:
+        s = self._state
+        assert s is not None
+        while True:
+            observe_only = self._paused or s.context.mode == Mode.DRY_RUN
+            if verify and s.context.mode == Mode.PLAN:
+                observe_only = True  # a plan run applies exactly its plan, nothing more
+            res = await workflow.execute_activity_method(
+                UsageActivities.reconcile_page,
+                PageInput(context=s.context, cursor=s.cursor, observe_only=observe_only, verify=verify),
+                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
+                retry_policy=RETRY)
+            if verify:
+                s.verify_counts = (s.verify_counts or Counts()).add(res.counts)
+            else:
+                s.counts = s.counts.add(res.counts)
+            s.pages_done += 1
+            s.cursor = res.next_cursor
+            if s.cursor is None:
+                return
+            await self._maybe_continue_as_new(inp)
+
+    def _after_scan(self) -> Phase:
+        s = self._state
+        assert s is not None
+        mode = s.context.mode
+        if mode == Mode.PLAN and s.counts.drift_count > 0:
+            return Phase.AWAITING_APPROVAL
+        if mode == Mode.APPLY and s.counts.held_for_approval > 0:
+            return Phase.AWAITING_APPROVAL
+        return Phase.SETTLING if self._should_verify() else Phase.DONE
+
+    def _should_verify(self) -> bool:
+        s = self._state
+        assert s is not None
+        if s.context.mode == Mode.DRY_RUN:
+            return False
+        c = s.counts
+        return (c.corrections_pushed + c.corrections_cancelled + c.pending) > 0
+
+    def _approved_context(self):
+        s = self._state
+        assert s is not None
+        if s.decision is None:
+            return s.context
+        return s.context.model_copy(update={"actor": s.decision.actor})
+
+    async def _wait(self, condition, limit: timedelta) -> bool:
+        try:
+            await workflow.wait_condition(condition, timeout=limit)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _maybe_continue_as_new(self, inp: ReconcileUsageInput) -> None:
+        if not workflow.info().is_continue_as_new_suggested():
+            return
+        s = self._state
+        assert s is not None
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        s.paused = self._paused
+        workflow.continue_as_new(inp.model_copy(update={"carried": s}))
+
+    async def _set_status(self, status: RunStatus, approved_by: str | None = None,
+                          rejected_by: str | None = None, reason: str | None = None) -> None:
+        assert self._state is not None
+        await workflow.execute_activity_method(
+            UsageActivities.set_run_status,
+            RunStatusUpdate(run_id=self._state.context.run_id, status=status, approved_by=approved_by,
+                            rejected_by=rejected_by, reason=reason),
+            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+
+    async def _finish(self, status: RunStatus, error: str | None = None) -> ReconcileResult:
+        s = self._state
+        assert s is not None
+        s.phase = Phase.DONE
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await workflow.execute_activity_method(
+            UsageActivities.finish_run,
+            FinishRunInput(context=s.context, status=status, counts=s.counts,
+                           verify_counts=s.verify_counts, error=error),
+            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+        return ReconcileResult(
+            run_id=s.context.run_id, status=status, mode=s.context.mode,
+            window_start=s.context.window_start, window_end=s.context.window_end,
+            counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now())

@@ -1,0 +1,23 @@
+"""Smoke: one trip through Postgres and Stripe via activities, to prove a deployment is wired."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.health import HealthActivities
+    from billing.models_smoke import SmokeCheck
+
+TIMEOUT = timedelta(seconds=30)
+
+
+@workflow.defn(name="Smoke")
+class Smoke:
+    @workflow.run
+    async def run(self, check: SmokeCheck) -> SmokeCheck:
+        check = await workflow.execute_activity_method(
+            HealthActivities.check_postgres, check, start_to_close_timeout=TIMEOUT)
+        return await workflow.execute_activity_method(
+            HealthActivities.check_stripe, check, start_to_close_timeout=TIMEOUT)
