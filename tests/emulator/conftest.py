@@ -1,0 +1,152 @@
+"""Start the emulator as a real subprocess once per session; reset its state per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stripe_emulator.admin import EmulatorAdmin
+
+FIXTURES = Path(os.environ.get("STRIPE_FIXTURES", "/work/shared/stripe/fixtures3.json"))
+API_KEY = "sk_test_emulator_contract"
+
+# Test-friendly defaults applied on every reset (rate limit off unless a test turns it on).
+BASE_CONFIG: dict[str, Any] = {
+    "rate_limit": 0,
+    "summary_lag_seconds": 0,
+    "identifier_dedupe_seconds": 86400,
+    "drop_webhooks": False,
+    "webhook_retry_schedule_seconds": [0.2, 0.2, 0.2],
+    "faults": [],
+    "seed": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def emulator_url() -> Any:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stripe_emulator", "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(f"{url}/_emulator/health", timeout=0.5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            proc.kill()
+            raise RuntimeError(f"emulator did not start:\n{out}")
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+async def admin(emulator_url: str) -> AsyncIterator[EmulatorAdmin]:
+    async with EmulatorAdmin(emulator_url) as a:
+        yield a
+
+
+def make_client(url: str, retries: int = 0) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        API_KEY, base_addresses={"api": url, "meter_events": url}, max_network_retries=retries
+    )
+
+
+@pytest.fixture(scope="session")
+def client(emulator_url: str) -> stripe.StripeClient:
+    return make_client(emulator_url)
+
+
+@pytest.fixture(autouse=True)
+async def _reset(admin: EmulatorAdmin) -> None:
+    await admin.reset(reset_config=True, config=BASE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> dict[str, Any]:
+    return json.loads(FIXTURES.read_text())["resources"]
+
+
+class Receiver:
+    """A real HTTP webhook receiver; answers the queued statuses first, then 200."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+        self.url = ""
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        self.received.append((dict(request.headers), body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return Response(status_code=status)
+
+    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.received) < n:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"expected {n} deliveries, got {len(self.received)}")
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+async def _receiver_server() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = Starlette(routes=[Route("/hook", rec.handle, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    rec.url = f"http://127.0.0.1:{port}/hook"
+    yield rec
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.fixture
+def receiver(_receiver_server: Receiver) -> Receiver:
+    _receiver_server.received.clear()
+    _receiver_server.statuses.clear()
+    return _receiver_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the stripe SDK's httpx transport passes bytes as data=; not ours to fix
+    config.addinivalue_line("filterwarnings", "ignore:Use 'content=<...>':DeprecationWarning")
