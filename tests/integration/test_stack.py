@@ -1,0 +1,171 @@
+"""`starter.stack` up/status/down against real processes, in a temp state folder on free ports
+(never 7233/8233/12111), configured through the same environment variables a developer would
+use, so it never touches a developer's running stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import psutil
+import pytest
+
+from billing.settings import Settings
+from starter import stack
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_PORTS = {7233, 8233, 12111}
+
+
+def _free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in DEFAULT_PORTS and port not in ports:
+            ports.append(port)
+    return ports
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Environment of a private stack; `down` runs at the end whatever the test did."""
+    temporal_port, ui_port, emulator_port = _free_ports(3)
+    # Short path: the Postgres unix socket lives in pgdata (108-byte limit).
+    state_dir = tmp_path / "st"
+    for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("BILLING_STATE_DIR", str(state_dir))
+    monkeypatch.setenv("BILLING_TEMPORAL_PORT", str(temporal_port))
+    monkeypatch.setenv("TEMPORAL_UI_PORT", str(ui_port))
+    monkeypatch.setenv("EMULATOR_PORT", str(emulator_port))
+    monkeypatch.setenv("BILLING_TASK_QUEUE", f"stack-test-{temporal_port}")
+    settings = Settings()
+    try:
+        yield settings
+    finally:
+        stack.down(stack.StackConfig.from_settings(settings))
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process `up` did not start: `down` must leave it alone."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _alive(record: stack.ComponentRecord) -> bool:
+    try:
+        proc = psutil.Process(record.pid)
+        return (
+            proc.status() != psutil.STATUS_ZOMBIE
+            and abs(proc.create_time() - record.create_time) < 1
+        )
+    except psutil.Error:
+        return False
+
+
+async def test_up_twice_status_down(
+    stack_env: Settings, bystander: subprocess.Popen[bytes]
+) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    assert config.temporal_port not in DEFAULT_PORTS
+    first = await stack.aup(config, worker=False)
+    assert first.started == [stack.TEMPORAL, stack.POSTGRES, stack.EMULATOR]
+    assert first.temporal_address == f"localhost:{config.temporal_port}"
+    assert first.stripe_api_base == f"http://127.0.0.1:{config.emulator_port}"
+    assert first.temporal_ui_url == f"http://localhost:{config.temporal_ui_port}"
+    assert (config.state_dir / "stack.json").exists()
+
+    # Up again: everything is detected as running and left alone.
+    second = await stack.aup(config, worker=False)
+    assert second.started == []
+    assert {n: r.pid for n, r in second.components.items()} == {
+        n: r.pid for n, r in first.components.items()
+    }
+
+    result = stack.status(config)
+    states = {c.name: c.state for c in result.components}
+    assert states == {
+        stack.TEMPORAL: "running",
+        stack.POSTGRES: "running",
+        stack.EMULATOR: "running",
+        stack.WORKER: "stopped",
+    }
+    assert not result.dead
+
+    # DATABASE_URL resolves to the embedded server, and the schema is migrated.
+    url = stack.resolve_database_url(stack_env)
+    assert url == first.database_url
+    conn = await asyncpg.connect(url)
+    try:
+        versions = await conn.fetch("SELECT version FROM public.billing_schema_migrations")
+        assert versions
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'billing'")
+        assert tables > 0
+    finally:
+        await conn.close()
+    assert stack.info(config).env()["DATABASE_URL"] == url
+
+    # A dead component is reported, and `up` restarts only that one.
+    emulator = first.components[stack.EMULATOR]
+    os.killpg(emulator.pid, signal.SIGKILL)
+    psutil.Process(emulator.pid).wait(5)
+    dead = stack.status(config).dead
+    assert [c.name for c in dead] == [stack.EMULATOR]
+    third = await stack.aup(config, worker=False)
+    assert third.started == [stack.EMULATOR]
+    records = third.components
+
+    stopped = await stack.adown(config)
+    assert sorted(stopped) == sorted([stack.TEMPORAL, stack.POSTGRES, stack.EMULATOR])
+    for record in records.values():
+        assert not _alive(record), record.name
+    assert bystander.poll() is None, "down must stop only what up started"
+    # Data stays; the database is gone until the next `up`.
+    assert (config.state_dir / "pgdata" / "PG_VERSION").exists()
+    assert (config.state_dir / "temporal.db").exists()
+    with pytest.raises(stack.StackNotRunning, match="dev up"):
+        stack.resolve_database_url(stack_env)
+    assert not stack.status(config).recorded
+
+
+async def test_worker_is_started_and_stopped(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    info = await stack.aup(config, worker=True)
+    worker = info.components[stack.WORKER]
+    assert _alive(worker)
+    assert stack.WORKER_READY_MARKER in worker.log.read_text()
+    await stack.adown(config, purge=True)
+    assert not _alive(worker)
+    assert not config.state_dir.exists()
+
+
+def test_port_taken_by_a_foreign_process_fails_loudly(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", config.temporal_port))
+        sock.listen()
+        with pytest.raises(stack.StackError, match="already in use"):
+            stack.up(config, worker=False)
+    assert not stack.status(config).recorded
+
+
+def test_resolve_database_url_prefers_database_url(
+    stack_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(stack.StackNotRunning, match="billing-recon dev up"):
+        stack.resolve_database_url(stack_env)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.example/billing")
+    assert stack.resolve_database_url(Settings()) == "postgresql://u@db.example/billing"
