@@ -1,0 +1,144 @@
+"""The ingestion contract for applications: usage goes into `billing.usage_events`, idempotent
+by `request_id`. A duplicate submission bumps `dedupe_count` and is never stored twice.
+
+Plain SQL, for apps that write directly:
+
+    INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (request_id) DO UPDATE
+       SET dedupe_count = billing.usage_events.dedupe_count + 1;
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import asyncpg
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+INGEST_SQL = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[])
+        AS t(request_id, customer_id, meter, quantity, occurred_at)
+), ins AS (
+    INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at, source)
+    SELECT request_id, customer_id, meter, quantity, occurred_at, $6 FROM input
+    ON CONFLICT (request_id) DO UPDATE SET dedupe_count = billing.usage_events.dedupe_count + 1
+    RETURNING request_id, (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS duplicates
+  FROM ins
+"""
+
+BATCH = 5000
+
+
+class UsageEvent(BaseModel):
+    request_id: str = Field(min_length=1, max_length=200)
+    customer_id: str = Field(min_length=1)
+    meter: str = Field(min_length=1)
+    quantity: Decimal
+    occurred_at: datetime
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("occurred_at needs a timezone (use UTC, e.g. 2026-11-01T12:00:00Z)")
+        return v.astimezone(UTC)
+
+    @field_validator("quantity")
+    @classmethod
+    def _finite(cls, v: Decimal) -> Decimal:
+        if not v.is_finite():
+            raise ValueError("quantity must be a finite number")
+        return v
+
+
+@dataclass
+class IngestReport:
+    read: int = 0
+    inserted: int = 0
+    duplicates: int = 0  # request_id already stored: absorbed, counted in dedupe_count
+    invalid: list[str] = field(default_factory=list)  # "line N: reason"
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid
+
+
+class UnknownCustomers(Exception):
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"unknown customer(s): {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
+        self.ids = ids
+
+
+async def ingest(conn: asyncpg.Connection, events: Iterable[UsageEvent], source: str = "api") -> IngestReport:
+    """Insert events in batches, each batch in one transaction. Unknown customers refuse the
+    whole batch (nothing partial) with a precise error."""
+    report = IngestReport()
+    batch: list[UsageEvent] = []
+    for ev in events:
+        report.read += 1
+        batch.append(ev)
+        if len(batch) >= BATCH:
+            await _flush(conn, batch, source, report)
+            batch = []
+    if batch:
+        await _flush(conn, batch, source, report)
+    return report
+
+
+async def _flush(conn: asyncpg.Connection, batch: list[UsageEvent], source: str, report: IngestReport) -> None:
+    customers = sorted({e.customer_id for e in batch})
+    known = {r["customer_id"] for r in await conn.fetch(
+        "SELECT customer_id FROM billing.customers WHERE customer_id = ANY($1)", customers)}
+    unknown = [c for c in customers if c not in known]
+    if unknown:
+        raise UnknownCustomers(unknown)
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            INGEST_SQL,
+            [e.request_id for e in batch], [e.customer_id for e in batch], [e.meter for e in batch],
+            [e.quantity for e in batch], [e.occurred_at for e in batch], source)
+    report.inserted += row["inserted"]
+    report.duplicates += row["duplicates"]
+
+
+def read_file(path: Path, report: IngestReport) -> Iterator[UsageEvent]:
+    """JSONL (one object per line) or CSV with a header row; invalid lines are reported."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with path.open() as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield UsageEvent.model_validate(json.loads(line))
+                except (json.JSONDecodeError, ValidationError) as e:
+                    report.invalid.append(f"line {n}: {_reason(e)}")
+    elif suffix == ".csv":
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"request_id", "customer_id", "meter", "quantity", "occurred_at"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}")
+            for n, rec in enumerate(reader, 2):
+                try:
+                    yield UsageEvent.model_validate(rec)
+                except (ValidationError, InvalidOperation) as e:
+                    report.invalid.append(f"line {n}: {_reason(e)}")
+    else:
+        raise ValueError(f"{path}: unknown format (use .jsonl or .csv)")
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+    return str(e)

@@ -1,0 +1,379 @@
+"""Operator commands: migrate, worker, ingest, reconcile, approve/reject, pause/resume, report,
+smoke, demo. They start workflows and read results; they never import the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import uuid
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from billing import db
+from billing.models import (
+    ApprovalDecision,
+    Mode,
+    PauseRequest,
+    ReconcileProgress,
+    ReconcileResult,
+    ReconcileUsageInput,
+)
+from billing.settings import get_settings
+from billing.temporal_client import connect
+
+console = Console()
+err = Console(stderr=True)
+
+RECONCILE_WORKFLOW = "ReconcileUsage"
+
+
+def _database_url() -> str:
+    settings = get_settings()
+    if settings.database_url:
+        return settings.database_url
+    from starter.stack import resolve_database_url
+
+    return resolve_database_url(settings)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _run(coro):
+    try:
+        return asyncio.run(coro)
+    except RPCError as e:
+        raise _fail(f"Temporal: {e.message}") from e
+
+
+# ---------------------------------------------------------------------------- setup commands
+
+
+def migrate() -> None:
+    """Apply the SQL migrations of the billing schema (idempotent)."""
+    applied = asyncio.run(db.migrate(_database_url()))
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema up to date")
+
+
+def worker() -> None:
+    """Run a worker (wiring in worker.py) until SIGTERM/SIGINT."""
+    import importlib
+
+    importlib.import_module("worker").main()
+
+
+def ingest(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV usage events"),
+    source: str = typer.Option("cli", help="Recorded in usage_events.source"),
+) -> None:
+    """Load usage events into billing.usage_events, idempotent by request_id.
+
+    The whole file is validated first (format, fields, known customers): one bad line and
+    nothing is written."""
+    from billing.ingest import IngestReport, UnknownCustomers, read_file
+    from billing.ingest import ingest as do_ingest
+
+    async def go() -> IngestReport:
+        check = IngestReport()
+        customers: set[str] = set()
+        try:
+            for ev in read_file(file, check):
+                customers.add(ev.customer_id)
+        except ValueError as e:
+            raise _fail(str(e)) from e
+        if check.invalid:
+            for line in check.invalid[:50]:
+                err.print(f"  {line}")
+            raise _fail(f"{len(check.invalid)} invalid line(s) in {file}; nothing was written")
+        conn = await db.connect(_database_url())
+        try:
+            known = {r["customer_id"] for r in await conn.fetch(
+                "SELECT customer_id FROM billing.customers WHERE customer_id = ANY($1)", sorted(customers))}
+            unknown = sorted(customers - known)
+            if unknown:
+                raise _fail(f"{UnknownCustomers(unknown)}; nothing was written")
+            report = IngestReport()
+            return await do_ingest(conn, read_file(file, report), source=source)
+        finally:
+            await conn.close()
+
+    report = asyncio.run(go())
+    console.print(f"read {report.read}, inserted {report.inserted}, duplicates {report.duplicates} "
+                  "(absorbed, counted in dedupe_count)")
+
+
+# ---------------------------------------------------------------------------- reconcile
+
+
+def reconcile(
+    start_date: str | None = typer.Option(None, "--start-date", help="First UTC day (YYYY-MM-DD); default: start of the billing period"),
+    end_date: str | None = typer.Option(None, "--end-date", help="Last UTC day, inclusive; default: today"),
+    customer: list[str] = typer.Option([], "--customer", help="Limit to these customer ids (repeatable)"),
+    meter: list[str] = typer.Option([], "--meter", help="Limit to these meter event names (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan and report only (default)"),
+    apply: bool = typer.Option(False, "--apply", help="Apply corrections"),
+    plan: bool = typer.Option(False, "--plan", help="Store the plan and wait for approve/reject"),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the result, with a progress bar"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (run id and counts)"),
+    settle_seconds: int | None = typer.Option(None, help="Seconds before pushes are verified"),
+    epsilon: str | None = typer.Option(None, help="Drift tolerance, e.g. 0.005"),
+    auto_approve: bool | None = typer.Option(None, "--auto-approve/--no-auto-approve", help="Apply over-reporting beyond epsilon without approval"),
+    run_id: str | None = typer.Option(None, "--id", help="Workflow id (default: generated)"),
+    actor: str = typer.Option("cli", help="Who asks (audited)"),
+) -> None:
+    """Start a ReconcileUsage run."""
+    if sum([dry_run, apply, plan]) > 1:
+        raise _fail("choose one of --dry-run, --apply, --plan", 2)
+    mode = Mode.APPLY if apply else Mode.PLAN if plan else Mode.DRY_RUN
+    try:
+        request = ReconcileUsageInput(
+            start_date=date.fromisoformat(start_date) if start_date else None,
+            end_date=date.fromisoformat(end_date) if end_date else None,
+            customers=customer, meters=meter, mode=mode, actor=actor,
+            settle_seconds=settle_seconds,
+            epsilon=Decimal(epsilon) if epsilon is not None else None,
+            auto_approve_over_reporting=auto_approve,
+        )
+    except Exception as e:  # pydantic / date parsing: a precise message, exit 2
+        raise _fail(f"invalid arguments: {e}", 2) from e
+    workflow_id = run_id or f"reconcile-usage-{mode.value}-{uuid.uuid4().hex[:12]}"
+    code = _run(_reconcile(request, workflow_id, wait=wait, as_json=as_json))
+    raise typer.Exit(code)
+
+
+async def _reconcile(request: ReconcileUsageInput, workflow_id: str, *, wait: bool, as_json: bool) -> int:
+    settings = get_settings()
+    client = await connect()
+    handle = await client.start_workflow(
+        RECONCILE_WORKFLOW, request, id=workflow_id, task_queue=settings.task_queue,
+        result_type=ReconcileResult)
+    if not wait:
+        if as_json:
+            print(json.dumps({"run_id": workflow_id, "status": "started"}))
+        else:
+            console.print(f"started run [bold]{workflow_id}[/bold] ({request.mode.value})")
+        return 0
+    try:
+        result = await _wait_with_progress(handle, quiet=as_json)
+    except WorkflowFailureError as e:
+        cause = e.cause
+        message = getattr(cause, "message", None) or str(cause)
+        if as_json:
+            print(json.dumps({"run_id": workflow_id, "status": "failed", "error": message}))
+        else:
+            err.print(f"[red]run {workflow_id} failed:[/red] {message}")
+        return 1
+    if as_json:
+        print(json.dumps({"run_id": result.run_id, "status": result.status.value, "mode": result.mode.value,
+                          "window": [str(result.window_start), str(result.window_end)],
+                          "counts": result.counts.model_dump(),
+                          "verify_counts": result.verify_counts.model_dump() if result.verify_counts else None}))
+    else:
+        _print_result(result)
+    return 0 if result.status.value in ("completed", "rejected") else 1
+
+
+async def _wait_with_progress(handle: WorkflowHandle, quiet: bool) -> ReconcileResult:
+    total = await _customer_total()
+    result_task = asyncio.create_task(handle.result())
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=err,
+                  disable=quiet, transient=False) as bar:
+        task = bar.add_task("customers", total=total, phase="starting")
+        while not result_task.done():
+            try:
+                p: ReconcileProgress | None = await handle.query("progress", result_type=ReconcileProgress)
+                if p is not None:
+                    bar.update(task, completed=min(p.customers_scanned, total or p.customers_scanned),
+                               phase=p.phase.value + (" (paused)" if p.paused else ""))
+            except RPCError:
+                pass  # between continue-as-new runs, or not started yet
+            await asyncio.wait({result_task}, timeout=0.5)
+    return result_task.result()
+
+
+async def _customer_total() -> int:
+    try:
+        conn = await db.connect(_database_url())
+    except Exception:
+        return 0
+    try:
+        return await conn.fetchval("SELECT count(*) FROM billing.customers")
+    finally:
+        await conn.close()
+
+
+def _print_result(result: ReconcileResult) -> None:
+    table = Table(title=f"{result.run_id}: {result.status.value} ({result.mode.value}, "
+                        f"{result.window_start}..{result.window_end})")
+    table.add_column("count")
+    table.add_column("scan", justify="right")
+    table.add_column("verify", justify="right")
+    for name in result.counts.model_fields:
+        v = getattr(result.counts, name)
+        vv = getattr(result.verify_counts, name) if result.verify_counts else ""
+        table.add_row(name, str(v), str(vv))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- approve / pause
+
+
+def approve(run: str = typer.Argument(..., help="Run id (workflow id)"),
+            actor: str = typer.Option(..., help="Who approves (audited)"),
+            reason: str | None = typer.Option(None)) -> None:
+    """Approve a stored plan: the run applies exactly that plan."""
+    _decide(run, "approve", actor, reason)
+
+
+def reject(run: str = typer.Argument(..., help="Run id (workflow id)"),
+           actor: str = typer.Option(..., help="Who rejects (audited)"),
+           reason: str | None = typer.Option(None)) -> None:
+    """Reject a stored plan: nothing of it is applied."""
+    _decide(run, "reject", actor, reason)
+
+
+def _decide(run: str, update: str, actor: str, reason: str | None) -> None:
+    async def go() -> None:
+        client = await connect()
+        handle = client.get_workflow_handle(run)
+        try:
+            res = await handle.execute_update(update, ApprovalDecision(actor=actor, reason=reason))
+        except WorkflowUpdateFailedError as e:
+            raise _fail(f"{update} refused: {getattr(e.cause, 'message', e.cause)}") from e
+        console.print(f"{run}: {update}d by {actor} -> {res['status'] if isinstance(res, dict) else res.status}")
+
+    _run(go())
+
+
+def pause(run: str = typer.Argument(...), actor: str = typer.Option(...),
+          reason: str | None = typer.Option(None)) -> None:
+    """Pause auto-healing of a run: detection goes on, corrective writes stop."""
+    _signal(run, "pause", actor, reason)
+
+
+def resume(run: str = typer.Argument(...), actor: str = typer.Option(...),
+           reason: str | None = typer.Option(None)) -> None:
+    """Resume corrective writes of a paused run."""
+    _signal(run, "resume", actor, reason)
+
+
+def _signal(run: str, name: str, actor: str, reason: str | None) -> None:
+    async def go() -> None:
+        client = await connect()
+        await client.get_workflow_handle(run).signal(name, PauseRequest(actor=actor, reason=reason))
+        console.print(f"{run}: {name} sent by {actor}")
+
+    _run(go())
+
+
+# ---------------------------------------------------------------------------- report
+
+DISCREPANCY_COLUMNS = [
+    "discrepancy_key", "kind", "status", "customer_id", "stripe_customer_id", "meter", "usage_day",
+    "period_start", "ledger_value", "counter_value", "pushed_value", "stripe_value", "diff",
+    "diff_pct", "beyond_epsilon", "action", "detail",
+]
+
+
+def report(run: str = typer.Argument(..., help="Run id (workflow id)"),
+           as_json: bool = typer.Option(False, "--json"),
+           export_discrepancies: Path | None = typer.Option(None, "--export-discrepancies", help="Write every discrepancy to this CSV")) -> None:
+    """Show a run's counts and discrepancies."""
+    data = asyncio.run(load_report(_database_url(), run))
+    if data is None:
+        raise _fail(f"no reconciliation run {run!r}")
+    if export_discrepancies:
+        with export_discrepancies.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=DISCREPANCY_COLUMNS)
+            w.writeheader()
+            for d in data["discrepancies"]:
+                w.writerow({k: d.get(k) for k in DISCREPANCY_COLUMNS})
+    if as_json:
+        print(json.dumps(data, default=str))
+        return
+    print_report(data)
+    if export_discrepancies:
+        console.print(f"wrote {len(data['discrepancies'])} discrepancies to {export_discrepancies}")
+
+
+async def load_report(dsn: str, run: str) -> dict[str, Any] | None:
+    conn = await db.connect(dsn)
+    try:
+        r = await conn.fetchrow("SELECT * FROM billing.reconciliation_runs WHERE run_id = $1", run)
+        if r is None:
+            return None
+        rows = await conn.fetch(
+            f"SELECT {', '.join(DISCREPANCY_COLUMNS)} FROM billing.discrepancies WHERE run_id = $1 "
+            "ORDER BY discrepancy_key", run)
+    finally:
+        await conn.close()
+    run_data = dict(r)
+    return {"run": run_data, "run_id": run, "status": run_data["status"], "counts": run_data["counts"],
+            "discrepancies": [dict(x) for x in rows]}
+
+
+def print_report(data: dict[str, Any], limit: int = 25) -> None:
+    run = data["run"]
+    console.print(f"[bold]{data['run_id']}[/bold]  {run['mode']}  {run['window_start']}..{run['window_end']}  "
+                  f"status={run['status']}")
+    counts = {k: v for k, v in (data["counts"] or {}).items() if k != "verify" and v}
+    console.print("counts: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "nothing found"))
+    by_kind: dict[tuple[str, str], int] = {}
+    for d in data["discrepancies"]:
+        by_kind[(d["kind"], d["status"])] = by_kind.get((d["kind"], d["status"]), 0) + 1
+    if by_kind:
+        t = Table(title="discrepancies by kind")
+        t.add_column("kind")
+        t.add_column("status")
+        t.add_column("keys", justify="right")
+        for (k, s), n in sorted(by_kind.items()):
+            t.add_row(k, s, str(n))
+        console.print(t)
+        t = Table(title=f"first {min(limit, len(data['discrepancies']))} discrepancies")
+        for col in ["kind", "status", "customer_id", "meter", "usage_day", "period_start", "ledger_value",
+                    "counter_value", "stripe_value", "action"]:
+            t.add_column(col)
+        for d in data["discrepancies"][:limit]:
+            t.add_row(*[("" if d.get(c) is None else str(d.get(c))) for c in
+                        ["kind", "status", "customer_id", "meter", "usage_day", "period_start",
+                         "ledger_value", "counter_value", "stripe_value", "action"]])
+        console.print(t)
+
+
+# ---------------------------------------------------------------------------- smoke
+
+
+def smoke() -> None:
+    """Run the Smoke workflow: one trip through Postgres and Stripe via activities."""
+    from billing.models_smoke import SmokeCheck
+
+    async def go() -> SmokeCheck:
+        client = await connect()
+        return await client.execute_workflow(
+            "Smoke", SmokeCheck(), id=f"smoke-{uuid.uuid4().hex[:8]}",
+            task_queue=get_settings().task_queue, result_type=SmokeCheck)
+
+    res = _run(go())
+    console.print(res.model_dump_json(indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (migrate, worker, ingest, reconcile, approve, reject, pause, resume, report, smoke):
+        app.command(fn.__name__)(fn)
+    from starter import demo
+
+    app.command("demo")(demo.demo)
+

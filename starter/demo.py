@@ -1,0 +1,270 @@
+"""`billing-recon demo`: the main job end to end on embedded defaults.
+
+Brings the local stack up, seeds customers, meters and a few thousand usage events, syncs usage
+to the Stripe emulator, injects every kind of drift (lost push, double push, late usage,
+corrupted counter, orphan counter, quota crossing), runs a dry-run and then an apply, and prints
+a before/after report with the Temporal UI link of each run. Stops the stack unless --keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client
+
+from billing import db
+from billing.ingest import UsageEvent, ingest
+from billing.models import (
+    ApprovalDecision,
+    Mode,
+    ReconcileProgress,
+    ReconcileResult,
+    ReconcileUsageInput,
+)
+from billing.settings import get_settings
+from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
+from billing.temporal_client import connect
+
+console = Console()
+
+METERS = {"api_requests": "API requests", "storage_gb_hours": "Storage (GB-hours)"}
+DAYS = 6  # today and the 5 days before: all inside one window, none near the 35-day edge
+
+
+def demo(
+    customers: int = typer.Option(20, help="How many customers to seed"),
+    events: int = typer.Option(3000, help="How many usage events to seed"),
+    keep: bool = typer.Option(False, "--keep", help="Leave the stack running afterwards"),
+    seed: int = typer.Option(7, help="Random seed of the generated usage"),
+) -> None:
+    from starter import stack
+
+    console.rule("local stack")
+    info = stack.up(log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    for label, address in stack.address_lines(info):
+        console.print(f"{label:<16} {address}")
+    ok = False
+    try:
+        ok = asyncio.run(_demo(info, customers, events, seed))
+    finally:
+        if not keep:
+            console.rule("stopping the stack (use --keep to leave it running)")
+            stack.down()
+    if not ok:
+        raise typer.Exit(1)
+
+
+async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
+    settings = get_settings().model_copy(update={
+        "database_url": info.database_url, "stripe_api_base": info.stripe_api_base})
+    rng = random.Random(seed)
+    tag = uuid.uuid4().hex[:6]
+    ui = info.temporal_ui_url.rstrip("/")
+    client = await connect(info.temporal_address)
+    gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit))
+    stripe = make_stripe_client(settings)
+    conn = await db.connect(info.database_url)
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=DAYS - 1)
+    try:
+        console.rule("seed")
+        meter_ids = await _ensure_meters(stripe)
+        customer_ids: list[tuple[str, str]] = []
+        for i in range(n_customers):
+            cid = f"demo-{tag}-{i:03d}"
+            cus = await stripe.v1.customers.create_async(params={"name": f"Demo customer {i}", "metadata": {"customer_id": cid}})
+            customer_ids.append((cid, cus.id))
+        await conn.executemany(
+            "INSERT INTO billing.customers (customer_id, stripe_customer_id, name) VALUES ($1, $2, $3)",
+            [(cid, sid, f"Demo customer {i}") for i, (cid, sid) in enumerate(customer_ids)])
+        usage = [_event(rng, customer_ids, start, tag, i) for i in range(n_events)]
+        usage += usage[: n_events // 50]  # the app retried some submissions: deduped by request_id
+        rep = await ingest(conn, usage, source="demo")
+        # Enforcement counters as the app keeps them (correct to begin with).
+        await conn.execute(
+            """
+            INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value)
+            SELECT customer_id, meter, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date,
+                   (date_trunc('month', occurred_at AT TIME ZONE 'UTC') + interval '1 month')::date,
+                   sum(quantity)
+              FROM billing.usage_events WHERE customer_id LIKE $1 GROUP BY 1, 2, 3
+            """, f"demo-{tag}-%")
+        console.print(f"{n_customers} customers, {len(METERS)} meters, {rep.inserted} usage events "
+                      f"({rep.duplicates} duplicate submissions absorbed) over {start}..{today}")
+        only = [c for c, _ in customer_ids]
+
+        console.rule("initial usage sync (apply)")
+        first = await _run(client, settings, ui, ReconcileUsageInput(
+            start_date=start, end_date=today, customers=only, mode=Mode.APPLY, settle_seconds=1,
+            actor="demo"), f"demo-{tag}-sync")
+        console.print(f"pushed {first.counts.corrections_pushed} meter events to Stripe")
+
+        console.rule("inject drift")
+        drift = await _inject(conn, stripe, rng, customer_ids, meter_ids, start, today, tag)
+        for line in drift:
+            console.print(f"  - {line}")
+
+        before = await _snapshot(conn, gateway, customer_ids, meter_ids, start, today)
+        console.rule("dry-run")
+        dry = await _run(client, settings, ui, ReconcileUsageInput(
+            start_date=start, end_date=today, customers=only, mode=Mode.DRY_RUN, actor="demo"),
+            f"demo-{tag}-dry-run")
+        _counts_table("dry-run found", dry)
+        after_dry = await _snapshot(conn, gateway, customer_ids, meter_ids, start, today)
+        console.print("dry-run changed nothing: " + ("[green]yes[/green]" if after_dry == before else "[red]NO[/red]"))
+
+        console.rule("apply")
+        applied = await _run(client, settings, ui, ReconcileUsageInput(
+            start_date=start, end_date=today, customers=only, mode=Mode.APPLY, settle_seconds=2,
+            actor="demo"), f"demo-{tag}-apply", approver="demo-operator")
+        _counts_table("apply", applied)
+
+        after = await _snapshot(conn, gateway, customer_ids, meter_ids, start, today)
+        console.rule("before / after")
+        _before_after(before, after)
+        mismatches = [k for k, v in after.items() if v[0] != v[1] or v[0] != v[2]]
+        if mismatches:
+            console.print(f"[red]{len(mismatches)} key(s) still disagree[/red]: {mismatches[:5]}")
+        else:
+            console.print("[green]every key agrees: counters = ledger = Stripe summaries[/green]")
+        console.print(f"report: billing-recon report {applied.run_id}")
+        console.print(f"Temporal UI: {ui}/namespaces/default/workflows/{applied.run_id}")
+        return not mismatches and after_dry == before
+    finally:
+        await conn.close()
+
+
+async def _ensure_meters(stripe) -> dict[str, str]:
+    existing = {m.event_name: m.id for m in (await stripe.v1.billing.meters.list_async(params={"limit": 100})).data
+                if m.status == "active"}
+    for name, display in METERS.items():
+        if name not in existing:
+            m = await stripe.v1.billing.meters.create_async(params={
+                "display_name": display, "event_name": name, "default_aggregation": {"formula": "sum"}})
+            existing[name] = m.id
+    return {n: existing[n] for n in METERS}
+
+
+def _event(rng: random.Random, customers, start, tag: str, i: int) -> UsageEvent:
+    cid, _ = customers[rng.randrange(len(customers))]
+    meter = rng.choice(list(METERS))
+    day = start + timedelta(days=rng.randrange(DAYS))
+    at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(seconds=rng.randrange(86400))
+    at = min(at, datetime.now(UTC) - timedelta(seconds=1))
+    qty = Decimal(rng.randint(1, 50)) if meter == "api_requests" else Decimal(rng.randint(1, 40)) / 4
+    return UsageEvent(request_id=f"req-{tag}-{i}", customer_id=cid, meter=meter, quantity=qty, occurred_at=at)
+
+
+async def _inject(conn, stripe, rng, customers, meter_ids, start, today, tag) -> list[str]:
+    out = []
+    # 1. lost push: Stripe lost one of our events (cancelled behind our back).
+    lost = await conn.fetchrow(
+        "SELECT identifier, customer_id, meter, usage_day, value FROM billing.stripe_usage_pushes "
+        "WHERE customer_id = $1 AND status IN ('sent','confirmed') ORDER BY identifier LIMIT 1", customers[0][0])
+    await stripe.v1.billing.meter_event_adjustments.create_async(params={
+        "event_name": lost["meter"], "type": "cancel", "cancel": {"identifier": lost["identifier"]}})
+    out.append(f"lost push: {lost['customer_id']} {lost['meter']} {lost['usage_day']} ({lost['value']}) vanished from Stripe")
+    # 2. double push: another system sent the same usage twice.
+    cid, sid = customers[1]
+    row = await conn.fetchrow(
+        "SELECT meter, usage_day, value, event_timestamp FROM billing.stripe_usage_pushes WHERE customer_id = $1 "
+        "ORDER BY identifier LIMIT 1", cid)
+    await stripe.v1.billing.meter_events.create_async(params={
+        "event_name": row["meter"], "identifier": f"legacy-cron-{tag}-dup",
+        "timestamp": int(row["event_timestamp"].timestamp()),
+        "payload": {"stripe_customer_id": sid, "value": str(row["value"])}})
+    out.append(f"double push: {cid} {row['meter']} {row['usage_day']} sent twice (+{row['value']})")
+    # 3. late usage: ingested after the sync, never pushed.
+    late = UsageEvent(request_id=f"req-{tag}-late", customer_id=customers[2][0], meter="api_requests",
+                      quantity=Decimal(42), occurred_at=datetime.now(UTC) - timedelta(minutes=5))
+    await ingest(conn, [late], source="demo")
+    out.append(f"late usage: {customers[2][0]} api_requests +42 today, not yet in Stripe")
+    # 4. corrupted counter.
+    await conn.execute("UPDATE billing.usage_counters SET value = value + 137 WHERE customer_id = $1 AND meter = 'api_requests'",
+                       customers[3][0])
+    out.append(f"corrupted counter: {customers[3][0]} api_requests +137")
+    # 5. orphan counter: a counter with no usage behind it.
+    period = today.replace(day=1)
+    nxt = (period + timedelta(days=32)).replace(day=1)
+    await conn.execute(
+        "INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value) VALUES ($1, 'gpu_minutes', $2, $3, 55) "
+        "ON CONFLICT DO NOTHING", customers[4][0], period, nxt)
+    out.append(f"orphan counter: {customers[4][0]} gpu_minutes = 55 with no usage")
+    # 6. quota crossing: the counter under-counts and sits below the quota; the ledger is above it.
+    ledger = await conn.fetchval("SELECT sum(quantity) FROM billing.usage_events WHERE customer_id = $1 AND meter = 'api_requests'",
+                                 customers[5][0])
+    await conn.execute("UPDATE billing.usage_counters SET value = $2, quota = $3 WHERE customer_id = $1 AND meter = 'api_requests'",
+                       customers[5][0], ledger / 2, ledger - 1)
+    out.append(f"quota crossing: {customers[5][0]} counter {ledger / 2} under quota {ledger - 1}, ledger {ledger} over it")
+    return out
+
+
+async def _snapshot(conn, gateway, customers, meter_ids, start, today) -> dict:
+    """(customer, meter) -> (ledger, counter, stripe) over the window."""
+    ids = [c for c, _ in customers]
+    ledger = {(r["customer_id"], r["meter"]): r["s"] for r in await conn.fetch(
+        "SELECT customer_id, meter, sum(quantity) s FROM billing.usage_events WHERE customer_id = ANY($1) "
+        "AND occurred_at >= $2 GROUP BY 1, 2", ids, datetime.combine(start, datetime.min.time(), tzinfo=UTC))}
+    counters = {(r["customer_id"], r["meter"]): r["value"] for r in await conn.fetch(
+        "SELECT customer_id, meter, sum(value) AS value FROM billing.usage_counters WHERE customer_id = ANY($1) GROUP BY 1, 2", ids)}
+    out = {}
+    for cid, sid in customers:
+        for meter, mid in meter_ids.items():
+            s = sum((await gateway.daily_summaries(mid, sid, start, today)).values(), Decimal(0))
+            out[(cid, meter)] = (Decimal(ledger.get((cid, meter), 0)), Decimal(counters.get((cid, meter), 0)), s)
+    for (cid, meter), v in counters.items():
+        if meter not in meter_ids:
+            out[(cid, meter)] = (Decimal(ledger.get((cid, meter), 0)), Decimal(v), Decimal(ledger.get((cid, meter), 0)))
+    return out
+
+
+async def _run(client: Client, settings, ui: str, request: ReconcileUsageInput, workflow_id: str,
+               approver: str | None = None) -> ReconcileResult:
+    console.print(f"run {workflow_id}: {ui}/namespaces/default/workflows/{workflow_id}")
+    handle = await client.start_workflow("ReconcileUsage", request, id=workflow_id,
+                                         task_queue=settings.task_queue, result_type=ReconcileResult)
+    result_task = asyncio.ensure_future(handle.result())
+    approved = False
+    while not result_task.done():
+        await asyncio.wait({result_task}, timeout=0.5)
+        if approver and not approved and not result_task.done():
+            p = await handle.query("progress", result_type=ReconcileProgress)
+            if p and p.phase.value == "awaiting_approval":
+                console.print(f"{p.counts.held_for_approval} over-reporting correction(s) beyond epsilon held "
+                              f"for approval; approving as {approver}")
+                await handle.execute_update("approve", ApprovalDecision(actor=approver, reason="demo"))
+                approved = True
+    return result_task.result()
+
+
+def _counts_table(title: str, r: ReconcileResult) -> None:
+    t = Table(title=f"{title}: {r.status.value}")
+    t.add_column("count")
+    t.add_column("value", justify="right")
+    for k, v in r.counts.model_dump().items():
+        if v:
+            t.add_row(k, str(v))
+    console.print(t)
+
+
+def _before_after(before: dict, after: dict) -> None:
+    t = Table(title="keys that drifted (ledger / counter / Stripe)")
+    for col in ("customer", "meter", "before", "after"):
+        t.add_column(col)
+    for key in sorted(before):
+        b, a = before[key], after.get(key, before[key])
+        if b[0] == b[1] == b[2] and a == b:
+            continue
+        t.add_row(key[0], key[1], " / ".join(map(_fmt, b)), " / ".join(map(_fmt, a)))
+    console.print(t)
+
+
+def _fmt(d: Decimal) -> str:
+    return format(d.normalize(), "f") if d == d.to_integral() else f"{d:.2f}"
