@@ -578,6 +578,7 @@ def _line(s: Store, price, qty, amount, period, sub_id, si_id, metered) -> dict[
         },
         "quantity": qty,
         "quantity_decimal": str(qty),
+        "subscription": sub_id,
         "subtotal": amount,
         "taxes": [],
     }
