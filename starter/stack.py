@@ -38,6 +38,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -553,6 +554,11 @@ def _start_postgres(config: StackConfig) -> ComponentRecord:
             f"Embedded Postgres failed to start: {exc}\nLog {log}:\n{log_tail(log)}"
         ) from exc
     info = server.get_postmaster_info()
+    # Postgres writes its log into pgdata; make it findable with the others.
+    link = config.log_dir / f"{POSTGRES}.log"
+    if not link.is_symlink():
+        with contextlib.suppress(OSError):
+            link.symlink_to(Path("..") / PGDATA_DIR / "log")
     url = server.get_uri(DATABASE_NAME)
     _run_sync(lambda: ensure_database(server.get_uri("postgres")))
     pid = info.pid
@@ -733,7 +739,7 @@ def down(
     timeout: float = STOP_TIMEOUT_SECONDS,
     log: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Stop exactly what `up` recorded (worker first, Postgres last) and keep the data, unless
+    """Stop exactly what `up` recorded (the worker first) and keep the data, unless
     `purge`, which deletes the whole state folder. Returns the names stopped."""
     config = _config(config)
     say = log or (lambda _msg: None)
@@ -744,18 +750,27 @@ def down(
         _check_purgeable(config.state_dir)
     with _locked(config):
         state = load_state(config.state_dir)
-        for name in reversed(COMPONENTS):
-            record = state.components.get(name)
-            if record is None:
-                continue
+
+        def stop(name: str) -> bool:
+            record = state.components[name]
             if name == POSTGRES:
-                done = _stop_postgres(config.pgdata)
-            else:
-                done = _terminate(record.pid, timeout, record.create_time)
-            say(f"{name}: {'stopped' if done else 'was not running'} (pid {record.pid})")
-            if done:
-                stopped.append(name)
-            state.components.pop(name)
+                return _stop_postgres(record.pgdata or config.pgdata)
+            return _terminate(record.pid, timeout, record.create_time)
+
+        # The worker first (it drains activities that still need the others), then the rest
+        # at once: each takes a few seconds to shut down gracefully.
+        for stage in ([WORKER], [EMULATOR, TEMPORAL, POSTGRES]):
+            names = [n for n in stage if n in state.components]
+            if not names:
+                continue
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                results = dict(zip(names, pool.map(stop, names), strict=True))
+            for name in names:
+                record = state.components.pop(name)
+                done = results[name]
+                say(f"{name}: {'stopped' if done else 'was not running'} (pid {record.pid})")
+                if done:
+                    stopped.append(name)
             _save_state(config, state)
         if not purge:
             return stopped
