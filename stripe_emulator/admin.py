@@ -80,7 +80,9 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
 
     async def meter_events(request: Request) -> Response:
         q = request.query_params
-        recs = store.meters.list_events_admin(q.get("event_name") or None, q.get("customer") or None)
+        recs = store.meters.list_events_admin(
+            q.get("event_name") or None, q.get("customer") or None
+        )
         data = [r.admin_dict() for r in recs]
         return JSONResponse({"data": data, "count": len(data)})
 
@@ -112,7 +114,9 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         return JSONResponse(public(sess))
 
     async def deliveries(request: Request) -> Response:
-        return JSONResponse({"data": list(emu.deliverer.log), "in_flight": len(emu.deliverer.tasks)})
+        return JSONResponse(
+            {"data": list(emu.deliverer.log), "in_flight": len(emu.deliverer.tasks)}
+        )
 
     return [
         Route(f"{PREFIX}/health", health, methods=["GET"]),
@@ -158,7 +162,9 @@ class EmulatorAdmin:
     async def health(self) -> dict[str, Any]:
         return await self._call("GET", "/health")
 
-    async def reset(self, *, reset_config: bool = False, config: dict[str, Any] | None = None) -> None:
+    async def reset(
+        self, *, reset_config: bool = False, config: dict[str, Any] | None = None
+    ) -> None:
         body: dict[str, Any] = {"reset_config": reset_config}
         if config:
             body["config"] = config
@@ -176,12 +182,16 @@ class EmulatorAdmin:
     async def advance_clock(self, seconds: float) -> int:
         return int((await self._call("POST", "/clock/advance", json={"seconds": seconds}))["now"])
 
-    async def meter_events(self, event_name: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
+    async def meter_events(
+        self, event_name: str | None = None, customer: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("event_name", event_name), ("customer", customer)) if v}
         return (await self._call("GET", "/meter_events", params=params))["data"]
 
     async def seed_meter_events(self, events: list[dict[str, Any]]) -> int:
-        return int((await self._call("POST", "/meter_events/bulk", json={"events": events}))["inserted"])
+        return int(
+            (await self._call("POST", "/meter_events/bulk", json={"events": events}))["inserted"]
+        )
 
     async def request_stats(self) -> dict[str, int]:
         return await self._call("GET", "/requests/stats")

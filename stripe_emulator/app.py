@@ -58,14 +58,26 @@ def build_router(store: Store) -> Router:
 
     # billing
     rt.add("POST", "/v1/billing/meter_events", lambda ctx, p: m.create_event(ctx, p))
-    rt.add("POST", "/v1/billing/meter_event_adjustments", lambda ctx, p: m.create_adjustment(ctx, p))
+    rt.add(
+        "POST", "/v1/billing/meter_event_adjustments", lambda ctx, p: m.create_adjustment(ctx, p)
+    )
     rt.add("POST", "/v1/billing/meters", lambda ctx, p: m.create_meter(ctx, p))
     rt.add("GET", "/v1/billing/meters", lambda ctx, p: m.list_meters(p))
     rt.add("GET", "/v1/billing/meters/{id}", lambda ctx, p, id: m.get_meter(id))
     rt.add("POST", "/v1/billing/meters/{id}", lambda ctx, p, id: m.update_meter(ctx, p, id))
-    rt.add("POST", "/v1/billing/meters/{id}/deactivate", lambda ctx, p, id: m.set_status(ctx, id, False))
-    rt.add("POST", "/v1/billing/meters/{id}/reactivate", lambda ctx, p, id: m.set_status(ctx, id, True))
-    rt.add("GET", "/v1/billing/meters/{id}/event_summaries", lambda ctx, p, id: m.event_summaries(p, id))
+    rt.add(
+        "POST",
+        "/v1/billing/meters/{id}/deactivate",
+        lambda ctx, p, id: m.set_status(ctx, id, False),
+    )
+    rt.add(
+        "POST", "/v1/billing/meters/{id}/reactivate", lambda ctx, p, id: m.set_status(ctx, id, True)
+    )
+    rt.add(
+        "GET",
+        "/v1/billing/meters/{id}/event_summaries",
+        lambda ctx, p, id: m.event_summaries(p, id),
+    )
     # customers
     rt.add("POST", "/v1/customers", w(r.create_customer))
     rt.add("GET", "/v1/customers", w(r.list_customers))
@@ -104,7 +116,9 @@ def build_router(store: Store) -> Router:
     # webhook endpoints
     rt.add("POST", "/v1/webhook_endpoints", w(r.create_webhook_endpoint))
     rt.add("GET", "/v1/webhook_endpoints", w(r.list_webhook_endpoints))
-    rt.add("GET", "/v1/webhook_endpoints/{id}", lambda ctx, p, id: s.col("webhook_endpoint").get(id))
+    rt.add(
+        "GET", "/v1/webhook_endpoints/{id}", lambda ctx, p, id: s.col("webhook_endpoint").get(id)
+    )
     rt.add("POST", "/v1/webhook_endpoints/{id}", w(r.update_webhook_endpoint))
     rt.add("DELETE", "/v1/webhook_endpoints/{id}", w(r.delete_webhook_endpoint))
     # events
@@ -148,7 +162,7 @@ def _api_key(request: Request) -> tuple[str | None, StripeError | None]:
         key = ""
     if not key or not _API_KEY_RE.match(key):
         shown = (key[:8] + "*" * 4 + key[-4:]) if len(key) > 12 else key
-        return None, StripeError(401, f"Invalid API Key provided: {shown}", code="api_key_invalid" if False else None)
+        return None, StripeError(401, f"Invalid API Key provided: {shown}")
     return key, None
 
 
@@ -162,12 +176,18 @@ class EmulatorApp:
     def respond(
         self, status: int, body: bytes, request_id: str, headers: dict[str, str] | None = None
     ) -> Response:
-        h = {"Request-Id": request_id, "Stripe-Version": API_VERSION, "Access-Control-Allow-Origin": "*"}
+        h = {
+            "Request-Id": request_id,
+            "Stripe-Version": API_VERSION,
+            "Access-Control-Allow-Origin": "*",
+        }
         if headers:
             h.update(headers)
         return Response(content=body, status_code=status, headers=h, media_type="application/json")
 
-    def error_response(self, err: StripeError, request_id: str, extra: dict[str, str] | None = None) -> Response:
+    def error_response(
+        self, err: StripeError, request_id: str, extra: dict[str, str] | None = None
+    ) -> Response:
         headers = dict(err.headers)
         if extra:
             headers.update(extra)
@@ -222,7 +242,9 @@ class EmulatorApp:
                 if 200 <= saved.status < 300:
                     s.record_stat(f"{method} {template}")
                 return self.respond(
-                    saved.status, saved.body, request_id,
+                    saved.status,
+                    saved.body,
+                    request_id,
                     {**saved.headers, "Idempotent-Replayed": "true"},
                 )
             if scope in s.in_flight:
@@ -259,7 +281,11 @@ class EmulatorApp:
                 status, out = 500, _dumps(err.body(request_id))
             if scope is not None and save:
                 s.idempotency[scope] = SavedResponse(
-                    fingerprint, status, out, {**saved_headers, "Original-Request": request_id}, s.clock.now_float()
+                    fingerprint,
+                    status,
+                    out,
+                    {**saved_headers, "Original-Request": request_id},
+                    s.clock.now_float(),
                 )
                 s.purge_idempotency()
             if fault is not None and fault.status and fault.after:
@@ -291,8 +317,12 @@ class EmulatorApp:
                 headers={"Stripe-Should-Retry": "true"},
             )
         if status == 409:
-            return StripeError(409, "This object cannot be accessed right now because another API request "
-                               "or Stripe process is currently accessing it.", code="lock_timeout")
+            return StripeError(
+                409,
+                "This object cannot be accessed right now because another API request "
+                "or Stripe process is currently accessing it.",
+                code="lock_timeout",
+            )
         return StripeError(status, f"Injected fault ({status}).")
 
     def build(self) -> Starlette:

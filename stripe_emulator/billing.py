@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
+import secrets
+import uuid
 from bisect import bisect_left
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,7 @@ CANCEL_WINDOW = DAY
 MAX_IDENTIFIER = 100
 _NUMBER_RE = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)$")
 WINDOW_SECONDS = {"hour": 3600, "day": DAY}
+_ID_BITS = random.Random(secrets.randbits(64))
 
 
 class MeterEventRecord:
@@ -40,7 +44,20 @@ class MeterEventRecord:
         "extra",
     )
 
-    def __init__(self, seq, identifier, event_name, customer, value_str, value, timestamp, created, counted, keys, extra):
+    def __init__(
+        self,
+        seq,
+        identifier,
+        event_name,
+        customer,
+        value_str,
+        value,
+        timestamp,
+        created,
+        counted,
+        keys,
+        extra,
+    ):
         self.seq = seq
         self.identifier = identifier
         self.event_name = event_name
@@ -193,7 +210,9 @@ class MeterStore:
         meter["status"] = want
         meter["status_transitions"] = {"deactivated_at": None if active else now}
         meter["updated"] = now
-        self.store.emit("billing.meter.reactivated" if active else "billing.meter.deactivated", meter, ctx, prev)
+        self.store.emit(
+            "billing.meter.reactivated" if active else "billing.meter.deactivated", meter, ctx, prev
+        )
         return meter
 
     def list_meters(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +252,9 @@ class MeterStore:
         identifier = p.get("identifier") or None
         if identifier is not None and len(identifier) > MAX_IDENTIFIER:
             raise invalid(
-                f"identifier must be at most {MAX_IDENTIFIER} characters.", "identifier", "parameter_invalid_string"
+                f"identifier must be at most {MAX_IDENTIFIER} characters.",
+                "identifier",
+                "parameter_invalid_string",
             )
         meter = self.by_event_name.get(event_name)
         if meter is None or meter["status"] != "active":
@@ -248,21 +269,28 @@ class MeterStore:
         customer = payload.get(cust_key)
         if not customer or not isinstance(customer, str):
             raise invalid(
-                f"Missing required payload key: {cust_key}.", f"payload[{cust_key}]", "parameter_missing"
+                f"Missing required payload key: {cust_key}.",
+                f"payload[{cust_key}]",
+                "parameter_missing",
             )
         value_str = payload.get(val_key)
         formula = meter["default_aggregation"]["formula"]
         if value_str is None:
             if formula != "count":
                 raise invalid(
-                    f"Missing required payload key: {val_key}.", f"payload[{val_key}]", "parameter_missing"
+                    f"Missing required payload key: {val_key}.",
+                    f"payload[{val_key}]",
+                    "parameter_missing",
                 )
             value = 1.0
         else:
             value = self._parse_value(value_str, val_key)
         if identifier is not None:
             prior = self.by_identifier.get(identifier)
-            if prior is not None and prior.created > now - self.store.config.identifier_dedupe_seconds:
+            if (
+                prior is not None
+                and prior.created > now - self.store.config.identifier_dedupe_seconds
+            ):
                 raise StripeError(
                     400,
                     f"An event already exists with identifier {identifier}.",
@@ -271,10 +299,21 @@ class MeterStore:
                     headers={"Stripe-Should-Retry": "false"},
                 )
         else:
-            identifier = new_id("", 8) + "-" + new_id("", 4) + "-" + new_id("", 12)
+            identifier = str(uuid.UUID(int=_ID_BITS.getrandbits(128), version=4))
         extra = {k: v for k, v in payload.items() if k not in (cust_key, val_key)} or None
         counted = customer in self.store.col("customer").objects
-        rec = self._add(identifier, event_name, customer, value_str, value, timestamp, now, counted, (cust_key, val_key), extra)
+        rec = self._add(
+            identifier,
+            event_name,
+            customer,
+            value_str,
+            value,
+            timestamp,
+            now,
+            counted,
+            (cust_key, val_key),
+            extra,
+        )
         if not counted:
             self.store.emit(
                 "v1.billing.meter.error_report_triggered",
@@ -316,9 +355,31 @@ class MeterStore:
         except InvalidOperation:  # pragma: no cover - regex guards this
             raise invalid(f"Invalid value for payload[{val_key}]", f"payload[{val_key}]") from None
 
-    def _add(self, identifier, event_name, customer, value_str, value, timestamp, created, counted, keys, extra) -> MeterEventRecord:
+    def _add(
+        self,
+        identifier,
+        event_name,
+        customer,
+        value_str,
+        value,
+        timestamp,
+        created,
+        counted,
+        keys,
+        extra,
+    ) -> MeterEventRecord:
         rec = MeterEventRecord(
-            len(self.all), identifier, event_name, customer, value_str, value, timestamp, created, counted, keys, extra
+            len(self.all),
+            identifier,
+            event_name,
+            customer,
+            value_str,
+            value,
+            timestamp,
+            created,
+            counted,
+            keys,
+            extra,
         )
         self.all.append(rec)
         self.by_identifier[identifier] = rec
@@ -349,7 +410,7 @@ class MeterStore:
             value_str = str(payload.get(val_key, e.get("value", "1")))
             if customer not in customers.objects:
                 customers.add(bare_customer(customer, now))
-            ident = e.get("identifier") or new_id("seed_", 20)
+            ident = e.get("identifier") or f"seed_{len(self.all)}_{_ID_BITS.getrandbits(40):010x}"
             self._add(
                 ident,
                 e["event_name"],
@@ -365,7 +426,9 @@ class MeterStore:
             n += 1
         return n
 
-    def list_events_admin(self, event_name: str | None, customer: str | None) -> list[MeterEventRecord]:
+    def list_events_admin(
+        self, event_name: str | None, customer: str | None
+    ) -> list[MeterEventRecord]:
         if event_name and customer:
             s = self.series.get((event_name, customer))
             if s is None:
@@ -392,7 +455,10 @@ class MeterStore:
         meter = self.by_event_name.get(event_name)
         if meter is None or meter["status"] != "active":
             raise StripeError(
-                400, f"No active meter found for event name {event_name}.", param="event_name", code="resource_missing"
+                400,
+                f"No active meter found for event name {event_name}.",
+                param="event_name",
+                code="resource_missing",
             )
         rec = self.by_identifier.get(identifier)
         if rec is None or rec.event_name != event_name:
@@ -434,14 +500,22 @@ class MeterStore:
         end = to_int(p["end_time"], "end_time")
         for name, v in (("start_time", start), ("end_time", end)):
             if v % 60:
-                raise invalid(f"{name} must be aligned to minute boundaries.", name, "parameter_invalid_integer")
+                raise invalid(
+                    f"{name} must be aligned to minute boundaries.",
+                    name,
+                    "parameter_invalid_integer",
+                )
         if end <= start:
-            raise invalid("end_time must be greater than start_time.", "end_time", "parameter_invalid_integer")
+            raise invalid(
+                "end_time must be greater than start_time.", "end_time", "parameter_invalid_integer"
+            )
         grouping = p.get("value_grouping_window") or None
         if grouping is not None:
             if grouping not in WINDOW_SECONDS:
                 raise invalid(
-                    "value_grouping_window must be one of day or hour", "value_grouping_window", "parameter_invalid_string"
+                    "value_grouping_window must be one of day or hour",
+                    "value_grouping_window",
+                    "parameter_invalid_string",
                 )
             size = WINDOW_SECONDS[grouping]
             label = "hour boundaries" if grouping == "hour" else "day boundaries (00:00 UTC)"
@@ -465,7 +539,10 @@ class MeterStore:
             )
         after, before = p.get("starting_after") or None, p.get("ending_before") or None
         if after and before:
-            raise invalid("You may only specify one of these parameters: ending_before, starting_after.", "ending_before")
+            raise invalid(
+                "You may only specify one of these parameters: ending_before, starting_after.",
+                "ending_before",
+            )
         prefix = self._summary_prefix(meter["id"], customer, grouping)
         # windows newest first: window k starts at end - (k+1)*size
         n_windows = (end - start) // size

@@ -13,10 +13,14 @@ def run(
     host: str = typer.Option("127.0.0.1", envvar="EMULATOR_HOST", help="Interface to bind."),
     port: int = typer.Option(12111, envvar="EMULATOR_PORT", help="Port to listen on."),
     rate_limit: float = typer.Option(
-        25.0, envvar="EMULATOR_RATE_LIMIT", help="Requests per second (test mode: 25); 0 = unlimited."
+        25.0,
+        envvar="EMULATOR_RATE_LIMIT",
+        help="Requests per second (test mode: 25); 0 = unlimited.",
     ),
     summary_lag_seconds: float = typer.Option(
-        0.0, envvar="EMULATOR_SUMMARY_LAG_SECONDS", help="Seconds before a meter event counts in summaries."
+        0.0,
+        envvar="EMULATOR_SUMMARY_LAG_SECONDS",
+        help="Seconds before a meter event counts in summaries.",
     ),
     seed: int = typer.Option(0, envvar="EMULATOR_SEED", help="Seed for fault injection."),
     webhook_secret: str | None = typer.Option(

@@ -48,7 +48,9 @@ class StripeError(Exception):
         return {"error": err}
 
 
-def invalid(message: str, param: str | None = None, code: str | None = None, **kw: Any) -> StripeError:
+def invalid(
+    message: str, param: str | None = None, code: str | None = None, **kw: Any
+) -> StripeError:
     """A request-validation failure (400, never saved for idempotency)."""
     kw.setdefault("saved", False)
     return StripeError(400, message, param=param, code=code, **kw)

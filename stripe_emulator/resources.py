@@ -65,7 +65,14 @@ def _list_filter_created(p: Params):
 
 
 def _address_null() -> dict[str, Any]:
-    return {"city": None, "country": None, "line1": None, "line2": None, "postal_code": None, "state": None}
+    return {
+        "city": None,
+        "country": None,
+        "line1": None,
+        "line2": None,
+        "postal_code": None,
+        "state": None,
+    }
 
 
 # ---------------------------------------------------------------------------- customers
@@ -138,7 +145,9 @@ def update_customer(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
         if k in p:
             c[k] = p[k] or None
     if "address" in p:
-        c["address"] = {**_address_null(), **p["address"]} if isinstance(p["address"], dict) else None
+        c["address"] = (
+            {**_address_null(), **p["address"]} if isinstance(p["address"], dict) else None
+        )
     if "metadata" in p:
         c["metadata"] = _metadata(c["metadata"], p["metadata"])
     prev = diff_previous(before, c)
@@ -197,7 +206,9 @@ def create_product(s: Store, ctx, p: Params) -> dict[str, Any]:
         "url": p.get("url"),
     }
     if prod["id"] in s.col("product").objects:
-        raise invalid(f"Product already exists: {prod['id']}", "id", "resource_already_exists", saved=True)
+        raise invalid(
+            f"Product already exists: {prod['id']}", "id", "resource_already_exists", saved=True
+        )
     s.col("product").add(prod)
     s.emit("product.created", prod, ctx)
     return prod
@@ -223,7 +234,9 @@ def update_product(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
 def list_products(s: Store, ctx, p: Params) -> dict[str, Any]:
     active = to_bool(p["active"], "active") if "active" in p else None
     cf = _list_filter_created(p)
-    items = s.col("product").newest_first(lambda o: (active is None or o["active"] == active) and cf(o))
+    items = s.col("product").newest_first(
+        lambda o: (active is None or o["active"] == active) and cf(o)
+    )
     return paginate(items, p, "/v1/products", "product")
 
 
@@ -251,7 +264,9 @@ def create_price(s: Store, ctx, p: Params) -> dict[str, Any]:
     if isinstance(p.get("recurring"), dict):
         r = p["recurring"]
         if r.get("interval") not in ("day", "week", "month", "year"):
-            raise invalid("Invalid recurring[interval]", "recurring[interval]", "parameter_invalid_string")
+            raise invalid(
+                "Invalid recurring[interval]", "recurring[interval]", "parameter_invalid_string"
+            )
         usage_type = r.get("usage_type", "licensed")
         if usage_type not in ("licensed", "metered"):
             raise invalid("Invalid recurring[usage_type]", "recurring[usage_type]")
@@ -361,7 +376,9 @@ def _plan_from_price(price: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- subscriptions
-def _make_item(s: Store, sub_id: str, spec: Params, idx: int, period: tuple[int, int]) -> dict[str, Any]:
+def _make_item(
+    s: Store, sub_id: str, spec: Params, idx: int, period: tuple[int, int]
+) -> dict[str, Any]:
     price_id = spec.get("price")
     if not price_id:
         raise missing(f"items[{idx}][price]")
@@ -374,7 +391,8 @@ def _make_item(s: Store, sub_id: str, spec: Params, idx: int, period: tuple[int,
     metered = price["recurring"]["usage_type"] == "metered"
     if metered and spec.get("quantity") not in (None, ""):
         raise invalid(
-            "Quantity should not be specified where usage_type is `metered`.", f"items[{idx}][quantity]"
+            "Quantity should not be specified where usage_type is `metered`.",
+            f"items[{idx}][quantity]",
         )
     quantity = None if metered else to_int(spec.get("quantity", 1), f"items[{idx}][quantity]")
     item = {
@@ -431,7 +449,9 @@ def create_subscription(s: Store, ctx, p: Params, *, emit_invoice: bool = True) 
         items_spec = list(items_spec.values())
     now = s.now()
     sub_id = new_id("sub_", 24)
-    first_price = s.col("price").get(items_spec[0].get("price") or "", param="items[0][price]", status=400)
+    first_price = s.col("price").get(
+        items_spec[0].get("price") or "", param="items[0][price]", status=400
+    )
     rec = first_price["recurring"] or {"interval": "month", "interval_count": 1}
     trial_days = p.get("trial_period_days")
     trial_end = p.get("trial_end")
@@ -454,7 +474,11 @@ def create_subscription(s: Store, ctx, p: Params, *, emit_invoice: bool = True) 
         "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
         "billing_cycle_anchor": period_end if trial_end else now,
         "billing_cycle_anchor_config": None,
-        "billing_mode": {"type": "flexible", "flexible": {"proration_discounts": "included"}, "updated_at": now},
+        "billing_mode": {
+            "type": "flexible",
+            "flexible": {"proration_discounts": "included"},
+            "updated_at": now,
+        },
         "billing_schedules": [],
         "billing_thresholds": None,
         "cancel_at": None,
@@ -466,7 +490,9 @@ def create_subscription(s: Store, ctx, p: Params, *, emit_invoice: bool = True) 
         "currency": currency,
         "customer": customer_id,
         "customer_account": None,
-        "days_until_due": to_int(p["days_until_due"], "days_until_due") if p.get("days_until_due") else None,
+        "days_until_due": to_int(p["days_until_due"], "days_until_due")
+        if p.get("days_until_due")
+        else None,
         "default_payment_method": p.get("default_payment_method"),
         "default_source": None,
         "default_tax_rates": [],
@@ -529,14 +555,14 @@ def _subscription_invoice(
             qty_f = 0.0
             if meter is not None:
                 series = s.meters.series.get((meter["event_name"], sub["customer"]))
-                qty_f = s.meters._aggregate(series, meter["default_aggregation"]["formula"], period[0], period[1])
+                qty_f = s.meters._aggregate(
+                    series, meter["default_aggregation"]["formula"], period[0], period[1]
+                )
             qty = int(qty_f)
         else:
             qty = it["quantity"] or 1
         unit = price["unit_amount"] or 0
-        lines.append(
-            _line(s, price, qty, qty * unit, period, sub["id"], it["id"], metered)
-        )
+        lines.append(_line(s, price, qty, qty * unit, period, sub["id"], it["id"], metered))
     inv = _new_invoice(s, sub["customer"], sub["id"], reason, lines, period, sub["currency"])
     s.col("invoice").add(inv)
     s.emit("invoice.created", inv, ctx)
@@ -584,7 +610,9 @@ def _line(s: Store, price, qty, amount, period, sub_id, si_id, metered) -> dict[
     }
 
 
-def _new_invoice(s: Store, customer_id, sub_id, reason, lines, period, currency="usd", p: Params | None = None):
+def _new_invoice(
+    s: Store, customer_id, sub_id, reason, lines, period, currency="usd", p: Params | None = None
+):
     p = p or {}
     cust = s.col("customer").objects.get(customer_id, {})
     total = sum(line["amount"] for line in lines)
@@ -607,7 +635,13 @@ def _new_invoice(s: Store, customer_id, sub_id, reason, lines, period, currency=
         "attempt_count": 0,
         "attempted": False,
         "auto_advance": to_bool(p.get("auto_advance", sub_id is not None), "auto_advance"),
-        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None, "provider": None, "status": None},
+        "automatic_tax": {
+            "disabled_reason": None,
+            "enabled": False,
+            "liability": None,
+            "provider": None,
+            "status": None,
+        },
         "automatically_finalizes_at": None,
         "billing_reason": reason,
         "collection_method": p.get("collection_method", "charge_automatically"),
@@ -659,7 +693,11 @@ def _new_invoice(s: Store, customer_id, sub_id, reason, lines, period, currency=
             if sub_id
             else None
         ),
-        "payment_settings": {"default_mandate": None, "payment_method_options": None, "payment_method_types": None},
+        "payment_settings": {
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        },
         "period_end": period[1],
         "period_start": period[0],
         "post_payment_credit_notes_amount": 0,
@@ -692,8 +730,9 @@ def _new_invoice(s: Store, customer_id, sub_id, reason, lines, period, currency=
 
 def _finalize(s: Store, ctx, inv: dict[str, Any]) -> None:
     if inv["status"] != "draft":
-        raise StripeError(400, "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
-                          code="invoice_not_editable" if False else None)
+        raise StripeError(
+            400, "This invoice is already finalized, you can't re-finalize a non-draft invoice."
+        )
     prev = {"status": "draft", "number": None}
     cust = s.col("customer").objects.get(inv["customer"], {})
     seq = cust.get("next_invoice_sequence", 1)
@@ -711,7 +750,9 @@ def _finalize(s: Store, ctx, inv: dict[str, Any]) -> None:
 
 def _pay(s: Store, ctx, inv: dict[str, Any]) -> None:
     if inv["status"] != "open":
-        raise StripeError(400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state" if False else None)
+        raise StripeError(
+            400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state"
+        )
     prev = {"status": "open", "amount_paid": 0, "amount_remaining": inv["amount_remaining"]}
     now = s.now()
     inv["status"] = "paid"
@@ -768,7 +809,9 @@ def update_subscription(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
                 if spec.get("quantity") not in (None, ""):
                     it["quantity"] = to_int(spec["quantity"], f"items[{i}][quantity]")
                 if spec.get("price"):
-                    price = s.col("price").get(spec["price"], param=f"items[{i}][price]", status=400)
+                    price = s.col("price").get(
+                        spec["price"], param=f"items[{i}][price]", status=400
+                    )
                     it["price"] = snapshot(price)
                     it["plan"] = _plan_from_price(price)
                 if "metadata" in spec:
@@ -790,7 +833,10 @@ def _cancel_subscription(s: Store, ctx, sub: dict[str, Any]) -> None:
     sub["status"] = "canceled"
     sub["canceled_at"] = now
     sub["ended_at"] = now
-    sub["cancellation_details"] = {**sub["cancellation_details"], "reason": "cancellation_requested"}
+    sub["cancellation_details"] = {
+        **sub["cancellation_details"],
+        "reason": "cancellation_requested",
+    }
     s.emit("customer.subscription.deleted", public(sub), ctx, diff_previous(before, public(sub)))
 
 
@@ -798,7 +844,7 @@ def cancel_subscription(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
     sub = get_subscription(s, id)
     if sub["status"] == "canceled":
         raise StripeError(
-            404 if False else 400,
+            400,
             f"No such subscription: '{id}'; it has already been canceled.",
             code="resource_missing",
             param="id",
@@ -811,7 +857,18 @@ def list_subscriptions(s: Store, ctx, p: Params) -> dict[str, Any]:
     customer = p.get("customer")
     status = p.get("status")
     price = p.get("price")
-    valid = {"incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled", "unpaid", "paused", "all", "ended"}
+    valid = {
+        "incomplete",
+        "incomplete_expired",
+        "trialing",
+        "active",
+        "past_due",
+        "canceled",
+        "unpaid",
+        "paused",
+        "all",
+        "ended",
+    }
     if status is not None and status not in valid:
         raise invalid(f"Invalid status: {status}", "status", "parameter_invalid_string")
     cf = _list_filter_created(p)
@@ -831,7 +888,9 @@ def list_subscriptions(s: Store, ctx, p: Params) -> dict[str, Any]:
             return False
         return cf(o)
 
-    return paginate(s.col("subscription").newest_first(pred), p, "/v1/subscriptions", "subscription")
+    return paginate(
+        s.col("subscription").newest_first(pred), p, "/v1/subscriptions", "subscription"
+    )
 
 
 def roll_subscriptions(s: Store) -> None:
@@ -860,8 +919,15 @@ def roll_subscriptions(s: Store) -> None:
             if sub["status"] == "trialing":
                 sub["status"] = "active"
             _sync_items(s, sub)
-            s.emit("customer.subscription.updated", public(sub), None, diff_previous(before, public(sub)))
-            inv = _subscription_invoice(s, None, sub, "subscription_cycle", (start, end), usage=True)
+            s.emit(
+                "customer.subscription.updated",
+                public(sub),
+                None,
+                diff_previous(before, public(sub)),
+            )
+            inv = _subscription_invoice(
+                s, None, sub, "subscription_cycle", (start, end), usage=True
+            )
             sub["latest_invoice"] = inv["id"]
 
 
@@ -903,7 +969,9 @@ def retrieve_invoice(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
 def finalize_invoice(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
     inv = s.col("invoice").get(id)
     _finalize(s, ctx, inv)
-    if inv["amount_due"] == 0 and to_bool(p.get("auto_advance", inv["auto_advance"]), "auto_advance"):
+    if inv["amount_due"] == 0 and to_bool(
+        p.get("auto_advance", inv["auto_advance"]), "auto_advance"
+    ):
         _pay(s, ctx, inv)
     return inv
 
@@ -919,7 +987,9 @@ def pay_invoice(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
 def void_invoice(s: Store, ctx, p: Params, id: str) -> dict[str, Any]:
     inv = s.col("invoice").get(id)
     if inv["status"] != "open":
-        raise StripeError(400, f"You can only void an open invoice; this invoice is {inv['status']}.")
+        raise StripeError(
+            400, f"You can only void an open invoice; this invoice is {inv['status']}."
+        )
     prev = {"status": "open"}
     inv["status"] = "void"
     inv["status_transitions"]["voided_at"] = s.now()
@@ -934,7 +1004,10 @@ def list_invoices(s: Store, ctx, p: Params) -> dict[str, Any]:
     def pred(o):
         return (
             (customer is None or o["customer"] == customer)
-            and (sub_id is None or (o["parent"] or {}).get("subscription_details", {}).get("subscription") == sub_id)
+            and (
+                sub_id is None
+                or (o["parent"] or {}).get("subscription_details", {}).get("subscription") == sub_id
+            )
             and (status is None or o["status"] == status)
             and cf(o)
         )
@@ -962,7 +1035,9 @@ def create_checkout_session(s: Store, ctx, p: Params) -> dict[str, Any]:
             pass
         currency = currency or price["currency"]
         if price["recurring"] is None or price["recurring"]["usage_type"] != "metered":
-            amount += (price["unit_amount"] or 0) * to_int(li.get("quantity", 1), f"line_items[{i}][quantity]")
+            amount += (price["unit_amount"] or 0) * to_int(
+                li.get("quantity", 1), f"line_items[{i}][quantity]"
+            )
     customer = p.get("customer")
     if customer:
         s.col("customer").get(customer, param="customer", status=400)
@@ -988,10 +1063,17 @@ def create_checkout_session(s: Store, ctx, p: Params) -> dict[str, Any]:
         "currency": currency,
         "currency_conversion": None,
         "custom_fields": [],
-        "custom_text": {"after_submit": None, "shipping_address": None, "submit": None, "terms_of_service_acceptance": None},
+        "custom_text": {
+            "after_submit": None,
+            "shipping_address": None,
+            "submit": None,
+            "terms_of_service_acceptance": None,
+        },
         "customer": customer,
         "customer_account": None,
-        "customer_creation": None if customer else ("always" if mode != "payment" else "if_required"),
+        "customer_creation": None
+        if customer
+        else ("always" if mode != "payment" else "if_required"),
         "customer_details": None,
         "customer_email": p.get("customer_email"),
         "discounts": [],
@@ -1043,10 +1125,12 @@ def list_checkout_sessions(s: Store, ctx, p: Params) -> dict[str, Any]:
     customer, status, sub = p.get("customer"), p.get("status"), p.get("subscription")
     cf = _list_filter_created(p)
     items = s.col("checkout.session").newest_first(
-        lambda o: (customer is None or o["customer"] == customer)
-        and (status is None or o["status"] == status)
-        and (sub is None or o["subscription"] == sub)
-        and cf(o)
+        lambda o: (
+            (customer is None or o["customer"] == customer)
+            and (status is None or o["status"] == status)
+            and (sub is None or o["subscription"] == sub)
+            and cf(o)
+        )
     )
     return paginate(items, p, "/v1/checkout/sessions", "checkout.session")
 
@@ -1056,7 +1140,7 @@ def expire_checkout_session(s: Store, ctx, p: Params, id: str) -> dict[str, Any]
     if sess["status"] != "open":
         raise StripeError(
             400,
-            f"Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has a status of \"{sess['status']}\".",
+            f'Only Checkout Sessions with a status in ["open"] can be expired. This Checkout Session has a status of "{sess["status"]}".',
         )
     sess["status"] = "expired"
     sess["url"] = None
@@ -1087,8 +1171,12 @@ def complete_checkout_session(s: Store, ctx, id: str) -> dict[str, Any]:
         sub = create_subscription(
             s,
             ctx,
-            {"customer": customer, "items": items, "metadata": sd.get("metadata"),
-             "trial_period_days": sd.get("trial_period_days")},
+            {
+                "customer": customer,
+                "items": items,
+                "metadata": sd.get("metadata"),
+                "trial_period_days": sd.get("trial_period_days"),
+            },
         )
         sess["subscription"] = sub["id"]
         sess["invoice"] = sub["latest_invoice"]
@@ -1166,7 +1254,9 @@ def delete_webhook_endpoint(s: Store, ctx, p: Params, id: str) -> dict[str, Any]
 
 
 def list_webhook_endpoints(s: Store, ctx, p: Params) -> dict[str, Any]:
-    return paginate(s.col("webhook_endpoint").newest_first(), p, "/v1/webhook_endpoints", "webhook_endpoint")
+    return paginate(
+        s.col("webhook_endpoint").newest_first(), p, "/v1/webhook_endpoints", "webhook_endpoint"
+    )
 
 
 # ---------------------------------------------------------------------------- events
@@ -1181,8 +1271,12 @@ def list_events(s: Store, ctx, p: Params) -> dict[str, Any]:
         if isinstance(types, str):
             types = [types]
         if len(types) > 20:
-            raise invalid("types may contain at most 20 event types.", "types", "parameter_invalid_array")
-    delivery = to_bool(p["delivery_success"], "delivery_success") if "delivery_success" in p else None
+            raise invalid(
+                "types may contain at most 20 event types.", "types", "parameter_invalid_array"
+            )
+    delivery = (
+        to_bool(p["delivery_success"], "delivery_success") if "delivery_success" in p else None
+    )
     created = p.get("created")
     if created is not None:
         matches_created(created, 0)  # validate operators early

@@ -44,8 +44,11 @@ class EmulatorClock:
         self.offset = 0.0
 
 
+_ID_RNG = random.Random(secrets.randbits(64))  # ids only; never the (seeded) fault RNG
+
+
 def new_id(prefix: str, n: int = 24) -> str:
-    return prefix + "".join(secrets.choice(_ALNUM) for _ in range(n))
+    return prefix + "".join(_ID_RNG.choices(_ALNUM, k=n))
 
 
 def new_request_id() -> str:
@@ -65,7 +68,15 @@ class Fault:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fault:
-        known = {"path_prefix", "method", "status", "probability", "latency_ms", "max_count", "after"}
+        known = {
+            "path_prefix",
+            "method",
+            "status",
+            "probability",
+            "latency_ms",
+            "max_count",
+            "after",
+        }
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown fault fields: {sorted(extra)}")
@@ -102,7 +113,9 @@ class Config:
     summary_lag_seconds: float = 0.0
     identifier_dedupe_seconds: float = float(DAY)
     drop_webhooks: bool = False
-    webhook_retry_schedule_seconds: list[float] = field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
+    webhook_retry_schedule_seconds: list[float] = field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 120.0]
+    )
     webhook_secret: str | None = None
     webhook_timeout_seconds: float = 10.0
     webhook_signature_clock: str = "emulator"  # or "real"
@@ -135,7 +148,12 @@ class Config:
         for k, v in fields.items():
             if k == "faults":
                 v = [Fault.from_dict(f) if isinstance(f, dict) else f for f in (v or [])]
-            elif k in ("rate_limit", "summary_lag_seconds", "identifier_dedupe_seconds", "webhook_timeout_seconds"):
+            elif k in (
+                "rate_limit",
+                "summary_lag_seconds",
+                "identifier_dedupe_seconds",
+                "webhook_timeout_seconds",
+            ):
                 v = float(v)
                 if v < 0:
                     raise ValueError(f"{k} must be >= 0")
@@ -209,7 +227,9 @@ class Collection:
             raise no_such(self.kind, obj_id, param=param, status=status)
         return obj
 
-    def newest_first(self, pred: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+    def newest_first(
+        self, pred: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
         vals = reversed(self.objects.values())
         if pred is None:
             return list(vals)
@@ -237,9 +257,7 @@ def to_int(value: Any, param: str) -> int:
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise invalid(
-            f"Invalid integer: {value}", param, "parameter_invalid_integer"
-        ) from None
+        raise invalid(f"Invalid integer: {value}", param, "parameter_invalid_integer") from None
 
 
 def to_bool(value: Any, param: str) -> bool:
@@ -310,7 +328,11 @@ def diff_previous(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
     for k, v in before.items():
         if after.get(k) != v:
             if isinstance(v, dict) and isinstance(after.get(k), dict) and k == "metadata":
-                prev[k] = {mk: before[k].get(mk) for mk in set(v) | set(after[k]) if v.get(mk) != after[k].get(mk)}
+                prev[k] = {
+                    mk: before[k].get(mk)
+                    for mk in set(v) | set(after[k])
+                    if v.get(mk) != after[k].get(mk)
+                }
             else:
                 prev[k] = v
     return prev
@@ -401,7 +423,9 @@ class Store:
         previous: dict[str, Any] | None = None,
         explicit_only: bool = False,
     ) -> dict[str, Any]:
-        data: dict[str, Any] = {"object": {k: v for k, v in snapshot(obj).items() if not k.startswith("_")}}
+        data: dict[str, Any] = {
+            "object": {k: v for k, v in snapshot(obj).items() if not k.startswith("_")}
+        }
         if previous is not None:
             data["previous_attributes"] = previous
         endpoints = [

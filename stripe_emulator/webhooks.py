@@ -73,7 +73,11 @@ class WebhookDeliverer:
             if endpoint is None or secret is None or endpoint["status"] != "enabled":
                 return
             body = json.dumps(event, indent=2)
-            ts = self.store.now() if self.store.config.webhook_signature_clock == "emulator" else int(time.time())
+            ts = (
+                self.store.now()
+                if self.store.config.webhook_signature_clock == "emulator"
+                else int(time.time())
+            )
             headers = {
                 "Content-Type": "application/json; charset=utf-8",
                 "Stripe-Signature": sign(body, secret, ts),
@@ -84,7 +88,9 @@ class WebhookDeliverer:
             try:
                 assert self.client is not None
                 resp = await self.client.post(
-                    endpoint["url"], content=body.encode(), headers=headers,
+                    endpoint["url"],
+                    content=body.encode(),
+                    headers=headers,
                     timeout=self.store.config.webhook_timeout_seconds,
                 )
                 status = resp.status_code
@@ -92,10 +98,24 @@ class WebhookDeliverer:
                 error = f"{type(exc).__name__}: {exc}"
             ok = status is not None and 200 <= status < 300
             self.log.append(
-                {"event": event["id"], "type": event["type"], "endpoint": we_id, "attempt": attempt,
-                 "status": status, "error": error, "ok": ok, "at": self.store.now()}
+                {
+                    "event": event["id"],
+                    "type": event["type"],
+                    "endpoint": we_id,
+                    "attempt": attempt,
+                    "status": status,
+                    "error": error,
+                    "ok": ok,
+                    "at": self.store.now(),
+                }
             )
             if ok:
                 event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
                 return
-            log.info("webhook %s to %s failed (attempt %d): %s", event["id"], we_id, attempt, status or error)
+            log.info(
+                "webhook %s to %s failed (attempt %d): %s",
+                event["id"],
+                we_id,
+                attempt,
+                status or error,
+            )

@@ -116,8 +116,8 @@ class Receiver:
         status = self.statuses.pop(0) if self.statuses else 200
         return Response(status_code=status)
 
-    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(self, n: int, within: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + within
         while len(self.received) < n:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"expected {n} deliveries, got {len(self.received)}")
@@ -131,7 +131,9 @@ async def _receiver_server() -> AsyncIterator[Receiver]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    for _ in range(500):
+        if server.started:
+            break
         await asyncio.sleep(0.02)
     rec.url = f"http://127.0.0.1:{port}/hook"
     yield rec

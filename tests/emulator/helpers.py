@@ -5,7 +5,9 @@ from typing import Any
 import stripe
 
 
-async def make_meter(client: stripe.StripeClient, event_name: str = "api_calls", formula: str = "sum") -> Any:
+async def make_meter(
+    client: stripe.StripeClient, event_name: str = "api_calls", formula: str = "sum"
+) -> Any:
     return await client.v1.billing.meters.create_async(
         params={
             "display_name": f"{event_name} meter",
@@ -43,7 +45,12 @@ async def day_total(client: stripe.StripeClient, meter_id: str, customer: str, n
     start = now - now % 86400
     page = await client.v1.billing.meters.event_summaries.list_async(
         meter_id,
-        params={"customer": customer, "start_time": start, "end_time": start + 86400, "value_grouping_window": "day"},
+        params={
+            "customer": customer,
+            "start_time": start,
+            "end_time": start + 86400,
+            "value_grouping_window": "day",
+        },
     )
     assert len(page.data) == 1
     return page.data[0].aggregated_value

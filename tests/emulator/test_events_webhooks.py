@@ -15,7 +15,9 @@ SECRET = "whsec_test_contract_secret"
 
 async def test_events_for_state_changes(client, admin):
     cus = await make_customer(client)
-    await client.v1.customers.update_async(cus.id, params={"name": "Ada", "metadata": {"tier": "gold"}})
+    await client.v1.customers.update_async(
+        cus.id, params={"name": "Ada", "metadata": {"tier": "gold"}}
+    )
     meter = await make_meter(client)
     await client.v1.billing.meters.deactivate_async(meter.id)
     await client.v1.customers.delete_async(cus.id)
@@ -46,17 +48,25 @@ async def test_events_filters_and_retention(client, admin):
     t_now = await admin.now()
     wildcard = await client.v1.events.list_async(params={"type": "customer.*"})
     assert [e.type for e in wildcard.data] == ["customer.created", "customer.created"]
-    several = await client.v1.events.list_async(params={"types": ["billing.meter.created", "customer.created"]})
+    several = await client.v1.events.list_async(
+        params={"types": ["billing.meter.created", "customer.created"]}
+    )
     assert len(several.data) == 3
     recent = await client.v1.events.list_async(params={"created": {"gte": t_now - 60}})
     assert len(recent.data) == 2
-    exact = await client.v1.events.list_async(params={"created": t_now - 10 * 86400, "type": "customer.created"})
+    exact = await client.v1.events.list_async(
+        params={"created": t_now - 10 * 86400, "type": "customer.created"}
+    )
     assert [e.data.object.id for e in exact.data] == [c1.id]
     with pytest.raises(stripe.InvalidRequestError):
-        await client.v1.events.list_async(params={"type": "customer.created", "types": ["customer.created"]})
+        await client.v1.events.list_async(
+            params={"type": "customer.created", "types": ["customer.created"]}
+        )
     with pytest.raises(stripe.InvalidRequestError):
         await client.v1.events.list_async(params={"types": [f"t{i}" for i in range(21)]})
-    old_id = (await client.v1.events.list_async(params={"created": {"lt": t_now - 86400}})).data[0].id
+    old_id = (
+        (await client.v1.events.list_async(params={"created": {"lt": t_now - 86400}})).data[0].id
+    )
     await admin.advance_clock(21 * 86400)  # first event now 31 days old
     after = await client.v1.events.list_async(params={"limit": 100})
     assert old_id not in [e.id for e in after.data] and len(after.data) == 2
@@ -86,14 +96,18 @@ async def test_webhook_delivered_and_signature_verifies(client, admin, receiver)
     with pytest.raises(stripe.SignatureVerificationError):
         stripe.Webhook.construct_event(body.decode(), headers["stripe-signature"], "whsec_wrong")
     await asyncio.sleep(0.05)
-    ok = await client.v1.events.list_async(params={"delivery_success": True, "type": "customer.created"})
+    ok = await client.v1.events.list_async(
+        params={"delivery_success": True, "type": "customer.created"}
+    )
     assert [e.id for e in ok.data] == [event.id] and ok.data[0].pending_webhooks == 0
 
 
 async def test_generated_secret_and_endpoint_crud(client, receiver):
     we = await _endpoint(client, receiver)
     assert we.secret.startswith("whsec_")
-    upd = await client.v1.webhook_endpoints.update_async(we.id, params={"disabled": True, "description": "d"})
+    upd = await client.v1.webhook_endpoints.update_async(
+        we.id, params={"disabled": True, "description": "d"}
+    )
     assert upd.status == "disabled" and "secret" not in upd
     assert [w.id for w in (await client.v1.webhook_endpoints.list_async()).data] == [we.id]
     assert (await client.v1.webhook_endpoints.retrieve_async(we.id)).description == "d"
@@ -151,7 +165,12 @@ async def test_webhook_outage_switch_drops_and_never_resends(client, admin, rece
 async def test_unknown_customer_error_report_event(client, admin):
     await make_meter(client)
     await client.v1.billing.meter_events.create_async(
-        params={"event_name": "api_calls", "payload": {"stripe_customer_id": "cus_nobody", "value": "1"}}
+        params={
+            "event_name": "api_calls",
+            "payload": {"stripe_customer_id": "cus_nobody", "value": "1"},
+        }
     )
-    reports = await client.v1.events.list_async(params={"type": "v1.billing.meter.error_report_triggered"})
+    reports = await client.v1.events.list_async(
+        params={"type": "v1.billing.meter.error_report_triggered"}
+    )
     assert reports.data[0].data.object.reason.error_code == "meter_event_customer_not_found"

@@ -13,7 +13,10 @@ DAY = 86400
 async def test_meter_defaults_and_lifecycle(client, admin):
     meter = await make_meter(client)
     assert meter.id.startswith("mtr_")
-    assert meter.customer_mapping.to_dict() == {"event_payload_key": "stripe_customer_id", "type": "by_id"}
+    assert meter.customer_mapping.to_dict() == {
+        "event_payload_key": "stripe_customer_id",
+        "type": "by_id",
+    }
     assert meter.value_settings.to_dict() == {"event_payload_key": "value"}
     assert meter.status == "active" and meter.status_transitions.deactivated_at is None
 
@@ -21,7 +24,9 @@ async def test_meter_defaults_and_lifecycle(client, admin):
         await make_meter(client)
     assert dup.value.param == "event_name"
 
-    updated = await client.v1.billing.meters.update_async(meter.id, params={"display_name": "Renamed"})
+    updated = await client.v1.billing.meters.update_async(
+        meter.id, params={"display_name": "Renamed"}
+    )
     assert updated.display_name == "Renamed"
     with pytest.raises(stripe.InvalidRequestError):
         await client.v1.billing.meters.update_async(meter.id, params={"event_name": "other"})
@@ -29,7 +34,9 @@ async def test_meter_defaults_and_lifecycle(client, admin):
     cus = await make_customer(client)
     off = await client.v1.billing.meters.deactivate_async(meter.id)
     assert off.status == "inactive" and off.status_transitions.deactivated_at == await admin.now()
-    with pytest.raises(stripe.InvalidRequestError, match="No active meter found for event name api_calls"):
+    with pytest.raises(
+        stripe.InvalidRequestError, match="No active meter found for event name api_calls"
+    ):
         await push(client, cus.id)
     inactive = await client.v1.billing.meters.list_async(params={"status": "inactive"})
     assert [m.id for m in inactive.data] == [meter.id]
@@ -47,21 +54,28 @@ async def test_meter_event_response_and_validation(client, admin):
     ev = await push(client, cus.id, "2.5", identifier="evt-1")
     assert ev.object == "billing.meter_event"
     assert "id" not in ev
-    assert ev.identifier == "evt-1" and ev.payload.to_dict() == {"stripe_customer_id": cus.id, "value": "2.5"}
+    assert ev.identifier == "evt-1" and ev.payload.to_dict() == {
+        "stripe_customer_id": cus.id,
+        "value": "2.5",
+    }
     generated = await push(client, cus.id)
     assert generated.identifier and len(generated.identifier) <= 100
 
     with pytest.raises(stripe.InvalidRequestError) as bad_value:
         await push(client, cus.id, "lots")
     assert bad_value.value.param == "payload[value]"
-    with pytest.raises(stripe.InvalidRequestError, match="No active meter found for event name nope"):
+    with pytest.raises(
+        stripe.InvalidRequestError, match="No active meter found for event name nope"
+    ):
         await push(client, cus.id, event_name="nope")
     with pytest.raises(stripe.InvalidRequestError):
         await push(client, cus.id, identifier="x" * 101)
     now = await admin.now()
     with pytest.raises(stripe.InvalidRequestError) as old:
         await push(client, cus.id, timestamp=now - 36 * DAY)
-    assert str(old.value.user_message).startswith("The event timestamp cannot be more than 35 days in past")
+    assert str(old.value.user_message).startswith(
+        "The event timestamp cannot be more than 35 days in past"
+    )
     assert old.value.param == "timestamp"
     await push(client, cus.id, timestamp=now - 34 * DAY)
     with pytest.raises(stripe.InvalidRequestError):
@@ -115,13 +129,21 @@ async def test_cancel_within_24h_drops_summary_and_after_24h_refused(client, adm
         params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "drop"}}
     )
     assert adj.object == "billing.meter_event_adjustment"
-    assert adj.cancel.identifier == "drop" and adj.type == "cancel" and adj.status in ("pending", "complete")
+    assert (
+        adj.cancel.identifier == "drop"
+        and adj.type == "cancel"
+        and adj.status in ("pending", "complete")
+    )
     assert await day_total(client, meter.id, cus.id, now - 120) == 5.0
     assert [e["cancelled"] for e in await admin.meter_events(customer=cus.id)] == [False, True]
 
     with pytest.raises(stripe.InvalidRequestError):
         await client.v1.billing.meter_event_adjustments.create_async(
-            params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "unknown"}}
+            params={
+                "event_name": "api_calls",
+                "type": "cancel",
+                "cancel": {"identifier": "unknown"},
+            }
         )
     await admin.advance_clock(DAY + 1)
     with pytest.raises(stripe.InvalidRequestError, match="24 hours"):
@@ -145,13 +167,23 @@ async def test_summary_alignment_rules(client, admin):
     with pytest.raises(stripe.InvalidRequestError) as daywin:
         await client.v1.billing.meters.event_summaries.list_async(
             meter.id,
-            params={**base, "start_time": day + 3600, "end_time": day + DAY, "value_grouping_window": "day"},
+            params={
+                **base,
+                "start_time": day + 3600,
+                "end_time": day + DAY,
+                "value_grouping_window": "day",
+            },
         )
     assert daywin.value.param == "start_time"
     with pytest.raises(stripe.InvalidRequestError):
         await client.v1.billing.meters.event_summaries.list_async(
             meter.id,
-            params={**base, "start_time": day + 60, "end_time": day + 3600, "value_grouping_window": "hour"},
+            params={
+                **base,
+                "start_time": day + 60,
+                "end_time": day + 3600,
+                "value_grouping_window": "hour",
+            },
         )
     with pytest.raises(stripe.InvalidRequestError) as no_customer:
         await client.v1.billing.meters.event_summaries.list_async(
@@ -161,7 +193,9 @@ async def test_summary_alignment_rules(client, admin):
     ok = await client.v1.billing.meters.event_summaries.list_async(
         meter.id, params={**base, "start_time": day + 60, "end_time": day + 180}
     )
-    assert len(ok.data) == 1 and ok.data[0].start_time == day + 60 and ok.data[0].end_time == day + 180
+    assert (
+        len(ok.data) == 1 and ok.data[0].start_time == day + 60 and ok.data[0].end_time == day + 180
+    )
     assert ok.data[0].aggregated_value == 0.0
 
 
@@ -179,7 +213,12 @@ async def test_summary_formulas_and_windows(client, admin):
     for f, meter in meters.items():
         page = await client.v1.billing.meters.event_summaries.list_async(
             meter.id,
-            params={"customer": cus.id, "start_time": hour - 3 * 3600, "end_time": hour, "value_grouping_window": "hour"},
+            params={
+                "customer": cus.id,
+                "start_time": hour - 3 * 3600,
+                "end_time": hour,
+                "value_grouping_window": "hour",
+            },
         )
         values = [(s.start_time, s.aggregated_value) for s in page.data]
         # newest window first; empty windows are listed with 0.0
@@ -221,7 +260,13 @@ async def test_summary_pagination_auto_paging(client, admin):
         await push(client, cus.id, str(i), timestamp=start + i * 3600 + 1)
     page = await client.v1.billing.meters.event_summaries.list_async(
         meter.id,
-        params={"customer": cus.id, "start_time": start, "end_time": hour, "value_grouping_window": "hour", "limit": 7},
+        params={
+            "customer": cus.id,
+            "start_time": start,
+            "end_time": hour,
+            "value_grouping_window": "hour",
+            "limit": 7,
+        },
     )
     assert len(page.data) == 7 and page.has_more
     seen = [s async for s in page.auto_paging_iter()]
@@ -231,7 +276,13 @@ async def test_summary_pagination_auto_paging(client, admin):
     assert sum(s.aggregated_value for s in seen) == float(sum(range(0, 30, 3)))
     again = await client.v1.billing.meters.event_summaries.list_async(
         meter.id,
-        params={"customer": cus.id, "start_time": start, "end_time": hour, "value_grouping_window": "hour", "limit": 7},
+        params={
+            "customer": cus.id,
+            "start_time": start,
+            "end_time": hour,
+            "value_grouping_window": "hour",
+            "limit": 7,
+        },
     )
     assert [s.id for s in again.data] == [s.id for s in page.data]  # ids are stable
 
@@ -248,4 +299,11 @@ async def test_admin_meter_events_filters(client, admin):
     assert [e["identifier"] for e in await admin.meter_events(customer=c1.id)] == ["1", "3"]
     only = await admin.meter_events(event_name="b", customer=c1.id)
     assert only[0]["payload"] == {"stripe_customer_id": c1.id, "value": "1"}
-    assert set(only[0]) == {"identifier", "event_name", "payload", "timestamp", "created", "cancelled"}
+    assert set(only[0]) == {
+        "identifier",
+        "event_name",
+        "payload",
+        "timestamp",
+        "created",
+        "cancelled",
+    }

@@ -30,7 +30,12 @@ async def _billing_setup(client):
         }
     )
     licensed = await client.v1.prices.create_async(
-        params={"currency": "usd", "unit_amount": 1000, "product": product.id, "recurring": {"interval": "month"}}
+        params={
+            "currency": "usd",
+            "unit_amount": 1000,
+            "product": product.id,
+            "recurring": {"interval": "month"},
+        }
     )
     return meter, product, metered, licensed
 
@@ -38,30 +43,50 @@ async def _billing_setup(client):
 async def test_every_object_type_has_fixture_keys(client, admin, fixtures, receiver):
     meter, product, metered, licensed = await _billing_setup(client)
     cus = await make_customer(client)
-    assert cus.id.startswith("cus_") and product.id.startswith("prod_") and metered.id.startswith("price_")
+    assert (
+        cus.id.startswith("cus_")
+        and product.id.startswith("prod_")
+        and metered.id.startswith("price_")
+    )
     assert metered.recurring.meter == meter.id and metered.recurring.usage_type == "metered"
     sub = await client.v1.subscriptions.create_async(
-        params={"customer": cus.id, "items": [{"price": metered.id}, {"price": licensed.id, "quantity": 2}]}
+        params={
+            "customer": cus.id,
+            "items": [{"price": metered.id}, {"price": licensed.id, "quantity": 2}],
+        }
     )
     item = sub["items"].data[0]
     assert sub.id.startswith("sub_") and item.id.startswith("si_")
     assert item.current_period_end > item.current_period_start
     invoice = await client.v1.invoices.retrieve_async(sub.latest_invoice)
-    assert invoice.id.startswith("in_") and invoice.parent.subscription_details.subscription == sub.id
+    assert (
+        invoice.id.startswith("in_") and invoice.parent.subscription_details.subscription == sub.id
+    )
     assert "paid" not in invoice and invoice.status == "paid" and invoice.amount_paid == 2000
     ev = await push(client, cus.id, "3")
     now = await admin.now()
     summaries = await client.v1.billing.meters.event_summaries.list_async(
-        meter.id, params={"customer": cus.id, "start_time": now - now % 60, "end_time": now - now % 60 + 60}
+        meter.id,
+        params={"customer": cus.id, "start_time": now - now % 60, "end_time": now - now % 60 + 60},
     )
     adj = await client.v1.billing.meter_event_adjustments.create_async(
-        params={"event_name": meter.event_name, "type": "cancel", "cancel": {"identifier": ev.identifier}}
+        params={
+            "event_name": meter.event_name,
+            "type": "cancel",
+            "cancel": {"identifier": ev.identifier},
+        }
     )
     session = await client.v1.checkout.sessions.create_async(
-        params={"mode": "subscription", "line_items": [{"price": licensed.id, "quantity": 1}], "success_url": "https://x"}
+        params={
+            "mode": "subscription",
+            "line_items": [{"price": licensed.id, "quantity": 1}],
+            "success_url": "https://x",
+        }
     )
     assert session.id.startswith("cs_test_")
-    we = await client.v1.webhook_endpoints.create_async(params={"url": receiver.url, "enabled_events": ["*"]})
+    we = await client.v1.webhook_endpoints.create_async(
+        params={"url": receiver.url, "enabled_events": ["*"]}
+    )
     event = (await client.v1.events.list_async()).data[0]
     deleted = await client.v1.customers.delete_async((await make_customer(client)).id)
     si = await client.v1.subscription_items.retrieve_async(item.id)
@@ -89,7 +114,9 @@ async def test_every_object_type_has_fixture_keys(client, admin, fixtures, recei
 
 
 async def test_customers_crud(client):
-    cus = await client.v1.customers.create_async(params={"email": "a@b.io", "name": "A", "metadata": {"k": "v"}})
+    cus = await client.v1.customers.create_async(
+        params={"email": "a@b.io", "name": "A", "metadata": {"k": "v"}}
+    )
     got = await client.v1.customers.retrieve_async(cus.id)
     assert got.email == "a@b.io" and got.metadata.to_dict() == {"k": "v"}
     upd = await client.v1.customers.update_async(cus.id, params={"metadata": {"k": "", "n": "1"}})
@@ -104,14 +131,22 @@ async def test_price_validation(client):
     product = await client.v1.products.create_async(params={"name": "X"})
     with pytest.raises(stripe.InvalidRequestError) as exc:
         await client.v1.prices.create_async(
-            params={"currency": "usd", "unit_amount": 1, "product": product.id,
-                    "recurring": {"interval": "month", "usage_type": "metered"}}
+            params={
+                "currency": "usd",
+                "unit_amount": 1,
+                "product": product.id,
+                "recurring": {"interval": "month", "usage_type": "metered"},
+            }
         )
     assert exc.value.param == "recurring[meter]"
     with pytest.raises(stripe.InvalidRequestError):
         await client.v1.prices.create_async(
-            params={"currency": "usd", "unit_amount": 1, "product": product.id,
-                    "recurring": {"interval": "month", "usage_type": "metered", "meter": "mtr_nope"}}
+            params={
+                "currency": "usd",
+                "unit_amount": 1,
+                "product": product.id,
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": "mtr_nope"},
+            }
         )
     listed = await client.v1.prices.list_async(params={"product": product.id})
     assert listed.data == []
@@ -130,20 +165,33 @@ async def test_subscription_lifecycle(client, admin):
     assert upd.cancel_at_period_end is True and len(upd["items"].data) == 2
     items = await client.v1.subscription_items.list_async(params={"subscription": sub.id})
     assert {i.price.id for i in items.data} == {metered.id, licensed.id}
-    assert [s.id for s in (await client.v1.subscriptions.list_async(params={"customer": cus.id})).data] == [sub.id]
+    assert [
+        s.id for s in (await client.v1.subscriptions.list_async(params={"customer": cus.id})).data
+    ] == [sub.id]
     assert (await client.v1.subscriptions.list_async(params={"status": "canceled"})).data == []
     canceled = await client.v1.subscriptions.cancel_async(sub.id)
     assert canceled.status == "canceled" and canceled.canceled_at is not None
     assert (await client.v1.subscriptions.list_async(params={"customer": cus.id})).data == []
     assert len((await client.v1.subscriptions.list_async(params={"status": "all"})).data) == 1
-    types = [e.type for e in (await client.v1.events.list_async(params={"type": "customer.subscription.*"})).data]
-    assert types == ["customer.subscription.deleted", "customer.subscription.updated", "customer.subscription.created"]
+    types = [
+        e.type
+        for e in (
+            await client.v1.events.list_async(params={"type": "customer.subscription.*"})
+        ).data
+    ]
+    assert types == [
+        "customer.subscription.deleted",
+        "customer.subscription.updated",
+        "customer.subscription.created",
+    ]
 
 
 async def test_subscription_renews_with_usage_invoice(client, admin):
     meter, _, metered, _ = await _billing_setup(client)
     cus = await make_customer(client)
-    sub = await client.v1.subscriptions.create_async(params={"customer": cus.id, "items": [{"price": metered.id}]})
+    sub = await client.v1.subscriptions.create_async(
+        params={"customer": cus.id, "items": [{"price": metered.id}]}
+    )
     await push(client, cus.id, "21")
     end = sub["items"].data[0].current_period_end
     await admin.advance_clock(end - await admin.now() + 5)
@@ -165,7 +213,14 @@ async def test_invoice_lifecycle(client):
     inv2 = await client.v1.invoices.create_async(params={"customer": cus.id, "auto_advance": False})
     paid = await client.v1.invoices.pay_async(inv2.id)
     assert paid.status == "paid" and paid.status_transitions.paid_at
-    assert len((await client.v1.invoices.list_async(params={"customer": cus.id, "status": "paid"})).data) == 1
+    assert (
+        len(
+            (
+                await client.v1.invoices.list_async(params={"customer": cus.id, "status": "paid"})
+            ).data
+        )
+        == 1
+    )
     with pytest.raises(stripe.InvalidRequestError):
         await client.v1.invoices.void_invoice_async(inv2.id)
     types = {e.type for e in (await client.v1.events.list_async(params={"type": "invoice.*"})).data}
@@ -194,11 +249,21 @@ async def test_checkout_complete_helper(client, admin):
     sub = await client.v1.subscriptions.retrieve_async(got.subscription)
     assert sub.customer == got.customer and len(sub["items"].data) == 2
     types = [e.type for e in (await client.v1.events.list_async(params={"limit": 100})).data]
-    for t in ("checkout.session.completed", "customer.subscription.created", "invoice.created", "invoice.paid", "customer.created"):
+    for t in (
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "invoice.created",
+        "invoice.paid",
+        "customer.created",
+    ):
         assert t in types
     assert types[0] == "checkout.session.completed"
     other = await client.v1.checkout.sessions.create_async(
-        params={"mode": "subscription", "line_items": [{"price": licensed.id, "quantity": 1}], "success_url": "https://x"}
+        params={
+            "mode": "subscription",
+            "line_items": [{"price": licensed.id, "quantity": 1}],
+            "success_url": "https://x",
+        }
     )
     expired = await client.v1.checkout.sessions.expire_async(other.id)
     assert expired.status == "expired"

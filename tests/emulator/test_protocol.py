@@ -20,7 +20,14 @@ async def test_auth_required(emulator_url):
         resp = await h.get(f"{emulator_url}/v1/customers")
     assert resp.status_code == 401
     assert resp.headers["request-id"].startswith("req_")
-    assert set(resp.json()["error"]) == {"type", "code", "message", "param", "doc_url", "request_log_url"}
+    assert set(resp.json()["error"]) == {
+        "type",
+        "code",
+        "message",
+        "param",
+        "doc_url",
+        "request_log_url",
+    }
 
 
 async def test_not_found_and_request_id(client):
@@ -45,11 +52,15 @@ async def test_idempotent_replay_and_mismatch(client, admin):
     assert "Idempotent-Replayed" not in first.last_response.headers
     assert len((await client.v1.customers.list_async()).data) == 1
     with pytest.raises(stripe.IdempotencyError) as exc:
-        await client.v1.customers.create_async(params={"email": "other@x.io"}, options={"idempotency_key": "key-1"})
+        await client.v1.customers.create_async(
+            params={"email": "other@x.io"}, options={"idempotency_key": "key-1"}
+        )
     assert exc.value.http_status == 400
     # keys are scoped per API key
     other = stripe.StripeClient("sk_test_other", base_addresses={"api": admin.base_url})
-    third = await other.v1.customers.create_async(params={"email": "same@x.io"}, options={"idempotency_key": "key-1"})
+    third = await other.v1.customers.create_async(
+        params={"email": "same@x.io"}, options={"idempotency_key": "key-1"}
+    )
     assert third.id != first.id
 
 
@@ -57,28 +68,46 @@ async def test_idempotency_saves_errors_but_not_validation_failures(client, admi
     await make_meter(client)
     cus = await make_customer(client)
     await push(client, cus.id, identifier="i-1")
-    params = {"event_name": "api_calls", "payload": {"stripe_customer_id": cus.id, "value": "1"}, "identifier": "i-1"}
+    params = {
+        "event_name": "api_calls",
+        "payload": {"stripe_customer_id": cus.id, "value": "1"},
+        "identifier": "i-1",
+    }
     with pytest.raises(stripe.InvalidRequestError):
-        await client.v1.billing.meter_events.create_async(params=params, options={"idempotency_key": "dup"})
+        await client.v1.billing.meter_events.create_async(
+            params=params, options={"idempotency_key": "dup"}
+        )
     with pytest.raises(stripe.InvalidRequestError) as replayed:
-        await client.v1.billing.meter_events.create_async(params=params, options={"idempotency_key": "dup"})
+        await client.v1.billing.meter_events.create_async(
+            params=params, options={"idempotency_key": "dup"}
+        )
     assert replayed.value.headers["Idempotent-Replayed"] == "true"
     # a validation failure is not saved: fixing nothing but retrying is evaluated afresh
     bad = {"event_name": "api_calls", "payload": {"stripe_customer_id": cus.id, "value": "x"}}
     for _ in range(2):
         with pytest.raises(stripe.InvalidRequestError) as v:
-            await client.v1.billing.meter_events.create_async(params=bad, options={"idempotency_key": "val"})
+            await client.v1.billing.meter_events.create_async(
+                params=bad, options={"idempotency_key": "val"}
+            )
         assert "Idempotent-Replayed" not in v.value.headers
     # the idempotency record lasts 24h on the emulator clock (so does the identifier dedupe)
     await admin.advance_clock(86400 + 1)
-    fresh = await client.v1.billing.meter_events.create_async(params=params, options={"idempotency_key": "dup"})
+    fresh = await client.v1.billing.meter_events.create_async(
+        params=params, options={"idempotency_key": "dup"}
+    )
     assert "Idempotent-Replayed" not in fresh.last_response.headers
 
 
 async def test_idempotency_key_in_flight_conflict(client, admin):
-    await admin.configure(faults=[{"method": "POST", "path_prefix": "/v1/customers", "status": None, "latency_ms": 300}])
+    await admin.configure(
+        faults=[
+            {"method": "POST", "path_prefix": "/v1/customers", "status": None, "latency_ms": 300}
+        ]
+    )
     opts = {"idempotency_key": "slow"}
-    first = asyncio.create_task(client.v1.customers.create_async(params={"email": "s@x.io"}, options=opts))
+    first = asyncio.create_task(
+        client.v1.customers.create_async(params={"email": "s@x.io"}, options=opts)
+    )
     await asyncio.sleep(0.1)
     with pytest.raises(stripe.APIError) as exc:
         await client.v1.customers.create_async(params={"email": "s@x.io"}, options=opts)
@@ -112,9 +141,13 @@ async def test_rate_limited_requests_not_saved_for_idempotency(client, admin):
     await admin.configure(rate_limit=1)
     await client.v1.customers.list_async()
     with pytest.raises(stripe.RateLimitError):
-        await client.v1.customers.create_async(params={"email": "r@x.io"}, options={"idempotency_key": "rl"})
+        await client.v1.customers.create_async(
+            params={"email": "r@x.io"}, options={"idempotency_key": "rl"}
+        )
     await admin.configure(rate_limit=0)
-    created = await client.v1.customers.create_async(params={"email": "r@x.io"}, options={"idempotency_key": "rl"})
+    created = await client.v1.customers.create_async(
+        params={"email": "r@x.io"}, options={"idempotency_key": "rl"}
+    )
     assert "Idempotent-Replayed" not in created.last_response.headers
 
 
@@ -136,7 +169,14 @@ async def _fault_pattern(client, admin) -> list[bool]:
 
 
 async def test_seeded_faults_reproducible(client, admin):
-    faults = [{"method": "POST", "path_prefix": "/v1/billing/meter_events", "status": 500, "probability": 0.4}]
+    faults = [
+        {
+            "method": "POST",
+            "path_prefix": "/v1/billing/meter_events",
+            "status": 500,
+            "probability": 0.4,
+        }
+    ]
     await admin.configure(faults=faults, seed=7)
     a = await _fault_pattern(client, admin)
     await admin.reset(config={"faults": faults, "seed": 7})
@@ -151,7 +191,9 @@ async def test_seeded_faults_reproducible(client, admin):
 
 
 async def test_sdk_retries_injected_500_with_same_key(emulator_url, admin):
-    await admin.configure(faults=[{"path_prefix": "/v1/billing/meter_events", "status": 500, "max_count": 2}])
+    await admin.configure(
+        faults=[{"path_prefix": "/v1/billing/meter_events", "status": 500, "max_count": 2}]
+    )
     retrying = make_client(emulator_url, retries=3)
     await make_meter(retrying)
     cus = await make_customer(retrying)
@@ -165,7 +207,14 @@ async def test_sdk_retries_injected_500_with_same_key(emulator_url, admin):
 async def test_fault_after_handler_then_replay(emulator_url, admin):
     """``after`` faults commit the request, lose the response; the SDK retry replays it."""
     await admin.configure(
-        faults=[{"path_prefix": "/v1/billing/meter_events", "status": 503, "max_count": 1, "after": True}]
+        faults=[
+            {
+                "path_prefix": "/v1/billing/meter_events",
+                "status": 503,
+                "max_count": 1,
+                "after": True,
+            }
+        ]
     )
     retrying = make_client(emulator_url, retries=2)
     await make_meter(retrying)
@@ -182,19 +231,29 @@ async def test_list_pagination_auto_paging(client):
     assert len(page.data) == 100 and page.has_more and page.url == "/v1/customers"
     emails = [c.email async for c in page.auto_paging_iter()]
     assert len(emails) == 105 and emails[0] == "p104@x.io" and emails[-1] == "p0@x.io"
-    second = await client.v1.customers.list_async(params={"limit": 3, "starting_after": page.data[1].id})
+    second = await client.v1.customers.list_async(
+        params={"limit": 3, "starting_after": page.data[1].id}
+    )
     assert [c.email for c in second.data] == ["p102@x.io", "p101@x.io", "p100@x.io"]
-    before = await client.v1.customers.list_async(params={"limit": 2, "ending_before": page.data[3].id})
+    before = await client.v1.customers.list_async(
+        params={"limit": 2, "ending_before": page.data[3].id}
+    )
     assert [c.email for c in before.data] == ["p103@x.io", "p102@x.io"] and before.has_more
     filtered = await client.v1.customers.list_async(params={"email": "p7@x.io"})
     assert [c.email for c in filtered.data] == ["p7@x.io"]
-    for bad in ({"limit": 0}, {"limit": 101}, {"starting_after": page.data[0].id, "ending_before": page.data[1].id}):
+    for bad in (
+        {"limit": 0},
+        {"limit": 101},
+        {"starting_after": page.data[0].id, "ending_before": page.data[1].id},
+    ):
         with pytest.raises(stripe.InvalidRequestError):
             await client.v1.customers.list_async(params=bad)
 
 
 async def test_unknown_route(client, emulator_url):
     async with httpx.AsyncClient() as h:
-        resp = await h.get(f"{emulator_url}/v1/nothing_here", headers={"Authorization": "Bearer sk_test_x"})
+        resp = await h.get(
+            f"{emulator_url}/v1/nothing_here", headers={"Authorization": "Bearer sk_test_x"}
+        )
     assert resp.status_code == 404
     assert "Unrecognized request URL" in resp.json()["error"]["message"]
