@@ -82,6 +82,9 @@ async def run(settings: Settings | None = None) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One line per HTTP request is noise at this volume.
+    for noisy in ("stripe", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(run())
 
 

@@ -186,7 +186,7 @@ class UsageActivities:
             run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,
             window_start=start, window_end=end, customers=sorted(set(req.customers)),
             meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
-            policy=policy, actor=req.actor,
+            meter_filter=sorted(set(req.meters)), policy=policy, actor=req.actor,
         )
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -285,8 +285,9 @@ class UsageActivities:
         periods = periods_overlapping(ctx.window_start, ctx.window_end)
         async with self.pool.acquire() as conn:
             ledger_rows = await store.ledger_by_day(conn, ids, ctx.window_start, ctx.window_end, meter_names)
-            period_rows = await store.ledger_by_period(conn, ids, periods, meter_names)
-            counter_rows = await store.counters(conn, ids, [p[0] for p in periods], meter_names)
+            # Counters are checked against the ledger for every meter, Stripe-metered or not.
+            period_rows = await store.ledger_by_period(conn, ids, periods, ctx.meter_filter)
+            counter_rows = await store.counters(conn, ids, [p[0] for p in periods], ctx.meter_filter)
             push_rows = await store.pushes(conn, ids, ctx.window_start, ctx.window_end)
 
         ledger: dict[tuple[str, str, date], Decimal] = {}

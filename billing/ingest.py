@@ -24,13 +24,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 INGEST_SQL = """
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[])
-        AS t(request_id, customer_id, meter, quantity, occurred_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], $7::int[])
+        AS t(request_id, customer_id, meter, quantity, occurred_at, repeats)
 ), ins AS (
-    INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at, source)
-    SELECT request_id, customer_id, meter, quantity, occurred_at, $6 FROM input
-    ON CONFLICT (request_id) DO UPDATE SET dedupe_count = billing.usage_events.dedupe_count + 1
-    RETURNING request_id, (xmax = 0) AS inserted
+    INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at, source, dedupe_count)
+    SELECT request_id, customer_id, meter, quantity, occurred_at, $6, repeats FROM input
+    ON CONFLICT (request_id) DO UPDATE
+       SET dedupe_count = billing.usage_events.dedupe_count + 1 + EXCLUDED.dedupe_count
+    RETURNING (xmax = 0) AS inserted, dedupe_count
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS duplicates
   FROM ins
@@ -102,13 +103,24 @@ async def _flush(conn: asyncpg.Connection, batch: list[UsageEvent], source: str,
     unknown = [c for c in customers if c not in known]
     if unknown:
         raise UnknownCustomers(unknown)
+    # Repeats inside one batch are folded first (one statement cannot touch a row twice);
+    # the first submission wins, like it does across batches.
+    unique: dict[str, UsageEvent] = {}
+    repeats: dict[str, int] = {}
+    for e in batch:
+        if e.request_id in unique:
+            repeats[e.request_id] = repeats.get(e.request_id, 0) + 1
+        else:
+            unique[e.request_id] = e
+    events = list(unique.values())
     async with conn.transaction():
         row = await conn.fetchrow(
             INGEST_SQL,
-            [e.request_id for e in batch], [e.customer_id for e in batch], [e.meter for e in batch],
-            [e.quantity for e in batch], [e.occurred_at for e in batch], source)
+            [e.request_id for e in events], [e.customer_id for e in events], [e.meter for e in events],
+            [e.quantity for e in events], [e.occurred_at for e in events], source,
+            [repeats.get(e.request_id, 0) for e in events])
     report.inserted += row["inserted"]
-    report.duplicates += row["duplicates"]
+    report.duplicates += row["duplicates"] + sum(repeats.values())
 
 
 def read_file(path: Path, report: IngestReport) -> Iterator[UsageEvent]:

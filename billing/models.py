@@ -95,7 +95,8 @@ class RunContext(BaseModel):
     window_start: date
     window_end: date
     customers: list[str] = Field(default_factory=list)
-    meters: list[MeterInfo] = Field(default_factory=list)
+    meters: list[MeterInfo] = Field(default_factory=list)  # Stripe meters in scope
+    meter_filter: list[str] = Field(default_factory=list)  # as asked; empty = every meter
     policy: Policy
     actor: str = "system"
 

@@ -5,6 +5,8 @@ Temporal retries the activity."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -31,6 +33,9 @@ def make_limiter(rate_per_second: float) -> AsyncLimiter | None:
         return None
     # Burst of one second's worth, like Stripe's own bucket.
     return AsyncLimiter(max_rate=rate_per_second, time_period=1.0)
+
+
+RATE_LIMIT_RETRIES = 6
 
 
 class PushOutcome(StrEnum):
@@ -63,12 +68,23 @@ class StripeGateway:
         if self._limiter is not None:
             await self._limiter.acquire()
 
+    async def _call(self, fn, *args, **kwargs):
+        """One Stripe call under the limiter. A 429 (another process shares the account's
+        limit) is retried here with backoff before it fails the activity."""
+        for attempt in range(RATE_LIMIT_RETRIES):
+            await self._slot()
+            try:
+                return await fn(*args, **kwargs)
+            except stripe.RateLimitError:
+                if attempt == RATE_LIMIT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(min(0.25 * 2**attempt, 4.0) * (1 + random.random()))
+
     async def list_meters(self) -> list[Meter]:
         meters: list[Meter] = []
         params: dict = {"limit": 100}
         while True:
-            await self._slot()
-            page = await self._client.v1.billing.meters.list_async(params=params)
+            page = await self._call(self._client.v1.billing.meters.list_async, params=params)
             for m in page.data:
                 meters.append(Meter(m.id, m.event_name, m.status, m.default_aggregation.formula))
             if not page.has_more or not page.data:
@@ -89,8 +105,8 @@ class StripeGateway:
             "value_grouping_window": "day", "limit": 100,
         }
         while True:
-            await self._slot()
-            page = await self._client.v1.billing.meters.event_summaries.list_async(meter_id, params=params)
+            page = await self._call(
+                self._client.v1.billing.meters.event_summaries.list_async, meter_id, params=params)
             for s in page.data:
                 day = datetime.fromtimestamp(s.start_time, tz=UTC).date()
                 out[day] = out.get(day, Decimal(0)) + Decimal(str(s.aggregated_value))
@@ -102,9 +118,9 @@ class StripeGateway:
         self, *, identifier: str, event_name: str, stripe_customer_id: str, value: str,
         timestamp: datetime,
     ) -> tuple[PushOutcome, str]:
-        await self._slot()
         try:
-            await self._client.v1.billing.meter_events.create_async(
+            await self._call(
+                self._client.v1.billing.meter_events.create_async,
                 params={
                     "event_name": event_name,
                     "identifier": identifier,
@@ -124,9 +140,9 @@ class StripeGateway:
             return PushOutcome.REJECTED, msg
 
     async def cancel_meter_event(self, *, identifier: str, event_name: str) -> tuple[CancelOutcome, str]:
-        await self._slot()
         try:
-            await self._client.v1.billing.meter_event_adjustments.create_async(
+            await self._call(
+                self._client.v1.billing.meter_event_adjustments.create_async,
                 params={"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}},
                 options={"idempotency_key": f"meter-event-cancel-{identifier}"},
             )

@@ -68,7 +68,7 @@ async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
     tag = uuid.uuid4().hex[:6]
     ui = info.temporal_ui_url.rstrip("/")
     client = await connect(info.temporal_address)
-    gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit))
+    gateway = StripeGateway(make_stripe_client(settings), make_limiter(10))
     stripe = make_stripe_client(settings)
     conn = await db.connect(info.database_url)
     today = datetime.now(UTC).date()
@@ -91,10 +91,11 @@ async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
         await conn.execute(
             """
             INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value)
-            SELECT customer_id, meter, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date,
-                   (date_trunc('month', occurred_at AT TIME ZONE 'UTC') + interval '1 month')::date,
-                   sum(quantity)
-              FROM billing.usage_events WHERE customer_id LIKE $1 GROUP BY 1, 2, 3
+            SELECT customer_id, meter, p, (p + interval '1 month')::date, sum(quantity)
+              FROM (SELECT customer_id, meter, quantity,
+                           date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS p
+                      FROM billing.usage_events WHERE customer_id LIKE $1) u
+             GROUP BY 1, 2, 3
             """, f"demo-{tag}-%")
         console.print(f"{n_customers} customers, {len(METERS)} meters, {rep.inserted} usage events "
                       f"({rep.duplicates} duplicate submissions absorbed) over {start}..{today}")

@@ -170,7 +170,7 @@ CREATE TABLE billing.discrepancies (
     beyond_epsilon      boolean NOT NULL DEFAULT false,
     action              text,                -- what the plan does about it
     action_params       jsonb,
-    status              text NOT NULL CHECK (status IN ('observed', 'proposed', 'held', 'applied', 'pending', 'skipped', 'rejected', 'failed', 'unfixable')),
+    status              text NOT NULL CHECK (status IN ('observed', 'proposed', 'held', 'approved', 'applied', 'pending', 'skipped', 'rejected', 'failed', 'unfixable')),
     detail              text,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
