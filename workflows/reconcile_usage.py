@@ -17,6 +17,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from activities.usage import Permanent, UsageActivities
     from billing.models import (
         ApplyPlanInput,
@@ -53,7 +55,9 @@ RETRY = RetryPolicy(
 )
 
 
-@workflow.defn(name="ReconcileUsage")
+# Malformed input (e.g. JSON from `temporal workflow start` with end_date before start_date)
+# fails the workflow with the validation message instead of wedging its first task.
+@workflow.defn(name="ReconcileUsage", failure_exception_types=[ValidationError])
 class ReconcileUsage:
     def __init__(self) -> None:
         self._state: ReconcileCarry | None = None
