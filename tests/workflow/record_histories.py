@@ -1,0 +1,187 @@
+"""Regenerate tests/histories/*.json: real workflows through the real worker on the dev server,
+with an embedded Postgres and the Stripe emulator (the session fixtures of tests/conftest.py).
+
+    .venv/bin/python tests/workflow/record_histories.py       # or
+    .venv/bin/pytest tests/workflow/record_histories.py
+
+Not collected by a plain `pytest` run (the file name does not match test_*.py). Re-record when a
+workflow changes *on purpose* and commit the new files next to the old ones (keep the old ones:
+they are what running workflows look like). tests/workflow/test_replay.py replays every file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+
+import worker as worker_module
+from billing import db
+from billing.ingest import UsageEvent, ingest
+from billing.models import (
+    ApprovalDecision,
+    Mode,
+    PauseRequest,
+    Phase,
+    ReconcileProgress,
+    ReconcileResult,
+    ReconcileUsageInput,
+    RunStatus,
+)
+from billing.models_smoke import SmokeCheck
+from billing.settings import Settings
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+METER = "api_requests"
+
+
+def settings_for(postgres_dsn: str, emulator: str) -> Settings:
+    return Settings(
+        DATABASE_URL=postgres_dsn, STRIPE_API_BASE=emulator, STRIPE_API_KEY="sk_test_123",
+        STRIPE_RATE_LIMIT=0, RECON_SETTLE_SECONDS=1, DATABASE_POOL_MAX=5)
+
+
+async def seed(postgres_dsn: str, stripe_client, tag: str, customers: int = 3) -> list[str]:
+    """A sum meter, customers mapped to Stripe, a few days of usage and correct counters."""
+    await stripe_client.v1.billing.meters.create_async(params={
+        "display_name": "API requests", "event_name": METER, "default_aggregation": {"formula": "sum"}})
+    conn = await db.connect(postgres_dsn)
+    try:
+        ids: list[str] = []
+        today = datetime.now(UTC).date()
+        events: list[UsageEvent] = []
+        for i in range(customers):
+            cid = f"{tag}-c{i}"
+            cus = await stripe_client.v1.customers.create_async(params={"name": cid})
+            await conn.execute(
+                "INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ($1, $2)", cid, cus.id)
+            ids.append(cid)
+            for d in range(3):
+                day = today - timedelta(days=d)
+                at = min(datetime.combine(day, time(1, 0), tzinfo=UTC), datetime.now(UTC) - timedelta(minutes=1))
+                events.append(UsageEvent(request_id=f"{tag}-{i}-{d}", customer_id=cid, meter=METER,
+                                         quantity=Decimal(10 + i + d), occurred_at=at))
+        await ingest(conn, events, source="record")
+        await conn.execute(
+            """
+            INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value)
+            SELECT customer_id, meter, p, (p + interval '1 month')::date, sum(quantity)
+              FROM (SELECT customer_id, meter, quantity,
+                           date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS p
+                      FROM billing.usage_events WHERE customer_id = ANY($1)) u
+             GROUP BY 1, 2, 3
+            """, ids)
+        return ids
+    finally:
+        await conn.close()
+
+
+async def wait_phase(handle: WorkflowHandle, phase: Phase, limit_seconds: float = 60) -> None:
+    async def poll() -> None:
+        while True:
+            p = await handle.query("progress", result_type=ReconcileProgress)
+            if p is not None and p.phase == phase:
+                return
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(poll(), limit_seconds)
+
+
+async def save(handle: WorkflowHandle, name: str) -> Path:
+    history = await handle.fetch_history()
+    path = HISTORIES / f"{name}.json"
+    path.write_text(history.to_json())
+    return path
+
+
+async def record_all(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,
+                     stripe_client) -> list[Path]:
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    ids = await seed(postgres_dsn, stripe_client, tag)
+    today = datetime.now(UTC).date()
+    window = dict(start_date=today - timedelta(days=2), end_date=today, customers=ids, actor="recorder")
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            async def run(name: str, inp: ReconcileUsageInput) -> tuple[WorkflowHandle, ReconcileResult]:
+                handle = await client.start_workflow("ReconcileUsage", inp, id=f"{tag}-{name}",
+                                                     task_queue=task_queue, result_type=ReconcileResult)
+                return handle, await asyncio.wait_for(handle.result(), 120)
+
+            # 1. apply: the initial sync (pushes, settle timer, verify pass).
+            handle, res = await run("apply", ReconcileUsageInput(mode=Mode.APPLY, settle_seconds=1, **window))
+            assert res.status == RunStatus.COMPLETED and res.counts.corrections_pushed > 0, res
+            assert res.verify_counts is not None
+            paths.append(await save(handle, "reconcile_usage_apply"))
+
+            # Drift: late usage for one customer, a corrupted counter for another.
+            conn = await db.connect(postgres_dsn)
+            try:
+                await ingest(conn, [UsageEvent(request_id=f"{tag}-late", customer_id=ids[0], meter=METER,
+                                               quantity=Decimal(7),
+                                               occurred_at=datetime.now(UTC) - timedelta(minutes=2))])
+                await conn.execute("UPDATE billing.usage_counters SET value = value + 5 WHERE customer_id = $1",
+                                   ids[1])
+            finally:
+                await conn.close()
+
+            # 2. dry-run: finds the drift, changes nothing.
+            handle, res = await run("dry-run", ReconcileUsageInput(mode=Mode.DRY_RUN, **window))
+            assert res.status == RunStatus.COMPLETED and res.counts.drift_count >= 2, res
+            paths.append(await save(handle, "reconcile_usage_dry_run"))
+
+            # 3. plan: waits; pause/resume signals and the approve update land in the history.
+            inp = ReconcileUsageInput(mode=Mode.PLAN, settle_seconds=1, **window)
+            handle = await client.start_workflow("ReconcileUsage", inp, id=f"{tag}-plan",
+                                                 task_queue=task_queue, result_type=ReconcileResult)
+            await wait_phase(handle, Phase.AWAITING_APPROVAL)
+            await handle.signal("pause", PauseRequest(actor="recorder", reason="recording"))
+            await handle.signal("resume", PauseRequest(actor="recorder"))
+            await handle.execute_update("approve", ApprovalDecision(actor="recorder", reason="recording"))
+            res = await asyncio.wait_for(handle.result(), 120)
+            assert res.status == RunStatus.COMPLETED and res.counts.drift_count >= 2, res
+            paths.append(await save(handle, "reconcile_usage_plan_approve"))
+
+            # 4. plan + reject.
+            conn = await db.connect(postgres_dsn)
+            try:
+                await conn.execute("UPDATE billing.usage_counters SET value = value + 3 WHERE customer_id = $1",
+                                   ids[2])
+            finally:
+                await conn.close()
+            handle = await client.start_workflow("ReconcileUsage", inp, id=f"{tag}-plan-reject",
+                                                 task_queue=task_queue, result_type=ReconcileResult)
+            await wait_phase(handle, Phase.AWAITING_APPROVAL)
+            await handle.execute_update("reject", ApprovalDecision(actor="recorder", reason="recording"))
+            res = await asyncio.wait_for(handle.result(), 120)
+            assert res.status == RunStatus.REJECTED, res
+            paths.append(await save(handle, "reconcile_usage_plan_reject"))
+
+            # 5. Smoke.
+            handle = await client.start_workflow("Smoke", SmokeCheck(), id=f"{tag}-smoke",
+                                                 task_queue=task_queue, result_type=SmokeCheck)
+            check = await asyncio.wait_for(handle.result(), 60)
+            assert METER in check.stripe_meters, check
+            paths.append(await save(handle, "smoke"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_all(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
+                             postgres_dsn, stripe_client)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-s", "-p", "no:cacheprovider"]))

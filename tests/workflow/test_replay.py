@@ -1,0 +1,63 @@
+"""Replay every recorded history (tests/histories/*.json) against today's workflow code.
+
+A failure here means a change would break workflows that are already running: put it behind
+`workflow.patched(...)`, or re-record (tests/workflow/record_histories.py) if the change is
+meant to apply only to new runs and no old run can still be open.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+import worker as worker_module
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+FILES = sorted(HISTORIES.glob("*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
+
+
+def workflow_type(path: Path) -> str:
+    first = json.loads(path.read_text())["events"][0]
+    return first["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
+
+
+def test_every_workflow_type_has_a_history():
+    recorded = {workflow_type(p) for p in FILES}
+    registered = {w.__temporal_workflow_definition.name for w in worker_module.WORKFLOWS}
+    assert registered <= recorded, f"no recorded history for {sorted(registered - recorded)}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+async def test_replay(path: Path):
+    replayer = Replayer(workflows=worker_module.WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure!r}"
+
+
+@workflow.defn(name="Smoke", sandboxed=False)  # defined in a test module
+class SmokeReordered:
+    """Smoke with its two activities swapped: the replayer must notice."""
+
+    @workflow.run
+    async def run(self, check: dict) -> dict:
+        check = await workflow.execute_activity("health.stripe", check, start_to_close_timeout=timedelta(seconds=30))
+        return await workflow.execute_activity("health.postgres", check, start_to_close_timeout=timedelta(seconds=30))
+
+
+async def test_replay_detects_a_non_deterministic_change():
+    path = HISTORIES / "smoke.json"
+    replayer = Replayer(workflows=[SmokeReordered], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert "nondetermin" in str(result.replay_failure).lower()
