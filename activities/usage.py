@@ -588,7 +588,8 @@ class UsageActivities:
             async with self.pool.acquire() as conn:
                 await conn.execute(
                     "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = 'not reflected in "
-                    "Stripe after the settle window' WHERE identifier = ANY($1) AND status = 'sent'",
+                    "Stripe after the settle window' WHERE identifier = ANY($1) "
+                    "AND status IN ('sent', 'confirmed')",
                     params["mark_failed"])
 
         planned: list[dict[str, Any]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from enum import StrEnum
 
 from billing.periods import push_timestamp
@@ -37,7 +37,9 @@ class FindingKind(StrEnum):
 
 def normalize(d: Decimal) -> Decimal:
     """Canonical text form for identifiers and Stripe payloads (no exponent, no trailing 0)."""
-    q = d.quantize(Decimal("0.000001")).normalize()
+    with localcontext() as ctx:
+        ctx.prec = 80  # quantize must not overflow the default 28 digits on huge values
+        q = d.quantize(Decimal("0.000001")).normalize()
     return q if q != 0 else Decimal(0)
 
 
@@ -168,7 +170,8 @@ def classify_stripe_key(
         if lost_amount > TOLERANCE:
             running = Decimal(0)
             for p in settled_sent:
-                if p.status == "sent" and p.value > 0 and running + p.value <= lost_amount + TOLERANCE:
+                # A confirmed push that vanished later (cancelled behind our back) is lost too.
+                if p.value > 0 and running + p.value <= lost_amount + TOLERANCE:
                     mark_failed.append(p.identifier)
                     running += p.value
         kind = "repush" if mark_failed else "delta"

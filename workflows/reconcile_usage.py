@@ -165,6 +165,8 @@ class ReconcileUsage:
             await self._set_status(RunStatus.AWAITING_APPROVAL)
             decided = await self._wait(lambda: s.decision is not None,
                                        timedelta(seconds=inp.approval_timeout_seconds))
+            # Leave the phase before awaiting anything: a late approve must be refused.
+            s.phase = Phase.APPLYING if decided and s.approved else Phase.DONE
             if not decided or not s.approved:
                 reason = "approval timed out" if not decided else (s.decision.reason if s.decision else None)
                 await self._set_status(RunStatus.REJECTED, rejected_by=s.decision.actor if s.decision else "timeout",
@@ -172,7 +174,6 @@ class ReconcileUsage:
                 return await self._finish(RunStatus.REJECTED)
             await self._set_status(RunStatus.APPLYING, approved_by=s.decision.actor if s.decision else None,
                                    reason=s.decision.reason if s.decision else None)
-            s.phase = Phase.APPLYING
 
         if s.phase == Phase.APPLYING:
             # Corrective writes stop while paused; the plan waits for `resume`.

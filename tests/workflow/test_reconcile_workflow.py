@@ -345,9 +345,6 @@ async def test_apply_with_held_over_reporting_waits_for_approval(time_skipping_e
     assert len(verify) == 1 and verify[0].observe_only is False  # apply mode may still correct
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug (reported): after the approval timeout the run is being rejected, but the phase is still "
-    "AWAITING_APPROVAL, so the approve validator accepts a late approve and answers APPLYING"))
 async def test_late_approve_after_timeout_is_refused(time_skipping_env, task_queue):
     gate = asyncio.Event()
     s = Script(pages={None: page(None, customers_scanned=1, drift_count=1)}, reject_status_gate=gate)
