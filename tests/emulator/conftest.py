@@ -25,7 +25,8 @@ from starlette.routing import Route
 
 from stripe_emulator.admin import EmulatorAdmin
 
-FIXTURES = Path(os.environ.get("STRIPE_FIXTURES", "/work/shared/stripe/fixtures3.json"))
+# Stripe's example objects, vendored (see fixtures/README.md); STRIPE_FIXTURES overrides.
+FIXTURES = Path(os.environ.get("STRIPE_FIXTURES", Path(__file__).parent / "fixtures" / "stripe_fixtures3.json"))
 API_KEY = "sk_test_emulator_contract"
 
 # Test-friendly defaults applied on every reset (rate limit off unless a test turns it on).
