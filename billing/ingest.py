@@ -142,6 +142,9 @@ def read_file(path: Path, report: IngestReport) -> Iterator[UsageEvent]:
             if missing:
                 raise ValueError(f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}")
             for n, rec in enumerate(reader, 2):
+                if None in rec:  # DictReader's bucket for fields beyond the header
+                    report.invalid.append(f"line {n}: more fields than the header has")
+                    continue
                 try:
                     yield UsageEvent.model_validate(rec)
                 except (ValidationError, InvalidOperation) as e:

@@ -112,6 +112,18 @@ def test_csv_bad_rows_report_file_line_numbers(tmp_path):
     assert "timezone" in report.invalid[0]
 
 
+def test_csv_row_with_more_fields_than_the_header_is_invalid(tmp_path):
+    p = tmp_path / "usage.csv"
+    p.write_text(
+        "request_id,customer_id,meter,quantity,occurred_at\n"
+        "r1,c1,m,5,2026-11-01T00:00:00Z\n"
+        "r2,c1,m,5,2026-11-01T00:00:00Z,surprise\n"  # line 3: a shifted column
+    )
+    events, report = parse(p)
+    assert [e.request_id for e in events] == ["r1"]
+    assert report.invalid == ["line 3: more fields than the header has"]
+
+
 def test_csv_missing_columns_is_an_error(tmp_path):
     p = tmp_path / "usage.csv"
     p.write_text("request_id,customer_id,quantity\nr1,c1,5\n")
