@@ -251,7 +251,7 @@ class UsageActivities:
             # Comes back as a plain dict after a retry: resume after the last finished batch.
             checkpoint = PageCheckpoint.model_validate(details[0])
         start_cursor = checkpoint.done_through or inp.cursor
-        already = _customers_between(checkpoint, inp)
+        already = checkpoint.counts.customers_scanned  # finished by an earlier attempt
 
         async with self.pool.acquire() as conn:
             rows = await store.customers_page(
@@ -306,6 +306,7 @@ class UsageActivities:
         by_id = {c.customer_id: c for c in batch}
         days = days_in(ctx.window_start, ctx.window_end)
         settle = timedelta(seconds=ctx.policy.settle_seconds)
+        confirmed: list[str] = []  # our sent pushes that Stripe now reflects
         for c in batch:
             for m in ctx.meters:
                 for day in days:
@@ -330,13 +331,15 @@ class UsageActivities:
                         pushes=key_pushes, now=now, settle=settle, epsilon=ctx.policy.epsilon,
                         auto_approve_over_reporting=ctx.policy.auto_approve_over_reporting)
                     if f.kind == FindingKind.OK:
-                        if f.confirm and corrective:
-                            async with self.pool.acquire() as conn:
-                                await conn.execute(
-                                    "UPDATE billing.stripe_usage_pushes SET status = 'confirmed', settled_at = now() "
-                                    "WHERE identifier = ANY($1) AND status = 'sent'", f.confirm)
+                        confirmed += f.confirm
                         continue
                     findings.append(_stripe_finding(by_id[c.customer_id], m, day, f))
+
+        if confirmed and corrective:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'confirmed', settled_at = now() "
+                    "WHERE identifier = ANY($1) AND status = 'sent'", confirmed)
 
         prefix = "verify|" if inp.verify else ""
         for f in findings:
@@ -656,11 +659,6 @@ class UsageActivities:
                     "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
                     "WHERE identifier = $1 AND status = 'planned'", row["identifier"], msg[:500])
         return outcome
-
-
-def _customers_between(checkpoint: PageCheckpoint, inp: PageInput) -> int:
-    # Customers already finished by an earlier attempt of this page.
-    return checkpoint.counts.customers_scanned
 
 
 def _stripe_finding(c: _Customer, m: MeterInfo, day: date, f: StripeFinding) -> _Finding:
