@@ -49,14 +49,14 @@ def to_stripe_value(d: Decimal) -> str:
 
 def correction_identifier(
     customer_id: str, meter: str, day: date, kind: str, pushed_before: Decimal,
-    stripe_value: Decimal, ledger_value: Decimal,
+    stripe_value: Decimal, ledger_value: Decimal, seq: int = 0,
 ) -> str:
     """Deterministic meter event identifier (<= 100 chars): the same key in the same state
     always plans the same correction, so a retried activity, a re-run workflow or a crashed
     worker can never push it twice."""
     raw = "|".join(
         [customer_id, meter, day.isoformat(), kind, to_stripe_value(pushed_before),
-         to_stripe_value(stripe_value), to_stripe_value(ledger_value)]
+         to_stripe_value(stripe_value), to_stripe_value(ledger_value), str(seq)]
     )
     return "br_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
@@ -64,6 +64,15 @@ def correction_identifier(
 def fallback_compensation_identifier(cancelled_identifier: str) -> str:
     """Identifier of the compensation that replaces a cancel Stripe refused (past 24 h)."""
     return "br_" + hashlib.sha256(f"{cancelled_identifier}|compensate".encode()).hexdigest()[:40]
+
+
+def _tolerance(ledger: Decimal) -> Decimal:
+    # Stripe sums in floats: absolute for small values, relative (1e-12) for huge ones.
+    return max(TOLERANCE, abs(ledger) * Decimal("1e-12"))
+
+
+def _close(a: Decimal, b: Decimal) -> bool:
+    return abs(a - b) <= _tolerance(a)
 
 
 def diff_pct(ledger: Decimal, stripe: Decimal) -> Decimal:
@@ -140,24 +149,44 @@ def classify_stripe_key(
         (-p.value if p.status == "cancelled" else p.value)
         for p in pushes if _is_unsettled(p, now, settle)
     ) or Decimal(0)
-    gap = ledger - (stripe + unsettled)
     beyond = diff_pct(ledger, stripe) > epsilon
     base = dict(ledger=ledger, stripe=stripe, pushed=pushed, unsettled=unsettled)
+    # Pushes and cancellations in flight make S ambiguous: Stripe may or may not have counted
+    # them yet (often it has, within seconds). Sequence number of this correction for the key:
+    # every outbox row counts, so a key that returns to an earlier (P, S, L) after a failed
+    # attempt still gets a fresh identifier.
+    seq = len(pushes)
 
-    if abs(ledger - stripe) <= TOLERANCE:
+    if _close(ledger, stripe):
         # In agreement. Everything sent and settled is now known to be reflected.
         confirm = [p.identifier for p in live if p.status == "sent" and not _is_unsettled(p, now, settle)]
         return StripeFinding(FindingKind.OK, confirm=confirm, **base)
-    if abs(gap) <= TOLERANCE:
-        return StripeFinding(FindingKind.PENDING, beyond_epsilon=beyond,
-                             detail="pushes in flight cover the difference", **base)
 
     ts = push_timestamp(day, now)
-    if ts is None:
-        return StripeFinding(
-            FindingKind.NEEDS_INVOICE_ADJUSTMENT, beyond_epsilon=beyond,
-            detail="day is outside Stripe's 35-day meter event window", **base)
+    outside_window = StripeFinding(
+        FindingKind.NEEDS_INVOICE_ADJUSTMENT, beyond_epsilon=beyond,
+        detail="day is outside Stripe's 35-day meter event window", **base)
 
+    if unsettled != 0:
+        # Act only on what is true whether or not the in-flight writes have landed: usage
+        # missing under both readings is pushed; anything else waits for the settle window.
+        # Never cancel or compensate while S is ambiguous.
+        safe = min(ledger - stripe, ledger - stripe - unsettled)
+        if safe > _tolerance(ledger) and ts is None:
+            return outside_window
+        if safe > _tolerance(ledger):
+            ident = correction_identifier(customer_id, meter, day, "delta", pushed, stripe, ledger, seq)
+            return StripeFinding(
+                FindingKind.UNDER_REPORTED, beyond_epsilon=diff_pct(ledger, ledger - safe) > epsilon,
+                push=PlannedPush(ident, safe, "delta", ts),
+                detail="pushed only what is missing whether or not the writes in flight landed",
+                **base)
+        return StripeFinding(FindingKind.PENDING, beyond_epsilon=beyond,
+                             detail="writes in flight may explain the difference", **base)
+
+    if ts is None:
+        return outside_window
+    gap = ledger - stripe
     if gap > 0:
         # Under-reported. Settled pushes that Stripe does not reflect were lost (or rejected
         # asynchronously): mark them failed and push the whole gap under a new identifier.
@@ -167,7 +196,7 @@ def classify_stripe_key(
         settled_total = sum((p.value for p in settled_sent), Decimal(0))
         lost_amount = settled_total - stripe
         mark_failed: list[str] = []
-        if lost_amount > TOLERANCE:
+        if lost_amount > _tolerance(ledger):
             running = Decimal(0)
             for p in settled_sent:
                 # A confirmed push that vanished later (cancelled behind our back) is lost too.
@@ -175,7 +204,7 @@ def classify_stripe_key(
                     mark_failed.append(p.identifier)
                     running += p.value
         kind = "repush" if mark_failed else "delta"
-        ident = correction_identifier(customer_id, meter, day, kind, pushed, stripe, ledger)
+        ident = correction_identifier(customer_id, meter, day, kind, pushed, stripe, ledger, seq)
         return StripeFinding(
             FindingKind.LOST_PUSH if mark_failed else FindingKind.UNDER_REPORTED,
             beyond_epsilon=beyond, mark_failed=mark_failed,
@@ -191,13 +220,14 @@ def classify_stripe_key(
          and p.sent_at is not None and p.sent_at > now - CANCEL_WINDOW),
         key=lambda p: p.sent_at or p.planned_at, reverse=True)
     remaining = excess
+    tol = _tolerance(ledger)
     for p in cancellable:
-        if p.value <= remaining + TOLERANCE:
+        if p.value <= remaining + tol:
             cancel.append(p.identifier)
             remaining -= p.value
     push = None
-    if remaining > TOLERANCE:
-        ident = correction_identifier(customer_id, meter, day, "compensation", pushed, stripe, ledger)
+    if remaining > tol:
+        ident = correction_identifier(customer_id, meter, day, "compensation", pushed, stripe, ledger, seq)
         push = PlannedPush(ident, -remaining, "compensation", ts)
     return StripeFinding(
         FindingKind.OVER_REPORTED, beyond_epsilon=beyond,
@@ -224,7 +254,7 @@ def classify_counter(ledger: Decimal, counter: Decimal | None, quota: Decimal | 
         kind = FindingKind.ORPHAN_COUNTER
     elif counter is None and ledger == 0:
         kind = FindingKind.OK
-    elif counter is None or abs(counter - ledger) > TOLERANCE:
+    elif counter is None or not _close(ledger, counter):
         kind = FindingKind.COUNTER_DRIFT
     else:
         kind = FindingKind.OK

@@ -127,7 +127,8 @@ def test_under_reported_pushes_the_gap_as_a_delta():
     assert f.push.event_timestamp == datetime.combine(DAY, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
     assert f.mark_failed == [] and f.cancel == []
     assert f.needs_approval is False  # under-reporting never waits for approval
-    assert f.push.identifier == correction_identifier("cus_1", "api_requests", DAY, "delta", D(4), D(4), D(10))
+    # seq = 1: one outbox row already exists for the key.
+    assert f.push.identifier == correction_identifier("cus_1", "api_requests", DAY, "delta", D(4), D(4), D(10), 1)
 
 
 def test_under_reported_with_partial_unsettled_push_pushes_only_what_is_missing():
@@ -201,7 +202,7 @@ def test_over_reported_beyond_cancel_window_compensates():
     assert f.push.kind == "compensation"
     assert f.push.value == D(-3)
     assert f.push.identifier == correction_identifier(
-        "cus_1", "api_requests", DAY, "compensation", D(13), D(13), D(10))
+        "cus_1", "api_requests", DAY, "compensation", D(13), D(13), D(10), 1)
 
 
 def test_over_reported_cancels_what_fits_and_compensates_the_rest():
@@ -327,8 +328,10 @@ def test_correction_identifier_is_deterministic_and_short():
         correction_identifier("cus_1", "api_requests", DAY, "delta", D(5), D(4), D(10)),
         correction_identifier("cus_1", "api_requests", DAY, "delta", D(4), D(5), D(10)),
         correction_identifier("cus_1", "api_requests", DAY, "delta", D(4), D(4), D(11)),
+        # Same numbers, but the key's outbox grew (a failed attempt): a fresh identifier.
+        correction_identifier("cus_1", "api_requests", DAY, "delta", D(4), D(4), D(10), 1),
     }
-    assert a not in others and len(others) == 7
+    assert a not in others and len(others) == 8
 
 
 def test_identifier_length_with_huge_inputs():
@@ -412,3 +415,49 @@ def test_no_quota_transition_on_the_same_side(ledger, counter):
 def test_no_quota_transition_without_quota_or_without_drift():
     assert classify_counter(D(150), D(50), None, True).over_quota_transition is False
     assert classify_counter(D(150), D(150), D(100), True).over_quota_transition is False
+
+
+# ---------------------------------------------------------------------------- writes in flight
+
+
+def test_landed_push_plus_new_usage_waits_instead_of_compensating():
+    # Our push of 100 landed within seconds (S = 100) and is still inside the settle window;
+    # 0.4 more usage arrived. Read as "not landed yet", S would become 200: the two readings
+    # disagree on the sign, so nothing is written now (never a -99.6 compensation).
+    f = classify("100.4", "100", [push("x", "100", sent_ago=timedelta(minutes=5))], auto=True)
+    assert f.kind == FindingKind.PENDING
+    assert f.push is None and f.cancel == [] and f.mark_failed == []
+
+
+def test_unlanded_push_plus_new_usage_pushes_only_the_new_usage():
+    f = classify("100.4", "0", [push("x", "100", sent_ago=timedelta(minutes=5))])
+    assert f.kind == FindingKind.UNDER_REPORTED
+    assert f.push.value == D("0.4")
+
+
+def test_over_reported_while_writes_are_in_flight_waits():
+    # S > L but a push is in flight: cancelling or compensating now could double-correct.
+    f = classify("10", "15", [push("x", "5", sent_ago=timedelta(minutes=5))], auto=True)
+    assert f.kind == FindingKind.PENDING
+    assert f.push is None and f.cancel == []
+
+
+def test_cancellation_in_flight_does_not_push_the_cancelled_amount_again():
+    # We cancelled 5 a minute ago and Stripe already applied it (S = 10 = L + 0): ok. If 2 more
+    # usage arrived meanwhile, only 2 is pushed, not 7.
+    f = classify("12", "10", [push("x", "5", "cancelled", cancelled_ago=timedelta(minutes=1))])
+    assert f.kind == FindingKind.UNDER_REPORTED
+    assert f.push.value == D(2)
+
+
+def test_a_failed_attempt_gets_a_fresh_identifier_for_the_same_numbers():
+    first = classify("10", "0", [])
+    failed = Push(first.push.identifier, D(10), "failed", "delta", NOW - timedelta(hours=1))
+    again = classify("10", "0", [failed])
+    assert again.kind == FindingKind.UNDER_REPORTED
+    assert again.push.identifier != first.push.identifier
+
+
+def test_tolerance_is_relative_for_huge_values():
+    f = classify("1000000000000.5", "1000000000000.5000001", [])
+    assert f.kind == FindingKind.OK
