@@ -14,12 +14,15 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import stripe
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -62,8 +65,12 @@ from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
 
 log = logging.getLogger(__name__)
 
-# Customers handled between two heartbeats (and so redone at most after a crash).
+# Customers handled between two checkpoints (and so redone at most after a crash).
 SUB_BATCH = 50
+# The last checkpoint is re-sent this often while a batch works (heartbeat timeout is 30 s).
+HEARTBEAT_EVERY_SECONDS = 5.0
+# Stripe dedupes identifiers for at least 24 h: a `planned` row younger than this is re-sent.
+RESEND_WINDOW = timedelta(hours=23)
 MAX_WINDOW_DAYS = 400
 
 
@@ -79,6 +86,29 @@ class Permanent:
 
 def _fail(message: str, type_: str) -> ApplicationError:
     return ApplicationError(message, type=type_, non_retryable=True)
+
+
+@asynccontextmanager
+async def _heartbeating(first: PageCheckpoint) -> AsyncIterator[Callable[[PageCheckpoint], None]]:
+    """Heartbeat the latest checkpoint now and every few seconds until the block ends, so a
+    long batch (many Stripe calls under the rate limiter) never looks like a dead worker.
+    Yields a function that records a newer checkpoint."""
+    latest = {"details": first.model_dump(mode="json")}
+
+    def record(cp: PageCheckpoint) -> None:
+        latest["details"] = cp.model_dump(mode="json")
+        activity.heartbeat(latest["details"])
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(latest["details"])
+            await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield record
+    finally:
+        task.cancel()
 
 
 def _now() -> datetime:
@@ -194,11 +224,29 @@ class UsageActivities:
                 INSERT INTO billing.reconciliation_runs
                     (run_id, workflow_run_id, mode, window_start, window_end, customers_filter, meters_filter)
                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (run_id) DO UPDATE SET workflow_run_id = EXCLUDED.workflow_run_id
+                ON CONFLICT (run_id) DO NOTHING
                 """,
                 ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
                 ctx.customers or None, req.meters or None,
             )
+            previous = await conn.fetchval(
+                "SELECT workflow_run_id FROM billing.reconciliation_runs WHERE run_id = $1", ctx.run_id)
+            if previous != ctx.workflow_run_id:
+                # The workflow id was reused by a new execution: its report starts afresh (the
+                # old execution's history stays in Temporal, its writes in audit_log).
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM billing.discrepancies WHERE run_id = $1", ctx.run_id)
+                    await conn.execute(
+                        """
+                        UPDATE billing.reconciliation_runs
+                           SET workflow_run_id = $2, mode = $3, window_start = $4, window_end = $5,
+                               customers_filter = $6, meters_filter = $7, status = 'running',
+                               counts = '{}', approved_by = NULL, rejected_by = NULL,
+                               decision_reason = NULL, started_at = now(), finished_at = NULL, error = NULL
+                         WHERE run_id = $1
+                        """,
+                        ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
+                        ctx.customers or None, req.meters or None)
         return ctx
 
     @activity.defn(name="usage.set_run_status")
@@ -215,7 +263,7 @@ class UsageActivities:
                 """,
                 inp.run_id, inp.status.value, inp.approved_by, inp.rejected_by, inp.reason,
             )
-            if inp.status.value == "rejected":
+            if inp.reject_held:
                 await conn.execute(
                     "UPDATE billing.discrepancies SET status = 'rejected', updated_at = now() "
                     "WHERE run_id = $1 AND status IN ('proposed', 'held')", inp.run_id)
@@ -259,14 +307,16 @@ class UsageActivities:
                 only=ctx.customers, verify_run=ctx.run_id if inp.verify else None)
         customers = [_Customer(r["customer_id"], r["stripe_customer_id"]) for r in rows]
         counts = checkpoint.counts
-        for i in range(0, len(customers), SUB_BATCH):
-            batch = customers[i : i + SUB_BATCH]
-            counts = counts.add(await self._reconcile_batch(ctx, batch, inp))
-            checkpoint = PageCheckpoint(done_through=batch[-1].customer_id, counts=counts)
-            activity.heartbeat(checkpoint.model_dump(mode="json"))
+        async with _heartbeating(checkpoint) as beat:
+            for i in range(0, len(customers), SUB_BATCH):
+                batch = customers[i : i + SUB_BATCH]
+                counts = counts.add(await self._reconcile_batch(ctx, batch, inp))
+                beat(PageCheckpoint(done_through=batch[-1].customer_id, counts=counts))
         done = already + len(customers)
         last = customers[-1].customer_id if customers else start_cursor
-        next_cursor = last if done >= ctx.policy.page_size and customers else None
+        # A full page means there may be more, even when an earlier attempt had already done
+        # this page's last batch (then nothing was left to read here).
+        next_cursor = last if done >= ctx.policy.page_size else None
         return PageResult(next_cursor=next_cursor, counts=counts)
 
     async def _reconcile_batch(self, ctx: RunContext, batch: list[_Customer], inp: PageInput) -> Counts:
@@ -277,13 +327,12 @@ class UsageActivities:
         now = _now()
 
         if corrective:
-            async with self.pool.acquire() as conn:
-                planned = await store.planned_pushes(conn, ids)
-            for r in planned:
-                await self._send_push(ctx, dict(r), counts)
+            await self._flush_planned(ctx, ids, now, counts)
 
         periods = periods_overlapping(ctx.window_start, ctx.window_end)
-        async with self.pool.acquire() as conn:
+        # One snapshot for all reads: an app committing an event and its counter increment
+        # between two reads must not look like drift.
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             ledger_rows = await store.ledger_by_day(conn, ids, ctx.window_start, ctx.window_end, meter_names)
             # Counters are checked against the ledger for every meter, Stripe-metered or not.
             period_rows = await store.ledger_by_period(conn, ids, periods, ctx.meter_filter)
@@ -301,8 +350,15 @@ class UsageActivities:
                 r["sent_at"], r["cancelled_at"]))
 
         findings: list[_Finding] = []
+        by_stripe_id = {c.customer_id: c.stripe_customer_id for c in batch}
         findings += self._counter_findings(ctx, batch, period_rows, counter_rows)
-        stripe_values = await self._fetch_summaries(ctx, batch)
+        stripe_values, unreadable = await self._fetch_summaries(ctx, batch)
+        for (cust, meter), message in sorted(unreadable.items()):
+            counts.reconcile_failures += 1
+            findings.append(_Finding(
+                key=f"stripe|{cust}|{meter}|read", kind=FindingKind.STRIPE_READ_FAILED,
+                customer_id=cust, stripe_customer_id=by_stripe_id.get(cust), meter=meter,
+                status="failed", detail=message[:500]))
         by_id = {c.customer_id: c for c in batch}
         days = days_in(ctx.window_start, ctx.window_end)
         settle = timedelta(seconds=ctx.policy.settle_seconds)
@@ -320,6 +376,8 @@ class UsageActivities:
                                 stripe_customer_id=None, meter=m.event_name, usage_day=day, ledger=L,
                                 status="failed", detail="customer has usage but no stripe_customer_id"))
                             counts.reconcile_failures += 1
+                        continue
+                    if (c.customer_id, m.event_name) in unreadable:
                         continue
                     S = stripe_values.get((c.customer_id, m.event_name), {}).get(day, Decimal(0))
                     key_pushes = pushes.get(k, [])
@@ -347,7 +405,7 @@ class UsageActivities:
             self._decide_status(ctx, f, inp, counts)
         await self._record(ctx, findings)
         if corrective:
-            await self._execute_all(ctx, [f for f in findings if f.status == "approved"], counts)
+            counts = counts.add(await self._execute_all(ctx, [f for f in findings if f.status == "approved"]))
         return counts
 
     def _counter_findings(self, ctx, batch, period_rows, counter_rows) -> list[_Finding]:
@@ -374,23 +432,54 @@ class UsageActivities:
                 detail="counter has no usage behind it" if cf.kind == FindingKind.ORPHAN_COUNTER else ""))
         return out
 
-    async def _fetch_summaries(self, ctx: RunContext, batch: list[_Customer]) -> dict[tuple[str, str], dict[date, Decimal]]:
+    async def _fetch_summaries(
+        self, ctx: RunContext, batch: list[_Customer]
+    ) -> tuple[dict[tuple[str, str], dict[date, Decimal]], dict[tuple[str, str], str]]:
+        """Stripe's daily values per (customer, meter), and the pairs Stripe refused to read
+        (e.g. a deleted or mis-mapped customer): those are reported, never retried forever."""
         sem = asyncio.Semaphore(self.settings.recon_stripe_concurrency)
         out: dict[tuple[str, str], dict[date, Decimal]] = {}
+        unreadable: dict[tuple[str, str], str] = {}
 
         async def one(c: _Customer, m: MeterInfo) -> None:
             async with sem:
-                out[(c.customer_id, m.event_name)] = await self.stripe.daily_summaries(
-                    m.stripe_meter_id, c.stripe_customer_id, ctx.window_start, ctx.window_end)
+                try:
+                    out[(c.customer_id, m.event_name)] = await self.stripe.daily_summaries(
+                        m.stripe_meter_id, c.stripe_customer_id, ctx.window_start, ctx.window_end)
+                except stripe.InvalidRequestError as e:
+                    unreadable[(c.customer_id, m.event_name)] = f"Stripe refused the summary read: {e.user_message or e}"
 
-        await asyncio.gather(*(one(c, m) for c in batch if c.stripe_customer_id for m in ctx.meters))
-        return out
+        async with asyncio.TaskGroup() as tg:
+            for c in batch:
+                if c.stripe_customer_id:
+                    for m in ctx.meters:
+                        tg.create_task(one(c, m))
+        return out, unreadable
+
+    async def _flush_planned(self, ctx: RunContext, ids: list[str], now: datetime, counts: Counts) -> None:
+        """Send outbox rows left `planned` by a crash between the outbox write and the send.
+
+        Within Stripe's 24 h identifier window a re-send is safe (a duplicate is refused and
+        read as "already sent"). Older than that it is not: such a row is taken as sent when it
+        was planned, and the next comparison with Stripe's summary decides (lost -> re-push)."""
+        async with self.pool.acquire() as conn:
+            planned = await store.planned_pushes(conn, ids)
+        for r in planned:
+            if r["planned_at"] < now - RESEND_WINDOW:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(
+                        "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = planned_at, "
+                        "error = 'delivery unknown (planned over 23 h ago): taken as sent, checked "
+                        "against the summary' WHERE identifier = $1 AND status = 'planned'", r["identifier"])
+                continue
+            async with self.pool.acquire() as conn:
+                await self._send_push(conn, r["identifier"], now, counts)
 
     def _decide_status(self, ctx: RunContext, f: _Finding, inp: PageInput, counts: Counts) -> None:
         """What happens to a finding in this mode; counts it once."""
         kind = FindingKind(f.kind)
-        if kind == FindingKind.UNMAPPED_CUSTOMER:
-            return
+        if kind in (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED):
+            return  # already counted as reconcile_failures; nothing to correct
         if kind != FindingKind.PENDING:
             counts.drift_count += 1
         if f.beyond_epsilon:
@@ -411,6 +500,7 @@ class UsageActivities:
             f.status = "observed"
         elif ctx.mode == Mode.PLAN:
             f.status = "proposed"
+            counts.held_for_approval += 1
         elif f.params and f.params.get("needs_approval"):
             f.status = "held"
             counts.held_for_approval += 1
@@ -454,11 +544,9 @@ class UsageActivities:
         """Execute the stored plan of a run (proposed/held rows), one page of discrepancies."""
         ctx = inp.context
         details = activity.info().heartbeat_details
-        cursor = inp.cursor
-        counts = Counts()
-        if details:
-            cp = PageCheckpoint.model_validate(details[0])
-            cursor, counts = cp.done_through or cursor, cp.counts
+        checkpoint = PageCheckpoint.model_validate(details[0]) if details else PageCheckpoint()
+        cursor = checkpoint.done_through or inp.cursor
+        counts = checkpoint.counts
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 """
@@ -468,55 +556,47 @@ class UsageActivities:
                  ORDER BY discrepancy_key LIMIT $3
                 """,
                 ctx.run_id, cursor, ctx.policy.page_size)
-        for i in range(0, len(rows), SUB_BATCH):
-            batch = [_finding_from_row(r) for r in rows[i : i + SUB_BATCH]]
-            sub = Counts()
-            if inp.observe_only:
-                pass  # paused: leave the plan as it is
-            else:
-                await self._execute_all(ctx, batch, sub, check_stale=True)
-            counts = counts.add(sub)
-            activity.heartbeat(PageCheckpoint(done_through=batch[-1].key, counts=counts).model_dump(mode="json"))
+        async with _heartbeating(checkpoint) as beat:
+            for i in range(0, len(rows), SUB_BATCH):
+                batch = [_finding_from_row(r) for r in rows[i : i + SUB_BATCH]]
+                if not inp.observe_only:  # paused: the plan stays as it is
+                    counts = counts.add(await self._execute_all(ctx, batch))
+                beat(PageCheckpoint(done_through=batch[-1].key, counts=counts))
         next_cursor = rows[-1]["discrepancy_key"] if len(rows) == ctx.policy.page_size else None
         return PageResult(next_cursor=next_cursor, counts=counts)
 
     # ------------------------------------------------------------------ executing corrections
 
-    async def _execute_all(self, ctx: RunContext, findings: list[_Finding], counts: Counts,
-                           check_stale: bool = False) -> None:
+    async def _execute_all(self, ctx: RunContext, findings: list[_Finding]) -> Counts:
         sem = asyncio.Semaphore(self.settings.recon_stripe_concurrency)
         subs: list[Counts] = []
 
         async def one(f: _Finding) -> None:
             c = Counts()
             async with sem:
-                await self._execute(ctx, f, c, check_stale)
+                await self._execute(ctx, f, c)
             subs.append(c)
 
-        await asyncio.gather(*(one(f) for f in findings))
+        # A TaskGroup: if one correction fails, the others stop instead of writing on after
+        # the activity has failed.
+        async with asyncio.TaskGroup() as tg:
+            for f in findings:
+                tg.create_task(one(f))
+        total = Counts()
         for c in subs:
-            for k in Counts.model_fields:
-                setattr(counts, k, getattr(counts, k) + getattr(c, k))
+            total = total.add(c)
+        return total
 
-    async def _execute(self, ctx: RunContext, f: _Finding, counts: Counts, check_stale: bool) -> None:
+    async def _execute(self, ctx: RunContext, f: _Finding, counts: Counts) -> None:
         params = f.params or {}
-        status, detail = "applied", f.detail
         if "counter" in params:
-            ok = await self._set_counter(ctx, f, params["counter"])
-            if ok:
+            if await self._set_counter(ctx, f, params["counter"]):
                 counts.counter_repairs += 1
+                status, detail = "applied", f.detail
             else:
                 status, detail = "skipped", "counter changed since it was read; next run re-checks"
                 counts.stale_skipped += 1
         else:
-            if check_stale:
-                async with self.pool.acquire() as conn:
-                    current = await store.pushed_total(conn, f.customer_id, f.meter, f.usage_day)
-                if current != _dec(params.get("expected_pushed")):
-                    status, detail = "skipped", "outbox changed since the plan was made; next run re-plans"
-                    counts.stale_skipped += 1
-                    await self._set_discrepancy_status(ctx, f.key, status, detail)
-                    return
             status, detail = await self._apply_stripe(ctx, f, params, counts)
         await self._set_discrepancy_status(ctx, f.key, status, detail)
 
@@ -558,58 +638,79 @@ class UsageActivities:
                     idempotency_key=f"counter|{ctx.run_id}|{entity}"))
             return changed
 
-    async def _apply_stripe(self, ctx: RunContext, f: _Finding, params: dict[str, Any], counts: Counts) -> tuple[str, str]:
-        meter = f.meter
-        day = f.usage_day
-        assert day is not None and f.stripe_customer_id is not None
-        extra_compensation = Decimal(0)
+    async def _apply_stripe(self, ctx: RunContext, f: _Finding, params: dict[str, Any],
+                            counts: Counts) -> tuple[str, str]:
+        """Cancel, mark lost, push: the corrections of one key, under a per-key lock.
+
+        The lock and the check that the key's outbox still holds what the plan saw make two
+        overlapping runs (or two attempts of one page) unable to correct the same key twice."""
+        assert f.usage_day is not None and f.stripe_customer_id is not None
+        day, meter = f.usage_day, f.meter
+        lock_key = f"usage-key|{f.customer_id}|{meter}|{day}"
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key)
+            try:
+                current = await store.pushed_total(conn, f.customer_id, meter, day)
+                if current != _dec(params.get("expected_pushed")):
+                    counts.stale_skipped += 1
+                    return "skipped", "the key's outbox changed since this was planned; the next run re-plans"
+                return await self._apply_stripe_locked(conn, ctx, f, params, counts)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
+
+    async def _apply_stripe_locked(self, conn: asyncpg.Connection, ctx: RunContext, f: _Finding,
+                                   params: dict[str, Any], counts: Counts) -> tuple[str, str]:
+        day, meter = f.usage_day, f.meter
+        assert day is not None
+        status, detail = "applied", ""
+        planned: list[dict[str, Any]] = []
+        if params.get("push"):
+            p = params["push"]
+            planned.append({**p, "value": Decimal(str(p["value"])),
+                            "event_timestamp": datetime.fromisoformat(str(p["event_timestamp"]))})
+
         for ident in params.get("cancel", []):
-            async with self.pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    "SELECT value, status FROM billing.stripe_usage_pushes WHERE identifier = $1", ident)
+            row = await conn.fetchrow(
+                "SELECT value, status FROM billing.stripe_usage_pushes WHERE identifier = $1", ident)
             if row is None or row["status"] == "cancelled":
                 continue
             outcome, msg = await self.stripe.cancel_meter_event(identifier=ident, event_name=meter)
             counts.stripe_writes += 1
             if outcome == CancelOutcome.CANCELLED:
                 counts.corrections_cancelled += 1
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with conn.transaction():
                     await conn.execute(
-                        "UPDATE billing.stripe_usage_pushes SET status = 'cancelled', cancelled_at = now() "
-                        "WHERE identifier = $1", ident)
+                        "UPDATE billing.stripe_usage_pushes SET status = 'cancelled', cancelled_at = $2 "
+                        "WHERE identifier = $1", ident, _now())
                     await _audit(conn, AuditInput(
                         actor=ctx.actor, action="cancel_meter_event", entity_type="meter_event",
                         entity_id=ident, reason=str(f.kind), after={"value": str(row["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"cancel|{ident}"))
-            else:
-                # Past Stripe's 24 h (or refused): compensate instead, under its own identifier.
-                extra_compensation += _dec(row["value"])
+            elif outcome == CancelOutcome.NOT_FOUND:
+                # Stripe never counted it: nothing to take back, and it is not ours any more.
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 WHERE identifier = $1",
+                    ident, msg[:500])
+            elif outcome == CancelOutcome.TOO_OLD:
+                # Past Stripe's 24 h: compensate this one instead, under its own identifier.
+                planned.append({"identifier": fallback_compensation_identifier(ident),
+                                "value": -_dec(row["value"]), "kind": "compensation",
+                                "event_timestamp": datetime.fromisoformat(str(params["timestamp"])),
+                                "replaces": ident})
                 log.info("cancel of %s refused (%s); compensating", ident, msg)
+            else:
+                counts.reconcile_failures += 1
+                status, detail = "failed", f"Stripe refused to cancel {ident}: {msg}"[:500]
 
         if params.get("mark_failed"):
-            async with self.pool.acquire() as conn:
-                await conn.execute(
-                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = 'not reflected in "
-                    "Stripe after the settle window' WHERE identifier = ANY($1) "
-                    "AND status IN ('sent', 'confirmed')",
-                    params["mark_failed"])
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = 'not reflected in "
+                "Stripe after the settle window' WHERE identifier = ANY($1) "
+                "AND status IN ('sent', 'confirmed')", params["mark_failed"])
 
-        planned: list[dict[str, Any]] = []
-        if params.get("push"):
-            p = params["push"]
-            planned.append({**p, "value": Decimal(str(p["value"])),
-                            "event_timestamp": datetime.fromisoformat(str(p["event_timestamp"]))})
-        if extra_compensation:
-            ts = planned[0]["event_timestamp"] if planned else datetime.fromisoformat(str(params["timestamp"]))
-            planned.append({"identifier": fallback_compensation_identifier(params["cancel"][0]),
-                            "value": -extra_compensation, "kind": "compensation",
-                            "event_timestamp": ts, "replaces": None})
-        status, detail = "applied", ""
         for p in planned:
-            row = {**p, "customer_id": f.customer_id, "stripe_customer_id": f.stripe_customer_id,
-                   "meter": meter, "usage_day": day}
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 inserted = await conn.fetchval(
                     """
                     INSERT INTO billing.stripe_usage_pushes
@@ -628,36 +729,38 @@ class UsageActivities:
                                "value": str(p["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"push|{p['identifier']}"))
-            result = await self._send_push(ctx, row, counts)
-            if result in (PushOutcome.TOO_OLD,):
+            result = await self._send_push(conn, p["identifier"], _now(), counts)
+            if result is None and not inserted:
+                status, detail = "skipped", f"correction {p['identifier']} already handled earlier"
+            elif result == PushOutcome.TOO_OLD:
                 status, detail = "unfixable", "Stripe refused the timestamp (35-day window)"
             elif result == PushOutcome.REJECTED:
                 status, detail = "failed", "Stripe rejected the correction; see the outbox row"
         return status, detail
 
-    async def _send_push(self, ctx: RunContext, row: dict[str, Any], counts: Counts) -> PushOutcome | None:
-        """Send one outbox row that is `planned`; mark it by outcome. Transient errors raise."""
-        async with self.pool.acquire() as conn:
-            status = await conn.fetchval(
-                "SELECT status FROM billing.stripe_usage_pushes WHERE identifier = $1", row["identifier"])
-        if status != "planned":
+    async def _send_push(self, conn: asyncpg.Connection, identifier: str, now: datetime,
+                         counts: Counts) -> PushOutcome | None:
+        """Send one outbox row that is still `planned`, exactly as stored; mark it by outcome.
+        Transient errors raise (the activity retries and the row is sent again)."""
+        row = await conn.fetchrow(
+            "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = 'planned'",
+            identifier)
+        if row is None:
             return None
         outcome, msg = await self.stripe.push_meter_event(
-            identifier=row["identifier"], event_name=row["meter"],
-            stripe_customer_id=row["stripe_customer_id"], value=to_stripe_value(_dec(row["value"])),
-            timestamp=row["event_timestamp"])
+            identifier=identifier, event_name=row["meter"], stripe_customer_id=row["stripe_customer_id"],
+            value=to_stripe_value(_dec(row["value"])), timestamp=row["event_timestamp"])
         counts.stripe_writes += 1
-        async with self.pool.acquire() as conn:
-            if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
-                counts.corrections_pushed += 1
-                await conn.execute(
-                    "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = now() "
-                    "WHERE identifier = $1 AND status = 'planned'", row["identifier"])
-            else:
-                counts.reconcile_failures += 1
-                await conn.execute(
-                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
-                    "WHERE identifier = $1 AND status = 'planned'", row["identifier"], msg[:500])
+        if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
+            counts.corrections_pushed += 1
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = $2 "
+                "WHERE identifier = $1 AND status = 'planned'", identifier, now)
+        else:
+            counts.reconcile_failures += 1
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
+                "WHERE identifier = $1 AND status = 'planned'", identifier, msg[:500])
         return outcome
 
 

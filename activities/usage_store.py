@@ -102,8 +102,7 @@ async def planned_pushes(conn: asyncpg.Connection, customers: list[str]) -> list
     write and the send. They are sent before anything else is decided."""
     return await conn.fetch(
         """
-        SELECT identifier, customer_id, stripe_customer_id, meter, usage_day, value, kind,
-               event_timestamp
+        SELECT identifier, planned_at
           FROM billing.stripe_usage_pushes
          WHERE status = 'planned' AND customer_id = ANY($1)
         """,

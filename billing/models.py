@@ -198,6 +198,7 @@ class RunStatusUpdate(BaseModel):
     approved_by: str | None = None
     rejected_by: str | None = None
     reason: str | None = None
+    reject_held: bool = False  # the proposed/held corrections will not be applied
 
 
 class ReconcileProgress(BaseModel):

@@ -33,6 +33,7 @@ class FindingKind(StrEnum):
     OVER_REPORTED = "over_reported"  # S > L: cancel our own pushes or compensate
     NEEDS_INVOICE_ADJUSTMENT = "needs_invoice_adjustment"  # outside Stripe's 35-day window
     UNMAPPED_CUSTOMER = "unmapped_customer"  # usage but no Stripe customer id
+    STRIPE_READ_FAILED = "stripe_read_failed"  # Stripe refused the summary read (4xx)
 
 
 def normalize(d: Decimal) -> Decimal:

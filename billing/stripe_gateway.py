@@ -14,6 +14,7 @@ from enum import StrEnum
 
 import stripe
 from aiolimiter import AsyncLimiter
+from temporalio.exceptions import ApplicationError
 
 from billing.settings import Settings
 
@@ -48,6 +49,7 @@ class PushOutcome(StrEnum):
 class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"
     TOO_OLD = "too_old"  # Stripe only cancels events received within 24 h
+    NOT_FOUND = "not_found"  # Stripe never received it: nothing to take back
     REJECTED = "rejected"
 
 
@@ -79,6 +81,11 @@ class StripeGateway:
                 if attempt == RATE_LIMIT_RETRIES - 1:
                     raise
                 await asyncio.sleep(min(0.25 * 2**attempt, 4.0) * (1 + random.random()))
+            except (stripe.AuthenticationError, stripe.PermissionError) as e:
+                # A wrong or restricted key: retrying cannot help, fail the run with the cause.
+                raise ApplicationError(
+                    f"Stripe refused the API key: {e.user_message or e}", type="StripeAuthentication",
+                    non_retryable=True) from e
 
     async def list_meters(self) -> list[Meter]:
         meters: list[Meter] = []
@@ -133,7 +140,7 @@ class StripeGateway:
             return PushOutcome.SENT, ""
         except stripe.InvalidRequestError as e:
             msg = e.user_message or str(e)
-            if "already exists" in msg and "identifier" in msg:
+            if e.code == "resource_already_exists" or ("already exists" in msg and "identifier" in msg):
                 return PushOutcome.ALREADY_SENT, msg
             if "35 days" in msg or "too far in the past" in msg:
                 return PushOutcome.TOO_OLD, msg
@@ -149,9 +156,10 @@ class StripeGateway:
             return CancelOutcome.CANCELLED, ""
         except stripe.InvalidRequestError as e:
             msg = e.user_message or str(e)
-            low = msg.lower()
-            if "already" in low and "cancel" in low:
-                return CancelOutcome.CANCELLED, msg
-            if "24" in low or "too old" in low or "older" in low:
+            if e.code == "meter_event_adjustment_window_expired" or "within the last 24 hours" in msg:
                 return CancelOutcome.TOO_OLD, msg
+            if e.code == "resource_missing" and "identifier" in msg:
+                return CancelOutcome.NOT_FOUND, msg
+            if "already" in msg.lower() and "cancel" in msg.lower():
+                return CancelOutcome.CANCELLED, msg
             return CancelOutcome.REJECTED, msg

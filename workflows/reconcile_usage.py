@@ -165,15 +165,25 @@ class ReconcileUsage:
             await self._set_status(RunStatus.AWAITING_APPROVAL)
             decided = await self._wait(lambda: s.decision is not None,
                                        timedelta(seconds=inp.approval_timeout_seconds))
+            # An update accepted in the same activation as the timeout still counts.
+            decided = decided or s.decision is not None
+            approved = decided and bool(s.approved)
             # Leave the phase before awaiting anything: a late approve must be refused.
-            s.phase = Phase.APPLYING if decided and s.approved else Phase.DONE
-            if not decided or not s.approved:
-                reason = "approval timed out" if not decided else (s.decision.reason if s.decision else None)
-                await self._set_status(RunStatus.REJECTED, rejected_by=s.decision.actor if s.decision else "timeout",
-                                       reason=reason)
+            s.phase = Phase.APPLYING if approved else Phase.DONE
+            decided_by = s.decision.actor if s.decision else "approval-timeout"
+            reason = s.decision.reason if s.decision else "approval timed out"
+            if approved:
+                await self._set_status(RunStatus.APPLYING, approved_by=decided_by, reason=reason)
+            elif ctx.mode == Mode.PLAN:
+                await self._set_status(RunStatus.REJECTED, rejected_by=decided_by, reason=reason,
+                                       reject_held=True)
                 return await self._finish(RunStatus.REJECTED)
-            await self._set_status(RunStatus.APPLYING, approved_by=s.decision.actor if s.decision else None,
-                                   reason=s.decision.reason if s.decision else None)
+            else:
+                # An apply run: only the held corrections are dropped; everything else it did
+                # is still settled and verified, and the run completes.
+                await self._set_status(RunStatus.RUNNING, rejected_by=decided_by, reason=reason,
+                                       reject_held=True)
+                s.phase = Phase.SETTLING if self._should_verify() else Phase.DONE
 
         if s.phase == Phase.APPLYING:
             # Corrective writes stop while paused; the plan waits for `resume`.
@@ -229,7 +239,7 @@ class ReconcileUsage:
         s = self._state
         assert s is not None
         mode = s.context.mode
-        if mode == Mode.PLAN and s.counts.drift_count > 0:
+        if mode == Mode.PLAN and s.counts.held_for_approval > 0:  # proposals to decide on
             return Phase.AWAITING_APPROVAL
         if mode == Mode.APPLY and s.counts.held_for_approval > 0:
             return Phase.AWAITING_APPROVAL
@@ -267,12 +277,13 @@ class ReconcileUsage:
         workflow.continue_as_new(inp.model_copy(update={"carried": s}))
 
     async def _set_status(self, status: RunStatus, approved_by: str | None = None,
-                          rejected_by: str | None = None, reason: str | None = None) -> None:
+                          rejected_by: str | None = None, reason: str | None = None,
+                          reject_held: bool = False) -> None:
         assert self._state is not None
         await workflow.execute_activity_method(
             UsageActivities.set_run_status,
             RunStatusUpdate(run_id=self._state.context.run_id, status=status, approved_by=approved_by,
-                            rejected_by=rejected_by, reason=reason),
+                            rejected_by=rejected_by, reason=reason, reject_held=reject_held),
             start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
 
     async def _finish(self, status: RunStatus, error: str | None = None) -> ReconcileResult:

@@ -177,6 +177,7 @@ CREATE TABLE billing.discrepancies (
     PRIMARY KEY (run_id, discrepancy_key)
 );
 CREATE INDEX discrepancies_run_status_idx ON billing.discrepancies (run_id, status);
+CREATE INDEX discrepancies_run_customer_idx ON billing.discrepancies (run_id, customer_id);
 
 CREATE TABLE billing.audit_log (
     id              bigserial PRIMARY KEY,

@@ -245,7 +245,7 @@ async def test_progress_query_reports_the_scan(time_skipping_env, task_queue):
 
 
 async def test_plan_waits_for_approve_then_applies(time_skipping_env, task_queue):
-    s = Script(pages={None: page(None, customers_scanned=2, drift_count=2)},
+    s = Script(pages={None: page(None, customers_scanned=2, drift_count=2, held_for_approval=2)},
                apply_pages={None: page("k1", corrections_pushed=1), "k1": page(None, counter_repairs=1)},
                verify_pages={None: page(None, customers_scanned=1)})
     async with worker(time_skipping_env, task_queue, s):
@@ -274,7 +274,7 @@ async def test_plan_waits_for_approve_then_applies(time_skipping_env, task_queue
 
 async def test_approve_is_refused_while_scanning_and_twice(time_skipping_env, task_queue):
     gate = asyncio.Event()
-    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1)}, gates={None: gate})
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, held_for_approval=1)}, gates={None: gate})
     async with worker(time_skipping_env, task_queue, s):
         handle = await start(time_skipping_env, task_queue, request(Mode.PLAN))
         await until(lambda: None in s.entered, "the first page")
@@ -292,7 +292,7 @@ async def test_approve_is_refused_while_scanning_and_twice(time_skipping_env, ta
 
 
 async def test_reject_ends_rejected_without_applying(time_skipping_env, task_queue):
-    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1)})
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, held_for_approval=1)})
     async with worker(time_skipping_env, task_queue, s):
         handle = await start(time_skipping_env, task_queue, request(Mode.PLAN))
         await wait_phase(handle, Phase.AWAITING_APPROVAL)
@@ -309,7 +309,7 @@ async def test_reject_ends_rejected_without_applying(time_skipping_env, task_que
 
 
 async def test_approval_times_out_as_rejected(time_skipping_env, task_queue):
-    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1)})
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, held_for_approval=1)})
     async with worker(time_skipping_env, task_queue, s):
         handle = await start(time_skipping_env, task_queue, request(Mode.PLAN, approval_timeout_seconds=3 * 24 * 3600))
         t0 = await time_skipping_env.get_current_time()
@@ -319,7 +319,7 @@ async def test_approval_times_out_as_rejected(time_skipping_env, task_queue):
     assert t1 - t0 >= timedelta(days=3)
     assert s.apply_calls == []
     assert s.statuses[-1].status == RunStatus.REJECTED
-    assert s.statuses[-1].rejected_by == "timeout" and s.statuses[-1].reason == "approval timed out"
+    assert s.statuses[-1].rejected_by == "approval-timeout" and s.statuses[-1].reason == "approval timed out"
 
 
 async def test_plan_without_drift_needs_no_approval(time_skipping_env, task_queue):
@@ -347,7 +347,7 @@ async def test_apply_with_held_over_reporting_waits_for_approval(time_skipping_e
 
 async def test_late_approve_after_timeout_is_refused(time_skipping_env, task_queue):
     gate = asyncio.Event()
-    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1)}, reject_status_gate=gate)
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, held_for_approval=1)}, reject_status_gate=gate)
     async with worker(time_skipping_env, task_queue, s):
         handle = await start(time_skipping_env, task_queue, request(Mode.PLAN, approval_timeout_seconds=60))
         result_task = asyncio.ensure_future(handle.result())  # lets time skip to the timeout
@@ -394,7 +394,7 @@ async def test_pause_makes_pages_observe_only_and_resume_restores(time_skipping_
 
 
 async def test_pause_holds_the_approved_plan_until_resume(time_skipping_env, task_queue):
-    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1)},
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, held_for_approval=1)},
                apply_pages={None: page(None, counter_repairs=1)})
     async with worker(time_skipping_env, task_queue, s):
         handle = await start(time_skipping_env, task_queue, request(Mode.PLAN))
@@ -553,3 +553,27 @@ async def test_continue_as_new_carries_state(can_env, task_queue):
     assert len(set(scan_runs[4:8])) >= 2, "no continue-as-new happened while paused"
     assert result.verify_counts == Counts(customers_scanned=2)
     assert result.status == RunStatus.COMPLETED
+
+
+async def test_plan_with_only_unfixable_drift_needs_no_approval(time_skipping_env, task_queue):
+    # Drift that nothing can apply (e.g. outside Stripe's 35-day window) proposes nothing.
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, needs_invoice_adjustment=1)})
+    async with worker(time_skipping_env, task_queue, s):
+        result = await (await start(time_skipping_env, task_queue, request(Mode.PLAN))).result()
+    assert result.status == RunStatus.COMPLETED
+    assert s.statuses == [] and s.apply_calls == []
+
+
+async def test_apply_run_whose_held_corrections_are_rejected_still_completes_and_verifies(
+        time_skipping_env, task_queue):
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=2, held_for_approval=1, corrections_pushed=1)})
+    async with worker(time_skipping_env, task_queue, s):
+        handle = await start(time_skipping_env, task_queue, request(Mode.APPLY))
+        await wait_phase(handle, Phase.AWAITING_APPROVAL)
+        await handle.execute_update(ReconcileUsage.reject, ApprovalDecision(actor="bob", reason="customer disputes"))
+        result = await handle.result()
+    assert result.status == RunStatus.COMPLETED  # its other corrections stand
+    assert s.apply_calls == []  # the held ones are not applied
+    rejected = [u for u in s.statuses if u.reject_held]
+    assert len(rejected) == 1 and rejected[0].rejected_by == "bob"
+    assert [c for c in s.page_calls if c.verify]  # the pushed correction is still verified
