@@ -78,6 +78,14 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         roll_subscriptions(store)
         return JSONResponse({"now": store.now()})
 
+    async def freeze(request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+        except ValueError as exc:
+            return _bad(str(exc))
+        now = store.clock.freeze(bool(body.get("frozen", True)))
+        return JSONResponse({"now": now, "frozen": store.clock.frozen_at is not None})
+
     async def meter_events(request: Request) -> Response:
         q = request.query_params
         recs = store.meters.list_events_admin(
@@ -124,6 +132,7 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         Route(f"{PREFIX}/config", config, methods=["GET", "POST"]),
         Route(f"{PREFIX}/clock", clock, methods=["GET"]),
         Route(f"{PREFIX}/clock/advance", advance, methods=["POST"]),
+        Route(f"{PREFIX}/clock/freeze", freeze, methods=["POST"]),
         Route(f"{PREFIX}/meter_events", meter_events, methods=["GET"]),
         Route(f"{PREFIX}/meter_events/bulk", meter_events_bulk, methods=["POST"]),
         Route(f"{PREFIX}/requests/stats", stats, methods=["GET"]),
@@ -181,6 +190,10 @@ class EmulatorAdmin:
 
     async def advance_clock(self, seconds: float) -> int:
         return int((await self._call("POST", "/clock/advance", json={"seconds": seconds}))["now"])
+
+    async def freeze_clock(self, frozen: bool = True) -> int:
+        """Stop the emulator clock (whole second) so time-boundary checks are exact."""
+        return int((await self._call("POST", "/clock/freeze", json={"frozen": frozen}))["now"])
 
     async def meter_events(
         self, event_name: str | None = None, customer: str | None = None

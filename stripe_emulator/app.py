@@ -263,7 +263,7 @@ class EmulatorApp:
             if fault is not None and fault.latency_ms:
                 await asyncio.sleep(fault.latency_ms / 1000.0)
             if fault is not None and fault.status and not fault.after:
-                return self.error_response(self._fault_error(fault.status), request_id)
+                return self.error_response(self._fault_error(fault), request_id)
 
             ctx = RequestContext(request_id=request_id, idempotency_key=idem_key, api_key=api_key)
             saved_headers: dict[str, str] = {}
@@ -289,7 +289,7 @@ class EmulatorApp:
                 )
                 s.purge_idempotency()
             if fault is not None and fault.status and fault.after:
-                return self.error_response(self._fault_error(fault.status), request_id)
+                return self.error_response(self._fault_error(fault), request_id)
             if 200 <= status < 300:
                 s.record_stat(f"{method} {template}")
             return self.respond(status, out, request_id, saved_headers)
@@ -306,9 +306,26 @@ class EmulatorApp:
         return None
 
     @staticmethod
-    def _fault_error(status: int) -> StripeError:
+    def _fault_error(fault: Any) -> StripeError:
+        status, code = fault.status, fault.code
         if status == 429:
+            if code == "lock_timeout":
+                return StripeError(
+                    429,
+                    "This object cannot be accessed right now because another API request "
+                    "or Stripe process is currently accessing it. If you see this error "
+                    "intermittently, retry the request.",
+                    code="lock_timeout",
+                    headers={"Stripe-Should-Retry": "true"},
+                )
             return rate_limited()
+        if status == 402:
+            return StripeError(
+                402,
+                "Your card was declined.",
+                type="card_error",
+                code=code or "card_declined",
+            )
         if status >= 500:
             return StripeError(
                 status,
@@ -323,7 +340,7 @@ class EmulatorApp:
                 "or Stripe process is currently accessing it.",
                 code="lock_timeout",
             )
-        return StripeError(status, f"Injected fault ({status}).")
+        return StripeError(status, f"Injected fault ({status}).", code=code)
 
     def build(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -334,7 +351,7 @@ class EmulatorApp:
             finally:
                 await self.deliverer.stop()
 
-        methods = ["GET", "POST", "DELETE"]
+        methods = ["GET", "POST", "DELETE", "PUT", "PATCH"]  # unknown verbs -> Stripe 404
         routes = [
             *admin_routes(self),
             Route("/v1/{path:path}", self.api, methods=methods),

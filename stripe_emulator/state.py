@@ -27,9 +27,20 @@ class EmulatorClock:
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.frozen_at: float | None = None
 
     def now_float(self) -> float:
-        return time.time() + self.offset
+        base = self.frozen_at if self.frozen_at is not None else time.time()
+        return base + self.offset
+
+    def freeze(self, frozen: bool) -> int:
+        """Stop (or restart) the clock at the current emulator time; ``advance`` still works."""
+        if frozen and self.frozen_at is None:
+            self.frozen_at = float(int(time.time()))
+        elif not frozen and self.frozen_at is not None:
+            self.offset += self.frozen_at - time.time()
+            self.frozen_at = None
+        return self.now()
 
     def now(self) -> int:
         return int(self.now_float())
@@ -42,6 +53,7 @@ class EmulatorClock:
 
     def reset(self) -> None:
         self.offset = 0.0
+        self.frozen_at = None
 
 
 _ID_RNG = random.Random(secrets.randbits(64))  # ids only; never the (seeded) fault RNG
@@ -64,6 +76,7 @@ class Fault:
     latency_ms: int = 0
     max_count: int | None = None
     after: bool = False  # run the handler, save the result, then answer the fault
+    code: str | None = None  # error code override (429 + "lock_timeout", 402 card codes, ...)
     injected: int = 0
 
     @classmethod
@@ -76,6 +89,7 @@ class Fault:
             "latency_ms",
             "max_count",
             "after",
+            "code",
         }
         extra = set(d) - known
         if extra:
@@ -96,6 +110,7 @@ class Fault:
             "latency_ms": self.latency_ms,
             "max_count": self.max_count,
             "after": self.after,
+            "code": self.code,
             "injected": self.injected,
         }
 
