@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import sys
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -31,8 +32,10 @@ from billing.models import (
 from billing.settings import get_settings
 from billing.temporal_client import connect
 
-console = Console()
-err = Console(stderr=True)
+# Piped or in CI there is no terminal width; rich would assume 80 and fold every table.
+_WIDTH = None if sys.stdout.isatty() else 130
+console = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
 
 RECONCILE_WORKFLOW = "ReconcileUsage"
 
@@ -343,14 +346,22 @@ def print_report(data: dict[str, Any], limit: int = 25) -> None:
             t.add_row(k, s, str(n))
         console.print(t)
         t = Table(title=f"first {min(limit, len(data['discrepancies']))} discrepancies")
-        for col in ["kind", "status", "customer_id", "meter", "usage_day", "period_start", "ledger_value",
-                    "counter_value", "stripe_value", "action"]:
-            t.add_column(col)
+        for col in ("kind", "status", "key", "ledger", "was", "action"):
+            t.add_column(col, overflow="fold")
         for d in data["discrepancies"][:limit]:
-            t.add_row(*[("" if d.get(c) is None else str(d.get(c))) for c in
-                        ["kind", "status", "customer_id", "meter", "usage_day", "period_start",
-                         "ledger_value", "counter_value", "stripe_value", "action"]])
+            when = d.get("usage_day") or f"period {d.get('period_start')}"
+            was = d.get("stripe_value") if d.get("stripe_value") is not None else d.get("counter_value")
+            was_label = "stripe" if d.get("stripe_value") is not None else "counter"
+            t.add_row(d["kind"], d["status"], f"{d['customer_id']} {d['meter']} {when}",
+                      _num(d.get("ledger_value")), f"{was_label} {_num(was)}", d.get("action") or "")
         console.print(t)
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    d = Decimal(str(v))
+    return format(d.normalize(), "f") if d == d.to_integral() else str(d.normalize())
 
 
 # ---------------------------------------------------------------------------- smoke

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
 
@@ -31,8 +30,7 @@ from billing.models import (
 from billing.settings import get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.temporal_client import connect
-
-console = Console()
+from starter.commands import console, load_report, print_report
 
 METERS = {"api_requests": "API requests", "storage_gb_hours": "Storage (GB-hours)"}
 DAYS = 6  # today and the 5 days before: all inside one window, none near the 35-day edge
@@ -135,7 +133,9 @@ async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
             console.print(f"[red]{len(mismatches)} key(s) still disagree[/red]: {mismatches[:5]}")
         else:
             console.print("[green]every key agrees: counters = ledger = Stripe summaries[/green]")
-        console.print(f"report: billing-recon report {applied.run_id}")
+        console.rule(f"report of {applied.run_id}")
+        print_report(await load_report(info.database_url, applied.run_id), limit=12)
+        console.print(f"full report: billing-recon report {applied.run_id} --export-discrepancies drift.csv")
         console.print(f"Temporal UI: {ui}/namespaces/default/workflows/{applied.run_id}")
         return not mismatches and after_dry == before
     finally:
