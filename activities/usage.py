@@ -338,6 +338,8 @@ class UsageActivities:
             period_rows = await store.ledger_by_period(conn, ids, periods, ctx.meter_filter)
             counter_rows = await store.counters(conn, ids, [p[0] for p in periods], ctx.meter_filter)
             push_rows = await store.pushes(conn, ids, ctx.window_start, ctx.window_end)
+            unmetered = [] if ctx.meter_filter else await store.unmetered_usage(
+                conn, ids, ctx.window_start, ctx.window_end, meter_names)
 
         ledger: dict[tuple[str, str, date], Decimal] = {}
         for r in ledger_rows:
@@ -351,6 +353,13 @@ class UsageActivities:
 
         findings: list[_Finding] = []
         by_stripe_id = {c.customer_id: c.stripe_customer_id for c in batch}
+        for r in unmetered:
+            counts.unmetered_usage += 1
+            findings.append(_Finding(
+                key=f"stripe|{r['customer_id']}|{r['meter']}|unmetered", kind=FindingKind.UNMETERED_USAGE,
+                customer_id=r["customer_id"], stripe_customer_id=by_stripe_id.get(r["customer_id"]),
+                meter=r["meter"], ledger=_dec(r["total"]), status="observed",
+                detail="no active Stripe meter has this event name: this usage is never billed"))
         findings += self._counter_findings(ctx, batch, period_rows, counter_rows)
         stripe_values, unreadable = await self._fetch_summaries(ctx, batch)
         for (cust, meter), message in sorted(unreadable.items()):
@@ -478,8 +487,9 @@ class UsageActivities:
     def _decide_status(self, ctx: RunContext, f: _Finding, inp: PageInput, counts: Counts) -> None:
         """What happens to a finding in this mode; counts it once."""
         kind = FindingKind(f.kind)
-        if kind in (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED):
-            return  # already counted as reconcile_failures; nothing to correct
+        if kind in (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED,
+                    FindingKind.UNMETERED_USAGE):
+            return  # counted where found; nothing here can correct it
         if kind != FindingKind.PENDING:
             counts.drift_count += 1
         if f.beyond_epsilon:

@@ -51,6 +51,23 @@ async def ledger_by_day(
     )
 
 
+async def unmetered_usage(
+    conn: asyncpg.Connection, customers: list[str], start: date, end_inclusive: date,
+    known_meters: list[str],
+) -> list[asyncpg.Record]:
+    """Usage under meter names that no active Stripe meter has: it would never be billed."""
+    return await conn.fetch(
+        """
+        SELECT customer_id, meter, sum(quantity) AS total
+          FROM billing.usage_events
+         WHERE customer_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
+           AND NOT (meter = ANY($4))
+         GROUP BY 1, 2
+        """,
+        customers, day_start(start), day_start(end_inclusive) + _ONE_DAY, known_meters,
+    )
+
+
 async def ledger_by_period(
     conn: asyncpg.Connection, customers: list[str], periods: list[tuple[date, date]],
     meters: list[str],

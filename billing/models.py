@@ -44,6 +44,7 @@ class Counts(BaseModel):
     held_for_approval: int = 0
     needs_invoice_adjustment: int = 0
     stale_skipped: int = 0  # planned actions skipped because the state changed since the plan
+    unmetered_usage: int = 0  # (customer, meter) with usage but no active Stripe meter: never billed
     reconcile_failures: int = 0
     stripe_writes: int = 0
 

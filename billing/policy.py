@@ -34,6 +34,7 @@ class FindingKind(StrEnum):
     NEEDS_INVOICE_ADJUSTMENT = "needs_invoice_adjustment"  # outside Stripe's 35-day window
     UNMAPPED_CUSTOMER = "unmapped_customer"  # usage but no Stripe customer id
     STRIPE_READ_FAILED = "stripe_read_failed"  # Stripe refused the summary read (4xx)
+    UNMETERED_USAGE = "unmetered_usage"  # usage under an event name no active meter has
 
 
 def normalize(d: Decimal) -> Decimal:
