@@ -25,9 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 up: $(STAMP)
 	$(BIN)/billing-recon dev up

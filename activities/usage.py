@@ -409,9 +409,9 @@ class UsageActivities:
                     "WHERE identifier = ANY($1) AND status = 'sent'", confirmed)
 
         prefix = "verify|" if inp.verify else ""
-        for f in findings:
-            f.key = prefix + f.key
-            self._decide_status(ctx, f, inp, counts)
+        for finding in findings:
+            finding.key = prefix + finding.key
+            self._decide_status(ctx, finding, inp, counts)
         await self._record(ctx, findings)
         if corrective:
             counts = counts.add(await self._execute_all(ctx, [f for f in findings if f.status == "approved"]))
@@ -451,6 +451,7 @@ class UsageActivities:
         unreadable: dict[tuple[str, str], str] = {}
 
         async def one(c: _Customer, m: MeterInfo) -> None:
+            assert c.stripe_customer_id is not None
             async with sem:
                 try:
                     out[(c.customer_id, m.event_name)] = await self.stripe.daily_summaries(

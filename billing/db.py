@@ -32,7 +32,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
 def migration_files() -> list[tuple[str, str]]:
     """(version, sql) for every migration, sorted by file name."""
     folder = resources.files(MIGRATIONS_PACKAGE.replace(".migrations", "")).joinpath("migrations")
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
 
 

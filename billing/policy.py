@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
 from enum import StrEnum
+from typing import Any
 
 from billing.periods import push_timestamp
 
@@ -152,7 +153,10 @@ def classify_stripe_key(
         for p in pushes if _is_unsettled(p, now, settle)
     ) or Decimal(0)
     beyond = diff_pct(ledger, stripe) > epsilon
-    base = dict(ledger=ledger, stripe=stripe, pushed=pushed, unsettled=unsettled)
+
+    def finding(kind: FindingKind, **kw: Any) -> StripeFinding:
+        return StripeFinding(kind, ledger=ledger, stripe=stripe, pushed=pushed, unsettled=unsettled, **kw)
+
     # Pushes and cancellations in flight make S ambiguous: Stripe may or may not have counted
     # them yet (often it has, within seconds). Sequence number of this correction for the key:
     # every outbox row counts, so a key that returns to an earlier (P, S, L) after a failed
@@ -162,29 +166,27 @@ def classify_stripe_key(
     if _close(ledger, stripe):
         # In agreement. Everything sent and settled is now known to be reflected.
         confirm = [p.identifier for p in live if p.status == "sent" and not _is_unsettled(p, now, settle)]
-        return StripeFinding(FindingKind.OK, confirm=confirm, **base)
+        return finding(FindingKind.OK, confirm=confirm)
 
     ts = push_timestamp(day, now)
-    outside_window = StripeFinding(
-        FindingKind.NEEDS_INVOICE_ADJUSTMENT, beyond_epsilon=beyond,
-        detail="day is outside Stripe's 35-day meter event window", **base)
+    outside_window = finding(FindingKind.NEEDS_INVOICE_ADJUSTMENT, beyond_epsilon=beyond,
+                             detail="day is outside Stripe's 35-day meter event window")
 
     if unsettled != 0:
         # Act only on what is true whether or not the in-flight writes have landed: usage
         # missing under both readings is pushed; anything else waits for the settle window.
         # Never cancel or compensate while S is ambiguous.
         safe = min(ledger - stripe, ledger - stripe - unsettled)
-        if safe > _tolerance(ledger) and ts is None:
+        if safe <= _tolerance(ledger):
+            return finding(FindingKind.PENDING, beyond_epsilon=beyond,
+                           detail="writes in flight may explain the difference")
+        if ts is None:
             return outside_window
-        if safe > _tolerance(ledger):
-            ident = correction_identifier(customer_id, meter, day, "delta", pushed, stripe, ledger, seq)
-            return StripeFinding(
-                FindingKind.UNDER_REPORTED, beyond_epsilon=diff_pct(ledger, ledger - safe) > epsilon,
-                push=PlannedPush(ident, safe, "delta", ts),
-                detail="pushed only what is missing whether or not the writes in flight landed",
-                **base)
-        return StripeFinding(FindingKind.PENDING, beyond_epsilon=beyond,
-                             detail="writes in flight may explain the difference", **base)
+        ident = correction_identifier(customer_id, meter, day, "delta", pushed, stripe, ledger, seq)
+        return finding(FindingKind.UNDER_REPORTED,
+                       beyond_epsilon=diff_pct(ledger, ledger - safe) > epsilon,
+                       push=PlannedPush(ident, safe, "delta", ts),
+                       detail="pushed only what is missing whether or not the writes in flight landed")
 
     if ts is None:
         return outside_window
@@ -207,11 +209,9 @@ def classify_stripe_key(
                     running += p.value
         kind = "repush" if mark_failed else "delta"
         ident = correction_identifier(customer_id, meter, day, kind, pushed, stripe, ledger, seq)
-        return StripeFinding(
-            FindingKind.LOST_PUSH if mark_failed else FindingKind.UNDER_REPORTED,
-            beyond_epsilon=beyond, mark_failed=mark_failed,
-            push=PlannedPush(ident, gap, kind, ts, replaces=mark_failed[0] if mark_failed else None),
-            **base)
+        return finding(FindingKind.LOST_PUSH if mark_failed else FindingKind.UNDER_REPORTED,
+                       beyond_epsilon=beyond, mark_failed=mark_failed,
+                       push=PlannedPush(ident, gap, kind, ts, replaces=mark_failed[0] if mark_failed else None))
 
     # Over-reported: remove `excess`. Cancel our own recent pushes first (exact, no trace on
     # the invoice), then compensate the rest with one negative event.
@@ -231,10 +231,8 @@ def classify_stripe_key(
     if remaining > tol:
         ident = correction_identifier(customer_id, meter, day, "compensation", pushed, stripe, ledger, seq)
         push = PlannedPush(ident, -remaining, "compensation", ts)
-    return StripeFinding(
-        FindingKind.OVER_REPORTED, beyond_epsilon=beyond,
-        needs_approval=beyond and not auto_approve_over_reporting,
-        cancel=cancel, push=push, **base)
+    return finding(FindingKind.OVER_REPORTED, beyond_epsilon=beyond,
+                   needs_approval=beyond and not auto_approve_over_reporting, cancel=cancel, push=push)
 
 
 @dataclass

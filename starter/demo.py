@@ -134,7 +134,9 @@ async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
         else:
             console.print("[green]every key agrees: counters = ledger = Stripe summaries[/green]")
         console.rule(f"report of {applied.run_id}")
-        print_report(await load_report(info.database_url, applied.run_id), limit=12)
+        report = await load_report(info.database_url, applied.run_id)
+        if report is not None:
+            print_report(report, limit=12)
         console.print(f"full report: billing-recon report {applied.run_id} --export-discrepancies drift.csv")
         console.print(f"Temporal UI: {ui}/namespaces/default/workflows/{applied.run_id}")
         return not mismatches and after_dry == before
