@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -80,9 +80,13 @@ class UnknownCustomers(Exception):
         self.ids = ids
 
 
-async def ingest(conn: asyncpg.Connection, events: Iterable[UsageEvent], source: str = "api") -> IngestReport:
+async def ingest(
+    conn: asyncpg.Connection, events: Iterable[UsageEvent], source: str = "api",
+    on_batch: Callable[[IngestReport], None] | None = None,
+) -> IngestReport:
     """Insert events in batches, each batch in one transaction. Unknown customers refuse the
-    whole batch (nothing partial) with a precise error."""
+    whole batch (nothing partial) with a precise error. `on_batch` sees the running report
+    after every batch (progress)."""
     report = IngestReport()
     batch: list[UsageEvent] = []
     for ev in events:
@@ -91,8 +95,12 @@ async def ingest(conn: asyncpg.Connection, events: Iterable[UsageEvent], source:
         if len(batch) >= BATCH:
             await _flush(conn, batch, source, report)
             batch = []
+            if on_batch:
+                on_batch(report)
     if batch:
         await _flush(conn, batch, source, report)
+        if on_batch:
+            on_batch(report)
     return report
 
 

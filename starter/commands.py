@@ -91,9 +91,11 @@ def ingest(
     async def go() -> IngestReport:
         check = IngestReport()
         customers: set[str] = set()
+        valid = 0
         try:
             for ev in read_file(file, check):
                 customers.add(ev.customer_id)
+                valid += 1
         except ValueError as e:
             raise _fail(str(e)) from e
         if check.invalid:
@@ -107,8 +109,11 @@ def ingest(
             unknown = sorted(customers - known)
             if unknown:
                 raise _fail(f"{UnknownCustomers(unknown)}; nothing was written")
-            report = IngestReport()
-            return await do_ingest(conn, read_file(file, report), source=source)
+            with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err) as bar:
+                task = bar.add_task("ingest", total=valid)
+                return await do_ingest(conn, read_file(file, IngestReport()), source=source,
+                                       on_batch=lambda r: bar.update(task, completed=r.read))
         finally:
             await conn.close()
 
