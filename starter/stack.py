@@ -7,10 +7,13 @@ Everything lives in ONE folder (`settings.state_dir`, default `./.state`):
     <state>/logs/<name>.log stdout+stderr of every process
     <state>/pgdata/         embedded Postgres data (only when DATABASE_URL is unset)
     <state>/temporal.db     the dev server's SQLite store (WAL mode)
+    <state>/emulator-state.pickle  the Stripe emulator's objects, events and meter events
+                            (`--state-file`: saved on SIGTERM and every few seconds when changed)
 
 `up` is idempotent: a component recorded in stack.json whose pid is alive (same process start
 time, so a recycled pid does not count) and whose port answers is left alone. `down` stops exactly
-what is recorded, newest first, and keeps the data; `down(purge=True)` also deletes the folder.
+what is recorded, newest first, and keeps the data (Postgres, Temporal and Stripe together, so
+they stay consistent across `down`/`up`); `down(purge=True)` also deletes the folder.
 
 The functions are synchronous (process management) and safe to call from inside a running event
 loop; the `a*` variants run them in a thread for async callers. The typer layer is
@@ -65,8 +68,9 @@ LOCK_FILE = "stack.lock"
 LOG_DIR = "logs"
 PGDATA_DIR = "pgdata"
 TEMPORAL_DB = "temporal.db"
+EMULATOR_STATE = "emulator-state.pickle"  # its temp file, `<name>.tmp`, is covered below
 # What a state folder may contain; `down --purge` refuses to delete anything else.
-_STATE_ENTRIES = {STACK_FILE, LOCK_FILE, LOG_DIR, PGDATA_DIR, TEMPORAL_DB}
+_STATE_ENTRIES = {STACK_FILE, LOCK_FILE, LOG_DIR, PGDATA_DIR, TEMPORAL_DB, EMULATOR_STATE}
 _STATE_ENTRY_PREFIXES = (TEMPORAL_DB,)  # temporal.db-wal, temporal.db-shm
 
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -157,6 +161,10 @@ class StackConfig(BaseModel):
     @property
     def stack_file(self) -> Path:
         return self.state_dir / STACK_FILE
+
+    @property
+    def emulator_state_file(self) -> Path:
+        return self.state_dir / EMULATOR_STATE
 
 
 # --- recorded state (stack.json) ----------------------------------------------------------------
@@ -610,6 +618,8 @@ def _emulator_command(config: StackConfig) -> list[str]:
         "--port", str(config.emulator_port),
         "--rate-limit", f"{config.emulator_rate_limit:g}",
         "--webhook-secret", config.webhook_secret,
+        # Stripe objects outlive `down`/`up` like the Postgres rows that reference them.
+        "--state-file", str(config.emulator_state_file),
     ]  # fmt: skip
     if config.emulator_summary_lag_seconds is not None:
         command += ["--summary-lag-seconds", f"{config.emulator_summary_lag_seconds:g}"]

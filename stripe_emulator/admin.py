@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .app import EmulatorApp
 
 PREFIX = "/_emulator"
+SNAPSHOT_PATH = f"{PREFIX}/snapshot"
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -126,8 +127,18 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
             {"data": list(emu.deliverer.log), "in_flight": len(emu.deliverer.tasks)}
         )
 
+    async def snapshot(request: Request) -> Response:
+        if emu.persister is None:
+            return _bad("the emulator was started without --state-file: nothing to save to", 409)
+        try:
+            info = await emu.persister.save()
+        except OSError as exc:
+            return _bad(f"saving {emu.persister.path} failed: {exc}", 500)
+        return JSONResponse(info)
+
     return [
         Route(f"{PREFIX}/health", health, methods=["GET"]),
+        Route(SNAPSHOT_PATH, snapshot, methods=["POST"]),
         Route(f"{PREFIX}/reset", reset, methods=["POST"]),
         Route(f"{PREFIX}/config", config, methods=["GET", "POST"]),
         Route(f"{PREFIX}/clock", clock, methods=["GET"]),
@@ -217,3 +228,8 @@ class EmulatorAdmin:
 
     async def webhook_deliveries(self) -> dict[str, Any]:
         return await self._call("GET", "/webhook_deliveries")
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Save the state file now (emulator started with ``--state-file``):
+        ``{"path", "bytes", "seconds", "encode_seconds", "meter_events", "at"}``."""
+        return await self._call("POST", "/snapshot")

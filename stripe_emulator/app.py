@@ -11,18 +11,21 @@ import logging
 import re
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from . import resources as r
-from .admin import admin_routes
+from .admin import SNAPSHOT_PATH, admin_routes
 from .errors import StripeError, rate_limited
 from .forms import FormError, parse_pairs
+from .persist import DEFAULT_SAVE_INTERVAL_SECONDS, StatePersister
 from .state import API_VERSION, Config, RequestContext, SavedResponse, Store, new_request_id
 from .webhooks import WebhookDeliverer
 
@@ -166,12 +169,46 @@ def _api_key(request: Request) -> tuple[str | None, StripeError | None]:
     return key, None
 
 
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _CountChanges:
+    """ASGI wrapper: every request that may mutate (not GET/HEAD/OPTIONS) bumps
+    ``store.changes`` once it is done, so the periodic save knows there is something to save."""
+
+    def __init__(self, app: Any, emu: EmulatorApp) -> None:
+        self.app = app
+        self.emu = emu
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in _READ_METHODS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["path"] != SNAPSHOT_PATH:
+                self.emu.store.changes += 1
+
+
 class EmulatorApp:
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        state_file: str | Path | None = None,
+        save_interval: float = DEFAULT_SAVE_INTERVAL_SECONDS,
+    ) -> None:
         self.initial_config = copy.deepcopy(config or Config())
         self.store = Store(copy.deepcopy(self.initial_config))
         self.deliverer = WebhookDeliverer(self.store)
         self.router = build_router(self.store)
+        self.persister: StatePersister | None = None
+        if state_file is not None:
+            self.persister = StatePersister(
+                self.store, Path(state_file), self.initial_config, save_interval
+            )
+            self.persister.load()  # StateFileError if the file cannot be used
 
     def respond(
         self, status: int, body: bytes, request_id: str, headers: dict[str, str] | None = None
@@ -346,10 +383,14 @@ class EmulatorApp:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette):
             await self.deliverer.start()
+            if self.persister is not None:
+                await self.persister.start()
             try:
                 yield
             finally:
                 await self.deliverer.stop()
+                if self.persister is not None:
+                    await self.persister.stop()  # graceful shutdown (SIGTERM/SIGINT): save
 
         methods = ["GET", "POST", "DELETE", "PUT", "PATCH"]  # unknown verbs -> Stripe 404
         routes = [
@@ -357,11 +398,19 @@ class EmulatorApp:
             Route("/v1/{path:path}", self.api, methods=methods),
             Route("/v2/{path:path}", self.api, methods=methods),
         ]
-        app = Starlette(routes=routes, lifespan=lifespan)
+        app = Starlette(
+            routes=routes, lifespan=lifespan, middleware=[Middleware(_CountChanges, emu=self)]
+        )
         app.state.emulator = self
         return app
 
 
-def create_app(config: Config | None = None) -> Starlette:
-    """A fresh emulator app (state lives in the returned app)."""
-    return EmulatorApp(config).build()
+def create_app(
+    config: Config | None = None,
+    *,
+    state_file: str | Path | None = None,
+    save_interval: float = DEFAULT_SAVE_INTERVAL_SECONDS,
+) -> Starlette:
+    """A fresh emulator app (state lives in the returned app). With ``state_file`` the state is
+    loaded from it now (``persist.StateFileError`` if unusable) and saved back to it."""
+    return EmulatorApp(config, state_file=state_file, save_interval=save_interval).build()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 import re
 import secrets
 import uuid
+from array import array
 from bisect import bisect_left
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,9 @@ CANCEL_WINDOW = DAY
 MAX_IDENTIFIER = 100
 _NUMBER_RE = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)$")
 WINDOW_SECONDS = {"hour": 3600, "day": DAY}
+# Meter events are saved in blocks of this many records; a full block is encoded once and its
+# bytes are reused by later saves until an event in it is cancelled (see ``encoded_blocks``).
+SAVE_BLOCK = 1 << 16
 _ID_BITS = random.Random(secrets.randbits(64))
 
 
@@ -127,6 +132,72 @@ class MeterStore:
         self.series: dict[tuple[str, str], _Series] = {}
         self.by_name_list: dict[str, list[MeterEventRecord]] = {}
         self.by_customer_list: dict[str, list[MeterEventRecord]] = {}
+        self._block_cache: dict[int, bytes] = {}
+
+    # -- persistence (``stripe_emulator.persist``) ---------------------------------------
+    def encoded_blocks(self) -> list[bytes]:
+        """Every record as pickled column blocks of ``SAVE_BLOCK`` records (builtins only)."""
+        blocks: list[bytes] = []
+        n = len(self.all)
+        for b, lo in enumerate(range(0, n, SAVE_BLOCK)):
+            hi = min(n, lo + SAVE_BLOCK)
+            cached = self._block_cache.get(b)
+            if cached is None:
+                cached = pickle.dumps(_encode_records(self.all[lo:hi]), protocol=5)
+                if hi - lo == SAVE_BLOCK:
+                    self._block_cache[b] = cached
+            blocks.append(cached)
+        return blocks
+
+    def restore_blocks(self, blocks: list[dict[str, Any]]) -> None:
+        """Rebuild records and every index from decoded blocks (after ``clear``)."""
+        all_ = self.all
+        by_identifier = self.by_identifier
+        grouped: dict[tuple[str, str], list[MeterEventRecord]] = {}
+        by_name = self.by_name_list
+        by_customer = self.by_customer_list
+        for cols in blocks:
+            text = cols["ident"]
+            lengths = array("I")
+            lengths.frombytes(cols["ident_len"])
+            idents = []
+            pos = 0
+            for n in lengths:
+                idents.append(text[pos : pos + n])
+                pos += n
+            columns = [
+                _decode_table(cols[k]) for k in ("name", "customer", "value_str", "keys")
+            ]
+            values, stamps, created = array("d"), array("q"), array("q")
+            values.frombytes(cols["value"])
+            stamps.frombytes(cols["timestamp"])
+            created.frombytes(cols["created"])
+            extra = cols["extra"]
+            base = len(all_)
+            Rec = MeterEventRecord
+            for i, (ident, name, customer, vs, keys, v, ts, cr, fl) in enumerate(
+                zip(idents, *columns, values, stamps, created, cols["flags"], strict=True)
+            ):
+                rec = Rec(base + i, ident, name, customer, vs, v, ts, cr, fl & 2 == 2, keys,
+                          extra.get(i) if extra else None)  # fmt: skip
+                if fl & 1:
+                    rec.cancelled = True
+                all_.append(rec)
+                by_identifier[ident] = rec
+                key = (name, customer)
+                lst = grouped.get(key)
+                if lst is None:
+                    lst = grouped[key] = []
+                    by_customer.setdefault(customer, [])
+                    by_name.setdefault(name, [])
+                lst.append(rec)
+                by_name[name].append(rec)
+                by_customer[customer].append(rec)
+        for key, recs in grouped.items():
+            series = self.series[key] = _Series()
+            series.records = recs
+            series.stamps = [r.timestamp for r in recs]
+            series.dirty = True  # sorted on first use (timsort: linear when already in order)
 
     # -- meters ------------------------------------------------------------------
     def create_meter(self, ctx: RequestContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -478,6 +549,7 @@ class MeterStore:
                 code="meter_event_adjustment_window_expired",
             )
         rec.cancelled = True
+        self._block_cache.pop(rec.seq // SAVE_BLOCK, None)  # its saved bytes are stale now
         return {
             "object": "billing.meter_event_adjustment",
             "cancel": {"identifier": identifier},
@@ -623,3 +695,37 @@ class MeterStore:
         if formula == "last":
             return float(last) if last is not None else 0.0
         return float(total)
+
+
+def _encode_table(values: list[Any]) -> tuple[list[Any], bytes]:
+    """Dictionary encoding: (distinct values in first-seen order, uint32 codes)."""
+    table: dict[Any, int] = {}
+    sd = table.setdefault
+    codes = array("I", [sd(v, len(table)) for v in values])
+    return list(table), codes.tobytes()
+
+
+def _decode_table(enc: tuple[list[Any], bytes]) -> list[Any]:
+    """The column back, as a list of the (shared) table values."""
+    codes = array("I")
+    codes.frombytes(enc[1])
+    table = enc[0]
+    return [table[c] for c in codes]
+
+
+def _encode_records(recs: list[MeterEventRecord]) -> dict[str, Any]:
+    """Columns of ``recs``: only str/bytes/list/dict/tuple/None, so the file needs no classes."""
+    ids = [r.identifier for r in recs]
+    return {
+        "ident": "".join(ids),
+        "ident_len": array("I", [len(x) for x in ids]).tobytes(),
+        "name": _encode_table([r.event_name for r in recs]),
+        "customer": _encode_table([r.customer for r in recs]),
+        "value_str": _encode_table([r.value_str for r in recs]),
+        "keys": _encode_table([r.keys for r in recs]),
+        "value": array("d", [r.value for r in recs]).tobytes(),
+        "timestamp": array("q", [r.timestamp for r in recs]).tobytes(),
+        "created": array("q", [r.created for r in recs]).tobytes(),
+        "flags": bytes([(1 if r.cancelled else 0) | (2 if r.counted else 0) for r in recs]),
+        "extra": {i: r.extra for i, r in enumerate(recs) if r.extra},
+    }

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
 import uvicorn
 
 from .app import create_app
+from .persist import DEFAULT_SAVE_INTERVAL_SECONDS, StateFileError
 from .state import Config
 
 
@@ -27,6 +31,13 @@ def run(
         None, envvar="STRIPE_WEBHOOK_SECRET", help="Signing secret given to every webhook endpoint."
     ),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    state_file: Path | None = typer.Option(
+        None,
+        envvar="EMULATOR_STATE_FILE",
+        help="Keep the state in this file: loaded at start if it exists, saved on shutdown, "
+        "every EMULATOR_SAVE_INTERVAL_SECONDS (default 5, 0 = off) when changed, and on "
+        "POST /_emulator/snapshot.",
+    ),
 ) -> None:
     """Serve the local Stripe emulator (blocking)."""
     config = Config(
@@ -35,7 +46,20 @@ def run(
         seed=seed,
         webhook_secret=webhook_secret or None,
     )
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False)
+    try:
+        raw = os.environ.get("EMULATOR_SAVE_INTERVAL_SECONDS", "")
+        save_interval = float(raw) if raw.strip() else DEFAULT_SAVE_INTERVAL_SECONDS
+    except ValueError:
+        typer.echo(
+            f"stripe_emulator: EMULATOR_SAVE_INTERVAL_SECONDS={raw!r} is not a number", err=True
+        )
+        raise typer.Exit(2) from None
+    try:
+        app = create_app(config, state_file=state_file, save_interval=save_interval)
+    except StateFileError as exc:
+        typer.echo(f"stripe_emulator: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def main() -> None:

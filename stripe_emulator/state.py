@@ -361,6 +361,8 @@ class Store:
         self.clock = clock or EmulatorClock()
         self.bucket = TokenBucket(self.config.rate_limit)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        # Mutation counter for the state file's periodic save (bumped by the app, see persist).
+        self.changes = 0
         self.reset_state()
 
     # -- lifecycle -----------------------------------------------------------

@@ -111,6 +111,7 @@ class WebhookDeliverer:
             )
             if ok:
                 event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
+                self.store.changes += 1
                 return
             log.info(
                 "webhook %s to %s failed (attempt %d): %s",

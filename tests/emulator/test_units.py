@@ -37,6 +37,7 @@ def test_cli_signature():
         "seed",
         "webhook_secret",
         "log_level",
+        "state_file",
     ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
+import stripe
 
 from billing.settings import Settings
 from starter import stack
@@ -149,6 +150,24 @@ async def test_worker_is_started_and_stopped(stack_env: Settings) -> None:
     assert stack.WORKER_READY_MARKER in worker.log.read_text()
     await stack.adown(config, purge=True)
     assert not _alive(worker)
+    assert not config.state_dir.exists()
+
+
+async def test_stripe_state_survives_down_up_and_purge_removes_it(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    info = await stack.aup(config, worker=False)
+    url = info.stripe_api_base
+    client = stripe.StripeClient("sk_test_stack", base_addresses={"api": url, "meter_events": url})
+    customer = await client.v1.customers.create_async(params={"email": "kept@example.com"})
+
+    await stack.adown(config)
+    assert (config.state_dir / stack.EMULATOR_STATE).exists()
+    again = await stack.aup(config, worker=False)
+    assert stack.EMULATOR in again.started
+    found = await client.v1.customers.retrieve_async(customer.id)
+    assert found.id == customer.id and found.email == "kept@example.com"
+
+    await stack.adown(config, purge=True)
     assert not config.state_dir.exists()
 
 
