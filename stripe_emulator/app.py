@@ -314,8 +314,8 @@ class EmulatorApp:
                 save = err.saved and err.status != 429
             except Exception:  # pragma: no cover - emulator bug surfaces as Stripe's api_error
                 log.error("handler crashed:\n%s", traceback.format_exc())
-                err = StripeError(500, "An unknown error occurred", type="api_error")
-                status, out = 500, _dumps(err.body(request_id))
+                crash = StripeError(500, "An unknown error occurred", type="api_error")
+                status, out = 500, _dumps(crash.body(request_id))
             if scope is not None and save:
                 s.idempotency[scope] = SavedResponse(
                     fingerprint,

@@ -478,6 +478,9 @@ class MeterStore:
             val_key = meter["value_settings"]["event_payload_key"]
             payload = e.get("payload") or {}
             customer = payload.get(cust_key) or e.get("customer")
+            if not customer:
+                raise ValueError(f"seed event without a customer: {e!r}"[:200])
+            customer = str(customer)
             value_str = str(payload.get(val_key, e.get("value", "1")))
             if customer not in customers.objects:
                 customers.add(bare_customer(customer, now))

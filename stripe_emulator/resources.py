@@ -77,7 +77,7 @@ def _address_null() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- customers
 def bare_customer(cid: str, now: int, **fields: Any) -> dict[str, Any]:
-    c = {
+    c: dict[str, Any] = {
         "id": cid,
         "object": "customer",
         "address": None,
@@ -395,7 +395,7 @@ def _make_item(
             f"items[{idx}][quantity]",
         )
     quantity = None if metered else to_int(spec.get("quantity", 1), f"items[{idx}][quantity]")
-    item = {
+    item: dict[str, Any] = {
         "id": new_id("si_", 14),
         "object": "subscription_item",
         "billing_thresholds": None,

@@ -393,7 +393,7 @@ class Store:
         if hasattr(self, "meters"):
             self.meters.clear()
         else:
-            self.meters = MeterStore(self)
+            self.meters: MeterStore = MeterStore(self)
         self.reseed()
         self.bucket.set_rate(self.config.rate_limit)
 
@@ -469,7 +469,7 @@ class Store:
             "type": event_type,
         }
         self.events.append(event)
-        self.events_by_id[event["id"]] = event
+        self.events_by_id[str(event["id"])] = event
         if endpoints:
             for listener in self.listeners:
                 listener({"event": event, "endpoints": [we["id"] for we in endpoints]})
