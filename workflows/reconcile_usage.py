@@ -238,10 +238,8 @@ class ReconcileUsage:
     def _after_scan(self) -> Phase:
         s = self._state
         assert s is not None
-        mode = s.context.mode
-        if mode == Mode.PLAN and s.counts.held_for_approval > 0:  # proposals to decide on
-            return Phase.AWAITING_APPROVAL
-        if mode == Mode.APPLY and s.counts.held_for_approval > 0:
+        # A plan's proposals, or an apply run's held over-reporting, wait for a decision.
+        if s.context.mode != Mode.DRY_RUN and s.counts.held_for_approval > 0:
             return Phase.AWAITING_APPROVAL
         return Phase.SETTLING if self._should_verify() else Phase.DONE
 
