@@ -28,6 +28,9 @@ log = logging.getLogger("billing.worker")
 
 WORKFLOWS = [ReconcileUsage, Smoke]
 GRACEFUL_SHUTDOWN = 30  # seconds given to running activities on SIGTERM
+# Heartbeats (and with them cancellations, e.g. from `pause`) reach the server at most this
+# late; the SDK's default throttle (80% of the heartbeat timeout) would delay a pause ~24 s.
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
 def database_url(settings: Settings) -> str:
@@ -55,6 +58,8 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
         ],
         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_SHUTDOWN),
         max_concurrent_activities=20,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
     async def close() -> None:

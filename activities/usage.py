@@ -67,8 +67,9 @@ log = logging.getLogger(__name__)
 
 # Customers handled between two checkpoints (and so redone at most after a crash).
 SUB_BATCH = 50
-# The last checkpoint is re-sent this often while a batch works (heartbeat timeout is 30 s).
-HEARTBEAT_EVERY_SECONDS = 5.0
+# The last checkpoint is re-sent this often while a batch works (heartbeat timeout is 30 s);
+# the heartbeat is also how a cancellation (a `pause`) reaches the activity.
+HEARTBEAT_EVERY_SECONDS = 1.0
 # Stripe dedupes identifiers for at least 24 h: a `planned` row younger than this is re-sent.
 RESEND_WINDOW = timedelta(hours=23)
 MAX_WINDOW_DAYS = 400

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         FinishRunInput,
         Mode,
         PageInput,
+        PageResult,
         PauseRequest,
         Phase,
         ReconcileCarry,
@@ -41,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 SHORT_TIMEOUT = timedelta(minutes=2)
+# A cancelled page is awaited until it has really stopped writing.
+WAIT_FOR_CANCEL = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 PAGE_TIMEOUT = timedelta(minutes=30)
 # A killed worker's page is retried elsewhere after at most this long.
 PAGE_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
@@ -62,6 +65,8 @@ class ReconcileUsage:
     def __init__(self) -> None:
         self._state: ReconcileCarry | None = None
         self._paused = False
+        # The page activity in flight that may write; a pause cancels it (see `pause`).
+        self._corrective_page: workflow.ActivityHandle | None = None
 
     # ------------------------------------------------------------------ messages
 
@@ -78,6 +83,11 @@ class ReconcileUsage:
     @workflow.signal(name="pause")
     async def pause(self, req: PauseRequest) -> None:
         self._paused = True
+        # Stop corrective writes now, not at the end of the page: the page activity is
+        # cancelled (it sees it at its next heartbeat, within seconds) and scanned again
+        # observe-only. Safe at any instant: every write is recorded in the outbox first.
+        if self._corrective_page is not None:
+            self._corrective_page.cancel()
         await self._audit(req.actor, "pause_auto_healing", req.reason)
 
     @workflow.signal(name="resume")
@@ -189,11 +199,13 @@ class ReconcileUsage:
             # Corrective writes stop while paused; the plan waits for `resume`.
             while True:
                 await workflow.wait_condition(lambda: not self._paused)
-                res = await workflow.execute_activity_method(
+                res = await self._corrective(workflow.start_activity_method(
                     UsageActivities.apply_plan_page,
                     ApplyPlanInput(context=self._approved_context(), cursor=s.cursor),
                     start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
-                    retry_policy=RETRY)
+                    retry_policy=RETRY, cancellation_type=WAIT_FOR_CANCEL))
+                if res is None:
+                    continue  # paused mid-page: the rest of this page waits for `resume`
                 s.counts = s.counts.add(res.counts)
                 s.cursor = res.next_cursor
                 if s.cursor is None:
@@ -220,11 +232,14 @@ class ReconcileUsage:
             observe_only = self._paused or s.context.mode == Mode.DRY_RUN
             if verify and s.context.mode == Mode.PLAN:
                 observe_only = True  # a plan run applies exactly its plan, nothing more
-            res = await workflow.execute_activity_method(
+            page = workflow.start_activity_method(
                 UsageActivities.reconcile_page,
                 PageInput(context=s.context, cursor=s.cursor, observe_only=observe_only, verify=verify),
                 start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
-                retry_policy=RETRY)
+                retry_policy=RETRY, cancellation_type=WAIT_FOR_CANCEL)
+            res = await (page if observe_only else self._corrective(page))
+            if res is None:
+                continue  # paused mid-page: scan the same page again, observe-only
             if verify:
                 s.verify_counts = (s.verify_counts or Counts()).add(res.counts)
             else:
@@ -234,6 +249,18 @@ class ReconcileUsage:
             if s.cursor is None:
                 return
             await self._maybe_continue_as_new(inp)
+
+    async def _corrective(self, page: workflow.ActivityHandle[PageResult]) -> PageResult | None:
+        """Await a page that may write; None if a pause cancelled it."""
+        self._corrective_page = page
+        try:
+            return await page
+        except ActivityError as e:
+            if self._paused and isinstance(e.cause, CancelledError):
+                return None
+            raise
+        finally:
+            self._corrective_page = None
 
     def _after_scan(self) -> Phase:
         s = self._state
