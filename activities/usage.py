@@ -82,7 +82,6 @@ class Permanent:
     UNKNOWN_CUSTOMER = "UnknownCustomer"
     UNKNOWN_METER = "UnknownMeter"
     UNSUPPORTED_METER = "UnsupportedMeter"
-    UNKNOWN_RUN = "UnknownRun"
 
 
 def _fail(message: str, type_: str) -> ApplicationError:

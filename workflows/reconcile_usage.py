@@ -53,7 +53,7 @@ RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
     non_retryable_error_types=[
         Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
-        Permanent.UNSUPPORTED_METER, Permanent.UNKNOWN_RUN,
+        Permanent.UNSUPPORTED_METER,
     ],
 )
 
