@@ -481,13 +481,18 @@ async def _temporal_healthy(address: str) -> bool:
         return False
 
 
-def _start_temporal(config: StackConfig) -> ComponentRecord:
-    host, port = config.temporal_host, config.temporal_port
+def _refuse_foreign_port(host: str, port: int, env_var: str, guess: str = "") -> None:
+    """`up` never adopts a process it did not start: a taken port is a clear error."""
     if port_open(host, port):
         raise StackError(
-            f"Port {port} is already in use by a process this stack did not start (another "
-            f"Temporal dev server?). Stop it, or pick another port with BILLING_TEMPORAL_PORT."
+            f"Port {port} is already in use by a process this stack did not start{guess}. "
+            f"Stop it, or pick another port with {env_var}."
         )
+
+
+def _start_temporal(config: StackConfig) -> ComponentRecord:
+    host, port = config.temporal_host, config.temporal_port
+    _refuse_foreign_port(host, port, "BILLING_TEMPORAL_PORT", " (another Temporal dev server?)")
     command = _temporal_command(config)
     proc, log = _spawn(config, TEMPORAL, command)
     _wait_until(
@@ -628,11 +633,7 @@ def _emulator_command(config: StackConfig) -> list[str]:
 
 def _start_emulator(config: StackConfig) -> ComponentRecord:
     host, port = config.emulator_host, config.emulator_port
-    if port_open(host, port):
-        raise StackError(
-            f"Port {port} is already in use by a process this stack did not start. Stop it, or "
-            f"pick another port with EMULATOR_PORT."
-        )
+    _refuse_foreign_port(host, port, "EMULATOR_PORT")
     command = _emulator_command(config)
     proc, log = _spawn(config, EMULATOR, command)
     clock = f"{config.stripe_api_base}/_emulator/clock"
