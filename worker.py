@@ -20,7 +20,7 @@ from activities.usage import UsageActivities
 from billing import db
 from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
-from billing.temporal_client import connect
+from billing.temporal_client import connect, exit_skipping_finalization
 from workflows.reconcile_usage import ReconcileUsage
 from workflows.smoke import Smoke
 
@@ -91,6 +91,7 @@ def main() -> None:
     for noisy in ("stripe", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(run())
+    exit_skipping_finalization(0)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ the profile defaults to localhost:7233, namespace `default` (the local dev serve
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -33,3 +35,15 @@ async def connect(
         data_converter=pydantic_data_converter,
         interceptors=interceptors or [],
     )
+
+
+def exit_skipping_finalization(code: int) -> NoReturn:
+    """End a process that used a Temporal client or worker, without CPython finalization.
+
+    The SDK's Rust runtime keeps threads alive past `asyncio.run()`; finalizing the interpreter
+    under them can abort the process with SIGABRT (temporalio/sdk-python#300), turning a clean
+    exit 0 or 1 into -6. Call this only once all work is done and nothing is left to flush but
+    stdio."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -3,6 +3,9 @@ the worker. Sub-command groups live in their own modules and are mounted here.""
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 import typer
 
 app = typer.Typer(
@@ -25,4 +28,20 @@ def _mount() -> None:
 
 def main() -> None:
     _mount()
-    app()
+    code: int = 0
+    try:
+        app()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            code = 1
+        else:
+            code = e.code or 0
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    from billing.temporal_client import exit_skipping_finalization
+
+    exit_skipping_finalization(code)
