@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     recon_page_size: int = Field(default=500, alias="RECON_PAGE_SIZE")
     recon_stripe_concurrency: int = Field(default=8, alias="RECON_STRIPE_CONCURRENCY")
 
+    # Webhook receiver (`billing-recon webhooks serve`).
+    webhook_host: str = Field(default="127.0.0.1", alias="WEBHOOK_HOST")
+    webhook_port: int = Field(default=8088, alias="WEBHOOK_PORT")
+    # Stripe's SDK default: a signature older than this is refused (replayed or stale delivery).
+    webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
+    # Stripe's events are a few KiB; anything this large is not an event.
+    webhook_max_body_bytes: int = Field(default=1_048_576, alias="WEBHOOK_MAX_BODY_BYTES")
+    # How long the receiver waits for Temporal before answering anyway (the event is stored).
+    webhook_start_timeout_seconds: float = Field(default=5.0, alias="WEBHOOK_START_TIMEOUT_SECONDS")
+
     # Temporal task queue used by the worker and every starter.
     task_queue: str = Field(default="billing-recon", alias="BILLING_TASK_QUEUE")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 import stripe
 from aiolimiter import AsyncLimiter
@@ -163,3 +164,37 @@ class StripeGateway:
             if "already" in msg.lower() and "cancel" in msg.lower():
                 return CancelOutcome.CANCELLED, msg
             return CancelOutcome.REJECTED, msg
+
+    # ------------------------------------------------------------------ objects and events
+
+    async def retrieve(self, kind: str, object_id: str) -> dict | None:
+        """The current state of a Stripe object as a plain dict; None when Stripe has no such
+        object (404). `kind`: customer, subscription, invoice or checkout.session."""
+        resources: dict[str, Any] = {
+            "customer": self._client.v1.customers,
+            "subscription": self._client.v1.subscriptions,
+            "invoice": self._client.v1.invoices,
+            "checkout.session": self._client.v1.checkout.sessions,
+        }
+        try:
+            obj = await self._call(resources[kind].retrieve_async, object_id)
+        except stripe.InvalidRequestError as e:
+            if e.http_status == 404:
+                return None
+            raise
+        return obj.to_dict(for_json=True)  # as on the wire: decimals stay strings
+
+    async def list_events_page(
+        self, *, created_gte: int, created_lt: int, types: list[str], starting_after: str | None,
+        limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page of /v1/events in the window, newest first (Stripe's order)."""
+        params: dict = {"created": {"gte": created_gte, "lt": created_lt}, "limit": limit}
+        if len(types) == 1:
+            params["type"] = types[0]  # the only form that takes a `*` wildcard
+        elif types:
+            params["types"] = types
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call(self._client.v1.events.list_async, params=params)
+        return [e.to_dict(for_json=True) for e in page.data], bool(page.has_more)

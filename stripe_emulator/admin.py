@@ -122,6 +122,18 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
             return JSONResponse(err.body(), status_code=err.status)
         return JSONResponse(public(sess))
 
+    async def fail_payment(request: Request) -> Response:
+        from .resources import fail_invoice_payment, public
+        from .state import RequestContext, new_request_id
+
+        try:
+            inv = fail_invoice_payment(
+                store, RequestContext(request_id=new_request_id()), request.path_params["id"]
+            )
+        except StripeError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(public(inv))
+
     async def deliveries(request: Request) -> Response:
         return JSONResponse(
             {"data": list(emu.deliverer.log), "in_flight": len(emu.deliverer.tasks)}
@@ -150,6 +162,7 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         Route(f"{PREFIX}/requests/stats/reset", stats_reset, methods=["POST"]),
         Route(f"{PREFIX}/checkout_sessions/{{id}}/complete", complete, methods=["POST"]),
         Route(f"{PREFIX}/webhook_deliveries", deliveries, methods=["GET"]),
+        Route(f"{PREFIX}/invoices/{{id}}/fail_payment", fail_payment, methods=["POST"]),
     ]
 
 
@@ -225,6 +238,9 @@ class EmulatorAdmin:
 
     async def complete_checkout_session(self, id: str) -> dict[str, Any]:
         return await self._call("POST", f"/checkout_sessions/{id}/complete")
+
+    async def fail_invoice_payment(self, id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/invoices/{id}/fail_payment")
 
     async def webhook_deliveries(self) -> dict[str, Any]:
         return await self._call("GET", "/webhook_deliveries")

@@ -763,6 +763,36 @@ def _pay(s: Store, ctx, inv: dict[str, Any]) -> None:
     inv["status_transitions"]["paid_at"] = now
     s.emit("invoice.paid", inv, ctx, prev)
     s.emit("invoice.payment_succeeded", inv, ctx)
+    # Paying the overdue invoice brings a past_due subscription back to active, as in Stripe.
+    sub_id = ((inv.get("parent") or {}).get("subscription_details") or {}).get("subscription")
+    sub = s.col("subscription").objects.get(sub_id) if sub_id else None
+    if sub is not None and sub["status"] == "past_due":
+        before = snapshot(public(sub))
+        sub["status"] = "active"
+        s.emit("customer.subscription.updated", public(sub), ctx, diff_previous(before, public(sub)))
+
+
+def fail_invoice_payment(s: Store, ctx, id: str) -> dict[str, Any]:
+    """Test helper: a payment attempt on an open invoice was declined. As Stripe does, the invoice
+    stays open with one more attempt, `invoice.payment_failed` is sent, and an active subscription
+    billed by it becomes `past_due`."""
+    inv = s.col("invoice").get(id)
+    if inv["status"] == "draft":
+        _finalize(s, ctx, inv)
+    if inv["status"] != "open":
+        raise StripeError(
+            400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state"
+        )
+    inv["attempted"] = True
+    inv["attempt_count"] += 1
+    s.emit("invoice.payment_failed", inv, ctx)
+    sub_id = ((inv.get("parent") or {}).get("subscription_details") or {}).get("subscription")
+    sub = s.col("subscription").objects.get(sub_id) if sub_id else None
+    if sub is not None and sub["status"] in ("active", "trialing"):
+        before = snapshot(public(sub))
+        sub["status"] = "past_due"
+        s.emit("customer.subscription.updated", public(sub), ctx, diff_previous(before, public(sub)))
+    return inv
 
 
 def get_subscription(s: Store, id: str) -> dict[str, Any]:

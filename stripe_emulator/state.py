@@ -128,6 +128,9 @@ class Config:
     summary_lag_seconds: float = 0.0
     identifier_dedupe_seconds: float = float(DAY)
     drop_webhooks: bool = False
+    # Fraction of (event, endpoint) deliveries never attempted, drawn from the seeded RNG: a
+    # partial outage. Like an outage, a dropped delivery is never resent.
+    webhook_drop_rate: float = 0.0
     webhook_retry_schedule_seconds: list[float] = field(
         default_factory=lambda: [1.0, 5.0, 30.0, 120.0]
     )
@@ -142,6 +145,7 @@ class Config:
         "summary_lag_seconds",
         "identifier_dedupe_seconds",
         "drop_webhooks",
+        "webhook_drop_rate",
         "webhook_retry_schedule_seconds",
         "webhook_secret",
         "webhook_timeout_seconds",
@@ -174,6 +178,10 @@ class Config:
                     raise ValueError(f"{k} must be >= 0")
             elif k == "drop_webhooks":
                 v = bool(v)
+            elif k == "webhook_drop_rate":
+                v = float(v)
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError("webhook_drop_rate must be between 0 and 1")
             elif k == "seed":
                 v = int(v)
             elif k == "webhook_retry_schedule_seconds":

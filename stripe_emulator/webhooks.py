@@ -57,6 +57,12 @@ class WebhookDeliverer:
         except RuntimeError:
             return
         for we_id in item["endpoints"]:
+            rate = self.store.config.webhook_drop_rate
+            if rate and self.store.rng.random() < rate:
+                self.log.append({"event": item["event"]["id"], "type": item["event"]["type"],
+                                 "endpoint": we_id, "attempt": 0, "status": None,
+                                 "error": "dropped", "ok": False, "at": self.store.now()})
+                continue
             task = loop.create_task(self._deliver(item["event"], we_id))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)

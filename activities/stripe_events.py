@@ -1,0 +1,482 @@
+"""Stripe event handlers and the replay's building blocks (Stripe + Postgres).
+
+One rule makes every handler idempotent and order-tolerant: the inbox row is locked
+(`FOR UPDATE`), the Stripe object is locked (transaction advisory lock on its id) and
+*re-read from Stripe*, and the local row is written from that fresh copy in the same
+transaction that marks the event processed. A late, duplicated or replayed event therefore
+writes the current state, never an older one, and "processed" always means "its effects are
+committed". Transient failures (Stripe 5xx/429, connections) raise so Temporal retries; a
+permanent failure rolls the handler back and marks the event `failed` with the error, so
+replay can retry it and nothing is dropped silently."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Any
+
+import asyncpg
+import stripe
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from billing.models import (
+    EventStatus,
+    PendingCursor,
+    PendingPageInput,
+    PendingPageResult,
+    ProcessEventInput,
+    ProcessEventResult,
+    ProcessPageInput,
+    ProcessPageResult,
+    ReplayCounts,
+    SyncInboxCheckpoint,
+    SyncInboxInput,
+    SyncInboxResult,
+)
+from billing.stripe_gateway import StripeGateway
+from billing.stripe_objects import (
+    CreditGrant,
+    CustomerRow,
+    StripeObjectError,
+    credit_grant,
+    customer_row,
+    event_object_id,
+    invoice_row,
+    subscription_row,
+    ts,
+)
+
+log = logging.getLogger("billing.stripe_events")
+
+DONE = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value)
+MAX_REPORTED_FAILURES = 50
+WEBHOOK_ACTOR = "stripe-webhook"
+
+
+class PermanentEventError(Exception):
+    """The event cannot be processed as things stand; retrying the activity cannot help."""
+
+
+class EventMarkFailedInput(ProcessEventInput):
+    error: str
+
+
+def store_event_sql() -> str:
+    """Insert-if-absent into the inbox; a repeat delivery only bumps `deliveries`. Returns the
+    row's status and whether this call inserted it. Shared by the receiver and the replay."""
+    return """
+        INSERT INTO billing.stripe_events (event_id, type, created, payload, object_id, source)
+        VALUES ($1, $2, to_timestamp($3), $4::jsonb, $5, $6)
+        ON CONFLICT (event_id) DO UPDATE SET deliveries = billing.stripe_events.deliveries + 1
+        RETURNING status, (xmax = 0) AS inserted
+    """
+
+
+def store_event_args(event: dict[str, Any], source: str) -> tuple[Any, ...]:
+    return (event["id"], event["type"], event["created"], event, event_object_id(event), source)
+
+
+def type_patterns(types: list[str]) -> list[str]:
+    """Stripe's `customer.*` wildcards as SQL LIKE patterns."""
+    return [t.replace("%", r"\%").replace("_", r"\_").replace("*", "%") for t in types]
+
+
+async def _lock_object(conn: asyncpg.Connection, object_id: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"stripe:{object_id}")
+
+
+def _is_permanent_stripe_error(e: Exception) -> bool:
+    if isinstance(e, stripe.RateLimitError):
+        return False
+    if isinstance(e, stripe.InvalidRequestError | stripe.CardError | stripe.IdempotencyError):
+        return True
+    return isinstance(e, ApplicationError) and e.non_retryable
+
+
+class StripeEventActivities:
+    def __init__(self, pool: asyncpg.Pool, stripe_gateway: StripeGateway) -> None:
+        self.pool = pool
+        self.stripe = stripe_gateway
+        self._handlers: dict[str, Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[str]]] = {
+            "customer.created": self._on_customer,
+            "customer.updated": self._on_customer,
+            "customer.deleted": self._on_customer,
+            "customer.subscription.created": self._on_subscription,
+            "customer.subscription.updated": self._on_subscription,
+            "customer.subscription.deleted": self._on_subscription,
+            "checkout.session.completed": self._on_checkout,
+            "checkout.session.async_payment_succeeded": self._on_checkout,
+            "invoice.paid": self._on_invoice,
+            "invoice.payment_failed": self._on_invoice,
+        }
+
+    @property
+    def handled_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # ------------------------------------------------------------------ one event
+
+    @activity.defn(name="stripe_events.process")
+    async def process(self, inp: ProcessEventInput) -> ProcessEventResult:
+        return await self.process_one(inp.event_id)
+
+    @activity.defn(name="stripe_events.mark_failed")
+    async def mark_failed(self, inp: EventMarkFailedInput) -> None:
+        async with self.pool.acquire() as conn:
+            await _mark_failed(conn, inp.event_id, inp.error)
+
+    async def process_one(self, event_id: str) -> ProcessEventResult:
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    row = await conn.fetchrow(
+                        "SELECT type, status, payload FROM billing.stripe_events WHERE event_id = $1 FOR UPDATE",
+                        event_id)
+                    if row is None:
+                        raise ApplicationError(
+                            f"event {event_id} is not in the inbox", type="EventNotInInbox", non_retryable=True)
+                    if row["status"] in DONE:
+                        return ProcessEventResult(event_id=event_id, type=row["type"],
+                                                  status=EventStatus(row["status"]), already_done=True)
+                    handler = self._handlers.get(row["type"])
+                    if handler is None:
+                        await _set_status(conn, event_id, EventStatus.IGNORED, None)
+                        return ProcessEventResult(event_id=event_id, type=row["type"], status=EventStatus.IGNORED,
+                                                  detail="type not handled")
+                    detail = await handler(conn, row["payload"])
+                    await _set_status(conn, event_id, EventStatus.PROCESSED, None)
+                    return ProcessEventResult(event_id=event_id, type=row["type"],
+                                              status=EventStatus.PROCESSED, detail=detail)
+            except (PermanentEventError, StripeObjectError, stripe.StripeError, ApplicationError) as e:
+                if isinstance(e, ApplicationError) and e.type == "EventNotInInbox":
+                    raise
+                if isinstance(e, stripe.StripeError | ApplicationError) and not _is_permanent_stripe_error(e):
+                    raise  # transient: Temporal retries the activity
+                error = _describe(e)
+                log.warning("event %s failed permanently: %s", event_id, error)
+                await _mark_failed(conn, event_id, error)
+                typ = await conn.fetchval("SELECT type FROM billing.stripe_events WHERE event_id = $1", event_id)
+                return ProcessEventResult(event_id=event_id, type=typ or "", status=EventStatus.FAILED, detail=error)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _on_customer(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
+        cus_id = _object_id(event)
+        await _lock_object(conn, cus_id)
+        fresh = await self.stripe.retrieve("customer", cus_id)
+        if fresh is None or fresh.get("deleted"):
+            n = await conn.execute(
+                """UPDATE billing.customers SET deleted_at = coalesce(deleted_at, now()),
+                          stripe_synced_at = now(), updated_at = now()
+                   WHERE stripe_customer_id = $1""", cus_id)
+            return f"customer {cus_id} deleted ({n.split()[-1]} local row)"
+        customer_id = await self._upsert_customer(conn, customer_row(fresh))
+        return f"customer {cus_id} -> {customer_id}"
+
+    async def _on_subscription(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
+        return await self._sync_subscription(conn, _object_id(event))
+
+    async def _on_invoice(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
+        inv_id = _object_id(event)
+        await _lock_object(conn, inv_id)
+        fresh = await self.stripe.retrieve("invoice", inv_id)
+        if fresh is None:
+            raise PermanentEventError(f"invoice {inv_id} does not exist in Stripe")
+        inv = invoice_row(fresh)
+        await conn.execute(
+            """
+            INSERT INTO billing.invoices AS i
+                (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, currency,
+                 amount_due, amount_paid, attempt_count, period_start, period_end, raw, stripe_created,
+                 last_event_at, synced_at, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, now(), now())
+            ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+                stripe_customer_id = EXCLUDED.stripe_customer_id,
+                stripe_subscription_id = EXCLUDED.stripe_subscription_id,
+                status = EXCLUDED.status, currency = EXCLUDED.currency,
+                amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+                attempt_count = EXCLUDED.attempt_count, period_start = EXCLUDED.period_start,
+                period_end = EXCLUDED.period_end, raw = EXCLUDED.raw,
+                last_event_at = GREATEST(i.last_event_at, EXCLUDED.last_event_at),
+                synced_at = now(), updated_at = now()
+            """,
+            inv.stripe_invoice_id, inv.stripe_customer_id, inv.stripe_subscription_id, inv.status,
+            inv.currency, inv.amount_due, inv.amount_paid, inv.attempt_count, inv.period_start,
+            inv.period_end, fresh, inv.stripe_created, ts(event.get("created")),
+        )
+        detail = f"invoice {inv_id}: {inv.status}"
+        if inv.stripe_subscription_id:  # the payment outcome moves the subscription's status
+            detail += "; " + await self._sync_subscription(conn, inv.stripe_subscription_id)
+        return detail
+
+    async def _on_checkout(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
+        cs_id = _object_id(event)
+        await _lock_object(conn, cs_id)
+        fresh = await self.stripe.retrieve("checkout.session", cs_id)
+        if fresh is None:
+            raise PermanentEventError(f"checkout session {cs_id} does not exist in Stripe")
+        if fresh.get("mode") == "subscription" and fresh.get("subscription"):
+            sub = fresh["subscription"]
+            return await self._sync_subscription(conn, sub if isinstance(sub, str) else sub["id"])
+        grant = credit_grant(fresh)
+        if grant is None:
+            return f"checkout {cs_id}: nothing to grant"
+        return await self.grant_credits(conn, grant, event_id=event["id"], actor=WEBHOOK_ACTOR)
+
+    # ------------------------------------------------------------------ shared writes
+
+    async def grant_credits(
+        self, conn: asyncpg.Connection, grant: CreditGrant, *, event_id: str | None, actor: str,
+        workflow_id: str | None = None,
+    ) -> str:
+        """One grant per checkout session, ever: the ledger's unique `source` decides, and the
+        balance moves only when this call inserted the ledger row."""
+        customer_id = await self.ensure_customer(conn, grant.stripe_customer_id)
+        if customer_id is None:
+            raise PermanentEventError(
+                f"checkout {grant.checkout_session_id}: Stripe customer {grant.stripe_customer_id} does not exist")
+        inserted = await conn.fetchval(
+            """
+            INSERT INTO billing.credit_ledger
+                (customer_id, amount, source, reason, stripe_event_id, checkout_session_id, actor)
+            VALUES ($1, $2, $3, 'credit purchase', $4, $5, $6)
+            ON CONFLICT (source) DO NOTHING RETURNING id
+            """,
+            customer_id, grant.amount, grant.source, event_id, grant.checkout_session_id, actor)
+        if inserted is None:
+            return f"checkout {grant.checkout_session_id}: credits already granted"
+        balance = await conn.fetchval(
+            """
+            INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, $2)
+            ON CONFLICT (customer_id) DO UPDATE
+                SET balance = billing.credit_balances.balance + EXCLUDED.balance, updated_at = now()
+            RETURNING balance
+            """, customer_id, grant.amount)
+        await conn.execute(
+            """
+            INSERT INTO billing.audit_log
+                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, idempotency_key)
+            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            """,
+            actor, customer_id, {"balance": balance - grant.amount}, {"balance": balance, "granted": grant.amount},
+            f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
+            workflow_id, f"credit-grant:{grant.source}")
+        return f"checkout {grant.checkout_session_id}: granted {grant.amount} to {customer_id}"
+
+    async def _sync_subscription(self, conn: asyncpg.Connection, sub_id: str) -> str:
+        await _lock_object(conn, sub_id)
+        fresh = await self.stripe.retrieve("subscription", sub_id)
+        if fresh is None:
+            raise PermanentEventError(f"subscription {sub_id} does not exist in Stripe")
+        row = subscription_row(fresh)
+        customer_id = await self.ensure_customer(conn, row.stripe_customer_id)
+        await upsert_subscription(conn, row, customer_id, fresh)
+        return f"subscription {sub_id}: {row.status}"
+
+    async def ensure_customer(self, conn: asyncpg.Connection, stripe_customer_id: str) -> str | None:
+        """Our customer id for a Stripe customer, creating the local row from Stripe if an event
+        about its subscription or checkout arrives before `customer.created`."""
+        known = await conn.fetchval(
+            "SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", stripe_customer_id)
+        if known is not None:
+            return known
+        await _lock_object(conn, stripe_customer_id)
+        fresh = await self.stripe.retrieve("customer", stripe_customer_id)
+        if fresh is None or fresh.get("deleted"):
+            return None
+        return await self._upsert_customer(conn, customer_row(fresh))
+
+    async def _upsert_customer(self, conn: asyncpg.Connection, c: CustomerRow) -> str:
+        by_stripe = await conn.fetchval(
+            "SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", c.stripe_customer_id)
+        if by_stripe is None:
+            linked = await conn.fetchrow(
+                "SELECT stripe_customer_id FROM billing.customers WHERE customer_id = $1", c.customer_id)
+            if linked is not None and linked["stripe_customer_id"] not in (None, c.stripe_customer_id):
+                raise PermanentEventError(
+                    f"customer_id {c.customer_id} is linked to {linked['stripe_customer_id']}, "
+                    f"but Stripe customer {c.stripe_customer_id} claims it in its metadata")
+            await conn.execute(
+                """
+                INSERT INTO billing.customers (customer_id, stripe_customer_id, email, name, stripe_synced_at)
+                VALUES ($1, $2, $3, $4, now())
+                ON CONFLICT (customer_id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id,
+                    email = EXCLUDED.email, name = EXCLUDED.name, stripe_synced_at = now(), updated_at = now()
+                """, c.customer_id, c.stripe_customer_id, c.email, c.name)
+            return c.customer_id
+        await conn.execute(
+            """UPDATE billing.customers SET email = $2, name = $3, deleted_at = NULL,
+                      stripe_synced_at = now(), updated_at = now()
+               WHERE stripe_customer_id = $1""", c.stripe_customer_id, c.email, c.name)
+        return by_stripe
+
+    # ------------------------------------------------------------------ replay
+
+    @activity.defn(name="stripe_events.sync_inbox")
+    async def sync_inbox(self, inp: SyncInboxInput) -> SyncInboxResult:
+        """Page Stripe's event list over the window; every event missing from the inbox is
+        stored (apply) or listed (dry-run). Heartbeats its cursor and resumes from it."""
+        cp = SyncInboxCheckpoint()
+        details = activity.info().heartbeat_details
+        if details:
+            cp = SyncInboxCheckpoint.model_validate(details[0])
+        w = inp.window
+        # Stripe's `created` is whole seconds: an event of the window's last second is included.
+        gte, lt = math.floor(w.since.timestamp()), math.ceil(w.until.timestamp())
+        while True:
+            events, has_more = await self.stripe.list_events_page(
+                created_gte=gte, created_lt=lt, types=w.types, starting_after=cp.starting_after,
+                limit=inp.page_size)
+            if events:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    known = {r["event_id"]: r["status"] for r in await conn.fetch(
+                        "SELECT event_id, status FROM billing.stripe_events WHERE event_id = ANY($1)",
+                        [e["id"] for e in events])}
+                    for e in events:
+                        status = known.get(e["id"])
+                        cp.counts.seen += 1
+                        if status is None:
+                            cp.counts.never_received += 1
+                            if inp.dry_run:
+                                _sample(cp, inp, e["id"])
+                            else:
+                                await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
+                        elif status in DONE:
+                            cp.counts.already_processed += 1
+                        elif inp.dry_run:
+                            _sample(cp, inp, e["id"])
+                cp.starting_after = events[-1]["id"]
+            activity.heartbeat(cp.model_dump(mode="json"))
+            if not has_more or not events:
+                break
+        async with self.pool.acquire() as conn:
+            # Everything left to process in the window, whether Stripe still lists it or not:
+            # the never-received rows just stored plus rows stuck in received/failed.
+            cp.counts.pending = await conn.fetchval(
+                f"""SELECT count(*) FROM billing.stripe_events
+                    WHERE created >= $1 AND created < $2 AND status IN ('received', 'failed')
+                    {_type_clause(w.types, 3)}""",
+                inp.sweep_since or w.since, w.until, *([type_patterns(w.types)] if w.types else []))
+            if inp.dry_run:
+                cp.counts.pending += cp.counts.never_received  # nothing was stored
+        return SyncInboxResult(counts=cp.counts, sample=cp.sample)
+
+    @activity.defn(name="stripe_events.pending_page")
+    async def pending_page(self, inp: PendingPageInput) -> PendingPageResult:
+        w = inp.window
+        args: list[Any] = [w.since, w.until, inp.received_before, inp.limit]
+        cursor_clause = ""
+        if inp.after is not None:
+            args += [inp.after.created, inp.after.event_id]
+            cursor_clause = "AND (created, event_id) > ($5, $6)"
+        if w.types:
+            args.append(type_patterns(w.types))
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"""
+                SELECT event_id, created FROM billing.stripe_events
+                WHERE created >= $1 AND created < $2 AND received_at < $3
+                  AND status IN ('received', 'failed') {cursor_clause}
+                  {_type_clause(w.types, len(args))}
+                ORDER BY created, event_id LIMIT $4
+                """, *args)
+        if not rows:
+            return PendingPageResult(event_ids=[])
+        last = rows[-1]
+        return PendingPageResult(
+            event_ids=[r["event_id"] for r in rows],
+            next_cursor=PendingCursor(created=last["created"].astimezone(UTC), event_id=last["event_id"]))
+
+    @activity.defn(name="stripe_events.process_page")
+    async def process_page(self, inp: ProcessPageInput) -> ProcessPageResult:
+        """The same handler as a live delivery, one event at a time in the given (creation)
+        order; heartbeats how far it got."""
+        start = 0
+        result = ProcessPageResult(counts=ReplayCounts())
+        details = activity.info().heartbeat_details
+        if details:
+            start, saved = details[0]["next"], details[0]["result"]
+            result = ProcessPageResult.model_validate(saved)
+        for i in range(start, len(inp.event_ids)):
+            r = await self.process_one(inp.event_ids[i])
+            if r.already_done:
+                result.counts.already_processed += 1
+            elif r.status == EventStatus.PROCESSED:
+                result.counts.replayed += 1
+            elif r.status == EventStatus.IGNORED:
+                result.counts.ignored += 1
+            else:
+                result.counts.failed += 1
+                if len(result.failures) < MAX_REPORTED_FAILURES:
+                    result.failures.append(f"{r.event_id} ({r.type}): {r.detail}")
+            activity.heartbeat({"next": i + 1, "result": result.model_dump(mode="json")})
+        return result
+
+
+async def upsert_subscription(
+    conn: asyncpg.Connection, row: Any, customer_id: str | None, raw: dict[str, Any] | None,
+) -> None:
+    """Write the local copy of a subscription from a fresh Stripe read (the caller holds the
+    object's lock)."""
+    await conn.execute(
+        """
+        INSERT INTO billing.subscriptions AS s
+            (stripe_subscription_id, stripe_customer_id, customer_id, status, current_period_start,
+             current_period_end, cancel_at_period_end, cancel_at, canceled_at, ended_at, items, raw,
+             stripe_created, synced_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, now(), now())
+        ON CONFLICT (stripe_subscription_id) DO UPDATE SET
+            stripe_customer_id = EXCLUDED.stripe_customer_id,
+            customer_id = coalesce(EXCLUDED.customer_id, s.customer_id),
+            status = EXCLUDED.status, current_period_start = EXCLUDED.current_period_start,
+            current_period_end = EXCLUDED.current_period_end,
+            cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+            canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at, items = EXCLUDED.items,
+            raw = coalesce(EXCLUDED.raw, s.raw), synced_at = now(), updated_at = now()
+        """,
+        row.stripe_subscription_id, row.stripe_customer_id, customer_id, row.status,
+        row.current_period_start, row.current_period_end, row.cancel_at_period_end, row.cancel_at,
+        row.canceled_at, row.ended_at, row.items, raw, row.stripe_created,
+    )
+
+
+def _sample(cp: SyncInboxCheckpoint, inp: SyncInboxInput, event_id: str) -> None:
+    if len(cp.sample) < inp.sample_limit:
+        cp.sample.append(event_id)
+
+
+def _type_clause(types: list[str], param_index: int) -> str:
+    return f"AND type LIKE ANY(${param_index})" if types else ""
+
+
+def _object_id(event: dict[str, Any]) -> str:
+    oid = event_object_id(event)
+    if not oid:
+        raise PermanentEventError(f"event {event.get('id')} carries no data.object.id")
+    return oid
+
+
+async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStatus, error: str | None) -> None:
+    await conn.execute(
+        """UPDATE billing.stripe_events SET status = $2, error = $3, attempts = attempts + 1,
+                  processed_at = now() WHERE event_id = $1""", event_id, status.value, error)
+
+
+async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> None:
+    # Never downgrades an event that was processed meanwhile (e.g. by a concurrent delivery).
+    await conn.execute(
+        """UPDATE billing.stripe_events SET status = 'failed', error = $2, attempts = attempts + 1,
+                  last_error_at = now()
+           WHERE event_id = $1 AND status NOT IN ('processed', 'ignored')""", event_id, error[:2000])
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, stripe.StripeError):
+        return f"Stripe {e.http_status}: {e.user_message or e}"
+    if isinstance(e, ApplicationError):
+        return e.message
+    return str(e)

@@ -1,0 +1,205 @@
+"""Stripe objects (as plain dicts, API 2025-03-31.basil and later) -> the rows we keep.
+
+Pure functions, shared by the webhook handlers and the resync: both must agree on what "the
+local copy of this subscription" is, or they would fight over it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+CREDITS_METADATA_KEY = "credits"  # checkout.session metadata: credits to grant, minor units
+CUSTOMER_ID_METADATA_KEY = "customer_id"  # Stripe customer metadata: the application's own id
+
+
+class StripeObjectError(ValueError):
+    """A Stripe object we cannot map: retrying will not change it."""
+
+
+def ts(value: int | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value else None
+
+
+def _id(ref: Any) -> str | None:
+    """An expandable reference: an id string, or the expanded object."""
+    if isinstance(ref, dict):
+        return ref.get("id")
+    return ref
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    stripe_subscription_id: str
+    stripe_customer_id: str
+    status: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    cancel_at: datetime | None
+    canceled_at: datetime | None
+    ended_at: datetime | None
+    items: list[dict[str, Any]]
+    stripe_created: datetime | None
+
+    # The fields a resync compares, in a stable order (also the audit's before/after).
+    COMPARED = (
+        "status", "current_period_start", "current_period_end", "cancel_at_period_end",
+        "cancel_at", "canceled_at", "ended_at", "items",
+    )
+
+    def compared(self) -> dict[str, Any]:
+        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
+
+
+def subscription_row(sub: dict[str, Any]) -> SubscriptionRow:
+    """Since basil the billing period lives on the items; the subscription's period is the
+    span of its items' periods (they are equal unless items were added mid-period)."""
+    if sub.get("object") != "subscription" or not sub.get("id"):
+        raise StripeObjectError(f"not a subscription: {sub.get('object')!r}")
+    customer = _id(sub.get("customer"))
+    if not customer:
+        raise StripeObjectError(f"subscription {sub['id']} has no customer")
+    items_data = (sub.get("items") or {}).get("data") or []
+    items = sorted(
+        (
+            {
+                "id": it["id"],
+                "price": _id(it.get("price")),
+                "quantity": it.get("quantity"),
+                "current_period_start": it.get("current_period_start"),
+                "current_period_end": it.get("current_period_end"),
+            }
+            for it in items_data
+        ),
+        key=lambda it: it["id"],
+    )
+    starts = [it["current_period_start"] for it in items if it["current_period_start"]]
+    ends = [it["current_period_end"] for it in items if it["current_period_end"]]
+    return SubscriptionRow(
+        stripe_subscription_id=sub["id"],
+        stripe_customer_id=customer,
+        status=sub["status"],
+        current_period_start=ts(min(starts)) if starts else None,
+        current_period_end=ts(max(ends)) if ends else None,
+        cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+        cancel_at=ts(sub.get("cancel_at")),
+        canceled_at=ts(sub.get("canceled_at")),
+        ended_at=ts(sub.get("ended_at")),
+        items=items,
+        stripe_created=ts(sub.get("created")),
+    )
+
+
+@dataclass(frozen=True)
+class InvoiceRow:
+    stripe_invoice_id: str
+    stripe_customer_id: str
+    stripe_subscription_id: str | None
+    status: str | None
+    currency: str | None
+    amount_due: int | None
+    amount_paid: int | None
+    attempt_count: int | None
+    period_start: datetime | None
+    period_end: datetime | None
+    stripe_created: datetime | None
+
+
+def invoice_subscription_id(inv: dict[str, Any]) -> str | None:
+    # basil: invoice.parent.subscription_details.subscription replaces invoice.subscription.
+    details = (inv.get("parent") or {}).get("subscription_details") or {}
+    return _id(details.get("subscription"))
+
+
+def invoice_row(inv: dict[str, Any]) -> InvoiceRow:
+    if inv.get("object") != "invoice" or not inv.get("id"):
+        raise StripeObjectError(f"not an invoice: {inv.get('object')!r}")
+    customer = _id(inv.get("customer"))
+    if not customer:
+        raise StripeObjectError(f"invoice {inv['id']} has no customer")
+    return InvoiceRow(
+        stripe_invoice_id=inv["id"],
+        stripe_customer_id=customer,
+        stripe_subscription_id=invoice_subscription_id(inv),
+        status=inv.get("status"),
+        currency=inv.get("currency"),
+        amount_due=inv.get("amount_due"),
+        amount_paid=inv.get("amount_paid"),
+        attempt_count=inv.get("attempt_count"),
+        period_start=ts(inv.get("period_start")),
+        period_end=ts(inv.get("period_end")),
+        stripe_created=ts(inv.get("created")),
+    )
+
+
+@dataclass(frozen=True)
+class CustomerRow:
+    customer_id: str
+    stripe_customer_id: str
+    email: str | None
+    name: str | None
+    deleted: bool
+
+
+def customer_row(cus: dict[str, Any]) -> CustomerRow:
+    """Our customer id is the one the application put in the Stripe customer's metadata; a
+    customer created outside the application is known by its Stripe id."""
+    if not cus.get("id") or cus.get("object") != "customer":
+        raise StripeObjectError(f"not a customer: {cus.get('object')!r}")
+    metadata = cus.get("metadata") or {}
+    return CustomerRow(
+        customer_id=metadata.get(CUSTOMER_ID_METADATA_KEY) or cus["id"],
+        stripe_customer_id=cus["id"],
+        email=cus.get("email"),
+        name=cus.get("name"),
+        deleted=bool(cus.get("deleted")),
+    )
+
+
+@dataclass(frozen=True)
+class CreditGrant:
+    checkout_session_id: str
+    stripe_customer_id: str
+    amount: int  # minor units, > 0
+
+    @property
+    def source(self) -> str:
+        """The ledger's business key: one grant per checkout session, whoever delivers it."""
+        return f"checkout:{self.checkout_session_id}"
+
+
+def credit_grant(session: dict[str, Any]) -> CreditGrant | None:
+    """The credits a completed, paid payment-mode checkout grants; None when it grants nothing.
+    A credits value that is not a positive integer is a permanent error, not a silent skip."""
+    if session.get("object") != "checkout.session":
+        raise StripeObjectError(f"not a checkout session: {session.get('object')!r}")
+    raw = (session.get("metadata") or {}).get(CREDITS_METADATA_KEY)
+    if session.get("mode") != "payment" or raw in (None, ""):
+        return None
+    if session.get("status") != "complete" or session.get("payment_status") != "paid":
+        return None  # paid later: checkout.session.async_payment_succeeded grants it
+    try:
+        amount = int(str(raw).strip())
+    except ValueError:
+        raise StripeObjectError(
+            f"checkout session {session['id']}: metadata.{CREDITS_METADATA_KEY}={raw!r} "
+            "is not an integer") from None
+    if amount <= 0:
+        raise StripeObjectError(
+            f"checkout session {session['id']}: metadata.{CREDITS_METADATA_KEY}={amount} must be > 0")
+    customer = _id(session.get("customer"))
+    if not customer:
+        raise StripeObjectError(f"checkout session {session['id']} has no customer")
+    return CreditGrant(session["id"], customer, amount)
+
+
+def event_object_id(event: dict[str, Any]) -> str | None:
+    obj = (event.get("data") or {}).get("object") or {}
+    return obj.get("id") if isinstance(obj, dict) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return v

@@ -1,0 +1,194 @@
+"""The Stripe webhook receiver: verify, store durably, start processing, then answer.
+
+Order matters, and is the point of this module:
+1. `Stripe-Signature` is verified by the SDK (tolerance 300 s) before anything is stored: a
+   forged, stale or missing signature gets 400 and leaves no row.
+2. The raw event goes into `billing.stripe_events` (insert-if-absent). If Postgres is down the
+   answer is 503 and Stripe retries: we never answer 2xx for an event we could lose.
+3. `ProcessStripeEvent` starts with id `stripe-event-<evt id>`; a duplicate delivery finds it
+   running (no-op). If Temporal is unreachable the event is still stored and answered 200: the
+   replay sweep processes inbox rows stuck in `received`.
+Nothing is marked "seen" before it is processed: the inbox status changes only in the handler's
+transaction, so Stripe's own retries keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import stripe
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from activities.stripe_events import DONE, store_event_args, store_event_sql
+from billing import db
+from billing.models import ProcessEventInput
+from billing.settings import Settings
+from billing.temporal_client import connect
+from workflows.process_stripe_event import workflow_id_for
+
+log = logging.getLogger("billing.webhooks")
+
+PATH = "/webhooks/stripe"
+PROCESS_WORKFLOW = "ProcessStripeEvent"
+
+
+class Receiver:
+    def __init__(self, settings: Settings, database_url: str, *, client: Client | None = None) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.pool: asyncpg.Pool | None = None
+        self._client = client
+        self._client_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.pool = await db.create_pool(self.database_url, min_size=1, max_size=5)
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def temporal(self) -> Client:
+        """Connected on first use and kept: the receiver must start (and store events) while
+        Temporal is down."""
+        async with self._client_lock:
+            if self._client is None:
+                self._client = await asyncio.wait_for(
+                    connect(), self.settings.webhook_start_timeout_seconds)
+            return self._client
+
+    # ------------------------------------------------------------------ routes
+
+    async def stripe_webhook(self, request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > self.settings.webhook_max_body_bytes:
+            return _refuse(413, f"body of {len(body)} bytes exceeds {self.settings.webhook_max_body_bytes}")
+        header = request.headers.get("stripe-signature")
+        if not header:
+            return _refuse(400, "missing Stripe-Signature header")
+        try:
+            payload = body.decode("utf-8")
+            stripe.WebhookSignature.verify_header(
+                payload, header, self.settings.stripe_webhook_secret,
+                tolerance=self.settings.webhook_tolerance_seconds)
+        except UnicodeDecodeError:
+            return _refuse(400, "body is not UTF-8")
+        except stripe.SignatureVerificationError as e:
+            return _refuse(400, f"signature verification failed: {e.user_message or e}")
+        try:
+            event = _parse_event(payload)
+        except ValueError as e:
+            return _refuse(400, f"malformed event: {e}")
+
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire() as conn:
+                row = await conn.fetchrow(store_event_sql(), *store_event_args(event, "webhook"))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            log.error("event %s not stored, answering 503 so Stripe retries: %s", event["id"], e)
+            return JSONResponse({"error": "event store unavailable"}, status_code=503)
+
+        if row["status"] in DONE:
+            return JSONResponse({"id": event["id"], "status": row["status"], "duplicate": True})
+        processing = await self._start_processing(event["id"])
+        return JSONResponse({"id": event["id"], "status": "stored", "duplicate": not row["inserted"],
+                             "processing": processing})
+
+    async def _start_processing(self, event_id: str) -> str:
+        try:
+            client = await self.temporal()
+            await asyncio.wait_for(
+                client.start_workflow(
+                    PROCESS_WORKFLOW, ProcessEventInput(event_id=event_id), id=workflow_id_for(event_id),
+                    task_queue=self.settings.task_queue,
+                    # Running: this delivery joins it. Closed: the inbox row was not processed
+                    # (or we would not be here), so run it again.
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE),
+                self.settings.webhook_start_timeout_seconds)
+            return "started"
+        except Exception as e:  # Temporal down or slow: stored is enough, replay sweeps it
+            log.warning("event %s stored; processing deferred to replay (Temporal: %s)", event_id, e)
+            return "deferred"
+
+    async def ready(self, request: Request) -> JSONResponse:
+        checks: dict[str, str] = {}
+        ok = True
+        try:
+            assert self.pool is not None
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1 FROM billing.stripe_events LIMIT 1")
+            checks["postgres"] = "ok"
+        except Exception as e:
+            checks["postgres"] = f"unavailable: {e}"
+            ok = False
+        # Temporal is reported, not required: intake works without it.
+        try:
+            await self.temporal()
+            checks["temporal"] = "ok"
+        except Exception as e:
+            checks["temporal"] = f"unreachable: {e or type(e).__name__}"
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+
+def _refuse(status: int, message: str) -> JSONResponse:
+    log.info("webhook refused (%d): %s", status, message)
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _parse_event(payload: str) -> dict[str, Any]:
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e.msg} at {e.pos})") from None
+    if not isinstance(event, dict) or event.get("object") != "event":
+        raise ValueError("not a Stripe event object")
+    if not isinstance(event.get("id"), str) or not event["id"].startswith("evt_"):
+        raise ValueError("missing or invalid id")
+    if not isinstance(event.get("type"), str) or not event["type"]:
+        raise ValueError("missing type")
+    if not isinstance(event.get("created"), int):
+        raise ValueError("missing created")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise ValueError("missing data.object")
+    return event
+
+
+def create_app(settings: Settings, database_url: str, *, client: Client | None = None) -> Starlette:
+    receiver = Receiver(settings, database_url, client=client)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await receiver.start()
+        try:
+            yield
+        finally:
+            await receiver.stop()
+
+    app = Starlette(
+        routes=[
+            Route(PATH, receiver.stripe_webhook, methods=["POST"]),
+            Route("/health/ready", receiver.ready, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.receiver = receiver
+    return app
+
+
+def serve(settings: Settings, database_url: str, *, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings, database_url), host=host or settings.webhook_host,
+                port=port or settings.webhook_port, log_level="info", access_log=False)

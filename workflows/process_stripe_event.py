@@ -1,0 +1,62 @@
+"""ProcessStripeEvent: one Stripe event, started by the webhook receiver with the workflow id
+`stripe-event-<evt id>` (a duplicate delivery finds it running or done: a no-op).
+
+The activity does the work in one Postgres transaction with the inbox status change. Transient
+failures are retried with backoff; when they outlast the retry budget, or the event fails
+permanently, the inbox row says `failed` with the error and this workflow fails visibly, so the
+event is neither lost nor hidden: replay retries it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.stripe_events import EventMarkFailedInput, StripeEventActivities
+    from billing.models import EventStatus, ProcessEventInput, ProcessEventResult
+
+WORKFLOW_ID_PREFIX = "stripe-event-"
+PROCESS_TIMEOUT = timedelta(minutes=1)
+# About 10 minutes of retries for a Stripe or Postgres outage; after that the replay sweep owns it.
+PROCESS_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=10,
+    non_retryable_error_types=["EventNotInInbox"],
+)
+MARK_FAILED_TIMEOUT = timedelta(seconds=30)
+
+
+def workflow_id_for(event_id: str) -> str:
+    return f"{WORKFLOW_ID_PREFIX}{event_id}"
+
+
+@workflow.defn(name="ProcessStripeEvent")
+class ProcessStripeEvent:
+    @workflow.run
+    async def run(self, inp: ProcessEventInput) -> ProcessEventResult:
+        try:
+            result = await workflow.execute_activity_method(
+                StripeEventActivities.process, inp,
+                start_to_close_timeout=PROCESS_TIMEOUT, retry_policy=PROCESS_RETRY)
+        except ActivityError as e:
+            cause = e.cause
+            message = getattr(cause, "message", None) or str(cause)
+            if isinstance(cause, ApplicationError) and cause.type == "EventNotInInbox":
+                raise ApplicationError(message, type="EventNotInInbox", non_retryable=True) from e
+            await workflow.execute_activity_method(
+                StripeEventActivities.mark_failed,
+                EventMarkFailedInput(event_id=inp.event_id, error=f"gave up after retries: {message}"),
+                start_to_close_timeout=MARK_FAILED_TIMEOUT)
+            raise ApplicationError(
+                f"event {inp.event_id}: gave up after retries: {message}", type="EventProcessingFailed",
+                non_retryable=True) from e
+        if result.status == EventStatus.FAILED:
+            raise ApplicationError(
+                f"event {inp.event_id} ({result.type}) failed: {result.detail}", type="EventFailed",
+                non_retryable=True)
+        return result
