@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -56,8 +57,9 @@ TEMPORAL = "temporal"
 POSTGRES = "postgres"
 EMULATOR = "emulator"
 WORKER = "worker"
+WEBHOOKS = "webhooks"
 # Start order; `down` stops in reverse.
-COMPONENTS = (TEMPORAL, POSTGRES, EMULATOR, WORKER)
+COMPONENTS = (TEMPORAL, POSTGRES, EMULATOR, WORKER, WEBHOOKS)
 
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_EMULATOR_RATE_LIMIT = 25.0  # Stripe test mode: 25 requests/s
@@ -105,6 +107,8 @@ class StackConfig(BaseModel):
     emulator_rate_limit: float = DEFAULT_EMULATOR_RATE_LIMIT
     emulator_summary_lag_seconds: float | None = None
     webhook_secret: str = "whsec_emulator"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 8088
     task_queue: str = "billing-recon"
     # Set -> use this Postgres, start no embedded one.
     database_url: str | None = None
@@ -130,6 +134,8 @@ class StackConfig(BaseModel):
                 else None
             ),
             "webhook_secret": s.stripe_webhook_secret,
+            "webhook_host": s.webhook_host,
+            "webhook_port": s.webhook_port,
             "task_queue": s.task_queue,
             "database_url": s.database_url,
         }
@@ -149,6 +155,10 @@ class StackConfig(BaseModel):
     @property
     def stripe_api_base(self) -> str:
         return f"http://{self.emulator_host}:{self.emulator_port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://{self.webhook_host}:{self.webhook_port}/webhooks/stripe"
 
     @property
     def log_dir(self) -> Path:
@@ -664,6 +674,46 @@ def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
     return _record(WORKER, proc, log, f"task queue {config.task_queue}", None, None, command)
 
 
+def _start_webhooks(config: StackConfig, database_url: str) -> ComponentRecord:
+    host, port = config.webhook_host, config.webhook_port
+    _refuse_foreign_port(host, port, "WEBHOOK_PORT")
+    command = [sys.executable, "-m", "webhooks"]
+    env = {
+        "DATABASE_URL": database_url,
+        "STRIPE_API_BASE": config.stripe_api_base,
+        "STRIPE_WEBHOOK_SECRET": config.webhook_secret,
+        "TEMPORAL_ADDRESS": config.temporal_address,
+        "BILLING_TASK_QUEUE": config.task_queue,
+        "WEBHOOK_HOST": host,
+        "WEBHOOK_PORT": str(port),
+    }
+    proc, log = _spawn(config, WEBHOOKS, command, env)
+    ready = f"http://{host}:{port}/health/ready"
+    _wait_until(WEBHOOKS, proc, log, lambda: _http_ok(ready), STARTUP_TIMEOUT_SECONDS)
+    return _record(WEBHOOKS, proc, log, config.webhook_url, host, port, command)
+
+
+def register_webhook_endpoint(config: StackConfig) -> str:
+    """Make the emulator deliver every event to the receiver (once: an enabled endpoint with
+    this URL is reused). The emulator signs with the receiver's secret and real time, as Stripe
+    does. Returns the endpoint id."""
+    import stripe
+
+    client = stripe.StripeClient(api_key="sk_test_emulator", base_addresses={"api": config.stripe_api_base})
+    for we in client.v1.webhook_endpoints.list(params={"limit": 100}).auto_paging_iter():
+        if we.url == config.webhook_url and we.status == "enabled":
+            return we.id
+    request = urllib.request.Request(
+        f"{config.stripe_api_base}/_emulator/config", method="POST",
+        data=json.dumps({"webhook_secret": config.webhook_secret, "webhook_signature_clock": "real"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+    return client.v1.webhook_endpoints.create(
+        params={"url": config.webhook_url, "enabled_events": ["*"],
+                "description": "billing-recon local stack"}).id
+
+
 # --- public API ---------------------------------------------------------------------------------
 
 
@@ -722,6 +772,9 @@ def up(
         ensure(EMULATOR, lambda: _start_emulator(config))
         if worker:
             ensure(WORKER, lambda: _start_worker(config, database_url))
+            ensure(WEBHOOKS, lambda: _start_webhooks(config, database_url))
+            endpoint = register_webhook_endpoint(config)
+            say(f"webhooks: emulator delivers to {config.webhook_url} ({endpoint})")
 
         state.temporal_address = config.temporal_address
         state.temporal_ui_url = config.temporal_ui_url
@@ -770,7 +823,7 @@ def down(
 
         # The worker first (it drains activities that still need the others), then the rest
         # at once: each takes a few seconds to shut down gracefully.
-        for stage in ([WORKER], [EMULATOR, TEMPORAL, POSTGRES]):
+        for stage in ([WORKER, WEBHOOKS], [EMULATOR, TEMPORAL, POSTGRES]):
             names = [n for n in stage if n in state.components]
             if not names:
                 continue
@@ -893,5 +946,6 @@ def address_lines(stack: StackInfo) -> list[tuple[str, str]]:
         ("DATABASE_URL", stack.database_url),
         ("STRIPE_API_BASE", stack.stripe_api_base),
         ("Task queue", stack.task_queue),
+        *([("Webhooks", stack.components[WEBHOOKS].address)] if WEBHOOKS in stack.components else []),
         ("Logs", str(stack.log_dir)),
     ]

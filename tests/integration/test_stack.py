@@ -4,6 +4,7 @@ use, so it never touches a developer's running stack."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -38,7 +39,7 @@ def _free_ports(count: int) -> list[int]:
 @pytest.fixture
 def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Environment of a private stack; `down` runs at the end whatever the test did."""
-    temporal_port, ui_port, emulator_port = _free_ports(3)
+    temporal_port, ui_port, emulator_port, webhook_port = _free_ports(4)
     # Short path: the Postgres unix socket lives in pgdata (108-byte limit).
     state_dir = tmp_path / "st"
     for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE"):
@@ -47,6 +48,7 @@ def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
     monkeypatch.setenv("BILLING_TEMPORAL_PORT", str(temporal_port))
     monkeypatch.setenv("TEMPORAL_UI_PORT", str(ui_port))
     monkeypatch.setenv("EMULATOR_PORT", str(emulator_port))
+    monkeypatch.setenv("WEBHOOK_PORT", str(webhook_port))
     monkeypatch.setenv("BILLING_TASK_QUEUE", f"stack-test-{temporal_port}")
     settings = Settings()
     try:
@@ -103,6 +105,7 @@ async def test_up_twice_status_down(
         stack.POSTGRES: "running",
         stack.EMULATOR: "running",
         stack.WORKER: "stopped",
+        stack.WEBHOOKS: "stopped",
     }
     assert not result.dead
 
@@ -142,14 +145,37 @@ async def test_up_twice_status_down(
     assert not stack.status(config).recorded
 
 
-async def test_worker_is_started_and_stopped(stack_env: Settings) -> None:
+async def test_worker_and_webhook_receiver_are_started_wired_and_stopped(stack_env: Settings) -> None:
     config = stack.StackConfig.from_settings(stack_env)
     info = await stack.aup(config, worker=True)
-    worker = info.components[stack.WORKER]
-    assert _alive(worker)
+    worker, receiver = info.components[stack.WORKER], info.components[stack.WEBHOOKS]
+    assert _alive(worker) and _alive(receiver)
     assert stack.WORKER_READY_MARKER in worker.log.read_text()
+    assert receiver.address == config.webhook_url
+    again = await stack.aup(config, worker=True)
+    assert again.started == []
+
+    # The emulator delivers to the receiver (one endpoint, however often `up` ran), the worker
+    # processes: a customer created in "Stripe" lands in billing.customers.
+    client = stripe.StripeClient("sk_test_stack", base_addresses={"api": info.stripe_api_base})
+    endpoints = (await client.v1.webhook_endpoints.list_async()).data
+    assert [e.url for e in endpoints] == [config.webhook_url]
+    cus = await client.v1.customers.create_async(params={"name": "Wired", "metadata": {"customer_id": "app-wired"}})
+    conn = await asyncpg.connect(info.database_url)
+    try:
+        found = None
+        for _ in range(150):
+            found = await conn.fetchrow(
+                "SELECT c.customer_id, e.status FROM billing.customers c JOIN billing.stripe_events e "
+                "ON e.object_id = c.stripe_customer_id WHERE c.stripe_customer_id = $1", cus.id)
+            if found is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert found is not None and tuple(found) == ("app-wired", "processed")
+    finally:
+        await conn.close()
     await stack.adown(config, purge=True)
-    assert not _alive(worker)
+    assert not _alive(worker) and not _alive(receiver)
     assert not config.state_dir.exists()
 
 

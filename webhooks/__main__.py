@@ -1,0 +1,14 @@
+"""`python -m webhooks`: the receiver with settings from the environment (the local stack
+starts it this way; operators use `billing-recon webhooks serve`)."""
+
+import logging
+
+from billing.settings import get_settings
+from billing.temporal_client import exit_skipping_finalization
+from webhooks.app import serve
+from worker import database_url
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+settings = get_settings()
+serve(settings, database_url(settings))
+exit_skipping_finalization(0)
