@@ -2,7 +2,7 @@
 with an embedded Postgres and the Stripe emulator (the session fixtures of tests/conftest.py).
 
     .venv/bin/python tests/workflow/record_histories.py       # or
-    .venv/bin/pytest tests/workflow/record_histories.py
+    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k "not webhook"]
 
 Not collected by a plain `pytest` run (the file name does not match test_*.py). Re-record when a
 workflow changes *on purpose* and commit the new files next to the old ones (keep the old ones:
@@ -173,6 +173,72 @@ async def record_all(client: Client, settings: Settings, task_queue: str, postgr
     finally:
         await close()
     return paths
+
+
+async def record_webhooks(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,
+                          stripe_client) -> list[Path]:
+    """ProcessStripeEvent (processed and failed) and ReplayWebhooks (dry-run and apply)."""
+    from activities.stripe_events import store_event_args, store_event_sql
+    from billing.models import (
+        ProcessEventInput,
+        ProcessEventResult,
+        ReplayResult,
+        ReplayWebhooksInput,
+    )
+
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    # Events Stripe holds but nobody delivered: a customer, its subscription.
+    cus = await stripe_client.v1.customers.create_async(params={"name": tag, "metadata": {"customer_id": tag}})
+    product = await stripe_client.v1.products.create_async(params={"name": tag})
+    price = await stripe_client.v1.prices.create_async(params={
+        "product": product.id, "currency": "usd", "unit_amount": 900, "recurring": {"interval": "month"}})
+    await stripe_client.v1.subscriptions.create_async(params={"customer": cus.id, "items": [{"price": price.id}]})
+    events = [e.to_dict(for_json=True) for e in (await stripe_client.v1.events.list_async(params={"limit": 100})).data]
+    created = next(e for e in events if e["type"] == "customer.created")
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            conn = await db.connect(postgres_dsn)
+            try:
+                await conn.execute(store_event_sql(), *store_event_args(created, "webhook"))
+                # An event about a subscription Stripe does not have: fails permanently.
+                bogus = {**created, "id": f"evt_{tag}bogus", "type": "customer.subscription.updated",
+                         "data": {"object": {"id": f"sub_{tag}missing", "object": "subscription"}}}
+                await conn.execute(store_event_sql(), *store_event_args(bogus, "webhook"))
+            finally:
+                await conn.close()
+            handle = await client.start_workflow(
+                "ProcessStripeEvent", ProcessEventInput(event_id=created["id"]), id=f"stripe-event-{created['id']}",
+                task_queue=task_queue, result_type=ProcessEventResult)
+            ok = await asyncio.wait_for(handle.result(), 60)
+            assert ok.status == "processed", ok
+            paths.append(await save(handle, "process_stripe_event"))
+            handle = await client.start_workflow(
+                "ProcessStripeEvent", ProcessEventInput(event_id=bogus["id"]), id=f"stripe-event-{bogus['id']}",
+                task_queue=task_queue, result_type=ProcessEventResult)
+            with pytest.raises(Exception, match="failed"):
+                await asyncio.wait_for(handle.result(), 60)
+            paths.append(await save(handle, "process_stripe_event_failed"))
+
+            for mode in (Mode.DRY_RUN, Mode.APPLY):
+                handle = await client.start_workflow(
+                    "ReplayWebhooks", ReplayWebhooksInput(mode=mode, actor="recorder"), id=f"{tag}-replay-{mode.value}",
+                    task_queue=task_queue, result_type=ReplayResult)
+                res = await asyncio.wait_for(handle.result(), 60)
+                assert res.counts.never_received > 0, res
+                paths.append(await save(handle, f"replay_webhooks_{mode.value.replace('-', '_')}"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_webhook_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_webhooks(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
+                                  postgres_dsn, stripe_client)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
 
 
 async def test_record_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
