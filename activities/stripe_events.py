@@ -258,8 +258,9 @@ class StripeEventActivities:
         await conn.execute(
             """
             INSERT INTO billing.audit_log
-                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, idempotency_key)
-            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7)
+                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, idempotency_key,
+                 customer_id)
+            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7, $2)
             ON CONFLICT (idempotency_key) DO NOTHING
             """,
             actor, customer_id, {"balance": balance - grant.amount}, {"balance": balance, "granted": grant.amount},

@@ -27,6 +27,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import usage_store as store
+from billing import autoheal
 from billing.models import (
     ApplyPlanInput,
     AuditInput,
@@ -173,6 +174,8 @@ class UsageActivities:
     async def start_run(self, inp: StartRunInput) -> RunContext:
         req = inp.request
         default_start, default_end = current_period_window(inp.today)
+        if req.lookback_days and req.start_date is None:
+            default_start = inp.today - timedelta(days=req.lookback_days - 1)
         start = req.start_date or default_start
         end = req.end_date or (inp.today if req.start_date is None else max(start, min(inp.today, billing_period(start)[1] - timedelta(days=1))))
         if end < start:
@@ -217,6 +220,7 @@ class UsageActivities:
             window_start=start, window_end=end, customers=sorted(set(req.customers)),
             meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
             meter_filter=sorted(set(req.meters)), policy=policy, actor=req.actor,
+            globally_paused=await autoheal.paused(self.pool),
         )
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -327,6 +331,7 @@ class UsageActivities:
         now = _now()
 
         if corrective:
+            await self._hold_if_paused()
             await self._flush_planned(ctx, ids, now, counts)
 
         periods = periods_overlapping(ctx.window_start, ctx.window_end)
@@ -571,10 +576,18 @@ class UsageActivities:
             for i in range(0, len(rows), SUB_BATCH):
                 batch = [_finding_from_row(r) for r in rows[i : i + SUB_BATCH]]
                 if not inp.observe_only:  # paused: the plan stays as it is
+                    await self._hold_if_paused()
                     counts = counts.add(await self._execute_all(ctx, batch))
                 beat(PageCheckpoint(done_through=batch[-1].key, counts=counts))
         next_cursor = rows[-1]["discrepancy_key"] if len(rows) == ctx.policy.page_size else None
         return PageResult(next_cursor=next_cursor, counts=counts)
+
+    async def _hold_if_paused(self) -> None:
+        """The safety net behind the pause signal (which a run started a moment before the pause
+        may miss): no corrective batch starts while auto-healing is paused. The activity fails
+        retryably and resumes from its heartbeat checkpoint once `resume` clears the switch."""
+        if await autoheal.paused(self.pool):
+            raise ApplicationError("auto-healing is paused (billing-recon resume)", type="AutohealPaused")
 
     # ------------------------------------------------------------------ executing corrections
 
@@ -642,7 +655,7 @@ class UsageActivities:
             if changed:
                 await _audit(conn, AuditInput(
                     actor=ctx.actor, action="set_usage_counter", entity_type="usage_counter",
-                    entity_id=entity, reason=str(f.kind),
+                    entity_id=entity, reason=str(f.kind), customer_id=f.customer_id,
                     after={"before": _jsonable(before), "after": str(value),
                            "over_quota_transition": f.over_quota_transition},
                     workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
@@ -695,7 +708,7 @@ class UsageActivities:
                         "WHERE identifier = $1", ident, _now())
                     await _audit(conn, AuditInput(
                         actor=ctx.actor, action="cancel_meter_event", entity_type="meter_event",
-                        entity_id=ident, reason=str(f.kind), after={"value": str(row["value"])},
+                        entity_id=ident, reason=str(f.kind), customer_id=f.customer_id, after={"value": str(row["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"cancel|{ident}"))
             elif outcome == CancelOutcome.NOT_FOUND:
@@ -735,7 +748,7 @@ class UsageActivities:
                 if inserted:
                     await _audit(conn, AuditInput(
                         actor=ctx.actor, action=f"push_meter_event:{p['kind']}", entity_type="meter_event",
-                        entity_id=p["identifier"], reason=str(f.kind),
+                        entity_id=p["identifier"], reason=str(f.kind), customer_id=f.customer_id,
                         after={"customer_id": f.customer_id, "meter": meter, "day": day.isoformat(),
                                "value": str(p["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
@@ -816,10 +829,11 @@ async def _audit(conn: asyncpg.Connection, a: AuditInput) -> None:
     await conn.execute(
         """
         INSERT INTO billing.audit_log
-            (actor, action, entity_type, entity_id, after, reason, workflow_id, run_id, idempotency_key)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)
+            (actor, action, entity_type, entity_id, after, reason, workflow_id, run_id, idempotency_key,
+             customer_id, before)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb)
         ON CONFLICT (idempotency_key) DO NOTHING
         """,
         a.actor, a.action, a.entity_type, a.entity_id, a.after, a.reason, a.workflow_id, a.run_id,
-        a.idempotency_key,
+        a.idempotency_key, a.customer_id, a.before,
     )

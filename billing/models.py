@@ -61,6 +61,9 @@ class ReconcileUsageInput(BaseModel):
     meters: list[str] = Field(default_factory=list)  # meter event names; empty = all
     mode: Mode = Mode.DRY_RUN
     actor: str = "system"
+    # Without start_date: reconcile the last N UTC days up to today instead of the current
+    # billing period (what a schedule uses: its input is fixed, its "today" is not).
+    lookback_days: int | None = Field(default=None, ge=1, le=400)
     # Policy overrides; None = the worker's settings.
     epsilon: Decimal | None = None
     settle_seconds: int | None = None
@@ -100,6 +103,8 @@ class RunContext(BaseModel):
     meter_filter: list[str] = Field(default_factory=list)  # as asked; empty = every meter
     policy: Policy
     actor: str = "system"
+    # Auto-healing was paused (billing-recon pause) when the run started: it starts observe-only.
+    globally_paused: bool = False
 
 
 class StartRunInput(BaseModel):
@@ -191,6 +196,8 @@ class AuditInput(BaseModel):
     workflow_id: str | None = None
     run_id: str | None = None
     idempotency_key: str | None = None
+    customer_id: str | None = None  # the customer the write touched, for `audit --customer`
+    before: dict | None = None
 
 
 class RunStatusUpdate(BaseModel):
@@ -360,3 +367,111 @@ class ReplayResult(BaseModel):
     sample: list[str] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- operations
+
+AUTOHEAL_WORKFLOW_ID = "billing-autoheal"  # the one AutoHealControl workflow
+
+
+class AutohealView(BaseModel):
+    paused: bool = False
+    since: datetime | None = None
+    actor: str | None = None
+    reason: str | None = None
+
+
+class SetAutohealInput(BaseModel):
+    paused: bool
+    actor: str
+    reason: str | None = None
+    workflow_id: str | None = None
+    run_id: str | None = None
+
+
+class BroadcastInput(BaseModel):
+    signal: str  # "pause" | "resume"
+    request: PauseRequest
+    workflow_types: list[str]
+
+
+class BroadcastResult(BaseModel):
+    signalled: list[str] = Field(default_factory=list)
+
+
+class AutohealControlInput(BaseModel):
+    """AutoHealControl takes no options; the state lives in billing.autoheal_state."""
+
+
+class CatchUpBackfillInput(BaseModel):
+    """Input of CatchUpBackfill (also the JSON for `temporal workflow start` and the UI)."""
+
+    start_date: date
+    end_date: date  # inclusive
+    mode: Mode = Mode.DRY_RUN
+    customers: list[str] = Field(default_factory=list)
+    meters: list[str] = Field(default_factory=list)
+    max_concurrent_days: int = Field(default=2, ge=1, le=16)
+    replay_webhooks: bool = True  # for the part of the range within Stripe's 30-day retention
+    resync_subscriptions: bool = True
+    actor: str = "system"
+    settle_seconds: int | None = None
+    auto_approve_over_reporting: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CatchUpBackfillInput:
+        if self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        if (self.end_date - self.start_date).days + 1 > 400:
+            raise ValueError("a backfill spans at most 400 days")
+        if self.mode == Mode.PLAN:
+            raise ValueError("backfill supports dry-run and apply; use reconcile --plan for one window")
+        return self
+
+
+class DayOutcome(StrEnum):
+    DONE = "done"  # reconciled by this backfill
+    ALREADY_DONE = "already_done"  # a completed run for this day existed: nothing started
+    FAILED = "failed"
+    RUNNING_ELSEWHERE = "running_elsewhere"  # another backfill's child is on it
+
+
+class DayResult(BaseModel):
+    day: date
+    run_id: str
+    outcome: DayOutcome
+    error: str | None = None
+    counts: Counts | None = None
+
+
+class BackfillProgress(BaseModel):
+    phase: str = "starting"  # days | replay | resync | done
+    days_total: int = 0
+    days_done: int = 0
+    days_in_flight: list[date] = Field(default_factory=list)
+    days_failed: list[date] = Field(default_factory=list)
+    days_already_done: int = 0
+
+
+class BackfillResult(BaseModel):
+    workflow_id: str
+    mode: Mode
+    start_date: date
+    end_date: date
+    days: list[DayResult]
+    counts: Counts  # summed over the days reconciled by this backfill
+    replay: dict | None = None  # ReplayWebhooks' result, or why it was skipped
+    resync: dict | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def failed_days(self) -> list[date]:
+        return [d.day for d in self.days if d.outcome == DayOutcome.FAILED]
+
+
+class CompletedRunsInput(BaseModel):
+    run_ids: list[str]
+
+
+class CompletedRunsResult(BaseModel):
+    completed: list[str]

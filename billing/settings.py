@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     emulator_host: str = Field(default="127.0.0.1", alias="EMULATOR_HOST")
     emulator_port: int = Field(default=12111, alias="EMULATOR_PORT")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+    # Base of the links `audit` and `status` print to workflow runs (Temporal Cloud:
+    # https://cloud.temporal.io). Unset: the local dev server's UI.
+    temporal_ui_url: str | None = Field(default=None, alias="TEMPORAL_UI_URL")
+    # The schedules file (`schedules apply`); unset: billing/schedules.toml.
+    schedules_file: Path | None = Field(default=None, alias="BILLING_SCHEDULES_FILE")
+
+    def ui_url(self) -> str:
+        return (self.temporal_ui_url or f"http://localhost:{self.temporal_ui_port}").rstrip("/")
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,6 @@ from billing import db
 from billing.models import (
     ApprovalDecision,
     Mode,
-    PauseRequest,
     ReconcileProgress,
     ReconcileResult,
     ReconcileUsageInput,
@@ -266,27 +265,6 @@ def _decide(run: str, update: str, actor: str, reason: str | None) -> None:
     _run(go())
 
 
-def pause(run: str = typer.Argument(...), actor: str = typer.Option(...),
-          reason: str | None = typer.Option(None)) -> None:
-    """Pause auto-healing of a run: detection goes on, corrective writes stop."""
-    _signal(run, "pause", actor, reason)
-
-
-def resume(run: str = typer.Argument(...), actor: str = typer.Option(...),
-           reason: str | None = typer.Option(None)) -> None:
-    """Resume corrective writes of a paused run."""
-    _signal(run, "resume", actor, reason)
-
-
-def _signal(run: str, name: str, actor: str, reason: str | None) -> None:
-    async def go() -> None:
-        client = await connect()
-        await client.get_workflow_handle(run).signal(name, PauseRequest(actor=actor, reason=reason))
-        console.print(f"{run}: {name} sent by {actor}")
-
-    _run(go())
-
-
 # ---------------------------------------------------------------------------- report
 
 DISCREPANCY_COLUMNS = [
@@ -387,7 +365,7 @@ def smoke() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (migrate, worker, ingest, reconcile, approve, reject, pause, resume, report, smoke):
+    for fn in (migrate, worker, ingest, reconcile, approve, reject, report, smoke):
         app.command(fn.__name__)(fn)
     from starter import demo
 

@@ -163,6 +163,9 @@ class ReconcileUsage:
                               today=workflow.now().date()),
                 start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
             self._state = ReconcileCarry(context=ctx)
+            # Started while auto-healing is paused: observe-only until `resume` arrives (the
+            # AutoHealControl workflow signals every running run).
+            self._paused = self._paused or ctx.globally_paused
         s = self._state
         ctx = s.context
 

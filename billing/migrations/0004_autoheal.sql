@@ -10,3 +10,8 @@ CREATE TABLE billing.autoheal_state (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO billing.autoheal_state (id) VALUES (true);
+
+-- `billing-recon audit --customer C`: corrective writes name the customer they touched.
+ALTER TABLE billing.audit_log ADD COLUMN customer_id text;
+CREATE INDEX audit_log_customer_idx ON billing.audit_log (customer_id, at);
+CREATE INDEX audit_log_at_idx ON billing.audit_log (at);

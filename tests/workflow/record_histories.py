@@ -2,7 +2,7 @@
 with an embedded Postgres and the Stripe emulator (the session fixtures of tests/conftest.py).
 
     .venv/bin/python tests/workflow/record_histories.py       # or
-    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k "not webhook"]
+    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k 'record_histories']
 
 Not collected by a plain `pytest` run (the file name does not match test_*.py). Re-record when a
 workflow changes *on purpose* and commit the new files next to the old ones (keep the old ones:
@@ -231,6 +231,57 @@ async def record_webhooks(client: Client, settings: Settings, task_queue: str, p
     finally:
         await close()
     return paths
+
+
+async def record_operations(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,
+                            stripe_client) -> list[Path]:
+    """CatchUpBackfill over two days (children, replay) and AutoHealControl (pause, resume)."""
+    from billing.models import (
+        AUTOHEAL_WORKFLOW_ID,
+        AutohealControlInput,
+        AutohealView,
+        BackfillResult,
+        CatchUpBackfillInput,
+    )
+
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    await seed(postgres_dsn, stripe_client, tag, customers=2)
+    today = datetime.now(UTC).date()
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            inp = CatchUpBackfillInput(start_date=today - timedelta(days=1), end_date=today, mode=Mode.APPLY,
+                                       settle_seconds=1, resync_subscriptions=False, actor="recorder")
+            handle = await client.start_workflow("CatchUpBackfill", inp, id=f"{tag}-backfill",
+                                                 task_queue=task_queue, result_type=BackfillResult)
+            res = await asyncio.wait_for(handle.result(), 120)
+            assert [d.outcome.value for d in res.days] == ["done", "done"], res
+            paths.append(await save(handle, "catch_up_backfill"))
+
+            handle = await client.start_workflow(
+                "AutoHealControl", AutohealControlInput(), id=AUTOHEAL_WORKFLOW_ID, task_queue=task_queue,
+                start_signal="pause", start_signal_args=[PauseRequest(actor="recorder", reason="recording")])
+            for want in (True, False):
+                if not want:
+                    await handle.signal("resume", PauseRequest(actor="recorder"))
+                for _ in range(100):
+                    if (await handle.query("state", result_type=AutohealView)).paused == want:
+                        break
+                    await asyncio.sleep(0.1)
+            await handle.terminate("recorded")  # it runs forever by design
+            paths.append(await save(handle, "autoheal_control"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_operations_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_operations(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
+                                    postgres_dsn, stripe_client)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
 
 
 async def test_record_webhook_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):

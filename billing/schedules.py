@@ -1,0 +1,155 @@
+"""Schedules declared in one TOML file (default: billing/schedules.toml), applied to Temporal
+idempotently. Parsing and validation are pure; `apply`, `describe`, `trigger` talk to Temporal."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+SCHEDULE_ID_PREFIX = "billing-"
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+OVERLAP = {
+    "skip": ScheduleOverlapPolicy.SKIP,
+    "buffer_one": ScheduleOverlapPolicy.BUFFER_ONE,
+    "cancel_other": ScheduleOverlapPolicy.CANCEL_OTHER,
+    "allow_all": ScheduleOverlapPolicy.ALLOW_ALL,
+}
+KNOWN_WORKFLOWS = {"ReconcileUsage", "ReplayWebhooks", "ResyncSubscriptions", "RepairCredits", "CatchUpBackfill"}
+
+
+class ScheduleConfigError(ValueError):
+    pass
+
+
+def parse_duration(value: str) -> timedelta:
+    m = _DURATION.match(value.strip())
+    if not m:
+        raise ScheduleConfigError(f"{value!r} is not a duration like 30s, 5m, 1h or 1d")
+    amount = int(m.group(1))
+    if amount <= 0:
+        raise ScheduleConfigError(f"{value!r} must be positive")
+    return timedelta(**{_UNITS[m.group(2)]: amount})
+
+
+class DailyAt(BaseModel):
+    hour: int = Field(ge=0, le=23)
+    minute: int = Field(default=0, ge=0, le=59)
+
+
+class ScheduleDef(BaseModel):
+    name: str
+    workflow: str
+    note: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    every: str | None = None
+    at: DailyAt | None = None
+    overlap: Literal["skip", "buffer_one", "cancel_other", "allow_all"] = "skip"
+    catchup_window: str = "10m"
+    paused: bool = False
+
+    @field_validator("workflow")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in KNOWN_WORKFLOWS:
+            raise ValueError(f"unknown workflow {v!r} (one of {', '.join(sorted(KNOWN_WORKFLOWS))})")
+        return v
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> ScheduleDef:
+        if (self.every is None) == (self.at is None):
+            raise ValueError(f"schedule {self.name}: give exactly one of `every` and `at`")
+        if self.every is not None:
+            parse_duration(self.every)
+        parse_duration(self.catchup_window)
+        return self
+
+    @property
+    def schedule_id(self) -> str:
+        return SCHEDULE_ID_PREFIX + self.name
+
+    def to_schedule(self, task_queue: str) -> Schedule:
+        if self.every is not None:
+            spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=parse_duration(self.every))])
+        else:
+            assert self.at is not None
+            spec = ScheduleSpec(calendars=[ScheduleCalendarSpec(
+                hour=[ScheduleRange(self.at.hour)], minute=[ScheduleRange(self.at.minute)],
+                comment=f"daily {self.at.hour:02d}:{self.at.minute:02d} UTC")])
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                self.workflow, self.input, id=f"sched-{self.name}", task_queue=task_queue),
+            spec=spec,
+            policy=SchedulePolicy(overlap=OVERLAP[self.overlap],
+                                  catchup_window=parse_duration(self.catchup_window)),
+            state=ScheduleState(note=self.note, paused=self.paused),
+        )
+
+
+def default_file() -> Path:
+    return Path(str(resources.files("billing").joinpath("schedules.toml")))
+
+
+def load(path: Path | None = None) -> list[ScheduleDef]:
+    path = path or default_file()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ScheduleConfigError(f"{path}: {e}") from e
+    defaults = data.get("defaults", {})
+    out: list[ScheduleDef] = []
+    for name, body in (data.get("schedules") or {}).items():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+            raise ScheduleConfigError(f"{path}: schedule name {name!r}: use lowercase letters, digits and '-'")
+        try:
+            out.append(ScheduleDef(name=name, **{**defaults, **body}))
+        except ValueError as e:
+            raise ScheduleConfigError(f"{path}: schedule {name}: {e}") from e
+    if not out:
+        raise ScheduleConfigError(f"{path}: no [schedules.<name>] table")
+    return out
+
+
+async def apply(client: Client, defs: list[ScheduleDef], task_queue: str) -> dict[str, str]:
+    """Create each schedule, or update it in place. A schedule paused by an operator stays
+    paused (its note too) unless the file says `paused = true`. Returns name -> created|updated."""
+    outcome: dict[str, str] = {}
+    for d in defs:
+        desired = d.to_schedule(task_queue)
+        try:
+            await client.create_schedule(d.schedule_id, desired)
+            outcome[d.name] = "created"
+            continue
+        except ScheduleAlreadyRunningError:
+            pass
+
+        def update(current: ScheduleUpdateInput, desired: Schedule = desired, d: ScheduleDef = d) -> ScheduleUpdate:
+            state = current.description.schedule.state
+            if state.paused and not d.paused:
+                desired.state = state  # an operator's pause (and its note) wins
+            return ScheduleUpdate(schedule=desired)
+
+        await client.get_schedule_handle(d.schedule_id).update(update)
+        outcome[d.name] = "updated"
+    return outcome
