@@ -3,6 +3,7 @@ the worker. Sub-command groups live in their own modules and are mounted here.""
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -27,6 +28,11 @@ def _mount() -> None:
 
 
 def main() -> None:
+    from billing import correlation
+
+    # One correlation id per command: every workflow, activity and audit row it causes carries
+    # it (BILLING_CORRELATION_ID passes a caller's own).
+    correlation.set_current(os.environ.get(correlation.ENV_VAR) or correlation.new_id())
     _mount()
     code: int = 0
     try:

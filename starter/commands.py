@@ -20,7 +20,7 @@ from rich.table import Table
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from billing import db
+from billing import correlation, db
 from billing.models import (
     ApprovalDecision,
     Mode,
@@ -167,11 +167,13 @@ async def _reconcile(request: ReconcileUsageInput, workflow_id: str, *, wait: bo
     handle = await client.start_workflow(
         RECONCILE_WORKFLOW, request, id=workflow_id, task_queue=settings.task_queue,
         result_type=ReconcileResult)
+    cid = correlation.current()
     if not wait:
         if as_json:
-            print(json.dumps({"run_id": workflow_id, "status": "started"}))
+            print(json.dumps({"run_id": workflow_id, "status": "started", "correlation_id": cid}))
         else:
-            console.print(f"started run [bold]{workflow_id}[/bold] ({request.mode.value})")
+            console.print(f"started run [bold]{workflow_id}[/bold] ({request.mode.value}), "
+                          f"correlation id {cid}")
         return 0
     try:
         result = await _wait_with_progress(handle, quiet=as_json)
@@ -179,12 +181,14 @@ async def _reconcile(request: ReconcileUsageInput, workflow_id: str, *, wait: bo
         cause = e.cause
         message = getattr(cause, "message", None) or str(cause)
         if as_json:
-            print(json.dumps({"run_id": workflow_id, "status": "failed", "error": message}))
+            print(json.dumps({"run_id": workflow_id, "status": "failed", "error": message,
+                              "correlation_id": cid}))
         else:
             err.print(f"[red]run {workflow_id} failed:[/red] {message}")
         return 1
     if as_json:
         print(json.dumps({"run_id": result.run_id, "status": result.status.value, "mode": result.mode.value,
+                          "correlation_id": cid,
                           "window": [str(result.window_start), str(result.window_end)],
                           "counts": result.counts.model_dump(),
                           "verify_counts": result.verify_counts.model_dump() if result.verify_counts else None}))

@@ -60,6 +60,8 @@ WORKER = "worker"
 COMPONENTS = (TEMPORAL, POSTGRES, EMULATOR, WORKER)
 
 DEFAULT_TEMPORAL_PORT = 7233
+# The dev worker's Prometheus endpoint unless METRICS_BIND_ADDRESS says otherwise.
+DEFAULT_DEV_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_EMULATOR_RATE_LIMIT = 25.0  # Stripe test mode: 25 requests/s
 DATABASE_NAME = "billing"
 
@@ -641,14 +643,25 @@ def _start_emulator(config: StackConfig) -> ComponentRecord:
     return _record(EMULATOR, proc, log, config.stripe_api_base, host, port, command)
 
 
+def _dev_metrics_address() -> str:
+    """METRICS_BIND_ADDRESS when set (empty = none); else 127.0.0.1:9464 if that port is free
+    (a second stack, e.g. a test's, then runs without an endpoint instead of failing)."""
+    if "METRICS_BIND_ADDRESS" in os.environ:
+        return os.environ["METRICS_BIND_ADDRESS"]
+    host, port = DEFAULT_DEV_METRICS_ADDRESS.rsplit(":", 1)
+    return "" if port_open(host, int(port)) else DEFAULT_DEV_METRICS_ADDRESS
+
+
 def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
     command = [sys.executable, "-m", "worker"]
+    metrics_address = _dev_metrics_address()
     env = {
         "DATABASE_URL": database_url,
         "STRIPE_API_BASE": config.stripe_api_base,
         "STRIPE_WEBHOOK_SECRET": config.webhook_secret,
         "TEMPORAL_ADDRESS": config.temporal_address,
         "BILLING_TASK_QUEUE": config.task_queue,
+        "METRICS_BIND_ADDRESS": metrics_address,
     }
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{WORKER}.log"
@@ -661,7 +674,10 @@ def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
             return WORKER_READY_MARKER.encode() in fh.read()
 
     _wait_until(WORKER, proc, log, ready, WORKER_STARTUP_TIMEOUT_SECONDS)
-    return _record(WORKER, proc, log, f"task queue {config.task_queue}", None, None, command)
+    address = f"task queue {config.task_queue}"
+    if metrics_address:
+        address += f", metrics http://{metrics_address}/metrics"
+    return _record(WORKER, proc, log, address, None, None, command)
 
 
 # --- public API ---------------------------------------------------------------------------------
