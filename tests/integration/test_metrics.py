@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from billing import correlation, metrics
-from billing.models import Mode, RunStatus
-from billing.temporal_client import default_interceptors
+from billing import metrics
+from billing.models import Mode, ReconcileResult, RunStatus
 from tests.conftest import free_port
+from tests.integration.test_cli_reconcile import cli
+from tests.unit.test_deploy import deploy_metric_names
 
 from .recon_helpers import inject_all_drift, run, seed_world
 from .test_worker_crash import _spawn_worker, _stop
@@ -87,23 +88,25 @@ async def test_metrics_after_a_drift_run_and_after_a_worker_restart(
     }
     log = tmp_path / "worker.log"
     worker = _spawn_worker(env, log)
-    # A client like the CLI's: the correlation id travels to every workflow, activity and audit row.
     client = temporal_env.client
-    cclient = type(client)(client.service_client, namespace=client.namespace,
-                           data_converter=client.data_converter, interceptors=default_interceptors())
     try:
         await wait_scrape(address, lambda s: value(s, metrics.COLLECTOR_REFRESH) is not None, log)
         # Sync first (everything is unpushed usage), then drift of every kind, then heal it.
         sync = await run(client, task_queue, world.request(mode=Mode.APPLY), f"metrics-sync-{world.tag}")
         assert sync.status == RunStatus.COMPLETED
         await inject_all_drift(clean_db, stripe_client, world)
+        # Heal it from the CLI, as an operator would, passing a correlation id of our own.
         cid = f"corr-{world.tag}"
-        token = correlation.set_current(cid)
-        try:
-            heal = await run(cclient, task_queue, world.request(mode=Mode.APPLY, auto_approve_over_reporting=True),
-                             f"metrics-heal-{world.tag}")
-        finally:
-            correlation._current.reset(token)
+        cli_env = {**env, "BILLING_CORRELATION_ID": cid, "COLUMNS": "200"}
+        customers = [a for c in world.customer_ids for a in ("--customer", c)]
+        code, out, err = await cli(
+            cli_env, "reconcile", "--apply", "--auto-approve", "--start-date", str(world.start),
+            "--end-date", str(world.end), *customers, "--settle-seconds", "1", "--wait", "--json",
+            "--id", f"metrics-heal-{world.tag}")
+        assert code == 0, err
+        heal = ReconcileResult.model_validate(json.loads(out) | {"window_start": world.start,
+                                                                 "window_end": world.end})
+        assert json.loads(out)["correlation_id"] == cid
         assert heal.status == RunStatus.COMPLETED and heal.counts.drift_count > 0
         finished = await clean_db.fetchval(
             "SELECT extract(epoch FROM finished_at)::float8 FROM billing.reconciliation_runs WHERE run_id = $1",
@@ -136,6 +139,8 @@ async def test_metrics_after_a_drift_run_and_after_a_worker_restart(
         not_here = {f"{metrics.WEBHOOK_RECEIVED}_total", f"{metrics.WEBHOOK_PROCESSED}_total",
                     f"{metrics.STRIPE_RETRIES}_total"}
         assert metrics.exported_names() - names - not_here == set()
+        # ... and so is every metric the alert rules and the dashboard name (Temporal's too).
+        assert deploy_metric_names() - names - not_here == set()
 
         # The correlation id reached the run row and every audit row of the run.
         assert await clean_db.fetchval(
@@ -147,6 +152,10 @@ async def test_metrics_after_a_drift_run_and_after_a_worker_restart(
         lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
         mine = [x for x in lines if x.get("workflow_id") == heal.run_id]
         assert mine and all(x.get("correlation_id") == cid and x.get("run_id") for x in mine), lines[-5:]
+        # `billing-recon runs` shows the run with its correlation id.
+        code, out, err = await cli(cli_env, "runs", "--json")
+        assert code == 0, err
+        assert {(r["run_id"], r["correlation_id"]) for r in json.loads(out)} >= {(heal.run_id, cid)}
 
         # Restart the worker: the Postgres-derived figures come back unchanged.
         _stop(worker)
