@@ -55,6 +55,8 @@ def configure_tracing(service: str, *, exporter: Any = None) -> bool:
     configured (the standard OTEL_EXPORTER_OTLP_* variables: endpoint, headers, timeout), or to
     `exporter` (tests). Otherwise nothing: the API's no-op tracer, no spans, no cost."""
     global _tracing_enabled
+    if _tracing_enabled:
+        return True  # one provider per process: the first configuration stays
     if exporter is None and not any(os.environ.get(v) for v in OTLP_ENDPOINT_VARS):
         return False
     from opentelemetry.sdk.resources import Resource
