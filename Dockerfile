@@ -7,14 +7,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY billing ./billing
-COPY activities ./activities
-COPY workflows ./workflows
-COPY starter ./starter
-COPY stripe_emulator ./stripe_emulator
-COPY worker.py ./
-# webhooks/ (the Stripe webhook receiver) is added to the package list by its own change.
+# The whole project (see .dockerignore): packages added later (webhooks/) come along.
+COPY . .
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app billing \
     && mkdir -p /data && chown billing /data
