@@ -1,5 +1,7 @@
 """The worker: wiring only. Builds the dependencies (asyncpg pool, Stripe client behind one
-rate limiter), the activity classes that hold them, and registers every workflow.
+rate limiter), the activity classes that hold them, and registers every workflow. Telemetry:
+logs, traces and the metrics endpoint (`billing.telemetry`), the Postgres-derived gauges
+(`billing.metrics_collector`).
 
 Run: `billing-recon worker` or `python -m worker`. SIGTERM/SIGINT drain gracefully.
 """
@@ -12,17 +14,18 @@ import signal
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.health import HealthActivities
 from activities.operations import OperationsActivities
 from activities.stripe_events import StripeEventActivities
 from activities.usage import UsageActivities
-from billing import db
+from billing import correlation, db
+from billing.metrics_collector import MetricsCollector
 from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
-from billing.temporal_client import connect, exit_skipping_finalization
+from billing.telemetry import init_process
+from billing.temporal_client import connect, default_interceptors, exit_skipping_finalization
 from workflows.autoheal_control import AutoHealControl
 from workflows.catch_up_backfill import CatchUpBackfill
 from workflows.process_stripe_event import ProcessStripeEvent
@@ -47,8 +50,17 @@ def database_url(settings: Settings) -> str:
     return resolve_database_url(settings)
 
 
-async def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None):
-    """Returns (worker, close) where close() releases the dependencies."""
+def _missing_interceptors(client: Client) -> list[Interceptor]:
+    """Our worker interceptors the client does not already carry (a test's plain client):
+    the worker applies the client's own worker interceptors itself, so none runs twice."""
+    have = {type(i) for i in client.config()["interceptors"]}
+    return [i for i in default_interceptors() if type(i) not in have and isinstance(i, Interceptor)]
+
+
+async def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None,
+                       collect_metrics: bool = False):
+    """Returns (worker, close) where close() releases the dependencies. `collect_metrics`:
+    also refresh the Postgres-derived gauges until close()."""
     pool = await db.create_pool(
         database_url(settings), min_size=settings.database_pool_min, max_size=settings.database_pool_max)
     gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit))
@@ -70,9 +82,16 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
         max_concurrent_activities=20,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        interceptors=_missing_interceptors(client),
     )
+    stop_collector = asyncio.Event()
+    collector = (asyncio.create_task(MetricsCollector(pool, settings).run(stop_collector))
+                 if collect_metrics else None)
 
     async def close() -> None:
+        stop_collector.set()
+        if collector is not None:
+            await collector
         await pool.close()
 
     return worker, close
@@ -80,8 +99,10 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
 
 async def run(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
-    client = await connect(interceptors=[TracingInterceptor()])
-    worker, close = await build_worker(client, settings)
+    correlation.set_current(None)  # ids come with each workflow and activity, not the process
+    telemetry = init_process(settings, "worker")
+    client = await connect(runtime=telemetry.runtime)
+    worker, close = await build_worker(client, settings, collect_metrics=telemetry.runtime is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,13 +114,10 @@ async def run(settings: Settings | None = None) -> None:
             log.warning("shutting down: draining running activities")
     finally:
         await close()
+        telemetry.shutdown()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # One line per HTTP request is noise at this volume.
-    for noisy in ("stripe", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(run())
     exit_skipping_finalization(0)
 

@@ -22,6 +22,7 @@ import stripe
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from billing import metrics
 from billing.models import (
     EventStatus,
     PendingCursor,
@@ -462,17 +463,21 @@ def _object_id(event: dict[str, Any]) -> str:
 
 
 async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStatus, error: str | None) -> None:
-    await conn.execute(
+    typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = $2, error = $3, attempts = attempts + 1,
-                  processed_at = now() WHERE event_id = $1""", event_id, status.value, error)
+                  processed_at = now() WHERE event_id = $1 RETURNING type""", event_id, status.value, error)
+    if typ is not None:
+        metrics.record_webhook_processed(metrics.event_type_family(typ), status.value)
 
 
 async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> None:
     # Never downgrades an event that was processed meanwhile (e.g. by a concurrent delivery).
-    await conn.execute(
+    typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = 'failed', error = $2, attempts = attempts + 1,
                   last_error_at = now()
-           WHERE event_id = $1 AND status NOT IN ('processed', 'ignored')""", event_id, error[:2000])
+           WHERE event_id = $1 AND status NOT IN ('processed', 'ignored') RETURNING type""", event_id, error[:2000])
+    if typ is not None:
+        metrics.record_webhook_processed(metrics.event_type_family(typ), EventStatus.FAILED.value)
 
 
 def _describe(e: Exception) -> str:

@@ -27,7 +27,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import usage_store as store
-from billing import autoheal
+from billing import autoheal, correlation, metrics
 from billing.models import (
     ApplyPlanInput,
     AuditInput,
@@ -226,12 +226,13 @@ class UsageActivities:
             await conn.execute(
                 """
                 INSERT INTO billing.reconciliation_runs
-                    (run_id, workflow_run_id, mode, window_start, window_end, customers_filter, meters_filter)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    (run_id, workflow_run_id, mode, window_start, window_end, customers_filter,
+                     meters_filter, correlation_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 ON CONFLICT (run_id) DO NOTHING
                 """,
                 ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
-                ctx.customers or None, req.meters or None,
+                ctx.customers or None, req.meters or None, correlation.current(),
             )
             previous = await conn.fetchval(
                 "SELECT workflow_run_id FROM billing.reconciliation_runs WHERE run_id = $1", ctx.run_id)
@@ -246,11 +247,12 @@ class UsageActivities:
                            SET workflow_run_id = $2, mode = $3, window_start = $4, window_end = $5,
                                customers_filter = $6, meters_filter = $7, status = 'running',
                                counts = '{}', approved_by = NULL, rejected_by = NULL,
-                               decision_reason = NULL, started_at = now(), finished_at = NULL, error = NULL
+                               decision_reason = NULL, started_at = now(), finished_at = NULL, error = NULL,
+                               correlation_id = $8
                          WHERE run_id = $1
                         """,
                         ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
-                        ctx.customers or None, req.meters or None)
+                        ctx.customers or None, req.meters or None, correlation.current())
         return ctx
 
     @activity.defn(name="usage.set_run_status")
@@ -274,18 +276,35 @@ class UsageActivities:
 
     @activity.defn(name="usage.finish_run")
     async def finish_run(self, inp: FinishRunInput) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
                 """
-                UPDATE billing.reconciliation_runs
+                WITH prev AS (SELECT finished_at FROM billing.reconciliation_runs
+                               WHERE run_id = $1 FOR UPDATE)
+                UPDATE billing.reconciliation_runs r
                    SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4
-                 WHERE run_id = $1
+                  FROM prev
+                 WHERE r.run_id = $1
+                RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode,
+                          extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
                 """,
                 inp.context.run_id, inp.status.value,
                 {**inp.counts.model_dump(),
                  "verify": inp.verify_counts.model_dump() if inp.verify_counts else None},
                 inp.error,
             )
+            findings = await conn.fetch(
+                "SELECT kind, coalesce(action, 'none') AS action, count(*) AS n "
+                "FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key NOT LIKE 'verify|%' "
+                "GROUP BY 1, 2", inp.context.run_id)
+        log.info("run %s finished: %s (%s)", inp.context.run_id, inp.status.value,
+                 ", ".join(f"{k}={v}" for k, v in inp.counts.model_dump().items() if v) or "nothing found")
+        # Counted once per run: a retried finish_run (its first answer lost) finds it finished.
+        if row is not None and row["first_finish"]:
+            metrics.record_run_finished(
+                kind=row["kind"], mode=row["mode"], status=inp.status.value, seconds=row["seconds"],
+                counts=inp.counts.model_dump(),
+                discrepancies=[(r["kind"], r["action"], r["n"]) for r in findings])
 
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:
@@ -830,10 +849,10 @@ async def _audit(conn: asyncpg.Connection, a: AuditInput) -> None:
         """
         INSERT INTO billing.audit_log
             (actor, action, entity_type, entity_id, after, reason, workflow_id, run_id, idempotency_key,
-             customer_id, before)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb)
+             customer_id, before, correlation_id)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12)
         ON CONFLICT (idempotency_key) DO NOTHING
         """,
         a.actor, a.action, a.entity_type, a.entity_id, a.after, a.reason, a.workflow_id, a.run_id,
-        a.idempotency_key, a.customer_id, a.before,
+        a.idempotency_key, a.customer_id, a.before, correlation.current() or a.workflow_id,
     )

@@ -7,6 +7,8 @@ from importlib import resources
 
 import asyncpg
 
+from billing.telemetry import instrument_connection
+
 MIGRATIONS_PACKAGE = "billing.migrations"
 # Any constant works; it serialises concurrent `migrate` calls (two workers starting at once).
 _MIGRATION_LOCK_ID = 0x62696C6C
@@ -15,6 +17,7 @@ _MIGRATION_LOCK_ID = 0x62696C6C
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    instrument_connection(conn)  # spans per query when tracing is on
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

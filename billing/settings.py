@@ -71,6 +71,21 @@ class Settings(BaseSettings):
     def ui_url(self) -> str:
         return (self.temporal_ui_url or f"http://localhost:{self.temporal_ui_port}").rstrip("/")
 
+    # Observability (see docs/operations.md).
+    # host:port of this process's Prometheus endpoint (/metrics): Temporal SDK metrics and ours,
+    # served by the Temporal runtime. Empty = no endpoint (tests and ad-hoc workers never fight
+    # over a port); `dev up` and docker-compose set it.
+    metrics_bind_address: str = Field(default="", alias="METRICS_BIND_ADDRESS")
+    # How often a worker re-reads the Postgres-derived gauges (last success, last run's drift,
+    # webhook inbox backlog, paused runs).
+    metrics_refresh_seconds: float = Field(default=15.0, alias="METRICS_REFRESH_SECONDS")
+    # `text` (human) or `json` (one object per line, with workflow/run/correlation ids).
+    log_format: str = Field(default="text", alias="LOG_FORMAT", pattern="^(text|json)$")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # OpenTelemetry: spans are exported over OTLP/HTTP only when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise nothing is recorded or sent.
+    otel_service_name: str = Field(default="billing-recon", alias="OTEL_SERVICE_NAME")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -1,12 +1,18 @@
 """The one way this project talks to Stripe: the official SDK's StripeClient, behind one
 client-side rate limiter shared by every call of the process. Translates Stripe's answers into
 outcomes the reconciler can act on; transient failures (429, 5xx, network) are raised so that
-Temporal retries the activity."""
+Temporal retries the activity.
+
+Instrumented: every call is a span (`stripe.<operation>`); every HTTP request, the SDK's own
+retries included, is counted by operation and HTTP status (`billing_stripe_requests_total`), and
+every retry by reason (`billing_stripe_retries_total`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -17,7 +23,41 @@ import stripe
 from aiolimiter import AsyncLimiter
 from temporalio.exceptions import ApplicationError
 
+from billing import metrics
 from billing.settings import Settings
+from billing.telemetry import stripe_span
+
+
+@dataclass
+class _CallState:
+    operation: str
+    requests: int = 0
+
+
+# The gateway call in progress (set by StripeGateway._call): names the HTTP requests it makes.
+_call_state: contextvars.ContextVar[_CallState | None] = contextvars.ContextVar("stripe_call", default=None)
+
+
+class InstrumentedHTTPXClient(stripe.HTTPXClient):
+    """The SDK's httpx transport, counting every HTTP request (each SDK retry is one) by the
+    gateway operation that made it and its HTTP status."""
+
+    async def request_async(self, method, url, headers, post_data=None):
+        state = _call_state.get()
+        operation = state.operation if state else "other"
+        if state is not None:
+            state.requests += 1
+            if state.requests > 1:
+                metrics.record_stripe_retry(operation, "sdk")
+        started = time.monotonic()
+        try:
+            content, status, response_headers = await super().request_async(
+                method, url, headers, post_data)
+        except stripe.APIConnectionError:
+            metrics.record_stripe_request(operation, "network_error", time.monotonic() - started)
+            raise
+        metrics.record_stripe_request(operation, str(status), time.monotonic() - started)
+        return content, status, response_headers
 
 
 def make_stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -26,7 +66,7 @@ def make_stripe_client(settings: Settings) -> stripe.StripeClient:
         api_key=settings.stripe_api_key,
         base_addresses={"api": base, "meter_events": base},
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
+        http_client=InstrumentedHTTPXClient(timeout=settings.stripe_timeout_seconds),
     )
 
 
@@ -71,28 +111,34 @@ class StripeGateway:
         if self._limiter is not None:
             await self._limiter.acquire()
 
-    async def _call(self, fn, *args, **kwargs):
+    async def _call(self, operation: str, fn, *args, **kwargs):
         """One Stripe call under the limiter. A 429 (another process shares the account's
         limit) is retried here with backoff before it fails the activity."""
-        for attempt in range(RATE_LIMIT_RETRIES):
-            await self._slot()
-            try:
-                return await fn(*args, **kwargs)
-            except stripe.RateLimitError:
-                if attempt == RATE_LIMIT_RETRIES - 1:
-                    raise
-                await asyncio.sleep(min(0.25 * 2**attempt, 4.0) * (1 + random.random()))
-            except (stripe.AuthenticationError, stripe.PermissionError) as e:
-                # A wrong or restricted key: retrying cannot help, fail the run with the cause.
-                raise ApplicationError(
-                    f"Stripe refused the API key: {e.user_message or e}", type="StripeAuthentication",
-                    non_retryable=True) from e
+        with stripe_span(operation) as span:
+            for attempt in range(RATE_LIMIT_RETRIES):
+                await self._slot()
+                token = _call_state.set(_CallState(operation))
+                try:
+                    return await fn(*args, **kwargs)
+                except stripe.RateLimitError:
+                    if attempt == RATE_LIMIT_RETRIES - 1:
+                        raise
+                    metrics.record_stripe_retry(operation, "rate_limited")
+                    span.add_event("rate_limited", {"attempt": attempt + 1})
+                    await asyncio.sleep(min(0.25 * 2**attempt, 4.0) * (1 + random.random()))
+                except (stripe.AuthenticationError, stripe.PermissionError) as e:
+                    # A wrong or restricted key: retrying cannot help, fail the run with the cause.
+                    raise ApplicationError(
+                        f"Stripe refused the API key: {e.user_message or e}", type="StripeAuthentication",
+                        non_retryable=True) from e
+                finally:
+                    _call_state.reset(token)
 
     async def list_meters(self) -> list[Meter]:
         meters: list[Meter] = []
         params: dict = {"limit": 100}
         while True:
-            page = await self._call(self._client.v1.billing.meters.list_async, params=params)
+            page = await self._call("list_meters", self._client.v1.billing.meters.list_async, params=params)
             for m in page.data:
                 meters.append(Meter(m.id, m.event_name, m.status, m.default_aggregation.formula))
             if not page.has_more or not page.data:
@@ -114,7 +160,7 @@ class StripeGateway:
         }
         while True:
             page = await self._call(
-                self._client.v1.billing.meters.event_summaries.list_async, meter_id, params=params)
+                "meter_event_summaries", self._client.v1.billing.meters.event_summaries.list_async, meter_id, params=params)
             for s in page.data:
                 day = datetime.fromtimestamp(s.start_time, tz=UTC).date()
                 out[day] = out.get(day, Decimal(0)) + Decimal(str(s.aggregated_value))
@@ -128,7 +174,7 @@ class StripeGateway:
     ) -> tuple[PushOutcome, str]:
         try:
             await self._call(
-                self._client.v1.billing.meter_events.create_async,
+                "create_meter_event", self._client.v1.billing.meter_events.create_async,
                 params={
                     "event_name": event_name,
                     "identifier": identifier,
@@ -150,7 +196,7 @@ class StripeGateway:
     async def cancel_meter_event(self, *, identifier: str, event_name: str) -> tuple[CancelOutcome, str]:
         try:
             await self._call(
-                self._client.v1.billing.meter_event_adjustments.create_async,
+                "cancel_meter_event", self._client.v1.billing.meter_event_adjustments.create_async,
                 params={"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}},
                 options={"idempotency_key": f"meter-event-cancel-{identifier}"},
             )
@@ -177,7 +223,7 @@ class StripeGateway:
             "checkout.session": self._client.v1.checkout.sessions,
         }
         try:
-            obj = await self._call(resources[kind].retrieve_async, object_id)
+            obj = await self._call(f"retrieve_{kind.replace('.', '_')}", resources[kind].retrieve_async, object_id)
         except stripe.InvalidRequestError as e:
             if e.http_status == 404:
                 return None
@@ -196,5 +242,5 @@ class StripeGateway:
             params["types"] = types
         if starting_after:
             params["starting_after"] = starting_after
-        page = await self._call(self._client.v1.events.list_async, params=params)
+        page = await self._call("list_events", self._client.v1.events.list_async, params=params)
         return [e.to_dict(for_json=True) for e in page.data], bool(page.has_more)

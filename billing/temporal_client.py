@@ -12,8 +12,12 @@ import sys
 from typing import Any, NoReturn
 
 from temporalio.client import Client, Interceptor
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
+
+from billing.correlation import CorrelationInterceptor
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -26,14 +30,24 @@ def connect_config(address: str | None = None) -> dict[str, Any]:
     return config
 
 
+def default_interceptors() -> list[Interceptor]:
+    """Every client (CLI, worker, receiver) carries the correlation id and the OpenTelemetry
+    span context into what it starts; both also act as worker interceptors."""
+    return [CorrelationInterceptor(), TracingInterceptor()]
+
+
 async def connect(
-    address: str | None = None, *, interceptors: list[Interceptor] | None = None
+    address: str | None = None, *, interceptors: list[Interceptor] | None = None,
+    runtime: Runtime | None = None,
 ) -> Client:
-    """A client with the pydantic data converter: the one converter of every client here."""
+    """A client with the pydantic data converter (the one converter of every client here) and
+    `default_interceptors()` unless `interceptors` is given. `runtime`: a process's runtime
+    with its metrics endpoint (`billing.telemetry.init_process`)."""
     return await Client.connect(
         **connect_config(address),
         data_converter=pydantic_data_converter,
-        interceptors=interceptors or [],
+        interceptors=default_interceptors() if interceptors is None else interceptors,
+        runtime=runtime,
     )
 
 

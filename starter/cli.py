@@ -3,6 +3,7 @@ the worker. Sub-command groups live in their own modules and are mounted here.""
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -28,7 +29,21 @@ def _mount() -> None:
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
 
 
+SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}
+
+
 def main() -> None:
+    from billing import correlation
+
+    # One correlation id per command: every workflow, activity and audit row it causes carries
+    # it (BILLING_CORRELATION_ID passes a caller's own).
+    correlation.set_current(os.environ.get(correlation.ENV_VAR) or correlation.new_id())
+    from billing import telemetry
+
+    # Spans of the client side (StartWorkflow, SignalWorkflow, ...) when OTLP is configured.
+    # Long-running processes set up their own telemetry (`billing.telemetry.init_process`).
+    if not set(sys.argv[1:2]) & SERVER_COMMANDS:
+        telemetry.configure_tracing("billing-recon-cli")
     _mount()
     code: int = 0
     try:
@@ -46,4 +61,5 @@ def main() -> None:
         code = 1
     from billing.temporal_client import exit_skipping_finalization
 
+    telemetry.shutdown_tracing()  # flush: the exit below skips interpreter finalization
     exit_skipping_finalization(code)

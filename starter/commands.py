@@ -20,7 +20,7 @@ from rich.table import Table
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from billing import db
+from billing import correlation, db
 from billing.models import (
     ApprovalDecision,
     Mode,
@@ -166,11 +166,13 @@ async def _reconcile(request: ReconcileUsageInput, workflow_id: str, *, wait: bo
     handle = await client.start_workflow(
         RECONCILE_WORKFLOW, request, id=workflow_id, task_queue=settings.task_queue,
         result_type=ReconcileResult)
+    cid = correlation.current()
     if not wait:
         if as_json:
-            print(json.dumps({"run_id": workflow_id, "status": "started"}))
+            print(json.dumps({"run_id": workflow_id, "status": "started", "correlation_id": cid}))
         else:
-            console.print(f"started run [bold]{workflow_id}[/bold] ({request.mode.value})")
+            console.print(f"started run [bold]{workflow_id}[/bold] ({request.mode.value}), "
+                          f"correlation id {cid}")
         return 0
     try:
         result = await _wait_with_progress(handle, quiet=as_json)
@@ -178,12 +180,14 @@ async def _reconcile(request: ReconcileUsageInput, workflow_id: str, *, wait: bo
         cause = e.cause
         message = getattr(cause, "message", None) or str(cause)
         if as_json:
-            print(json.dumps({"run_id": workflow_id, "status": "failed", "error": message}))
+            print(json.dumps({"run_id": workflow_id, "status": "failed", "error": message,
+                              "correlation_id": cid}))
         else:
             err.print(f"[red]run {workflow_id} failed:[/red] {message}")
         return 1
     if as_json:
         print(json.dumps({"run_id": result.run_id, "status": result.status.value, "mode": result.mode.value,
+                          "correlation_id": cid,
                           "window": [str(result.window_start), str(result.window_end)],
                           "counts": result.counts.model_dump(),
                           "verify_counts": result.verify_counts.model_dump() if result.verify_counts else None}))
@@ -347,6 +351,52 @@ def _num(v: Any) -> str:
     return format(d.normalize(), "f") if d == d.to_integral() else str(d.normalize())
 
 
+# ---------------------------------------------------------------------------- runs
+
+RUNS_SQL = """
+SELECT r.run_id, r.kind, r.mode, r.status, r.window_start, r.window_end, r.started_at,
+       r.finished_at, r.correlation_id, r.error,
+       p.action = 'pause_auto_healing' AS paused, p.at AS paused_at, p.actor AS paused_by,
+       p.reason AS pause_reason
+  FROM billing.reconciliation_runs r
+  LEFT JOIN LATERAL (
+        SELECT action, at, actor, reason FROM billing.audit_log a
+         WHERE a.workflow_id = r.run_id AND a.action IN ('pause_auto_healing', 'resume_auto_healing')
+         ORDER BY at DESC, id DESC LIMIT 1) p ON true
+ WHERE NOT $1 OR r.finished_at IS NULL
+ ORDER BY r.started_at DESC
+ LIMIT $2
+"""
+
+
+def runs(open_only: bool = typer.Option(False, "--open", help="Only runs not finished (running, waiting, paused)"),
+         limit: int = typer.Option(20, help="How many, newest first"),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """List reconciliation runs: status, when, correlation id, and whether auto-healing is paused."""
+
+    async def go() -> list[dict[str, Any]]:
+        conn = await db.connect(_database_url())
+        try:
+            return [dict(r) for r in await conn.fetch(RUNS_SQL, open_only, limit)]
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(go())
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    t = Table(title="open reconciliation runs" if open_only else f"last {limit} reconciliation runs")
+    for col in ("run", "mode", "status", "window", "started", "finished", "paused", "correlation id"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        paused = f"since {r['paused_at']:%Y-%m-%d %H:%M} by {r['paused_by']}" if r["paused"] and not r["finished_at"] else ""
+        t.add_row(r["run_id"], r["mode"], r["status"], f"{r['window_start']}..{r['window_end']}",
+                  f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
+                  f"{r['finished_at']:%Y-%m-%d %H:%M:%S}" if r["finished_at"] else "",
+                  paused, r["correlation_id"] or "")
+    console.print(t)
+
+
 # ---------------------------------------------------------------------------- smoke
 
 
@@ -365,7 +415,7 @@ def smoke() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (migrate, worker, ingest, reconcile, approve, reject, report, smoke):
+    for fn in (migrate, worker, ingest, reconcile, approve, reject, report, runs, smoke):
         app.command(fn.__name__)(fn)
     from starter import demo
 

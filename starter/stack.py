@@ -62,6 +62,9 @@ WEBHOOKS = "webhooks"
 COMPONENTS = (TEMPORAL, POSTGRES, EMULATOR, WORKER, WEBHOOKS)
 
 DEFAULT_TEMPORAL_PORT = 7233
+# The dev worker's Prometheus endpoint unless METRICS_BIND_ADDRESS says otherwise.
+DEFAULT_DEV_METRICS_ADDRESS = "127.0.0.1:9464"
+DEFAULT_DEV_WEBHOOK_METRICS_ADDRESS = "127.0.0.1:9465"  # the receiver's own endpoint
 DEFAULT_EMULATOR_RATE_LIMIT = 25.0  # Stripe test mode: 25 requests/s
 DATABASE_NAME = "billing"
 
@@ -651,14 +654,25 @@ def _start_emulator(config: StackConfig) -> ComponentRecord:
     return _record(EMULATOR, proc, log, config.stripe_api_base, host, port, command)
 
 
+def _dev_metrics_address(default: str = DEFAULT_DEV_METRICS_ADDRESS, env_var: str = "METRICS_BIND_ADDRESS") -> str:
+    """The env var when set (empty = none); else `default` if that port is free (a second
+    stack, e.g. a test's, then runs without an endpoint instead of failing)."""
+    if env_var in os.environ:
+        return os.environ[env_var]
+    host, port = default.rsplit(":", 1)
+    return "" if port_open(host, int(port)) else default
+
+
 def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
     command = [sys.executable, "-m", "worker"]
+    metrics_address = _dev_metrics_address()
     env = {
         "DATABASE_URL": database_url,
         "STRIPE_API_BASE": config.stripe_api_base,
         "STRIPE_WEBHOOK_SECRET": config.webhook_secret,
         "TEMPORAL_ADDRESS": config.temporal_address,
         "BILLING_TASK_QUEUE": config.task_queue,
+        "METRICS_BIND_ADDRESS": metrics_address,
     }
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{WORKER}.log"
@@ -671,7 +685,10 @@ def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
             return WORKER_READY_MARKER.encode() in fh.read()
 
     _wait_until(WORKER, proc, log, ready, WORKER_STARTUP_TIMEOUT_SECONDS)
-    return _record(WORKER, proc, log, f"task queue {config.task_queue}", None, None, command)
+    address = f"task queue {config.task_queue}"
+    if metrics_address:
+        address += f", metrics http://{metrics_address}/metrics"
+    return _record(WORKER, proc, log, address, None, None, command)
 
 
 def _start_webhooks(config: StackConfig, database_url: str) -> ComponentRecord:
@@ -686,6 +703,8 @@ def _start_webhooks(config: StackConfig, database_url: str) -> ComponentRecord:
         "BILLING_TASK_QUEUE": config.task_queue,
         "WEBHOOK_HOST": host,
         "WEBHOOK_PORT": str(port),
+        "METRICS_BIND_ADDRESS": _dev_metrics_address(
+            DEFAULT_DEV_WEBHOOK_METRICS_ADDRESS, "WEBHOOK_METRICS_BIND_ADDRESS"),
     }
     proc, log = _spawn(config, WEBHOOKS, command, env)
     ready = f"http://{host}:{port}/health/ready"

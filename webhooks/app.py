@@ -29,9 +29,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.runtime import Runtime
 
 from activities.stripe_events import DONE, store_event_args, store_event_sql
-from billing import db
+from billing import correlation, db, metrics
 from billing.models import ProcessEventInput
 from billing.settings import Settings
 from billing.temporal_client import connect
@@ -44,11 +45,13 @@ PROCESS_WORKFLOW = "ProcessStripeEvent"
 
 
 class Receiver:
-    def __init__(self, settings: Settings, database_url: str, *, client: Client | None = None) -> None:
+    def __init__(self, settings: Settings, database_url: str, *, client: Client | None = None,
+                 runtime: Runtime | None = None) -> None:
         self.settings = settings
         self.database_url = database_url
         self.pool: asyncpg.Pool | None = None
         self._client = client
+        self._runtime = runtime  # carries the metrics endpoint (METRICS_BIND_ADDRESS)
         self._client_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -64,31 +67,36 @@ class Receiver:
         async with self._client_lock:
             if self._client is None:
                 self._client = await asyncio.wait_for(
-                    connect(), self.settings.webhook_start_timeout_seconds)
+                    connect(runtime=self._runtime), self.settings.webhook_start_timeout_seconds)
             return self._client
 
     # ------------------------------------------------------------------ routes
 
     async def stripe_webhook(self, request: Request) -> JSONResponse:
+        response, outcome = await self._intake(request)
+        metrics.record_webhook_received(outcome)
+        return response
+
+    async def _intake(self, request: Request) -> tuple[JSONResponse, str]:
         body = await request.body()
         if len(body) > self.settings.webhook_max_body_bytes:
-            return _refuse(413, f"body of {len(body)} bytes exceeds {self.settings.webhook_max_body_bytes}")
+            return _refuse(413, f"body of {len(body)} bytes exceeds {self.settings.webhook_max_body_bytes}"), "invalid"
         header = request.headers.get("stripe-signature")
         if not header:
-            return _refuse(400, "missing Stripe-Signature header")
+            return _refuse(400, "missing Stripe-Signature header"), "bad_signature"
         try:
             payload = body.decode("utf-8")
             stripe.WebhookSignature.verify_header(
                 payload, header, self.settings.stripe_webhook_secret,
                 tolerance=self.settings.webhook_tolerance_seconds)
         except UnicodeDecodeError:
-            return _refuse(400, "body is not UTF-8")
+            return _refuse(400, "body is not UTF-8"), "invalid"
         except stripe.SignatureVerificationError as e:
-            return _refuse(400, f"signature verification failed: {e.user_message or e}")
+            return _refuse(400, f"signature verification failed: {e.user_message or e}"), "bad_signature"
         try:
             event = _parse_event(payload)
         except ValueError as e:
-            return _refuse(400, f"malformed event: {e}")
+            return _refuse(400, f"malformed event: {e}"), "invalid"
 
         assert self.pool is not None
         try:
@@ -96,13 +104,19 @@ class Receiver:
                 row = await conn.fetchrow(store_event_sql(), *store_event_args(event, "webhook"))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.error("event %s not stored, answering 503 so Stripe retries: %s", event["id"], e)
-            return JSONResponse({"error": "event store unavailable"}, status_code=503)
+            return JSONResponse({"error": "event store unavailable"}, status_code=503), "error"
 
+        outcome = "stored" if row["inserted"] else "duplicate"
         if row["status"] in DONE:
-            return JSONResponse({"id": event["id"], "status": row["status"], "duplicate": True})
-        processing = await self._start_processing(event["id"])
+            return JSONResponse({"id": event["id"], "status": row["status"], "duplicate": True}), outcome
+        # The event id is the correlation id of everything it causes: `grep evt_...` finds it all.
+        token = correlation.set_current(event["id"])
+        try:
+            processing = await self._start_processing(event["id"])
+        finally:
+            correlation._current.reset(token)
         return JSONResponse({"id": event["id"], "status": "stored", "duplicate": not row["inserted"],
-                             "processing": processing})
+                             "processing": processing}), outcome
 
     async def _start_processing(self, event_id: str) -> str:
         try:
@@ -165,8 +179,9 @@ def _parse_event(payload: str) -> dict[str, Any]:
     return event
 
 
-def create_app(settings: Settings, database_url: str, *, client: Client | None = None) -> Starlette:
-    receiver = Receiver(settings, database_url, client=client)
+def create_app(settings: Settings, database_url: str, *, client: Client | None = None,
+               runtime: Runtime | None = None) -> Starlette:
+    receiver = Receiver(settings, database_url, client=client, runtime=runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -190,5 +205,11 @@ def create_app(settings: Settings, database_url: str, *, client: Client | None =
 def serve(settings: Settings, database_url: str, *, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings, database_url), host=host or settings.webhook_host,
-                port=port or settings.webhook_port, log_level="info", access_log=False)
+    from billing.telemetry import init_process
+
+    telemetry = init_process(settings, "webhooks")
+    try:
+        uvicorn.run(create_app(settings, database_url, runtime=telemetry.runtime), host=host or settings.webhook_host,
+                    port=port or settings.webhook_port, log_level="info", access_log=False, log_config=None)
+    finally:
+        telemetry.shutdown()
