@@ -1,0 +1,62 @@
+"""`pause`/`resume`, `status`, `audit`, `backfill` and `schedules` as an operator runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+
+from billing.models import AUTOHEAL_WORKFLOW_ID
+from tests.integration.recon_helpers import make_settings, running_worker
+from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_global_pause_resume_status_and_audit(cli_env, temporal_env, postgres_dsn, emulator,  # noqa: F811
+                                                    task_queue, clean_db):
+    code, _, err = await cli(cli_env, "pause")
+    assert code == 2 and "needs --reason" in err
+    try:
+        async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+            code, out, err = await cli(cli_env, "pause", "--reason", "incident 42", "--actor", "alice")
+            assert code == 0, err
+            assert "PAUSED by alice: incident 42" in out
+            code, out, _ = await cli(cli_env, "status", "--json")
+            status = json.loads(out)
+            assert status["autoheal"]["paused"] is True and status["autoheal"]["actor"] == "alice"
+            assert status["temporal"] == "ok"
+            assert status["last_successful_reconciliation"] is None
+            code, out, _ = await cli(cli_env, "status")
+            assert code == 0 and "PAUSED" in out and "last successful reconciliation: none" in out
+
+            code, out, err = await cli(cli_env, "resume", "--actor", "bob", "--reason", "closed")
+            assert code == 0, err
+        code, out, _ = await cli(cli_env, "audit", "--json", "--since", "1d")
+        rows = json.loads(out)
+        assert [(r["action"], r["actor"], r["reason"]) for r in rows] == [
+            ("autoheal.resume", "bob", "closed"), ("autoheal.pause", "alice", "incident 42")]
+        assert rows[0]["before"] == {"paused": True} and rows[0]["after"] == {"paused": False}
+        assert rows[0]["link"].endswith(f"/workflows/{AUTOHEAL_WORKFLOW_ID}/{rows[0]['run_id']}/history")
+        code, out, _ = await cli(cli_env, "audit", "--customer", "nobody", "--json")
+        assert code == 0 and json.loads(out) == []
+        code, _, err = await cli(cli_env, "audit", "--since", "last week")
+        assert code == 2 and "not a time" in err
+    finally:
+        await clean_db.execute("UPDATE billing.autoheal_state SET paused = false")
+        with contextlib.suppress(Exception):
+            await temporal_env.client.get_workflow_handle(AUTOHEAL_WORKFLOW_ID).terminate("test done")
+
+
+async def test_backfill_and_schedules_refuse_bad_input(cli_env, tmp_path):  # noqa: F811
+    code, _, err = await cli(cli_env, "backfill", "--start-date", "2026-11-10", "--end-date", "2026-11-01")
+    assert code == 2 and "before start_date" in err
+    code, _, err = await cli(cli_env, "backfill", "--start-date", "2099-01-01", "--end-date", "2099-01-02")
+    assert code == 2 and "in the future" in err
+    code, _, err = await cli(cli_env, "backfill", "--start-date", "yesterday", "--end-date", "2026-11-01")
+    assert code == 2 and "invalid arguments" in err
+    bad = tmp_path / "s.toml"
+    bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "often"\n')
+    code, _, err = await cli(cli_env, "schedules", "apply", "--file", str(bad))
+    assert code == 2 and "not a duration" in err
