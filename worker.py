@@ -15,21 +15,27 @@ from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.worker import Worker
 
+from activities.credits import CreditActivities
 from activities.health import HealthActivities
+from activities.resync import ResyncActivities
 from activities.stripe_events import StripeEventActivities
 from activities.usage import UsageActivities
 from billing import db
 from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.temporal_client import connect, exit_skipping_finalization
+from workflows.adjust_credits import AdjustCredits
 from workflows.process_stripe_event import ProcessStripeEvent
 from workflows.reconcile_usage import ReconcileUsage
+from workflows.repair_credits import RepairCredits
 from workflows.replay_webhooks import ReplayWebhooks
+from workflows.resync_subscriptions import ResyncSubscriptions
 from workflows.smoke import Smoke
 
 log = logging.getLogger("billing.worker")
 
-WORKFLOWS = [ReconcileUsage, ProcessStripeEvent, ReplayWebhooks, Smoke]
+WORKFLOWS = [ReconcileUsage, ProcessStripeEvent, ReplayWebhooks, Smoke, ResyncSubscriptions, RepairCredits,
+             AdjustCredits]
 GRACEFUL_SHUTDOWN = 30  # seconds given to running activities on SIGTERM
 # Heartbeats (and with them cancellations, e.g. from `pause`) reach the server at most this
 # late; the SDK's default throttle (80% of the heartbeat timeout) would delay a pause ~24 s.
@@ -52,6 +58,8 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
     usage = UsageActivities(pool, gateway, settings)
     health = HealthActivities(pool, gateway)
     events = StripeEventActivities(pool, gateway)
+    resync = ResyncActivities(pool, gateway, events)
+    credits = CreditActivities(pool, gateway, events)
     worker = Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -60,6 +68,9 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
             usage.start_run, usage.reconcile_page, usage.apply_plan_page, usage.set_run_status,
             usage.finish_run, usage.audit, health.check_postgres, health.check_stripe,
             events.process, events.mark_failed, events.sync_inbox, events.pending_page, events.process_page,
+            resync.start, resync.cleanup, resync.count_active, resync.subscriptions_page, resync.local_page,
+            credits.checkout_page, credits.duplicates, credits.balances_page, credits.paid_invoices_page,
+            credits.unpushed_usage, credits.adjust,
         ],
         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_SHUTDOWN),
         max_concurrent_activities=20,
