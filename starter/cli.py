@@ -24,6 +24,7 @@ def _mount() -> None:
     app.add_typer(dev.app, name="dev", help="Local stack on embedded defaults.")
     commands.register(app)
     webhook_commands.register(app)
+    __import__("starter.resync_commands", fromlist=["register"]).register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
 
 
