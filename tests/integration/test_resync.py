@@ -7,6 +7,7 @@ apply with one audit row per fix, and a second apply must change nothing."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -276,3 +277,69 @@ async def test_adjust_credits_audited_and_negative_refused(cli_env, temporal_env
                                    "--reason", "usage", "--actor", "carol", "--json")
         assert code == 0, err
         assert await pool.fetchval("SELECT balance FROM billing.credit_balances WHERE customer_id = 'acme'") == 200
+
+
+async def test_negative_ledger_is_refused_and_cli_exit_codes(cli_env, temporal_env, postgres_dsn, emulator,  # noqa: F811
+                                                             emulator_admin, task_queue, clean_db):
+    client, pool = temporal_env.client, clean_db
+    await pool.execute("INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ('neg', 'cus_neg')")
+    await pool.execute("INSERT INTO billing.credit_balances (customer_id, balance) VALUES ('neg', 10)")
+    await pool.execute("""INSERT INTO billing.credit_ledger (customer_id, amount, source, reason)
+                          VALUES ('neg', 10, 'seed:1', 'seed'), ('neg', -25, 'legacy:debit', 'hand-written SQL')""")
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        dry = await repair(client, task_queue)
+        assert (dry.counts.balance_mismatches, dry.counts.negative_ledger) == (1, 1)
+        assert dry.findings.balance_mismatches == ["neg: balance 10, ledger -15"]
+        before = await snapshot(pool)
+        with pytest.raises(WorkflowFailureError) as info:
+            await repair(client, task_queue, mode=Mode.APPLY)
+        assert info.value.cause.type == "NegativeBalance"  # type: ignore[attr-defined]
+        assert "refusing to set the credit balance to -15" in info.value.cause.message  # type: ignore[attr-defined]
+        assert await snapshot(pool) == before
+
+        code, out, err = await cli(cli_env, "repair-credits", "--customer", "neg", "--json")
+        assert code == 0, err
+        assert json.loads(out)["counts"]["negative_ledger"] == 1
+        code, out, err = await cli(cli_env, "repair-credits", "--customer", "neg", "--apply", "--json")
+        assert code == 1 and json.loads(out)["type"] == "NegativeBalance"
+        code, out, err = await cli(cli_env, "resync-subscriptions", "--customer", "nobody", "--json")
+        assert code == 2 and json.loads(out)["error"] == "unknown customer: nobody"
+        code, _, err = await cli(cli_env, "resync-subscriptions", "--dry-run", "--apply")
+        assert code == 2 and "choose one of" in err
+        code, out, err = await cli(cli_env, "resync-subscriptions")
+        assert code == 0 and "active subscriptions: here 0 -> 0, Stripe 0 (match)" in out, err
+        code, _, err = await cli(cli_env, "subscriptions", "sync", "--customer", "nobody")
+        assert code == 2 and "unknown customer: nobody" in err
+
+
+async def test_page_activity_resumes_from_its_heartbeat(postgres_dsn, emulator, stripe_client, clean_db):
+    """A retried page activity (worker killed after a heartbeat) continues from Stripe's cursor
+    with the counts it had: no page is compared twice, none is skipped."""
+    import dataclasses
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.resync import ResyncActivities
+    from activities.stripe_events import StripeEventActivities
+    from billing.models_resync import ResyncPageInput, RunContext, RunScope
+    from billing.stripe_gateway import StripeGateway, make_stripe_client
+
+    cus = await stripe_client.v1.customers.create_async(params={"name": "resume"})
+    product = await stripe_client.v1.products.create_async(params={"name": "resume"})
+    price = await stripe_client.v1.prices.create_async(params={
+        "product": product.id, "currency": "usd", "unit_amount": 100, "recurring": {"interval": "month"}})
+    subs = [(await stripe_client.v1.subscriptions.create_async(
+        params={"customer": cus.id, "items": [{"price": price.id}]})).id for _ in range(3)]
+    gateway = StripeGateway(make_stripe_client(make_settings(postgres_dsn, emulator)), None)
+    acts = ResyncActivities(clean_db, gateway, StripeEventActivities(clean_db, gateway))
+    ctx = RunContext(run_id="resume-test", workflow_run_id="r1", scope=RunScope(), mode=Mode.DRY_RUN,
+                     actor="test", reason="test")
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    first = await env.run(acts.subscriptions_page, ResyncPageInput(context=ctx, page_size=1, max_pages=1))
+    assert first.next_cursor == subs[-1] and first.counts.missing_local == 1  # newest first
+    env.info = dataclasses.replace(env.info, heartbeat_details=[beats[-1]])
+    resumed = await env.run(acts.subscriptions_page, ResyncPageInput(context=ctx, page_size=1, max_pages=5))
+    assert resumed.next_cursor is None and resumed.pages == 3
+    assert resumed.counts.missing_local == 3 and sorted(resumed.findings.missing_local) == sorted(subs)
