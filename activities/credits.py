@@ -137,9 +137,13 @@ class CreditActivities:
         if not grants:
             return
         async with self.pool.acquire() as conn:
-            # A session announced by several events, or by Stripe and the inbox, counts once.
-            new = await mark_seen(conn, ctx.run_id, SEEN_CHECKOUT, sorted(grants))
-            todo = [grants[cs] for cs in sorted(new)]
+            # A session announced by several events, or by Stripe and the inbox, counts once. It
+            # is marked seen only after its page is done: a page retried after a crash (or a
+            # transient Stripe error while granting) examines its sessions again.
+            seen = {r["key"] for r in await conn.fetch(
+                "SELECT key FROM billing.run_seen WHERE run_id = $1 AND kind = $2 AND key = ANY($3)",
+                ctx.run_id, SEEN_CHECKOUT, sorted(grants))}
+            todo = [grants[cs] for cs in sorted(grants) if cs not in seen]
             if not todo:
                 return
             have = await _grant_counts(conn, [g.checkout_session_id for g in todo])
@@ -154,6 +158,7 @@ class CreditActivities:
                 sample(f.missing_grants, g.checkout_session_id)
                 if write and await self._grant(conn, ctx, g.checkout_session_id, f):
                     c.grants_made += 1
+            await mark_seen(conn, ctx.run_id, SEEN_CHECKOUT, [g.checkout_session_id for g in todo])
 
     async def _grant(self, conn: asyncpg.Connection, ctx: RunContext, cs_id: str, f: CreditFindings) -> bool:
         """The webhook handler's grant, under the same lock, from a fresh read of the session."""
