@@ -16,8 +16,10 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
+from activities.credits import CreditActivities
 from activities.health import HealthActivities
 from activities.operations import OperationsActivities
+from activities.resync import ResyncActivities
 from activities.stripe_events import StripeEventActivities
 from activities.usage import UsageActivities
 from billing import correlation, db
@@ -26,16 +28,20 @@ from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.telemetry import init_process
 from billing.temporal_client import connect, default_interceptors, exit_skipping_finalization
+from workflows.adjust_credits import AdjustCredits
 from workflows.autoheal_control import AutoHealControl
 from workflows.catch_up_backfill import CatchUpBackfill
 from workflows.process_stripe_event import ProcessStripeEvent
 from workflows.reconcile_usage import ReconcileUsage
+from workflows.repair_credits import RepairCredits
 from workflows.replay_webhooks import ReplayWebhooks
+from workflows.resync_subscriptions import ResyncSubscriptions
 from workflows.smoke import Smoke
 
 log = logging.getLogger("billing.worker")
 
-WORKFLOWS = [ReconcileUsage, ProcessStripeEvent, ReplayWebhooks, CatchUpBackfill, AutoHealControl, Smoke]
+WORKFLOWS = [ReconcileUsage, ProcessStripeEvent, ReplayWebhooks, CatchUpBackfill, AutoHealControl,
+             ResyncSubscriptions, RepairCredits, AdjustCredits, Smoke]
 GRACEFUL_SHUTDOWN = 30  # seconds given to running activities on SIGTERM
 # Heartbeats (and with them cancellations, e.g. from `pause`) reach the server at most this
 # late; the SDK's default throttle (80% of the heartbeat timeout) would delay a pause ~24 s.
@@ -68,6 +74,8 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
     health = HealthActivities(pool, gateway)
     events = StripeEventActivities(pool, gateway)
     ops = OperationsActivities(pool, client)
+    resync = ResyncActivities(pool, gateway, events)
+    credits = CreditActivities(pool, gateway, events)
     worker = Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -77,6 +85,9 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
             usage.finish_run, usage.audit, health.check_postgres, health.check_stripe,
             events.process, events.mark_failed, events.sync_inbox, events.pending_page, events.process_page,
             ops.get_autoheal, ops.set_autoheal, ops.broadcast, ops.completed_runs,
+            resync.start, resync.cleanup, resync.count_active, resync.subscriptions_page, resync.local_page,
+            credits.checkout_page, credits.duplicates, credits.balances_page, credits.paid_invoices_page,
+            credits.unpushed_usage, credits.adjust,
         ],
         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_SHUTDOWN),
         max_concurrent_activities=20,

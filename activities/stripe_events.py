@@ -85,7 +85,7 @@ def type_patterns(types: list[str]) -> list[str]:
     return [t.replace("%", r"\%").replace("_", r"\_").replace("*", "%") for t in types]
 
 
-async def _lock_object(conn: asyncpg.Connection, object_id: str) -> None:
+async def lock_object(conn: asyncpg.Connection, object_id: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"stripe:{object_id}")
 
 
@@ -166,7 +166,7 @@ class StripeEventActivities:
 
     async def _on_customer(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
         cus_id = _object_id(event)
-        await _lock_object(conn, cus_id)
+        await lock_object(conn, cus_id)
         fresh = await self.stripe.retrieve("customer", cus_id)
         if fresh is None or fresh.get("deleted"):
             n = await conn.execute(
@@ -182,7 +182,7 @@ class StripeEventActivities:
 
     async def _on_invoice(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
         inv_id = _object_id(event)
-        await _lock_object(conn, inv_id)
+        await lock_object(conn, inv_id)
         fresh = await self.stripe.retrieve("invoice", inv_id)
         if fresh is None:
             raise PermanentEventError(f"invoice {inv_id} does not exist in Stripe")
@@ -215,7 +215,7 @@ class StripeEventActivities:
 
     async def _on_checkout(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
         cs_id = _object_id(event)
-        await _lock_object(conn, cs_id)
+        await lock_object(conn, cs_id)
         fresh = await self.stripe.retrieve("checkout.session", cs_id)
         if fresh is None:
             raise PermanentEventError(f"checkout session {cs_id} does not exist in Stripe")
@@ -231,7 +231,7 @@ class StripeEventActivities:
 
     async def grant_credits(
         self, conn: asyncpg.Connection, grant: CreditGrant, *, event_id: str | None, actor: str,
-        workflow_id: str | None = None,
+        workflow_id: str | None = None, run_id: str | None = None,
     ) -> str:
         """One grant per checkout session, ever: the ledger's unique `source` decides, and the
         balance moves only when this call inserted the ledger row."""
@@ -259,18 +259,18 @@ class StripeEventActivities:
         await conn.execute(
             """
             INSERT INTO billing.audit_log
-                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, idempotency_key,
-                 customer_id)
-            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7, $2)
+                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, run_id,
+                 correlation_id, idempotency_key, customer_id)
+            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7, $6, $8, $2)
             ON CONFLICT (idempotency_key) DO NOTHING
             """,
             actor, customer_id, {"balance": balance - grant.amount}, {"balance": balance, "granted": grant.amount},
             f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
-            workflow_id, f"credit-grant:{grant.source}")
+            workflow_id, run_id, f"credit-grant:{grant.source}")
         return f"checkout {grant.checkout_session_id}: granted {grant.amount} to {customer_id}"
 
     async def _sync_subscription(self, conn: asyncpg.Connection, sub_id: str) -> str:
-        await _lock_object(conn, sub_id)
+        await lock_object(conn, sub_id)
         fresh = await self.stripe.retrieve("subscription", sub_id)
         if fresh is None:
             raise PermanentEventError(f"subscription {sub_id} does not exist in Stripe")
@@ -286,7 +286,7 @@ class StripeEventActivities:
             "SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", stripe_customer_id)
         if known is not None:
             return known
-        await _lock_object(conn, stripe_customer_id)
+        await lock_object(conn, stripe_customer_id)
         fresh = await self.stripe.retrieve("customer", stripe_customer_id)
         if fresh is None or fresh.get("deleted"):
             return None

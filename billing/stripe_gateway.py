@@ -244,3 +244,28 @@ class StripeGateway:
             params["starting_after"] = starting_after
         page = await self._call("list_events", self._client.v1.events.list_async, params=params)
         return [e.to_dict(for_json=True) for e in page.data], bool(page.has_more)
+
+    async def list_subscriptions_page(
+        self, *, customer: str | None, starting_after: str | None, limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page of /v1/subscriptions with every status (`status=all`: canceled included;
+        Stripe's default leaves canceled ones out), newest first."""
+        params: dict = {"status": "all", "limit": limit}
+        if customer:
+            params["customer"] = customer
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call("list_subscriptions", self._client.v1.subscriptions.list_async, params=params)
+        return [s.to_dict(for_json=True) for s in page.data], bool(page.has_more)
+
+    async def list_invoices_page(
+        self, *, status: str, customer: str | None, starting_after: str | None, limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page of /v1/invoices in one status, newest first."""
+        params: dict = {"status": status, "limit": limit}
+        if customer:
+            params["customer"] = customer
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call("list_invoices", self._client.v1.invoices.list_async, params=params)
+        return [i.to_dict(for_json=True) for i in page.data], bool(page.has_more)

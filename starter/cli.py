@@ -19,13 +19,14 @@ app = typer.Typer(
 
 def _mount() -> None:
     # Imported here so that `billing-recon --help` stays fast and modules stay independent.
-    from starter import commands, dev, ops_commands, webhook_commands
+    from starter import commands, dev, ops_commands, resync_commands, webhook_commands
     from stripe_emulator import cli as emulator_cli
 
     app.add_typer(dev.app, name="dev", help="Local stack on embedded defaults.")
     commands.register(app)
     webhook_commands.register(app)
     ops_commands.register(app)
+    resync_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
 
 

@@ -50,7 +50,7 @@ async def test_ten_day_backfill_reconciles_every_day_and_rerun_starts_nothing(
     world = await seed_world(clean_db, stripe_client, n_customers=3, days=10, events_per_key=1,
                              meters={"api_requests": "API requests"})
     inp = CatchUpBackfillInput(start_date=world.start, end_date=world.end, mode=Mode.APPLY, settle_seconds=1,
-                               max_concurrent_days=3, resync_subscriptions=False, actor="oncall")
+                               max_concurrent_days=3, actor="oncall")
     client = temporal_env.client
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         first = await backfill(client, task_queue, inp, f"bf-{world.tag}")
@@ -58,6 +58,7 @@ async def test_ten_day_backfill_reconciles_every_day_and_rerun_starts_nothing(
         assert [d.day for d in first.days] == world.days
         assert first.counts.corrections_pushed == 3 * 10  # one push per (customer, day)
         assert first.replay is not None and "counts" in first.replay  # the webhook replay ran
+        assert first.resync is not None and "skipped" not in first.resync and "failed" not in first.resync
         await assert_stripe_equals_ledger(clean_db, stripe_client, world)
         await assert_counters_equal_ledger(clean_db, world)
         runs = await clean_db.fetchval("SELECT count(*) FROM billing.reconciliation_runs")
@@ -66,6 +67,7 @@ async def test_ten_day_backfill_reconciles_every_day_and_rerun_starts_nothing(
         again = await backfill(client, task_queue, inp, f"bf-{world.tag}")
     assert [d.outcome for d in again.days] == [DayOutcome.ALREADY_DONE] * 10
     assert again.replay == {"skipped": f"backfill-replay-{world.start}-{world.end}-apply already ran"}
+    assert again.resync == {"skipped": f"backfill-resync-{world.start}-{world.end}-apply already ran"}
     assert await clean_db.fetchval("SELECT count(*) FROM billing.reconciliation_runs") == runs
     assert len(await emulator_admin.meter_events()) == writes
 

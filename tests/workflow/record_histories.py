@@ -2,7 +2,7 @@
 with an embedded Postgres and the Stripe emulator (the session fixtures of tests/conftest.py).
 
     .venv/bin/python tests/workflow/record_histories.py       # or
-    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k 'record_histories']
+    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k resync]
 
 Not collected by a plain `pytest` run (the file name does not match test_*.py). Re-record when a
 workflow changes *on purpose* and commit the new files next to the old ones (keep the old ones:
@@ -231,6 +231,67 @@ async def record_webhooks(client: Client, settings: Settings, task_queue: str, p
     finally:
         await close()
     return paths
+
+
+async def record_resync(client: Client, settings: Settings, task_queue: str, stripe_client,
+                        emulator_admin) -> list[Path]:
+    """ResyncSubscriptions and RepairCredits (dry-run, apply), AdjustCredits (applied, refused)."""
+    from billing.models_resync import (
+        AdjustCreditsInput,
+        AdjustCreditsResult,
+        RepairCreditsInput,
+        RepairResult,
+        ResyncResult,
+        ResyncSubscriptionsInput,
+    )
+    from tests.integration.webhook_helpers import billing_scenario
+
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    # Stripe holds subscriptions and credit purchases that Postgres never heard of.
+    act = await billing_scenario(stripe_client, emulator_admin, n_customers=2)
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            for mode in (Mode.DRY_RUN, Mode.APPLY):
+                suffix = mode.value.replace("-", "_")
+                handle = await client.start_workflow(
+                    "ResyncSubscriptions", ResyncSubscriptionsInput(mode=mode, actor="recorder"),
+                    id=f"{tag}-resync-{mode.value}", task_queue=task_queue, result_type=ResyncResult)
+                sub = await asyncio.wait_for(handle.result(), 120)
+                assert sub.counts.missing_local == len(act.subscriptions), sub
+                paths.append(await save(handle, f"resync_subscriptions_{suffix}"))
+                handle = await client.start_workflow(
+                    "RepairCredits", RepairCreditsInput(mode=mode, actor="recorder"),
+                    id=f"{tag}-repair-{mode.value}", task_queue=task_queue, result_type=RepairResult)
+                cred = await asyncio.wait_for(handle.result(), 120)
+                assert cred.counts.missing_grants == len(act.credit_sessions), cred
+                paths.append(await save(handle, f"repair_credits_{suffix}"))
+            customer = (await stripe_client.v1.customers.retrieve_async(act.customers[0])).metadata["customer_id"]
+            handle = await client.start_workflow(
+                "AdjustCredits", AdjustCreditsInput(customer=customer, amount=100, reason="recording", actor="recorder"),
+                id=f"{tag}-adjust", task_queue=task_queue, result_type=AdjustCreditsResult)
+            await asyncio.wait_for(handle.result(), 60)
+            paths.append(await save(handle, "adjust_credits"))
+            handle = await client.start_workflow(
+                "AdjustCredits", AdjustCreditsInput(customer=customer, amount=-10**9, reason="recording",
+                                                    actor="recorder"),
+                id=f"{tag}-adjust-refused", task_queue=task_queue, result_type=AdjustCreditsResult)
+            with pytest.raises(Exception, match="failed"):
+                await asyncio.wait_for(handle.result(), 60)
+            paths.append(await save(handle, "adjust_credits_refused"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_resync_histories(temporal_env, postgres_dsn, clean_db, emulator, emulator_admin,
+                                       stripe_client, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_resync(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
+                                stripe_client, emulator_admin)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
 
 
 async def record_operations(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,

@@ -1,0 +1,385 @@
+"""RepairCredits' and AdjustCredits' activities (Stripe + Postgres), and the ledger consistency
+checks of the runbooks.
+
+Grants go through the webhook handler's own `grant_credits` (one ledger row per checkout
+session, ever, by the ledger's unique `source`; the balance moves only when that row is
+inserted; audited). Balances are repaired to the ledger's sum under the balance row's lock. A
+balance can never be negative (CHECK balance >= 0): an attempt is a non-retryable error and
+writes nothing."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.resync import SEEN_CHECKOUT, audit, mark_seen, may_write, sample
+from activities.stripe_events import PermanentEventError, StripeEventActivities, lock_object
+from billing.models import Mode
+from billing.models_resync import (
+    MAX_SAMPLE,
+    AdjustActivityInput,
+    AdjustCreditsResult,
+    BalancePageInput,
+    CheckoutPageInput,
+    CheckoutSource,
+    CreditCheckpoint,
+    CreditCounts,
+    CreditFindings,
+    CreditPageResult,
+    DuplicatesInput,
+    ErrorType,
+    InvoiceCheckInput,
+    InvoiceCheckResult,
+    RunContext,
+    RunScope,
+    UsageCheckInput,
+    UsageCheckResult,
+)
+from billing.periods import billing_period
+from billing.stripe_gateway import StripeGateway
+from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
+
+log = logging.getLogger("billing.credits")
+
+# The events that complete a credit purchase (the webhook handler grants on both).
+CHECKOUT_EVENT_TYPES = ["checkout.session.completed", "checkout.session.async_payment_succeeded"]
+CHECKOUT_SOURCE_PREFIX = "checkout:"
+MANUAL_SOURCE_PREFIX = "manual:"
+PAID = "paid"
+PUSHED_STATUSES = ["planned", "sent", "confirmed"]  # P in docs/reconciliation.md
+
+
+def negative_balance_error(customer_id: str, value: int) -> ApplicationError:
+    return ApplicationError(
+        f"customer {customer_id}: refusing to set the credit balance to {value}; a balance cannot be "
+        "negative (credit_balances CHECK balance >= 0). Nothing was written.",
+        type=ErrorType.NEGATIVE_BALANCE.value, non_retryable=True)
+
+
+class CreditActivities:
+    def __init__(self, pool: asyncpg.Pool, stripe_gateway: StripeGateway,
+                 events: StripeEventActivities) -> None:
+        self.pool = pool
+        self.stripe = stripe_gateway
+        self.events = events
+
+    # ------------------------------------------------------------------ checkouts -> grants
+
+    @activity.defn(name="credits.checkout_page")
+    async def checkout_page(self, inp: CheckoutPageInput) -> CreditPageResult:
+        """Completed checkouts from Stripe's events (newest first, within retention) or from the
+        inbox (oldest first, any age): each paid credit purchase must have a grant; a missing one
+        is granted in apply mode. Heartbeats its cursor after each page."""
+        cp = CreditCheckpoint(cursor=inp.cursor)
+        details = activity.info().heartbeat_details
+        if details:
+            cp = CreditCheckpoint.model_validate(details[0])
+        while cp.pages < inp.max_pages:
+            if inp.source == CheckoutSource.STRIPE:
+                events, has_more = await self.stripe.list_events_page(
+                    created_gte=inp.since_ts, created_lt=inp.until_ts, types=CHECKOUT_EVENT_TYPES,
+                    starting_after=cp.cursor, limit=inp.page_size)
+                next_cursor = events[-1]["id"] if events else None
+            else:
+                events, next_cursor = await self._inbox_page(inp, cp.cursor)
+                has_more = next_cursor is not None
+            cp.counts.checkout_events += len(events)
+            await self._examine(inp.context, events, cp)
+            cp.cursor = next_cursor or cp.cursor
+            cp.pages += 1
+            activity.heartbeat(cp.model_dump(mode="json"))
+            if not has_more or not events:
+                return CreditPageResult(next_cursor=None, counts=cp.counts, findings=cp.findings,
+                                        paused=cp.paused)
+        return CreditPageResult(next_cursor=cp.cursor, counts=cp.counts, findings=cp.findings,
+                                paused=cp.paused)
+
+    async def _inbox_page(self, inp: CheckoutPageInput, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        after_created, after_id = None, None
+        if cursor:
+            micros, after_id = cursor.split("|", 1)
+            after_created = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
+        scope = inp.context.scope
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT event_id, created, payload FROM billing.stripe_events
+                WHERE type = ANY($1)
+                  AND ($2::timestamptz IS NULL OR (created, event_id) > ($2, $3::text))
+                  AND ($4::text IS NULL OR payload->'data'->'object'->>'customer' = $4)
+                ORDER BY created, event_id LIMIT $5
+                """, CHECKOUT_EVENT_TYPES, after_created, after_id, scope.stripe_customer_id, inp.page_size)
+        if len(rows) < inp.page_size:
+            return [r["payload"] for r in rows], None
+        last = rows[-1]
+        return [r["payload"] for r in rows], f"{int(last['created'].timestamp() * 1_000_000)}|{last['event_id']}"
+
+    async def _examine(self, ctx: RunContext, events: list[dict[str, Any]], cp: CreditCheckpoint) -> None:
+        c, f = cp.counts, cp.findings
+        grants: dict[str, CreditGrant] = {}
+        for e in events:
+            obj = (e.get("data") or {}).get("object") or {}
+            if ctx.scope.stripe_customer_id and obj.get("customer") != ctx.scope.stripe_customer_id:
+                continue
+            try:
+                grant = credit_grant(obj)
+            except StripeObjectError as err:
+                c.invalid_checkouts += 1
+                sample(f.invalid_checkouts, str(err))
+                continue
+            if grant is not None:  # not a (paid) credit purchase otherwise
+                grants.setdefault(grant.checkout_session_id, grant)
+        if not grants:
+            return
+        async with self.pool.acquire() as conn:
+            # A session announced by several events, or by Stripe and the inbox, counts once. It
+            # is marked seen only after its page is done: a page retried after a crash (or a
+            # transient Stripe error while granting) examines its sessions again.
+            seen = {r["key"] for r in await conn.fetch(
+                "SELECT key FROM billing.run_seen WHERE run_id = $1 AND kind = $2 AND key = ANY($3)",
+                ctx.run_id, SEEN_CHECKOUT, sorted(grants))}
+            todo = [grants[cs] for cs in sorted(grants) if cs not in seen]
+            if not todo:
+                return
+            have = await _grant_counts(conn, [g.checkout_session_id for g in todo])
+            write, paused = await may_write(conn, ctx)
+            cp.paused = cp.paused or paused
+            for g in todo:
+                c.purchases += 1
+                if have.get(g.checkout_session_id, 0) > 0:
+                    c.granted_ok += 1
+                    continue
+                c.missing_grants += 1
+                sample(f.missing_grants, g.checkout_session_id)
+                if write and await self._grant(conn, ctx, g.checkout_session_id, f):
+                    c.grants_made += 1
+            await mark_seen(conn, ctx.run_id, SEEN_CHECKOUT, [g.checkout_session_id for g in todo])
+
+    async def _grant(self, conn: asyncpg.Connection, ctx: RunContext, cs_id: str, f: CreditFindings) -> bool:
+        """The webhook handler's grant, under the same lock, from a fresh read of the session."""
+        try:
+            async with conn.transaction():
+                await lock_object(conn, cs_id)
+                if (await _grant_counts(conn, [cs_id])).get(cs_id, 0) > 0:
+                    return False  # a delivery granted it meanwhile
+                fresh = await self.stripe.retrieve("checkout.session", cs_id)
+                grant = credit_grant(fresh) if fresh is not None else None
+                if grant is None:
+                    return False
+                await self.events.grant_credits(conn, grant, event_id=None, actor=ctx.actor,
+                                                workflow_id=ctx.run_id, run_id=ctx.workflow_run_id)
+                return True
+        except (PermanentEventError, StripeObjectError) as e:
+            sample(f.invalid_checkouts, f"{cs_id}: {e}")
+            return False
+
+    # ------------------------------------------------------------------ ledger checks
+
+    @activity.defn(name="credits.duplicates")
+    async def duplicates(self, inp: DuplicatesInput) -> CreditPageResult:
+        """Checkout sessions with more than one ledger row, whatever their source: reported."""
+        scope = inp.context.scope
+        result = CreditPageResult(next_cursor=None, counts=CreditCounts(), findings=CreditFindings())
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT coalesce(checkout_session_id, substr(source, $1)) AS cs, count(*) AS n,
+                       array_agg(source ORDER BY id) AS sources
+                FROM billing.credit_ledger
+                WHERE (checkout_session_id IS NOT NULL OR source LIKE $2)
+                  AND ($3::text IS NULL OR customer_id = $3)
+                GROUP BY 1 HAVING count(*) > 1 ORDER BY 1
+                """, len(CHECKOUT_SOURCE_PREFIX) + 1, CHECKOUT_SOURCE_PREFIX + "%", scope.customer_id)
+        result.counts.duplicate_grants = len(rows)
+        for r in rows[:MAX_SAMPLE]:
+            result.findings.duplicate_grants.append(f"{r['cs']}: {r['n']} rows ({', '.join(r['sources'])})")
+        return result
+
+    @activity.defn(name="credits.balances_page")
+    async def balances_page(self, inp: BalancePageInput) -> CreditPageResult:
+        """credit_balances must equal the ledger's sum per customer; repaired in apply mode."""
+        ctx = inp.context
+        result = CreditPageResult(next_cursor=None, counts=CreditCounts(), findings=CreditFindings())
+        c, f = result.counts, result.findings
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT c.customer_id, coalesce(b.balance, 0) AS balance,
+                       coalesce((SELECT sum(l.amount) FROM billing.credit_ledger l
+                                 WHERE l.customer_id = c.customer_id), 0)::bigint AS ledger
+                FROM billing.customers c LEFT JOIN billing.credit_balances b USING (customer_id)
+                WHERE ($1::text IS NULL OR c.customer_id > $1) AND ($2::text IS NULL OR c.customer_id = $2)
+                ORDER BY c.customer_id LIMIT $3
+                """, inp.after, ctx.scope.customer_id, inp.limit)
+            write, paused = await may_write(conn, ctx)
+            result.paused = paused
+            for r in rows:
+                c.customers_checked += 1
+                if r["balance"] == r["ledger"]:
+                    continue
+                c.balance_mismatches += 1
+                sample(f.balance_mismatches, f"{r['customer_id']}: balance {r['balance']}, ledger {r['ledger']}")
+                if r["ledger"] < 0:
+                    c.negative_ledger += 1
+                if write and await self._repair_balance(conn, ctx, r["customer_id"]):
+                    c.balances_repaired += 1
+        if len(rows) == inp.limit:
+            result.next_cursor = rows[-1]["customer_id"]
+        return result
+
+    async def _repair_balance(self, conn: asyncpg.Connection, ctx: RunContext, customer_id: str) -> bool:
+        async with conn.transaction():
+            # Lock first, then sum: a grant commits its ledger row and balance together.
+            await conn.execute(
+                "INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                customer_id)
+            before = await conn.fetchval(
+                "SELECT balance FROM billing.credit_balances WHERE customer_id = $1 FOR UPDATE", customer_id)
+            ledger = await conn.fetchval(
+                "SELECT coalesce(sum(amount), 0)::bigint FROM billing.credit_ledger WHERE customer_id = $1",
+                customer_id)
+            if before == ledger:
+                return False
+            if ledger < 0:
+                raise negative_balance_error(customer_id, ledger)
+            try:
+                await conn.execute(
+                    "UPDATE billing.credit_balances SET balance = $2, updated_at = now() WHERE customer_id = $1",
+                    customer_id, ledger)
+            except asyncpg.CheckViolationError as e:
+                raise negative_balance_error(customer_id, ledger) from e
+            await audit(conn, ctx, action="credits.balance_repair", entity_type="credit_balance",
+                        entity_id=customer_id, before={"balance": before},
+                        after={"balance": ledger, "ledger_sum": ledger},
+                        idempotency_key=f"balance-repair:{ctx.run_id}:{customer_id}")
+            return True
+
+    @activity.defn(name="credits.paid_invoices_page")
+    async def paid_invoices_page(self, inp: InvoiceCheckInput) -> InvoiceCheckResult:
+        """Paid invoices in Stripe without a local `billing.invoices` row (reported)."""
+        cursor = inp.starting_after
+        checked, missing = 0, 0
+        found: list[str] = []
+        details = activity.info().heartbeat_details
+        if details:
+            cursor, checked, missing, found = (details[0]["cursor"], details[0]["checked"],
+                                               details[0]["missing"], details[0]["sample"])
+        for _ in range(inp.max_pages):
+            invoices, has_more = await self.stripe.list_invoices_page(
+                status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cursor,
+                limit=inp.page_size)
+            ids = [i["id"] for i in invoices]
+            async with self.pool.acquire() as conn:
+                known = {r["stripe_invoice_id"] for r in await conn.fetch(
+                    "SELECT stripe_invoice_id FROM billing.invoices WHERE stripe_invoice_id = ANY($1)", ids)}
+            checked += len(ids)
+            for i in ids:
+                if i not in known:
+                    missing += 1
+                    sample(found, i)
+            cursor = ids[-1] if ids else cursor
+            activity.heartbeat({"cursor": cursor, "checked": checked, "missing": missing, "sample": found})
+            if not has_more or not ids:
+                return InvoiceCheckResult(next_cursor=None, checked=checked, missing=missing, sample=found)
+        return InvoiceCheckResult(next_cursor=cursor, checked=checked, missing=missing, sample=found)
+
+    @activity.defn(name="credits.unpushed_usage")
+    async def unpushed_usage(self, inp: UsageCheckInput) -> UsageCheckResult:
+        """(customer, meter, closed billing period) whose ledger L exceeds what we pushed P."""
+        closed_before, _ = billing_period(date.fromisoformat(inp.today_iso))
+        scope = inp.context.scope
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                WITH u AS (
+                    SELECT customer_id, meter, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS p,
+                           sum(quantity) AS l
+                    FROM billing.usage_events
+                    WHERE occurred_at < ($1::date)::timestamp AT TIME ZONE 'UTC'
+                      AND ($2::text IS NULL OR customer_id = $2)
+                    GROUP BY 1, 2, 3),
+                pu AS (
+                    SELECT customer_id, meter, date_trunc('month', usage_day)::date AS p, sum(value) AS pv
+                    FROM billing.stripe_usage_pushes
+                    WHERE usage_day < $1 AND status = ANY($3) AND ($2::text IS NULL OR customer_id = $2)
+                    GROUP BY 1, 2, 3)
+                SELECT u.customer_id, u.meter, u.p, u.l, coalesce(pu.pv, 0) AS pv
+                FROM u LEFT JOIN pu USING (customer_id, meter, p)
+                WHERE u.l > coalesce(pu.pv, 0)
+                ORDER BY 1, 2, 3
+                """, closed_before, scope.customer_id, PUSHED_STATUSES)
+        return UsageCheckResult(
+            keys=len(rows),
+            sample=[f"{r['customer_id']}|{r['meter']}|{r['p']:%Y-%m}: ledger {r['l']}, pushed {r['pv']}"
+                    for r in rows[:MAX_SAMPLE]])
+
+    # ------------------------------------------------------------------ manual adjustment
+
+    @activity.defn(name="credits.adjust")
+    async def adjust(self, inp: AdjustActivityInput) -> AdjustCreditsResult:
+        """One ledger row (source `manual:<workflow id>`), the balance and one audit row, in one
+        transaction. Not subject to the auto-healing pause: it is an operator's explicit act."""
+        req = inp.request
+        source = f"{MANUAL_SOURCE_PREFIX}{inp.workflow_id}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            known = await conn.fetchval("SELECT 1 FROM billing.customers WHERE customer_id = $1", req.customer)
+            if known is None:
+                raise ApplicationError(f"unknown customer: {req.customer}",
+                                       type=ErrorType.UNKNOWN_CUSTOMER.value, non_retryable=True)
+            await conn.execute(
+                "INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                req.customer)
+            before = await conn.fetchval(
+                "SELECT balance FROM billing.credit_balances WHERE customer_id = $1 FOR UPDATE", req.customer)
+            done = await conn.fetchrow(
+                "SELECT id, amount FROM billing.credit_ledger WHERE source = $1", source)
+            if done is not None:  # this workflow's adjustment committed before a retry
+                return AdjustCreditsResult(
+                    workflow_id=inp.workflow_id, customer=req.customer, amount=req.amount,
+                    balance_before=before - done["amount"], balance_after=before, source=source,
+                    ledger_id=done["id"], actor=req.actor, reason=req.reason, already_applied=True)
+            after = before + req.amount
+            if after < 0:
+                raise ApplicationError(
+                    f"customer {req.customer}: a debit of {-req.amount} would make the credit balance "
+                    f"{after} (balance {before}); a balance cannot be negative. Nothing was written.",
+                    type=ErrorType.NEGATIVE_BALANCE.value, non_retryable=True)
+            ledger_id = await conn.fetchval(
+                """
+                INSERT INTO billing.credit_ledger (customer_id, amount, source, reason, actor)
+                VALUES ($1, $2, $3, $4, $5) RETURNING id
+                """, req.customer, req.amount, source, req.reason, req.actor)
+            try:
+                await conn.execute(
+                    "UPDATE billing.credit_balances SET balance = $2, updated_at = now() WHERE customer_id = $1",
+                    req.customer, after)
+            except asyncpg.CheckViolationError as e:
+                raise negative_balance_error(req.customer, after) from e
+            ctx = RunContext(run_id=inp.workflow_id, workflow_run_id=inp.workflow_run_id,
+                             scope=RunScope(customer_id=req.customer), mode=Mode.APPLY, actor=req.actor,
+                             reason=req.reason, manual=True)
+            await audit(conn, ctx, action="credits.adjust", entity_type="credit_balance", entity_id=req.customer,
+                        before={"balance": before},
+                        after={"balance": after, "amount": req.amount, "ledger_source": source},
+                        idempotency_key=f"credits-adjust:{inp.workflow_id}")
+        return AdjustCreditsResult(
+            workflow_id=inp.workflow_id, customer=req.customer, amount=req.amount, balance_before=before,
+            balance_after=after, source=source, ledger_id=ledger_id, actor=req.actor, reason=req.reason)
+
+
+async def _grant_counts(conn: asyncpg.Connection, sessions: list[str]) -> dict[str, int]:
+    """Ledger rows per checkout session, by `checkout_session_id` or by the grant's source."""
+    rows = await conn.fetch(
+        """
+        SELECT coalesce(checkout_session_id, substr(source, $3)) AS cs, count(*) AS n
+        FROM billing.credit_ledger
+        WHERE checkout_session_id = ANY($1) OR source = ANY($2)
+        GROUP BY 1
+        """, sessions, [CHECKOUT_SOURCE_PREFIX + s for s in sessions], len(CHECKOUT_SOURCE_PREFIX) + 1)
+    return {r["cs"]: r["n"] for r in rows}
+

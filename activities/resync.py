@@ -1,0 +1,296 @@
+"""ResyncSubscriptions' activities (Stripe + Postgres), and what the resync family shares: the
+run's scope and context, the pause check, the run's scratch rows and the audit row.
+
+A subscription is compared through the same mapping as the webhook handler
+(`subscription_row(...).compared()`), and written through the same upsert, so the resync and the
+webhooks can never fight over what "the local copy" is. Each fix is one transaction: the
+object's advisory lock (the handler takes the same one), the local row `FOR UPDATE`, the upsert
+and one audit row with before and after."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.stripe_events import (
+    PermanentEventError,
+    StripeEventActivities,
+    lock_object,
+    upsert_subscription,
+)
+from billing import autoheal
+from billing.models import Mode
+from billing.models_resync import (
+    MAX_SAMPLE,
+    CleanupInput,
+    ContextInput,
+    CountActiveInput,
+    CountActiveResult,
+    ErrorType,
+    LocalPageInput,
+    LocalPageResult,
+    ResyncCheckpoint,
+    ResyncCounts,
+    ResyncPageInput,
+    ResyncPageResult,
+    RunContext,
+    RunScope,
+)
+from billing.stripe_gateway import StripeGateway
+from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
+
+log = logging.getLogger("billing.resync")
+
+SEEN_SUBSCRIPTION = "subscription"
+SEEN_CHECKOUT = "checkout"
+ACTIVE = "active"
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+
+async def resolve_scope(conn: asyncpg.Connection | asyncpg.Pool, customer: str | None) -> RunScope:
+    """Our customer id -> its Stripe id; an unknown customer is a permanent error."""
+    if customer is None:
+        return RunScope()
+    row = await conn.fetchrow(
+        "SELECT stripe_customer_id FROM billing.customers WHERE customer_id = $1", customer)
+    if row is None:
+        raise ApplicationError(f"unknown customer: {customer}", type=ErrorType.UNKNOWN_CUSTOMER.value,
+                               non_retryable=True)
+    if not row["stripe_customer_id"]:
+        raise ApplicationError(f"customer {customer} has no Stripe customer id",
+                               type=ErrorType.UNKNOWN_CUSTOMER.value, non_retryable=True)
+    return RunScope(customer_id=customer, stripe_customer_id=row["stripe_customer_id"])
+
+
+async def may_write(conn: asyncpg.Connection, ctx: RunContext) -> tuple[bool, bool]:
+    """(write, paused): corrective writes only in apply mode, and while auto-healing is paused
+    only for an operator's explicit action. Read before each batch of writes."""
+    if ctx.mode != Mode.APPLY:
+        return False, False
+    if ctx.manual:
+        return True, False
+    paused = await autoheal.paused(conn)
+    return not paused, paused
+
+
+async def audit(
+    conn: asyncpg.Connection, ctx: RunContext, *, action: str, entity_type: str, entity_id: str,
+    before: dict[str, Any] | None, after: dict[str, Any] | None, idempotency_key: str,
+    reason: str | None = None, customer_id: str | None = None,
+) -> bool:
+    """One audit row per corrective write; the key makes a retried activity audit once."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO billing.audit_log
+            (actor, action, entity_type, entity_id, before, after, reason, workflow_id, run_id,
+             correlation_id, idempotency_key, customer_id)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $8, $10, $11)
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+        """,
+        ctx.actor, action, entity_type, entity_id, before, after, reason or ctx.reason, ctx.run_id,
+        ctx.workflow_run_id, idempotency_key,
+        customer_id or (entity_id if entity_type == "credit_balance" else None))
+    return inserted is not None
+
+
+async def mark_seen(conn: asyncpg.Connection, run_id: str, kind: str, keys: list[str]) -> set[str]:
+    """Record keys as seen by the run; returns those seen for the first time."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO billing.run_seen (run_id, kind, key) SELECT $1, $2, unnest($3::text[])
+        ON CONFLICT DO NOTHING RETURNING key
+        """, run_id, kind, keys)
+    return {r["key"] for r in rows}
+
+
+def sample(target: list[str], value: str) -> None:
+    if len(target) < MAX_SAMPLE:
+        target.append(value)
+
+
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat() if v is not None else None
+
+
+def local_compared(rec: asyncpg.Record) -> dict[str, Any]:
+    """A local row in the shape of `SubscriptionRow.compared()`."""
+    out: dict[str, Any] = {}
+    for f in SubscriptionRow.COMPARED:
+        v = rec[f]
+        out[f] = _iso(v) if isinstance(v, datetime) else v
+    return out
+
+
+def differing_fields(stripe: dict[str, Any], local: dict[str, Any]) -> list[str]:
+    return [f for f in SubscriptionRow.COMPARED if stripe.get(f) != local.get(f)]
+
+
+# ---------------------------------------------------------------------------- activities
+
+
+class ResyncActivities:
+    def __init__(self, pool: asyncpg.Pool, stripe_gateway: StripeGateway,
+                 events: StripeEventActivities) -> None:
+        self.pool = pool
+        self.stripe = stripe_gateway
+        self.events = events  # the webhook handlers' shared writes (customers, grants)
+
+    @activity.defn(name="resync.start")
+    async def start(self, inp: ContextInput) -> RunContext:
+        async with self.pool.acquire() as conn:
+            scope = await resolve_scope(conn, inp.customer)
+            await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
+        return RunContext(run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, scope=scope,
+                          mode=inp.mode, actor=inp.actor, reason=inp.reason, manual=inp.manual)
+
+    @activity.defn(name="resync.cleanup")
+    async def cleanup(self, inp: CleanupInput) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
+
+    @activity.defn(name="resync.count_active")
+    async def count_active(self, inp: CountActiveInput) -> CountActiveResult:
+        async with self.pool.acquire() as conn:
+            n = await conn.fetchval(
+                f"SELECT count(*) FROM billing.subscriptions s WHERE status = $1 {_scope_clause(2)}",
+                ACTIVE, inp.scope.stripe_customer_id, inp.scope.customer_id)
+        return CountActiveResult(active=n)
+
+    @activity.defn(name="resync.subscriptions_page")
+    async def subscriptions_page(self, inp: ResyncPageInput) -> ResyncPageResult:
+        """Up to `max_pages` pages of Stripe's subscriptions (every status) from the cursor:
+        compare each with the local row and, in apply mode, fix it. Heartbeats the cursor after
+        every page and resumes from it."""
+        cp = ResyncCheckpoint(starting_after=inp.starting_after)
+        details = activity.info().heartbeat_details
+        if details:
+            cp = ResyncCheckpoint.model_validate(details[0])
+        ctx = inp.context
+        while cp.pages < inp.max_pages:
+            async with self.pool.acquire() as conn:
+                # Postgres' clock: a local row synced after this moment is fresher than the page.
+                listed_at = await conn.fetchval("SELECT clock_timestamp()")
+            subs, has_more = await self.stripe.list_subscriptions_page(
+                customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after,
+                limit=inp.page_size)
+            if subs:
+                await self._compare_page(ctx, subs, listed_at, cp)
+                cp.starting_after = subs[-1]["id"]
+            cp.pages += 1
+            activity.heartbeat(cp.model_dump(mode="json"))
+            if not has_more or not subs:
+                return ResyncPageResult(next_cursor=None, pages=cp.pages, counts=cp.counts,
+                                        findings=cp.findings, paused=cp.paused)
+        return ResyncPageResult(next_cursor=cp.starting_after, pages=cp.pages, counts=cp.counts,
+                                findings=cp.findings, paused=cp.paused)
+
+    async def _compare_page(self, ctx: RunContext, subs: list[dict[str, Any]], listed_at: datetime,
+                            cp: ResyncCheckpoint) -> None:
+        try:
+            rows = [subscription_row(s) for s in subs]
+        except StripeObjectError as e:
+            raise ApplicationError(f"Stripe returned an unmappable subscription: {e}",
+                                   type="InvalidSubscription", non_retryable=True) from e
+        ids = [r.stripe_subscription_id for r in rows]
+        c, f = cp.counts, cp.findings
+        async with self.pool.acquire() as conn:
+            await mark_seen(conn, ctx.run_id, SEEN_SUBSCRIPTION, ids)
+            local = {r["stripe_subscription_id"]: r for r in await conn.fetch(
+                "SELECT * FROM billing.subscriptions WHERE stripe_subscription_id = ANY($1)", ids)}
+            write, paused = await may_write(conn, ctx)
+            cp.paused = cp.paused or paused
+            for raw, row in zip(subs, rows, strict=True):
+                sid = row.stripe_subscription_id
+                c.active_stripe += row.status == ACTIVE
+                have = local.get(sid)
+                if have is None:
+                    c.missing_local += 1
+                    sample(f.missing_local, sid)
+                    if write and await self._fix(conn, ctx, raw, row, listed_at, c):
+                        c.created += 1
+                    continue
+                c.compared += 1
+                diff = differing_fields(row.compared(), local_compared(have))
+                if not diff:
+                    c.matched += 1
+                    continue
+                c.mismatched += 1
+                for name in diff:
+                    c.fields[name] = c.fields.get(name, 0) + 1
+                sample(f.mismatched, f"{sid}: {', '.join(diff)}")
+                if write and await self._fix(conn, ctx, raw, row, listed_at, c):
+                    c.fixed += 1
+
+    async def _fix(self, conn: asyncpg.Connection, ctx: RunContext, raw: dict[str, Any],
+                   row: SubscriptionRow, listed_at: datetime, c: ResyncCounts) -> bool:
+        """Write Stripe's copy and audit it, unless a webhook wrote a fresher copy since the page
+        was listed (it re-reads Stripe, so its copy is at least as new) or nothing differs any
+        more. True when a row was written."""
+        sid = row.stripe_subscription_id
+        try:
+            async with conn.transaction():
+                await lock_object(conn, sid)
+                cur = await conn.fetchrow(
+                    "SELECT * FROM billing.subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE", sid)
+                if cur is not None and cur["synced_at"] is not None and cur["synced_at"] > listed_at:
+                    return False
+                before = local_compared(cur) if cur is not None else None
+                after = row.compared()
+                changed = differing_fields(after, before) if before is not None else list(after)
+                if not changed:
+                    return False
+                customer_id = cur["customer_id"] if cur is not None else None
+                if customer_id is None:
+                    customer_id = await self.events.ensure_customer(conn, row.stripe_customer_id)
+                await upsert_subscription(conn, row, customer_id, raw)
+                await audit(
+                    conn, ctx, action="subscription.create" if before is None else "subscription.resync",
+                    entity_type="subscription", entity_id=sid,
+                    before={k: before[k] for k in changed} if before is not None else None,
+                    after={k: after[k] for k in changed},
+                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id)
+                return True
+        except PermanentEventError as e:  # e.g. a customer-id conflict: report, go on
+            log.warning("subscription %s not fixed: %s", sid, e)
+            c.fix_failures += 1
+            return False
+
+    @activity.defn(name="resync.local_page")
+    async def local_page(self, inp: LocalPageInput) -> LocalPageResult:
+        """Local rows in scope that Stripe's listing never returned. Each candidate is confirmed
+        with a read (a subscription created after the listing began is not missing). Reported,
+        never deleted."""
+        ctx = inp.context
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"""
+                SELECT s.stripe_subscription_id FROM billing.subscriptions s
+                WHERE ($1::text IS NULL OR s.stripe_subscription_id > $1)
+                  AND NOT EXISTS (SELECT 1 FROM billing.run_seen r WHERE r.run_id = $2 AND r.kind = $3
+                                  AND r.key = s.stripe_subscription_id)
+                  {_scope_clause(5)}
+                ORDER BY s.stripe_subscription_id LIMIT $4
+                """, inp.after, ctx.run_id, SEEN_SUBSCRIPTION, inp.limit, ctx.scope.stripe_customer_id,
+                ctx.scope.customer_id)
+        missing: list[str] = []
+        for i, r in enumerate(rows):
+            sid = r["stripe_subscription_id"]
+            if await self.stripe.retrieve("subscription", sid) is None:
+                missing.append(sid)
+            activity.heartbeat(i)
+        next_cursor = rows[-1]["stripe_subscription_id"] if len(rows) == inp.limit else None
+        return LocalPageResult(next_cursor=next_cursor, missing_in_stripe=len(missing),
+                               sample=missing[:MAX_SAMPLE])
+
+
+def _scope_clause(first_param: int) -> str:
+    """Rows of the run's customer (by Stripe id or ours); no filter when both are NULL."""
+    a, b = first_param, first_param + 1
+    return (f"AND (${a}::text IS NULL OR s.stripe_customer_id = ${a} OR s.customer_id = ${b}::text)")

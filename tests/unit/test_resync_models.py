@@ -1,0 +1,63 @@
+"""Pure parts of the resync family: input validation, count merging, field comparison."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from activities.resync import differing_fields
+from billing.models import Mode
+from billing.models_resync import (
+    MAX_SAMPLE,
+    AdjustCreditsInput,
+    RepairCreditsInput,
+    ResyncCounts,
+    ResyncFindings,
+    ResyncSubscriptionsInput,
+)
+from billing.stripe_objects import subscription_row
+
+
+def test_plan_mode_is_refused():
+    with pytest.raises(ValueError, match="not plan"):
+        ResyncSubscriptionsInput(mode=Mode.PLAN)
+    with pytest.raises(ValueError, match="not plan"):
+        RepairCreditsInput(mode=Mode.PLAN)
+
+
+def test_manual_sync_needs_a_customer():
+    with pytest.raises(ValueError, match="needs a customer"):
+        ResyncSubscriptionsInput(mode=Mode.APPLY, manual=True)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"amount": 0}, "amount must not be 0"),
+    ({"reason": "  "}, "reason must not be blank"),
+    ({"customer": ""}, "at least 1 character"),
+])
+def test_adjustment_validation(kw, message):
+    base = {"customer": "acme", "amount": 5, "reason": "why", "actor": "alice"}
+    with pytest.raises(ValueError, match=message):
+        AdjustCreditsInput(**(base | kw))
+
+
+def test_counts_add_merges_fields_and_findings_are_capped():
+    a = ResyncCounts(compared=2, fields={"status": 1})
+    b = ResyncCounts(compared=3, fields={"status": 2, "items": 1})
+    total = a.add(b)
+    assert total.compared == 5 and total.fields == {"status": 3, "items": 1}
+    assert a.fields == {"status": 1}  # inputs untouched
+    many = ResyncFindings(mismatched=[str(i) for i in range(MAX_SAMPLE)])
+    assert len(many.merge(ResyncFindings(mismatched=["x"])).mismatched) == MAX_SAMPLE
+
+
+def test_differing_fields_uses_the_webhook_mapping():
+    start, end = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()), int(datetime(2026, 12, 1, tzinfo=UTC).timestamp())
+    sub = {"object": "subscription", "id": "sub_1", "customer": "cus_1", "status": "active",
+           "items": {"data": [{"id": "si_1", "price": {"id": "price_1"}, "quantity": 2,
+                               "current_period_start": start, "current_period_end": end}]}}
+    stripe = subscription_row(sub).compared()
+    assert differing_fields(stripe, dict(stripe)) == []
+    local = dict(stripe, status="past_due", items=[dict(stripe["items"][0], quantity=1)])
+    assert differing_fields(stripe, local) == ["status", "items"]
