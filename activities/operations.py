@@ -66,6 +66,7 @@ class OperationsActivities:
     @activity.defn(name="ops.completed_runs")
     async def completed_runs(self, inp: CompletedRunsInput) -> CompletedRunsResult:
         rows = await self.pool.fetch(
-            "SELECT run_id FROM billing.reconciliation_runs WHERE run_id = ANY($1) AND status = 'completed'",
+            "SELECT run_id FROM billing.reconciliation_runs WHERE run_id = ANY($1) AND status = 'completed' "
+            "AND NOT observe_only",
             inp.run_ids)
         return CompletedRunsResult(completed=sorted(r["run_id"] for r in rows))

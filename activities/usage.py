@@ -282,7 +282,7 @@ class UsageActivities:
                 WITH prev AS (SELECT finished_at FROM billing.reconciliation_runs
                                WHERE run_id = $1 FOR UPDATE)
                 UPDATE billing.reconciliation_runs r
-                   SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4
+                   SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4, observe_only = $5
                   FROM prev
                  WHERE r.run_id = $1
                 RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode,
@@ -291,7 +291,7 @@ class UsageActivities:
                 inp.context.run_id, inp.status.value,
                 {**inp.counts.model_dump(),
                  "verify": inp.verify_counts.model_dump() if inp.verify_counts else None},
-                inp.error,
+                inp.error, inp.observe_only,
             )
             findings = await conn.fetch(
                 "SELECT kind, coalesce(action, 'none') AS action, count(*) AS n "
@@ -784,27 +784,31 @@ class UsageActivities:
     async def _send_push(self, conn: asyncpg.Connection, identifier: str, now: datetime,
                          counts: Counts) -> PushOutcome | None:
         """Send one outbox row that is still `planned`, exactly as stored; mark it by outcome.
-        Transient errors raise (the activity retries and the row is sent again)."""
-        row = await conn.fetchrow(
-            "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = 'planned'",
-            identifier)
-        if row is None:
-            return None
-        outcome, msg = await self.stripe.push_meter_event(
-            identifier=identifier, event_name=row["meter"], stripe_customer_id=row["stripe_customer_id"],
-            value=to_stripe_value(_dec(row["value"])), timestamp=row["event_timestamp"])
-        counts.stripe_writes += 1
-        if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
-            counts.corrections_pushed += 1
-            await conn.execute(
-                "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = $2 "
-                "WHERE identifier = $1 AND status = 'planned'", identifier, now)
-        else:
-            counts.reconcile_failures += 1
-            await conn.execute(
-                "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
-                "WHERE identifier = $1 AND status = 'planned'", identifier, msg[:500])
-        return outcome
+        Transient errors raise (the activity retries and the row is sent again).
+
+        The row is locked while it is sent: two runs over overlapping keys (a backfill's days
+        run side by side) never both send it; the second skips it, and only the sender counts it."""
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = 'planned' "
+                "FOR UPDATE SKIP LOCKED", identifier)
+            if row is None:
+                return None
+            outcome, msg = await self.stripe.push_meter_event(
+                identifier=identifier, event_name=row["meter"], stripe_customer_id=row["stripe_customer_id"],
+                value=to_stripe_value(_dec(row["value"])), timestamp=row["event_timestamp"])
+            counts.stripe_writes += 1
+            if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
+                counts.corrections_pushed += 1
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = $2 "
+                    "WHERE identifier = $1 AND status = 'planned'", identifier, now)
+            else:
+                counts.reconcile_failures += 1
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
+                    "WHERE identifier = $1 AND status = 'planned'", identifier, msg[:500])
+            return outcome
 
 
 def _stripe_finding(c: _Customer, m: MeterInfo, day: date, f: StripeFinding) -> _Finding:

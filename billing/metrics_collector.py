@@ -32,7 +32,7 @@ PAUSE_ACTIONS = ["pause_auto_healing", "resume_auto_healing"]
 _LAST_SUCCESS_SQL = """
 SELECT kind, extract(epoch FROM max(finished_at))::float8 AS ts
   FROM billing.reconciliation_runs
- WHERE status = 'completed' AND mode = ANY($1) AND finished_at IS NOT NULL
+ WHERE status = 'completed' AND mode = ANY($1) AND finished_at IS NOT NULL AND NOT observe_only
  GROUP BY kind
 """
 

@@ -135,6 +135,10 @@ class ReconcileCarry(BaseModel):
     paused: bool = False
     decision: ApprovalDecision | None = None
     approved: bool | None = None
+    # Some scan page ran observe-only because auto-healing was paused: its findings were not
+    # corrected, so the scan is done again once resumed (or the run ends observe-only).
+    paused_scan: bool = False
+    observe_only: bool = False  # the run ended without correcting (paused from start to end)
 
 
 class PageInput(BaseModel):
@@ -168,6 +172,7 @@ class FinishRunInput(BaseModel):
     counts: Counts
     verify_counts: Counts | None = None
     error: str | None = None
+    observe_only: bool = False
 
 
 class ApprovalDecision(BaseModel):
@@ -229,6 +234,9 @@ class ReconcileResult(BaseModel):
     counts: Counts
     verify_counts: Counts | None = None
     finished_at: datetime | None = None
+    # An apply run that auto-healing's pause kept observe-only from start to end: it detected
+    # and reported, corrected nothing, and does not count as a successful reconciliation.
+    observe_only: bool = False
 
 
 ReconcileUsageInput.model_rebuild()
@@ -434,6 +442,7 @@ class DayOutcome(StrEnum):
     ALREADY_DONE = "already_done"  # a completed run for this day existed: nothing started
     FAILED = "failed"
     RUNNING_ELSEWHERE = "running_elsewhere"  # another backfill's child is on it
+    OBSERVE_ONLY = "observe_only"  # auto-healing was paused throughout: reported, not corrected
 
 
 class DayResult(BaseModel):
@@ -451,6 +460,7 @@ class BackfillProgress(BaseModel):
     days_in_flight: list[date] = Field(default_factory=list)
     days_failed: list[date] = Field(default_factory=list)
     days_already_done: int = 0
+    paused: bool = False  # auto-healing is paused: no new day starts until `resume`
 
 
 class BackfillResult(BaseModel):
@@ -466,7 +476,7 @@ class BackfillResult(BaseModel):
 
     @property
     def failed_days(self) -> list[date]:
-        return [d.day for d in self.days if d.outcome == DayOutcome.FAILED]
+        return [d.day for d in self.days if d.outcome in (DayOutcome.FAILED, DayOutcome.OBSERVE_ONLY)]
 
 
 class CompletedRunsInput(BaseModel):

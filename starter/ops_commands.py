@@ -297,7 +297,7 @@ async def gather_status() -> dict[str, Any]:
         ah = await conn.fetchrow("SELECT paused, since, actor, reason FROM billing.autoheal_state")
         last = await conn.fetchrow(
             """SELECT run_id, workflow_run_id, mode, window_start, window_end, finished_at
-               FROM billing.reconciliation_runs WHERE status = 'completed' AND mode = 'apply'
+               FROM billing.reconciliation_runs WHERE status = 'completed' AND mode = 'apply' AND NOT observe_only
                ORDER BY finished_at DESC NULLS LAST LIMIT 1""")
         latest_run = await conn.fetchval(
             "SELECT run_id FROM billing.reconciliation_runs WHERE finished_at IS NOT NULL "

@@ -28,7 +28,7 @@ TIMEOUT = timedelta(minutes=1)
 BROADCAST_TIMEOUT = timedelta(minutes=5)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Runs that honour the pause/resume signals.
-PAUSABLE_WORKFLOWS = ["ReconcileUsage"]
+PAUSABLE_WORKFLOWS = ["ReconcileUsage", "CatchUpBackfill"]
 SIGNALS_PER_RUN = 200  # continue-as-new after this many, to keep the history short
 
 

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         DayOutcome,
         DayResult,
         Mode,
+        PauseRequest,
         ReconcileResult,
         ReconcileUsageInput,
         ReplayResult,
@@ -57,6 +58,17 @@ def day_run_id(day: date, mode: Mode, customers: list[str] | None = None, meters
 class CatchUpBackfill:
     def __init__(self) -> None:
         self._progress = BackfillProgress()
+        self._paused = False
+
+    # Sent by AutoHealControl to every running backfill: no new day starts while paused (the
+    # days in flight get the same signal themselves).
+    @workflow.signal(name="pause")
+    def pause(self, req: PauseRequest) -> None:
+        self._paused = self._progress.paused = True
+
+    @workflow.signal(name="resume")
+    def resume(self, req: PauseRequest) -> None:
+        self._paused = self._progress.paused = False
 
     @workflow.query(name="progress")
     def progress(self) -> BackfillProgress:
@@ -75,6 +87,10 @@ class CatchUpBackfill:
         days = [inp.start_date + timedelta(days=i) for i in range((end - inp.start_date).days + 1)]
         p = self._progress
         p.phase, p.days_total = "days", len(days)
+        if inp.mode == Mode.APPLY and workflow.patched("backfill-honours-pause"):
+            state = await workflow.execute_activity_method(
+                OperationsActivities.get_autoheal, start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            self._paused = p.paused = self._paused or state.paused
 
         done = set((await workflow.execute_activity_method(
             OperationsActivities.completed_runs,
@@ -89,6 +105,8 @@ class CatchUpBackfill:
                 p.days_done += 1
                 return DayResult(day=day, run_id=run_id, outcome=DayOutcome.ALREADY_DONE)
             async with gate:
+                if inp.mode == Mode.APPLY:
+                    await workflow.wait_condition(lambda: not self._paused)
                 p.days_in_flight.append(day)
                 try:
                     return await self._reconcile_day(inp, day, run_id)
@@ -129,6 +147,10 @@ class CatchUpBackfill:
             cause = e.cause
             return DayResult(day=day, run_id=run_id, outcome=DayOutcome.FAILED,
                              error=getattr(cause, "message", None) or str(cause or e))
+        if result.observe_only:
+            return DayResult(day=day, run_id=run_id, outcome=DayOutcome.OBSERVE_ONLY, counts=result.counts,
+                             error="auto-healing was paused for the whole run: reported, not corrected; "
+                                   "run the backfill again after `billing-recon resume`")
         return DayResult(day=day, run_id=run_id, outcome=DayOutcome.DONE, counts=result.counts)
 
     async def _replay(self, inp: CatchUpBackfillInput, end: date) -> dict:

@@ -171,6 +171,17 @@ class ReconcileUsage:
 
         if s.phase == Phase.SCANNING:
             await self._page_loop(inp, verify=False)
+            while s.paused_scan and workflow.patched("rescan-after-pause"):
+                if self._paused and ctx.globally_paused:
+                    # Started while auto-healing was paused and still paused: an observe-only
+                    # run. It detected and reported; the next run corrects.
+                    s.observe_only = True
+                    return await self._finish(RunStatus.COMPLETED)
+                # Paused mid-run: what was scanned observe-only is scanned again, correctively,
+                # once resumed. Keys already corrected show no drift the second time.
+                await workflow.wait_condition(lambda: not self._paused)
+                s.paused_scan, s.cursor, s.counts, s.pages_done = False, None, Counts(), 0
+                await self._page_loop(inp, verify=False)
             s.phase = self._after_scan()
             s.cursor = None
 
@@ -243,6 +254,8 @@ class ReconcileUsage:
             res = await (page if observe_only else self._corrective(page))
             if res is None:
                 continue  # paused mid-page: scan the same page again, observe-only
+            if not verify and observe_only and s.context.mode != Mode.DRY_RUN:
+                s.paused_scan = True  # observe-only because paused: not corrected
             if verify:
                 s.verify_counts = (s.verify_counts or Counts()).add(res.counts)
             else:
@@ -322,9 +335,10 @@ class ReconcileUsage:
         await workflow.execute_activity_method(
             UsageActivities.finish_run,
             FinishRunInput(context=s.context, status=status, counts=s.counts,
-                           verify_counts=s.verify_counts, error=error),
+                           verify_counts=s.verify_counts, error=error, observe_only=s.observe_only),
             start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
         return ReconcileResult(
             run_id=s.context.run_id, status=status, mode=s.context.mode,
             window_start=s.context.window_start, window_end=s.context.window_end,
-            counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now())
+            counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now(),
+            observe_only=s.observe_only)

@@ -56,7 +56,11 @@ async def test_ten_day_backfill_reconciles_every_day_and_rerun_starts_nothing(
         first = await backfill(client, task_queue, inp, f"bf-{world.tag}")
         assert [d.outcome for d in first.days] == [DayOutcome.DONE] * 10
         assert [d.day for d in first.days] == world.days
-        assert first.counts.corrections_pushed == 3 * 10  # one push per (customer, day)
+        # One push per (customer, day), counted once: days run side by side may send each
+        # other's planned pushes, but a push is sent and counted by one run only.
+        assert first.counts.corrections_pushed == first.counts.stripe_writes == 3 * 10
+        events = await emulator_admin.meter_events()
+        assert len(events) == 30 and max(Counter(e["identifier"] for e in events).values()) == 1
         assert first.replay is not None and "counts" in first.replay  # the webhook replay ran
         assert first.resync is not None and "skipped" not in first.resync and "failed" not in first.resync
         await assert_stripe_equals_ledger(clean_db, stripe_client, world)

@@ -68,6 +68,7 @@ class Script:
     gates: dict[str | None, asyncio.Event] = field(default_factory=dict)
     reject_status_gate: asyncio.Event | None = None
     settle_seconds: int = 600
+    globally_paused: bool = False  # auto-healing paused when the run starts
 
     started: list[StartRunInput] = field(default_factory=list)
     page_calls: list[PageInput] = field(default_factory=list)
@@ -94,7 +95,7 @@ class Script:
                 customers=req.customers, meters=[MeterInfo(event_name="api_requests", stripe_meter_id="mtr_1")],
                 policy=Policy(epsilon=Decimal("0.005"), settle_seconds=script.settle_seconds,
                               auto_approve_over_reporting=False, page_size=2),
-                actor=req.actor)
+                actor=req.actor, globally_paused=script.globally_paused)
 
         @activity.defn(name="usage.reconcile_page")
         async def reconcile_page(inp: PageInput) -> PageResult:
@@ -385,8 +386,11 @@ async def test_pause_makes_pages_observe_only_and_resume_restores(time_skipping_
         await until(lambda: any(a.action == "resume_auto_healing" for a in s.audits), "the resume audit")
         g2.set()
         result = await handle.result()
-    assert [(c.cursor, c.observe_only) for c in s.page_calls] == [(None, False), ("c2", True), ("c4", False)]
-    assert result.status == RunStatus.COMPLETED
+    # The page scanned while paused was only observed: once resumed, the scan runs again,
+    # correctively (pages already corrected show no drift the second time).
+    assert [(c.cursor, c.observe_only) for c in s.page_calls] == [
+        (None, False), ("c2", True), ("c4", False), (None, False), ("c2", False), ("c4", False)]
+    assert result.status == RunStatus.COMPLETED and result.observe_only is False
     assert [(a.actor, a.action, a.reason) for a in s.audits] == [
         ("ops", "pause_auto_healing", "incident"), ("ops", "resume_auto_healing", None)]
     # Audit keys are unique per message (the same actor may pause twice).
@@ -499,6 +503,33 @@ async def test_invalid_input_fails_instead_of_wedging(time_skipping_env, task_qu
 SUGGEST_CAN_AFTER_EVENTS = 20
 
 
+async def test_run_started_while_paused_ends_observe_only(time_skipping_env, task_queue):
+    s = Script(pages={None: page("c2", customers_scanned=2, drift_count=1), "c2": page(None, customers_scanned=1)},
+               globally_paused=True)
+    async with worker(time_skipping_env, task_queue, s):
+        handle = await start(time_skipping_env, task_queue, request(Mode.APPLY))
+        result = await handle.result()
+    assert [(c.cursor, c.observe_only) for c in s.page_calls] == [(None, True), ("c2", True)]
+    assert result.status == RunStatus.COMPLETED and result.observe_only is True
+    assert s.finished[-1].observe_only is True  # not a successful reconciliation, nor a day done
+
+
+async def test_run_started_while_paused_and_resumed_rescans_correctively(time_skipping_env, task_queue):
+    gate = asyncio.Event()
+    s = Script(pages={None: page("c2", customers_scanned=2), "c2": page(None, customers_scanned=1)},
+               gates={"c2": gate}, globally_paused=True)
+    async with worker(time_skipping_env, task_queue, s):
+        handle = await start(time_skipping_env, task_queue, request(Mode.APPLY))
+        await until(lambda: "c2" in s.entered, "page 2")
+        await handle.signal(ReconcileUsage.resume, PauseRequest(actor="ops"))
+        await until(lambda: any(a.action == "resume_auto_healing" for a in s.audits), "the resume audit")
+        gate.set()
+        result = await handle.result()
+    assert [(c.cursor, c.observe_only) for c in s.page_calls] == [
+        (None, True), ("c2", True), (None, False), ("c2", False)]
+    assert result.observe_only is False
+
+
 @pytest.fixture(scope="module")
 async def can_env() -> WorkflowEnvironment:
     from temporalio.contrib.pydantic import pydantic_data_converter
@@ -542,8 +573,11 @@ async def test_continue_as_new_carries_state(can_env, task_queue):
     # start_run ran once; the context (and its run ids) came through continue-as-new unchanged.
     assert len(s.started) == 1
     assert {c.context.workflow_run_id for c in s.page_calls} == {s.started[0].workflow_run_id}
-    # Every page exactly once, in order, across runs: the cursor was carried.
-    assert [c.cursor for c in s.page_calls if not c.verify] == cursors
+    # Every page in order, across runs: the cursor was carried; the pages observed while paused
+    # made the scan run again, correctively, after `resume`.
+    scanned = [(c.cursor, c.observe_only) for c in s.page_calls if not c.verify]
+    assert [c for c, _ in scanned] == cursors + cursors
+    assert any(o for _, o in scanned[:n]) and not any(o for _, o in scanned[n:])
     # Counts were carried and summed across runs.
     assert result.counts.customers_scanned == 2 * n
     assert result.counts.drift_count == n and result.counts.corrections_pushed == n
