@@ -53,6 +53,18 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def print_workflow_failure(workflow_id: str, e: WorkflowFailureError, *, as_json: bool,
+                           id_key: str = "workflow_id", **extra: Any) -> int:
+    """A failed workflow as the CLI reports it: one JSON object or one red line; exit code 1."""
+    message = getattr(e.cause, "message", None) or str(e.cause)
+    if as_json:
+        print(json.dumps({id_key: workflow_id, "status": "failed", "error": message,
+                          "type": getattr(e.cause, "type", None), **extra}))
+    else:
+        err.print(f"[red]{workflow_id} failed:[/red] {message}")
+    return 1
+
+
 def _run(coro):
     try:
         return asyncio.run(coro)

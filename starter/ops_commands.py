@@ -31,7 +31,7 @@ from billing.models import (
 )
 from billing.settings import get_settings
 from billing.temporal_client import connect, connect_config
-from starter.commands import _database_url, _fail, _run, console, err
+from starter.commands import _database_url, _fail, _run, console, err, print_workflow_failure
 from starter.webhook_commands import parse_time
 
 schedules_app = typer.Typer(no_args_is_help=True)
@@ -172,12 +172,7 @@ async def _backfill(request: CatchUpBackfillInput, workflow_id: str, *, wait: bo
     try:
         result: BackfillResult = result_task.result()
     except WorkflowFailureError as e:
-        message = getattr(e.cause, "message", None) or str(e.cause)
-        if as_json:
-            print(json.dumps({"workflow_id": workflow_id, "status": "failed", "error": message}))
-        else:
-            err.print(f"[red]{workflow_id} failed:[/red] {message}")
-        return 1
+        return print_workflow_failure(workflow_id, e, as_json=as_json)
     if as_json:
         print(result.model_dump_json())
     else:

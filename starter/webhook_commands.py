@@ -19,7 +19,7 @@ from billing import db
 from billing.models import EventStatus, Mode, ReplayProgress, ReplayResult, ReplayWebhooksInput
 from billing.settings import get_settings
 from billing.temporal_client import connect
-from starter.commands import _database_url, _fail, _run, console, err
+from starter.commands import _database_url, _fail, _run, console, err, print_workflow_failure
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -101,12 +101,7 @@ async def _replay(request: ReplayWebhooksInput, workflow_id: str, *, wait: bool,
     try:
         result: ReplayResult = result_task.result()
     except WorkflowFailureError as e:
-        message = getattr(e.cause, "message", None) or str(e.cause)
-        if as_json:
-            print(json.dumps({"workflow_id": workflow_id, "status": "failed", "error": message}))
-        else:
-            err.print(f"[red]{workflow_id} failed:[/red] {message}")
-        return 1
+        return print_workflow_failure(workflow_id, e, as_json=as_json)
     if as_json:
         print(result.model_dump_json())
     else:

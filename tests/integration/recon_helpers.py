@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -357,3 +358,16 @@ async def snapshot_billing(pool: asyncpg.Pool) -> dict[str, list[tuple]]:
 
 def stripe_writes(stats: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in stats.items() if k in MEANINGFUL_STRIPE_POSTS and v}
+
+
+async def stable_meter_event_count(emulator_admin, quiet: float, limit: float) -> int:
+    """The number of accepted meter events once it has not moved for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    last, since = len(await emulator_admin.meter_events()), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "meter events kept arriving after the pause"
+        await asyncio.sleep(0.2)
+        now = len(await emulator_admin.meter_events())
+        if now != last:
+            last, since = now, time.monotonic()
+    return last

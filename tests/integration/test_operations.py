@@ -33,6 +33,7 @@ from .recon_helpers import (
     make_settings,
     running_worker,
     seed_world,
+    stable_meter_event_count,
     start,
 )
 
@@ -107,17 +108,6 @@ def test_backfill_input_is_validated():
         CatchUpBackfillInput(start_date=date(2026, 11, 1), end_date=date(2026, 11, 1), mode=Mode.PLAN)
 
 
-async def _stable_count(emulator_admin, quiet: float, limit: float) -> int:
-    deadline = time.monotonic() + limit
-    last, since = len(await emulator_admin.meter_events()), time.monotonic()
-    while time.monotonic() - since < quiet:
-        assert time.monotonic() < deadline, "meter events kept arriving after the pause"
-        await asyncio.sleep(0.2)
-        now = len(await emulator_admin.meter_events())
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
-
 
 async def set_global(client, task_queue: str, signal: str, actor: str, reason: str | None) -> AutohealView:
     handle = await client.start_workflow(
@@ -150,7 +140,7 @@ async def test_global_pause_stops_running_and_new_runs_and_resume_completes_exac
             state = await set_global(client, task_queue, "pause", "alice", "incident 42")
             assert state.paused and state.actor == "alice" and state.reason == "incident 42"
 
-            paused_at = await _stable_count(emulator_admin, quiet=4, limit=20)
+            paused_at = await stable_meter_event_count(emulator_admin, quiet=4, limit=20)
             assert 0 < paused_at < n_keys
             progress = await handle.query("progress", result_type=ReconcileProgress)
             assert progress.paused is True

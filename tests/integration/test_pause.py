@@ -16,23 +16,12 @@ from .recon_helpers import (
     make_settings,
     running_worker,
     seed_world,
+    stable_meter_event_count,
     start,
 )
 
 pytestmark = pytest.mark.integration
 
-
-async def _stable_count(emulator_admin, quiet: float, limit: float) -> int:
-    """The number of accepted meter events once it has not moved for `quiet` seconds."""
-    deadline = time.monotonic() + limit
-    last, since = len(await emulator_admin.meter_events()), time.monotonic()
-    while time.monotonic() - since < quiet:
-        assert time.monotonic() < deadline, "meter events kept arriving after the pause"
-        await asyncio.sleep(0.2)
-        now = len(await emulator_admin.meter_events())
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
 
 
 async def test_pause_stops_writes_mid_page_and_resume_completes_exactly_once(
@@ -53,7 +42,7 @@ async def test_pause_stops_writes_mid_page_and_resume_completes_exactly_once(
 
         # Writes stop within the heartbeat interval (5 s) plus the call in flight, long before
         # the page would have finished.
-        paused_at = await _stable_count(emulator_admin, quiet=4, limit=15)
+        paused_at = await stable_meter_event_count(emulator_admin, quiet=4, limit=15)
         assert 0 < paused_at < n_keys
         progress = await handle.query("progress", result_type=ReconcileProgress)
         assert progress.paused is True
