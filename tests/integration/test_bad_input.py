@@ -162,3 +162,27 @@ async def test_webhook_with_wrong_content_is_400_before_anything_is_stored(
                 assert r.status_code == 400, (case, r.text)
                 assert r.json()["error"]
     assert await clean_db.fetchval("SELECT count(*) FROM billing.stripe_events") == 0
+
+
+@pytest.mark.parametrize(("credits", "message"), [("-500", "metadata.credits=-500 must be > 0"),
+                                                  ("lots", "metadata.credits='lots' is not an integer")],
+                         ids=["negative", "not-an-integer"])
+async def test_bad_credit_purchase_fails_visibly_and_grants_nothing(
+        credits, message, temporal_env, postgres_dsn, emulator, emulator_admin, stripe_client, webhook_secret,
+        task_queue, clean_db):
+    async with webhook_stack(temporal_env.client, postgres_dsn, emulator, emulator_admin, stripe_client,
+                             webhook_secret, task_queue):
+        cus = await stripe_client.v1.customers.create_async(params={"name": "B", "metadata": {"customer_id": "bad-c"}})
+        product = await stripe_client.v1.products.create_async(params={"name": "credits"})
+        price = await stripe_client.v1.prices.create_async(params={
+            "product": product.id, "currency": "usd", "unit_amount": 100})
+        cs = await stripe_client.v1.checkout.sessions.create_async(params={
+            "mode": "payment", "customer": cus.id, "success_url": "https://example.com/ok",
+            "line_items": [{"price": price.id, "quantity": 1}], "metadata": {"credits": credits}})
+        await emulator_admin.complete_checkout_session(cs.id)
+        await wait_until_settled(clean_db, emulator_admin)
+    row = await clean_db.fetchrow(
+        "SELECT status, error FROM billing.stripe_events WHERE type = 'checkout.session.completed'")
+    assert row["status"] == "failed" and message in row["error"], dict(row)
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.credit_ledger") == 0
+    assert not await clean_db.fetchval("SELECT coalesce(sum(balance), 0) FROM billing.credit_balances")
