@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -133,13 +134,17 @@ class Chaos:
             if in_phase == temporal_at and self.stack.faults.temporal_restarts == 0:
                 await asyncio.to_thread(self.stack.restart_temporal)
                 extra = " + Temporal dev server restarted"
-            elif phase == "c" and in_phase == 1 and not self.postgres_restarted:
-                await asyncio.to_thread(self.stack.restart_postgres)
-                self.postgres_restarted = True
-                extra = " + Postgres restarted"
             say(f"  kill {self.kills_done} ({phase}){extra}")
             await asyncio.to_thread(self.stack.start_worker)
-            if self.kills_done % 3 == 0 and not task.done():
+            if task.done():
+                continue
+            if phase == "c" and not self.postgres_restarted:
+                # Under a live worker, while it works: its pool loses every connection at once.
+                await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+                await asyncio.to_thread(self.stack.restart_postgres)
+                self.postgres_restarted = True
+                say("  Postgres restarted (pg_ctl restart -m fast) under the running worker")
+            elif self.kills_done % 2 == 0:
                 await asyncio.sleep(self.rng.uniform(0.5, 3.0))
                 n = await self.stack.terminate_backends(self.database)
                 say(f"  pg_terminate_backend: {n} connection(s) of the worker dropped")
@@ -239,11 +244,23 @@ async def run_once(stack: ChaosStack, name: str, *, chaos: bool, seed: int, size
         "exactly_once": once, "webhooks_vs_stripe": webhooks, "faults_injected": injected,
         "worker_log": {
             "activity_attempts_failed": log.count("Completing activity as failed"),
+            "failure_causes": failure_causes(log),
             "rate_limit_errors_surfaced": log.count("RateLimitError"),
             "workflow_task_failures": log.count("Failed activation on workflow"),
         },
         "kills": driver.kills_done,
     }
+
+
+def failure_causes(log: str) -> dict[str, int]:
+    """The exception that ended each failed activity attempt, by class (from the tracebacks)."""
+    causes: dict[str, int] = {}
+    for block in log.split("Completing activity as failed")[1:]:
+        found = re.findall(r"^[\s|]*([A-Za-z_][\w.]*(?:Error|Exception|Timeout\w*|Shutdown\w*)): ", block, re.M)
+        names = [n for n in found if n != "ExceptionGroup"]
+        key = names[-1] if names else "unknown"
+        causes[key] = causes.get(key, 0) + 1
+    return causes
 
 
 async def main(*, kills: int, size: str, seed: int, page_size: int, state_dir: Path | None,
@@ -276,6 +293,7 @@ async def main(*, kills: int, size: str, seed: int, page_size: int, state_dir: P
         "pg_terminate_rounds": faults.terminate_rounds, "pg_connections_terminated": faults.backends_terminated,
         "stripe_faults_injected": chaos["faults_injected"],
         "activity_attempts_failed_and_retried": chaos["worker_log"]["activity_attempts_failed"],
+        "activity_failure_causes": chaos["worker_log"]["failure_causes"],
         "rate_limit_errors_surfaced": chaos["worker_log"]["rate_limit_errors_surfaced"],
         "runs_completed": {"baseline": "failed" not in base["results"], "chaos": "failed" not in chaos["results"]},
         "writes_checked": {
