@@ -495,19 +495,28 @@ class UsageActivities:
 
         Within Stripe's 24 h identifier window a re-send is safe (a duplicate is refused and
         read as "already sent"). Older than that it is not: such a row is taken as sent when it
-        was planned, and the next comparison with Stripe's summary decides (lost -> re-push)."""
+        was planned, and the next comparison with Stripe's summary decides (lost -> re-push).
+
+        A `planned` row whose key lock is held is not a crash leftover: another run (e.g. a
+        backfill's next day, same customers) is between its outbox write and its send right
+        now. It is left to that run; a crashed run's lock went with its connection."""
         async with self.pool.acquire() as conn:
             planned = await store.planned_pushes(conn, ids)
         for r in planned:
-            if r["planned_at"] < now - RESEND_WINDOW:
-                async with self.pool.acquire() as conn:
-                    await conn.execute(
-                        "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = planned_at, "
-                        "error = 'delivery unknown (planned over 23 h ago): taken as sent, checked "
-                        "against the summary' WHERE identifier = $1 AND status = 'planned'", r["identifier"])
-                continue
+            lock_key = f"usage-key|{r['customer_id']}|{r['meter']}|{r['usage_day']}"
             async with self.pool.acquire() as conn:
-                await self._send_push(conn, r["identifier"], now, counts)
+                if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key):
+                    continue
+                try:
+                    if r["planned_at"] < now - RESEND_WINDOW:
+                        await conn.execute(
+                            "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = planned_at, "
+                            "error = 'delivery unknown (planned over 23 h ago): taken as sent, checked "
+                            "against the summary' WHERE identifier = $1 AND status = 'planned'", r["identifier"])
+                    else:
+                        await self._send_push(conn, r["identifier"], now, counts)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
 
     def _decide_status(self, ctx: RunContext, f: _Finding, inp: PageInput, counts: Counts) -> None:
         """What happens to a finding in this mode; counts it once."""

@@ -119,7 +119,7 @@ async def planned_pushes(conn: asyncpg.Connection, customers: list[str]) -> list
     write and the send. They are sent before anything else is decided."""
     return await conn.fetch(
         """
-        SELECT identifier, planned_at
+        SELECT identifier, planned_at, customer_id, meter, usage_day
           FROM billing.stripe_usage_pushes
          WHERE status = 'planned' AND customer_id = ANY($1)
         """,

@@ -133,6 +133,12 @@ async def _flush(conn: asyncpg.Connection, batch: list[UsageEvent], source: str,
 
 def read_file(path: Path, report: IngestReport) -> Iterator[UsageEvent]:
     """JSONL (one object per line) or CSV with a header row; invalid lines are reported."""
+    for _, ev in read_lines(path, report):
+        yield ev
+
+
+def read_lines(path: Path, report: IngestReport) -> Iterator[tuple[int, UsageEvent]]:
+    """`read_file` with the line number of every valid event."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         with path.open() as fh:
@@ -140,7 +146,7 @@ def read_file(path: Path, report: IngestReport) -> Iterator[UsageEvent]:
                 if not line.strip():
                     continue
                 try:
-                    yield UsageEvent.model_validate(json.loads(line))
+                    yield n, UsageEvent.model_validate(json.loads(line))
                 except (json.JSONDecodeError, ValidationError) as e:
                     report.invalid.append(f"line {n}: {_reason(e)}")
     elif suffix == ".csv":
@@ -154,7 +160,7 @@ def read_file(path: Path, report: IngestReport) -> Iterator[UsageEvent]:
                     report.invalid.append(f"line {n}: more fields than the header has")
                     continue
                 try:
-                    yield UsageEvent.model_validate(rec)
+                    yield n, UsageEvent.model_validate(rec)
                 except (ValidationError, InvalidOperation) as e:
                     report.invalid.append(f"line {n}: {_reason(e)}")
     else:

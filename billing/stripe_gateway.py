@@ -32,6 +32,7 @@ from billing.telemetry import stripe_span
 class _CallState:
     operation: str
     requests: int = 0
+    limiter: AsyncLimiter | None = None
 
 
 # The gateway call in progress (set by StripeGateway._call): names the HTTP requests it makes.
@@ -40,7 +41,9 @@ _call_state: contextvars.ContextVar[_CallState | None] = contextvars.ContextVar(
 
 class InstrumentedHTTPXClient(stripe.HTTPXClient):
     """The SDK's httpx transport, counting every HTTP request (each SDK retry is one) by the
-    gateway operation that made it and its HTTP status."""
+    gateway operation that made it and its HTTP status. An SDK retry (after a 5xx or a
+    connection error) is one more request against the account's rate limit: it waits for its
+    own slot of the gateway's limiter (the first request got one from the gateway)."""
 
     async def request_async(self, method, url, headers, post_data=None):
         state = _call_state.get()
@@ -49,6 +52,8 @@ class InstrumentedHTTPXClient(stripe.HTTPXClient):
             state.requests += 1
             if state.requests > 1:
                 metrics.record_stripe_retry(operation, "sdk")
+                if state.limiter is not None:
+                    await state.limiter.acquire()
         started = time.monotonic()
         try:
             content, status, response_headers = await super().request_async(
@@ -77,7 +82,10 @@ def make_limiter(rate_per_second: float) -> AsyncLimiter | None:
     return AsyncLimiter(max_rate=rate_per_second, time_period=1.0)
 
 
-RATE_LIMIT_RETRIES = 6
+# 429s retried inside one call (backoff 0.25 s doubling to 4 s, with jitter: about 25-50 s in
+# all) before the activity attempt fails. Stripe's limit is shared with every other client of
+# the account, so a run of 429s is normal under load and must not fail the attempt.
+RATE_LIMIT_RETRIES = 10
 
 
 class PushOutcome(StrEnum):
@@ -117,7 +125,7 @@ class StripeGateway:
         with stripe_span(operation) as span:
             for attempt in range(RATE_LIMIT_RETRIES):
                 await self._slot()
-                token = _call_state.set(_CallState(operation))
+                token = _call_state.set(_CallState(operation, limiter=self._limiter))
                 try:
                     return await fn(*args, **kwargs)
                 except stripe.RateLimitError:

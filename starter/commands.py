@@ -91,46 +91,63 @@ def worker() -> None:
 def ingest(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV usage events"),
     source: str = typer.Option("cli", help="Recorded in usage_events.source"),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid",
+        help="Write the valid lines and skip the invalid ones (bad format, fields or unknown customer); "
+             "each skipped line is reported with its number and the exit code is 1"),
 ) -> None:
     """Load usage events into billing.usage_events, idempotent by request_id.
 
-    The whole file is validated first (format, fields, known customers): one bad line and
-    nothing is written."""
-    from billing.ingest import IngestReport, UnknownCustomers, read_file
+    The whole file is validated first (format, fields, known customers): by default one bad
+    line and nothing is written. With --skip-invalid the valid lines are written, every
+    invalid line is reported by number, and the command exits 1."""
+    from billing.ingest import IngestReport, UnknownCustomers, read_lines
     from billing.ingest import ingest as do_ingest
 
-    async def go() -> IngestReport:
+    async def go() -> tuple[IngestReport, list[str]]:
         check = IngestReport()
-        customers: set[str] = set()
-        valid = 0
+        customers: dict[str, list[int]] = {}
         try:
-            for ev in read_file(file, check):
-                customers.add(ev.customer_id)
-                valid += 1
+            for n, ev in read_lines(file, check):
+                customers.setdefault(ev.customer_id, []).append(n)
         except ValueError as e:
             raise _fail(str(e)) from e
-        if check.invalid:
+        if check.invalid and not skip_invalid:
             for line in check.invalid[:50]:
                 err.print(f"  {line}")
-            raise _fail(f"{len(check.invalid)} invalid line(s) in {file}; nothing was written")
+            raise _fail(f"{len(check.invalid)} invalid line(s) in {file}; nothing was written "
+                        "(--skip-invalid writes the valid lines)")
         conn = await db.connect(_database_url())
         try:
             known = {r["customer_id"] for r in await conn.fetch(
                 "SELECT customer_id FROM billing.customers WHERE customer_id = ANY($1)", sorted(customers))}
-            unknown = sorted(customers - known)
-            if unknown:
+            unknown = sorted(set(customers) - known)
+            if unknown and not skip_invalid:
                 raise _fail(f"{UnknownCustomers(unknown)}; nothing was written")
+            skipped = list(check.invalid) + [
+                f"line {n}: unknown customer {c}" for c in unknown for n in customers[c]]
+            skipped.sort(key=lambda s: int(s.split(":", 1)[0].removeprefix("line ")))
+            valid = sum(len(v) for c, v in customers.items() if c in known)
+            unknown_set = set(unknown)
             with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=err) as bar:
                 task = bar.add_task("ingest", total=valid)
-                return await do_ingest(conn, read_file(file, IngestReport()), source=source,
-                                       on_batch=lambda r: bar.update(task, completed=r.read))
+                events = (ev for _, ev in read_lines(file, IngestReport()) if ev.customer_id not in unknown_set)
+                report = await do_ingest(conn, events, source=source,
+                                         on_batch=lambda r: bar.update(task, completed=r.read))
+            return report, skipped
         finally:
             await conn.close()
 
-    report = asyncio.run(go())
+    report, skipped = asyncio.run(go())
     console.print(f"read {report.read}, inserted {report.inserted}, duplicates {report.duplicates} "
                   "(absorbed, counted in dedupe_count)")
+    if skipped:
+        for line in skipped[:50]:
+            err.print(f"  {line}")
+        more = " (first 50 listed)" if len(skipped) > 50 else ""
+        raise _fail(f"{len(skipped)} invalid line(s) in {file} skipped{more}; the {report.read} valid line(s) "
+                    "were written")
 
 
 # ---------------------------------------------------------------------------- reconcile

@@ -71,3 +71,41 @@ async def test_a_reused_workflow_id_starts_a_fresh_report(
     assert await clean_db.fetchval("SELECT count(*) FROM billing.discrepancies WHERE run_id = $1", run_id) == 0
     run_row = await clean_db.fetchrow("SELECT status, counts FROM billing.reconciliation_runs WHERE run_id = $1", run_id)
     assert run_row["status"] == "completed" and run_row["counts"]["drift_count"] == 0
+
+
+async def test_a_planned_push_another_run_is_sending_is_left_to_that_run(
+        clean_db, stripe_client, emulator, emulator_admin, postgres_dsn):
+    """Two runs over the same customers (a backfill's days run side by side): a page's
+    crash-recovery flush must not send a row another run planned a moment ago and is about to
+    send, or both count it (found by the chaos run: 31 pushes counted for 30 keys)."""
+    from activities.usage import UsageActivities
+    from billing.models import Counts
+    from billing.stripe_gateway import StripeGateway, make_stripe_client
+
+    world = await seed_world(clean_db, stripe_client, n_customers=1, days=1, events_per_key=1,
+                             meters={"api_requests": "API requests"}, with_counters=False)
+    cid, sid = world.customers[0]
+    day = world.end
+    ident = f"br_inflight_{world.tag}"
+    await clean_db.execute(
+        """INSERT INTO billing.stripe_usage_pushes (identifier, customer_id, stripe_customer_id, meter, usage_day,
+                                                    value, event_timestamp, kind, status)
+           VALUES ($1, $2, $3, 'api_requests', $4, 1, $5, 'delta', 'planned')""",
+        ident, cid, sid, day, datetime.now(UTC) - timedelta(minutes=1))
+    settings = make_settings(postgres_dsn, emulator)
+    acts = UsageActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+    lock_key = f"usage-key|{cid}|api_requests|{day}"
+    async with clean_db.acquire() as other_run:
+        await other_run.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key)
+        busy = Counts()
+        await acts._flush_planned(None, [cid], datetime.now(UTC), busy)  # type: ignore[arg-type]
+        await other_run.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
+    assert busy.corrections_pushed == 0 and busy.stripe_writes == 0
+    assert await emulator_admin.meter_events() == []
+    # The other run is gone without sending (a crash): its lock went with it, the row is sent.
+    after = Counts()
+    await acts._flush_planned(None, [cid], datetime.now(UTC), after)  # type: ignore[arg-type]
+    assert after.corrections_pushed == 1
+    assert [e["identifier"] for e in await emulator_admin.meter_events()] == [ident]
+    assert await clean_db.fetchval(
+        "SELECT status FROM billing.stripe_usage_pushes WHERE identifier = $1", ident) == "sent"

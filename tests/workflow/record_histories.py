@@ -337,6 +337,66 @@ async def record_operations(client: Client, settings: Settings, task_queue: str,
     return paths
 
 
+async def record_continue_as_new(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,
+                                 stripe_client) -> list[Path]:
+    """ReconcileUsage continuing-as-new in the middle of its scan, and the run that finishes.
+
+    Pages of one customer (`RECON_PAGE_SIZE=1`) on a dev server that suggests continue-as-new
+    after a few history events (`limit.historyCount.suggestContinueAsNew`, see
+    `test_record_continue_as_new_histories`): the workflow's own `is_continue_as_new_suggested`
+    path, no test-only code in the workflow."""
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    ids = await seed(postgres_dsn, stripe_client, tag, customers=4)
+    today = datetime.now(UTC).date()
+    paths: list[Path] = []
+    small_pages = settings.model_copy(update={"recon_page_size": 1})
+    w, close = await worker_module.build_worker(client, small_pages, task_queue=task_queue)
+    try:
+        async with w:
+            inp = ReconcileUsageInput(mode=Mode.APPLY, settle_seconds=1, start_date=today - timedelta(days=2),
+                                      end_date=today, customers=ids, actor="recorder")
+            handle = await client.start_workflow("ReconcileUsage", inp, id=f"{tag}-can", task_queue=task_queue,
+                                                 result_type=ReconcileResult)
+            res = await asyncio.wait_for(handle.result(), 120)
+            assert res.status == RunStatus.COMPLETED and res.counts.corrections_pushed > 0, res
+            first = client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+            history = await first.fetch_history()
+            kinds = [e.event_type for e in history.events]
+            from temporalio.api.enums.v1 import EventType
+
+            assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW in kinds, "no continue-as-new"
+            path = HISTORIES / "reconcile_usage_continue_as_new_first.json"
+            path.write_text(history.to_json())
+            paths.append(path)
+            last = client.get_workflow_handle(handle.id)
+            desc = await last.describe()
+            assert desc.run_id != handle.first_execution_run_id
+            paths.append(await save(last, "reconcile_usage_continue_as_new_last"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_continue_as_new_histories(postgres_dsn, clean_db, emulator, stripe_client, task_queue):
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from starter.stack import find_temporal_binary
+
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_binary(), data_converter=pydantic_data_converter, ui=False,
+        dev_server_log_level="warn",
+        dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=12"])
+    try:
+        paths = await record_continue_as_new(env.client, settings_for(postgres_dsn, emulator), task_queue,
+                                             postgres_dsn, stripe_client)
+    finally:
+        await env.shutdown()
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
+
+
 async def test_record_operations_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
     HISTORIES.mkdir(parents=True, exist_ok=True)
     paths = await record_operations(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,

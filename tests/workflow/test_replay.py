@@ -38,6 +38,26 @@ def test_every_workflow_type_has_a_history():
     assert registered <= recorded, f"no recorded history for {sorted(registered - recorded)}"
 
 
+def _event_kinds(path: Path) -> set[str]:
+    return {e.get("eventType", "") for e in json.loads(path.read_text())["events"]}
+
+
+def test_histories_cover_continue_as_new_approval_signals_and_children():
+    """Not only every type: the paths that replay differently are recorded too."""
+    kinds: dict[str, set[str]] = {p.stem: _event_kinds(p) for p in FILES}
+
+    def any_with(fragment: str) -> list[str]:
+        return [name for name, k in kinds.items() if any(fragment in x for x in k)]
+
+    assert any_with("CONTINUED_AS_NEW") or any_with("ContinuedAsNew"), "no continue-as-new history"
+    assert any_with("UPDATE_ACCEPTED") or any_with("UpdateAccepted"), "no history with an (approval) update"
+    assert any_with("SIGNALED") or any_with("Signaled"), "no history with a signal"
+    assert any_with("CHILD_WORKFLOW_EXECUTION_COMPLETED") or any_with("ChildWorkflowExecutionCompleted")
+    # The run after a continue-as-new starts from carried state.
+    last = json.loads((HISTORIES / "reconcile_usage_continue_as_new_last.json").read_text())["events"][0]
+    assert "continuedExecutionRunId" in last["workflowExecutionStartedEventAttributes"]
+
+
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 async def test_replay(path: Path):
     replayer = Replayer(workflows=worker_module.WORKFLOWS, data_converter=pydantic_data_converter)
