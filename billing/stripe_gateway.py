@@ -6,6 +6,7 @@ Temporal retries the activity."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -17,6 +18,8 @@ from aiolimiter import AsyncLimiter
 from temporalio.exceptions import ApplicationError
 
 from billing.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def make_stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -65,6 +68,9 @@ class StripeGateway:
     def __init__(self, client: stripe.StripeClient, limiter: AsyncLimiter | None) -> None:
         self._client = client
         self._limiter = limiter
+        # 429s answered by Stripe and retried here (each one is logged): a limiter sized right
+        # keeps this at zero.
+        self.rate_limit_retries = 0
 
     async def _slot(self) -> None:
         if self._limiter is not None:
@@ -78,8 +84,11 @@ class StripeGateway:
             try:
                 return await fn(*args, **kwargs)
             except stripe.RateLimitError:
+                self.rate_limit_retries += 1
                 if attempt == RATE_LIMIT_RETRIES - 1:
                     raise
+                log.warning("Stripe answered 429 (rate limited); retry %d of %d", attempt + 1,
+                            RATE_LIMIT_RETRIES - 1)
                 await asyncio.sleep(min(0.25 * 2**attempt, 4.0) * (1 + random.random()))
             except (stripe.AuthenticationError, stripe.PermissionError) as e:
                 # A wrong or restricted key: retrying cannot help, fail the run with the cause.
