@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -740,7 +740,10 @@ class UsageActivities:
                                "value": str(p["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"push|{p['identifier']}"))
-            result = await self._send_push(conn, p["identifier"], _now(), counts)
+            # Just inserted: the row is exactly `p`, no need to read it back.
+            result = await self._send_push(conn, p["identifier"], _now(), counts, row={
+                "meter": meter, "stripe_customer_id": f.stripe_customer_id, "value": p["value"],
+                "event_timestamp": p["event_timestamp"]} if inserted else None)
             if result is None and not inserted:
                 status, detail = "skipped", f"correction {p['identifier']} already handled earlier"
             elif result == PushOutcome.TOO_OLD:
@@ -750,14 +753,16 @@ class UsageActivities:
         return status, detail
 
     async def _send_push(self, conn: asyncpg.Connection, identifier: str, now: datetime,
-                         counts: Counts) -> PushOutcome | None:
+                         counts: Counts, row: Mapping[str, Any] | None = None) -> PushOutcome | None:
         """Send one outbox row that is still `planned`, exactly as stored; mark it by outcome.
-        Transient errors raise (the activity retries and the row is sent again)."""
-        row = await conn.fetchrow(
-            "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = 'planned'",
-            identifier)
+        `row`: the row as this connection just inserted it (else it is read). Transient errors
+        raise (the activity retries and the row is sent again)."""
         if row is None:
-            return None
+            row = await conn.fetchrow(
+                "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = 'planned'",
+                identifier)
+            if row is None:
+                return None
         outcome, msg = await self.stripe.push_meter_event(
             identifier=identifier, event_name=row["meter"], stripe_customer_id=row["stripe_customer_id"],
             value=to_stripe_value(_dec(row["value"])), timestamp=row["event_timestamp"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from urllib.parse import quote
 
 import stripe
 from aiolimiter import AsyncLimiter
@@ -120,15 +121,21 @@ class StripeGateway:
             "customer": stripe_customer_id, "start_time": start_ts, "end_time": end_ts,
             "value_grouping_window": "day", "limit": 100,
         }
+        # The one hot call of a reconciliation (one per customer and meter). Read through the
+        # SDK's raw_request: the same request, retries and error classes as
+        # `meters.event_summaries.list_async`, without building a StripeObject per summary
+        # (about a tenth of the worker's CPU at full speed, measured with bench/reconcile).
+        url = f"/v1/billing/meters/{quote(meter_id, safe='')}/event_summaries"
         while True:
-            page = await self._call(
-                self._client.v1.billing.meters.event_summaries.list_async, meter_id, params=params)
-            for s in page.data:
-                day = datetime.fromtimestamp(s.start_time, tz=UTC).date()
-                out[day] = out.get(day, Decimal(0)) + Decimal(str(s.aggregated_value))
-            if not page.has_more or not page.data:
+            resp = await self._call(self._client.raw_request_async, "get", url, **params)
+            page = resp.data
+            data = page.get("data") or []
+            for s in data:
+                day = datetime.fromtimestamp(s["start_time"], tz=UTC).date()
+                out[day] = out.get(day, Decimal(0)) + Decimal(str(s["aggregated_value"]))
+            if not page.get("has_more") or not data:
                 return out
-            params = {**params, "starting_after": page.data[-1].id}
+            params = {**params, "starting_after": data[-1]["id"]}
 
     async def push_meter_event(
         self, *, identifier: str, event_name: str, stripe_customer_id: str, value: str,

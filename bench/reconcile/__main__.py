@@ -37,7 +37,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.reconcile import dataset
-from bench.reconcile.stack import ROOT, Stack, peak_rss_mib
+from bench.reconcile.stack import ROOT, Stack, cpu_seconds, peak_rss_mib
 from billing.models import Mode, ReconcileResult, ReconcileUsageInput, RunStatus
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway, make_stripe_client
@@ -66,18 +66,20 @@ def parse_size(s: str) -> tuple[int, int]:
     return events, max(1, events // 100)
 
 
-async def history_events(client: Client, workflow_id: str, first_run_id: str) -> tuple[int, int]:
-    """(events, runs) summed over the continue-as-new chain."""
-    total, runs, run_id = 0, 0, first_run_id
+async def history_events(client: Client, workflow_id: str, first_run_id: str) -> tuple[int, int, int]:
+    """(events, runs, activity attempts after the first) over the continue-as-new chain."""
+    total, runs, retries, run_id = 0, 0, 0, first_run_id
     while run_id:
         hist = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         total += len(hist.events)
         runs += 1
+        retries += sum(e.activity_task_started_event_attributes.attempt - 1 for e in hist.events
+                       if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED)
         last = hist.events[-1]
         run_id = ""
         if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
             run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return total, runs
+    return total, runs, retries
 
 
 async def stripe_calls(emulator_url: str) -> dict[str, int]:
@@ -91,11 +93,10 @@ async def set_emulator_rate(emulator_url: str, rate: float) -> None:
 
 
 async def run_workflow(stack: Stack, args: argparse.Namespace, ds: dataset.Dataset) -> dict[str, Any]:
-    stack.start_worker({
+    pid = stack.start_worker({
         "STRIPE_API_KEY": API_KEY, "STRIPE_RATE_LIMIT": str(args.rate_limit),
         "RECON_STRIPE_CONCURRENCY": str(args.concurrency), "RECON_PAGE_SIZE": str(args.page_size),
-        "BILLING_TASK_QUEUE": TASK_QUEUE, "DATABASE_POOL_MAX": "10"})
-    pid = stack.procs["worker"].pid
+        "BILLING_TASK_QUEUE": TASK_QUEUE, "DATABASE_POOL_MAX": "10"}, profile=args.profile_worker)
     log_offset = stack.worker_log_size()
     client = await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
     inp = ReconcileUsageInput(
@@ -108,15 +109,16 @@ async def run_workflow(stack: Stack, args: argparse.Namespace, ds: dataset.Datas
     result: ReconcileResult = await handle.result()
     wall = time.perf_counter() - t0
     rss = peak_rss_mib(pid)
+    cpu = cpu_seconds(pid)
     log = stack.worker_log_since(log_offset)
     stack.stop_worker()
     if result.status != RunStatus.COMPLETED:
         raise RuntimeError(f"workflow ended {result.status}")
-    events, runs = await history_events(client, wid, handle.first_execution_run_id or handle.result_run_id or "")
+    events, runs, retries = await history_events(client, wid, handle.first_execution_run_id or handle.result_run_id or "")
     c, v = result.counts, result.verify_counts
     return {
-        "wall_seconds": round(wall, 3), "peak_rss_mib": round(rss, 1),
-        "history_events": events, "runs": runs,
+        "wall_seconds": round(wall, 3), "peak_rss_mib": round(rss, 1), "cpu_seconds": round(cpu, 2),
+        "history_events": events, "runs": runs, "activity_retries": retries,
         "rate_limit_retries": len(re.findall(r"Stripe answered 429", log)),
         "counts": {"keys_checked": c.keys_checked, "drift_count": c.drift_count,
                    "corrections_pushed": c.corrections_pushed, "corrections_cancelled": c.corrections_cancelled,
@@ -160,10 +162,13 @@ async def one_size(args: argparse.Namespace, n_events: int, n_customers: int) ->
             say(f"{arm}: starting state established in {time.perf_counter() - t:.1f} s")
             if args.rate_limit:
                 await set_emulator_rate(stack.emulator_url, args.rate_limit)
+            cpu0 = stack.cpu()
             if arm == "workflow":
                 r = await run_workflow(stack, args, ds)
             else:
                 r = await asyncio.to_thread(run_baseline, stack, args, ds)
+            cpu1 = stack.cpu()
+            r["cpu_seconds_other"] = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu1 if k in cpu0}
             if args.rate_limit:
                 await set_emulator_rate(stack.emulator_url, 0)
             calls = await stripe_calls(stack.emulator_url)
@@ -214,6 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-limit", type=float, default=0,
                    help="Stripe ops/s: the emulator's limit and STRIPE_RATE_LIMIT; 0 = unlimited")
     p.add_argument("--order", default="baseline,workflow", help="arms, in the order they run")
+    p.add_argument("--profile-worker", metavar="PY_SPY",
+                   help="run the worker under this py-spy binary (collapsed stacks in the kept bench folder)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs) afterwards")
     args = p.parse_args(argv)
     if not 1 <= args.days <= 30:

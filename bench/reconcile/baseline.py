@@ -297,7 +297,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.perf_counter() - t0
     finally:
         await pool.close()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"wall_seconds": round(wall, 3), "counts": counts, "peak_rss_mib": round(_peak_rss_mib(), 1),
+            "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 2),
             "rate_limit_retries": gateway.rate_limit_retries}
 
 

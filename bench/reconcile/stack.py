@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from billing import db
 from starter.stack import ensure_database, find_temporal_binary
@@ -54,6 +57,25 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU of a process (and, with `children`, of its live descendants)."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *(proc.children(recursive=True) if children else [])]
+        root = proc.cpu_times()
+        # Backends that have exited (the worker's pool closed) are in the postmaster's children_*.
+        total = root.children_user + root.children_system if children else 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the peak resident set size of a live process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -87,7 +109,7 @@ class Stack:
         proc = self.procs.pop(name, None)
         if proc is None:
             return
-        proc.terminate()
+        proc.send_signal(signal.SIGINT if name == "worker" else signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -122,12 +144,26 @@ class Stack:
             "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error"])
         _wait("temporal dev server", proc, self.logs["temporal"], lambda: _port_open(port))
 
-    def start_worker(self, env: dict[str, str]) -> int:
-        """`python -m worker` (the production entry point) with the given settings; its pid."""
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the emulator, the dev server and Postgres (all backends)."""
+        out: dict[str, float] = {name: cpu_seconds(self.procs[name].pid) for name in ("emulator", "temporal") if name in self.procs}
+        if self.pg is not None:
+            pid = int((Path(self.pg.pgdata) / "postmaster.pid").read_text().split()[0])
+            out["postgres"] = cpu_seconds(pid, children=True)
+        return out
+
+    def start_worker(self, env: dict[str, str], profile: str | None = None) -> int:
+        """`python -m worker` (the production entry point) with the given settings; its pid.
+        `profile`: a py-spy binary; the worker then runs under `py-spy record` (collapsed stacks
+        in worker.profile.txt in the bench folder) and the pid is py-spy's child's."""
         self._stop("worker")
+        command = [sys.executable, "-m", "worker"]
+        if profile:
+            command = [profile, "record", "--rate", "50", "--format", "raw", "--nonblocking",
+                       "--output", str(self.folder / "worker.profile.txt"), "--", *command]
         log = self.folder / "worker.log"
         offset = log.stat().st_size if log.exists() else 0
-        proc = self._spawn("worker", [sys.executable, "-m", "worker"], {
+        proc = self._spawn("worker", command, {
             "DATABASE_URL": self.dsn, "STRIPE_API_BASE": self.emulator_url,
             "TEMPORAL_ADDRESS": self.temporal_address, **env})
 
@@ -137,6 +173,8 @@ class Stack:
                 return WORKER_READY in fh.read()
 
         _wait("worker", proc, log, ready)
+        if profile:
+            return int(psutil.Process(proc.pid).children()[0].pid)
         return proc.pid
 
     def worker_log_since(self, offset: int) -> str:
