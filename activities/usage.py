@@ -337,18 +337,27 @@ class UsageActivities:
         # One snapshot for all reads: an app committing an event and its counter increment
         # between two reads must not look like drift.
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            ledger_rows = await store.ledger_by_day(conn, ids, ctx.window_start, ctx.window_end, meter_names)
             # Counters are checked against the ledger for every meter, Stripe-metered or not.
-            period_rows = await store.ledger_by_period(conn, ids, periods, ctx.meter_filter)
+            day_rows = await store.ledger_days(conn, ids, periods, ctx.meter_filter)
             counter_rows = await store.counters(conn, ids, [p[0] for p in periods], ctx.meter_filter)
             push_rows = await store.pushes(conn, ids, ctx.window_start, ctx.window_end)
-            unmetered = [] if ctx.meter_filter else await store.unmetered_usage(
-                conn, ids, ctx.window_start, ctx.window_end, meter_names)
 
+        metered = set(meter_names)
         ledger: dict[tuple[str, str, date], Decimal] = {}
-        for r in ledger_rows:
-            ledger[(r["customer_id"], r["meter"], r["day"])] = _dec(r["total"])
-            counts.dedupe_count += int(r["dupes"] or 0)
+        period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
+        unmetered: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        for r in day_rows:
+            cust, meter, day, total = r["customer_id"], r["meter"], r["day"], _dec(r["total"])
+            period_totals[(cust, meter, day.replace(day=1))] += total  # periods are calendar months
+            if not ctx.window_start <= day <= ctx.window_end:
+                continue
+            if meter in metered:
+                ledger[(cust, meter, day)] = total
+                counts.dedupe_count += int(r["dupes"] or 0)
+            elif not ctx.meter_filter:
+                unmetered[(cust, meter)] += total
+        period_rows = [{"customer_id": c, "meter": m, "period_start": p, "total": t}
+                       for (c, m, p), t in period_totals.items()]
         pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
         for r in push_rows:
             pushes[(r["customer_id"], r["meter"], r["usage_day"])].append(Push(
@@ -357,12 +366,12 @@ class UsageActivities:
 
         findings: list[_Finding] = []
         by_stripe_id = {c.customer_id: c.stripe_customer_id for c in batch}
-        for r in unmetered:
+        for (cust, meter), total in sorted(unmetered.items()):
             counts.unmetered_usage += 1
             findings.append(_Finding(
-                key=f"stripe|{r['customer_id']}|{r['meter']}|unmetered", kind=FindingKind.UNMETERED_USAGE,
-                customer_id=r["customer_id"], stripe_customer_id=by_stripe_id.get(r["customer_id"]),
-                meter=r["meter"], ledger=_dec(r["total"]), status="observed",
+                key=f"stripe|{cust}|{meter}|unmetered", kind=FindingKind.UNMETERED_USAGE,
+                customer_id=cust, stripe_customer_id=by_stripe_id.get(cust),
+                meter=meter, ledger=total, status="observed",
                 detail="no active Stripe meter has this event name: this usage is never billed"))
         findings += self._counter_findings(ctx, batch, period_rows, counter_rows)
         stripe_values, unreadable = await self._fetch_summaries(ctx, batch)

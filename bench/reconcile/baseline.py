@@ -7,8 +7,9 @@ What a competent engineer would write as a one-off script doing the same job as 
 of ReconcileUsage, with the same rules and the same writes, minus the orchestration:
 
   per page of customers (keyset, `--page-size`):
-    the same SQL aggregation   ledger per (customer, meter, day), ledger and counters per
-                               period, our outbox pushes (one repeatable-read snapshot)
+    the same SQL aggregation   ledger per (customer, meter, day) over the periods (window
+                               days and period totals derived from it), counters, our outbox
+                               pushes (one repeatable-read snapshot)
     the same Stripe reads      one event-summary call per (customer, meter) through the
                                project's StripeGateway (official SDK, one limiter), at most
                                `--concurrency` in flight
@@ -107,11 +108,16 @@ class Baseline:
         names = [m for m, _ in self.meters]
         periods = periods_overlapping(a.start, a.end)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            ledger_rows = await store.ledger_by_day(conn, ids, a.start, a.end, names)
-            period_rows = await store.ledger_by_period(conn, ids, periods, names)
+            day_rows = await store.ledger_days(conn, ids, periods, names)
             counter_rows = await store.counters(conn, ids, [p[0] for p in periods], names)
             push_rows = await store.pushes(conn, ids, a.start, a.end)
-        ledger = {(r["customer_id"], r["meter"], r["day"]): Decimal(r["total"]) for r in ledger_rows}
+        ledger: dict[tuple[str, str, date], Decimal] = {}
+        period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
+        for r in day_rows:
+            total = Decimal(r["total"])
+            period_totals[(r["customer_id"], r["meter"], r["day"].replace(day=1))] += total
+            if a.start <= r["day"] <= a.end:
+                ledger[(r["customer_id"], r["meter"], r["day"])] = total
         pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
         for r in push_rows:
             pushes[(r["customer_id"], r["meter"], r["usage_day"])].append(Push(
@@ -164,7 +170,7 @@ class Baseline:
 
         counter_fixes = []
         if not verify:
-            pl = {(r["customer_id"], r["meter"], r["period_start"]): Decimal(r["total"]) for r in period_rows}
+            pl = period_totals
             ctr = {(r["customer_id"], r["meter"], r["period_start"]): r for r in counter_rows}
             for key in sorted(set(pl) | set(ctr)):
                 row = ctr.get(key)
