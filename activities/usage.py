@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -66,8 +66,12 @@ from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
 
 log = logging.getLogger(__name__)
 
-# Customers handled between two checkpoints (and so redone at most after a crash).
-SUB_BATCH = 50
+# Customers handled between two checkpoints (and so redone at most after a crash). Each batch
+# ends with a phase where Stripe is idle (its corrections, then the next batch's SQL reads), so
+# small batches cost wall time: at 1M events / 10k customers, 50 -> 250 took the apply run from
+# 60 s to 48 s (bench/reconcile, docs/PERFORMANCE.md). A crash redoes at most 250 customers'
+# reads: 20 s at Stripe's test-mode 25 ops/s.
+SUB_BATCH = 250
 # The last checkpoint is re-sent this often while a batch works (heartbeat timeout is 30 s);
 # the heartbeat is also how a cancellation (a `pause`) reaches the activity.
 HEARTBEAT_EVERY_SECONDS = 1.0
@@ -357,18 +361,27 @@ class UsageActivities:
         # One snapshot for all reads: an app committing an event and its counter increment
         # between two reads must not look like drift.
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            ledger_rows = await store.ledger_by_day(conn, ids, ctx.window_start, ctx.window_end, meter_names)
             # Counters are checked against the ledger for every meter, Stripe-metered or not.
-            period_rows = await store.ledger_by_period(conn, ids, periods, ctx.meter_filter)
+            day_rows = await store.ledger_days(conn, ids, periods, ctx.meter_filter)
             counter_rows = await store.counters(conn, ids, [p[0] for p in periods], ctx.meter_filter)
             push_rows = await store.pushes(conn, ids, ctx.window_start, ctx.window_end)
-            unmetered = [] if ctx.meter_filter else await store.unmetered_usage(
-                conn, ids, ctx.window_start, ctx.window_end, meter_names)
 
+        metered = set(meter_names)
         ledger: dict[tuple[str, str, date], Decimal] = {}
-        for r in ledger_rows:
-            ledger[(r["customer_id"], r["meter"], r["day"])] = _dec(r["total"])
-            counts.dedupe_count += int(r["dupes"] or 0)
+        period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
+        unmetered: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        for r in day_rows:
+            cust, meter, day, total = r["customer_id"], r["meter"], r["day"], _dec(r["total"])
+            period_totals[(cust, meter, day.replace(day=1))] += total  # periods are calendar months
+            if not ctx.window_start <= day <= ctx.window_end:
+                continue
+            if meter in metered:
+                ledger[(cust, meter, day)] = total
+                counts.dedupe_count += int(r["dupes"] or 0)
+            elif not ctx.meter_filter:
+                unmetered[(cust, meter)] += total
+        period_rows = [{"customer_id": c, "meter": m, "period_start": p, "total": t}
+                       for (c, m, p), t in period_totals.items()]
         pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
         for r in push_rows:
             pushes[(r["customer_id"], r["meter"], r["usage_day"])].append(Push(
@@ -377,12 +390,12 @@ class UsageActivities:
 
         findings: list[_Finding] = []
         by_stripe_id = {c.customer_id: c.stripe_customer_id for c in batch}
-        for r in unmetered:
+        for (cust, meter), total in sorted(unmetered.items()):
             counts.unmetered_usage += 1
             findings.append(_Finding(
-                key=f"stripe|{r['customer_id']}|{r['meter']}|unmetered", kind=FindingKind.UNMETERED_USAGE,
-                customer_id=r["customer_id"], stripe_customer_id=by_stripe_id.get(r["customer_id"]),
-                meter=r["meter"], ledger=_dec(r["total"]), status="observed",
+                key=f"stripe|{cust}|{meter}|unmetered", kind=FindingKind.UNMETERED_USAGE,
+                customer_id=cust, stripe_customer_id=by_stripe_id.get(cust),
+                meter=meter, ledger=total, status="observed",
                 detail="no active Stripe meter has this event name: this usage is never billed"))
         findings += self._counter_findings(ctx, batch, period_rows, counter_rows)
         stripe_values, unreadable = await self._fetch_summaries(ctx, batch)
@@ -781,7 +794,10 @@ class UsageActivities:
                                "value": str(p["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"push|{p['identifier']}"))
-            result = await self._send_push(conn, p["identifier"], _now(), counts)
+            # Just inserted: the row is exactly `p`, no need to read it back.
+            result = await self._send_push(conn, p["identifier"], _now(), counts, row={
+                "meter": meter, "stripe_customer_id": f.stripe_customer_id, "value": p["value"],
+                "event_timestamp": p["event_timestamp"]} if inserted else None)
             if result is None and not inserted:
                 status, detail = "skipped", f"correction {p['identifier']} already handled earlier"
             elif result == PushOutcome.TOO_OLD:
@@ -791,33 +807,41 @@ class UsageActivities:
         return status, detail
 
     async def _send_push(self, conn: asyncpg.Connection, identifier: str, now: datetime,
-                         counts: Counts) -> PushOutcome | None:
+                         counts: Counts, row: Mapping[str, Any] | None = None) -> PushOutcome | None:
         """Send one outbox row that is still `planned`, exactly as stored; mark it by outcome.
-        Transient errors raise (the activity retries and the row is sent again).
+        `row`: the row as this connection just inserted it under the key's lock (else it is
+        read). Transient errors raise (the activity retries and the row is sent again).
 
-        The row is locked while it is sent: two runs over overlapping keys (a backfill's days
-        run side by side) never both send it; the second skips it, and only the sender counts it."""
+        A row that is read is locked while it is sent: two runs over overlapping keys (a
+        backfill's days run side by side) never both send it; the second skips it, and only the
+        sender counts it."""
+        if row is not None:
+            return await self._push_row(conn, identifier, row, now, counts)
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = 'planned' "
                 "FOR UPDATE SKIP LOCKED", identifier)
             if row is None:
                 return None
-            outcome, msg = await self.stripe.push_meter_event(
-                identifier=identifier, event_name=row["meter"], stripe_customer_id=row["stripe_customer_id"],
-                value=to_stripe_value(_dec(row["value"])), timestamp=row["event_timestamp"])
-            counts.stripe_writes += 1
-            if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
-                counts.corrections_pushed += 1
-                await conn.execute(
-                    "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = $2 "
-                    "WHERE identifier = $1 AND status = 'planned'", identifier, now)
-            else:
-                counts.reconcile_failures += 1
-                await conn.execute(
-                    "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
-                    "WHERE identifier = $1 AND status = 'planned'", identifier, msg[:500])
-            return outcome
+            return await self._push_row(conn, identifier, row, now, counts)
+
+    async def _push_row(self, conn: asyncpg.Connection, identifier: str, row: Mapping[str, Any],
+                        now: datetime, counts: Counts) -> PushOutcome:
+        outcome, msg = await self.stripe.push_meter_event(
+            identifier=identifier, event_name=row["meter"], stripe_customer_id=row["stripe_customer_id"],
+            value=to_stripe_value(_dec(row["value"])), timestamp=row["event_timestamp"])
+        counts.stripe_writes += 1
+        if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
+            counts.corrections_pushed += 1
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = 'sent', sent_at = $2 "
+                "WHERE identifier = $1 AND status = 'planned'", identifier, now)
+        else:
+            counts.reconcile_failures += 1
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = 'failed', error = $2 "
+                "WHERE identifier = $1 AND status = 'planned'", identifier, msg[:500])
+        return outcome
 
 
 def _stripe_finding(c: _Customer, m: MeterInfo, day: date, f: StripeFinding) -> _Finding:

@@ -3,14 +3,12 @@ activity turns them into policy inputs."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 
 import asyncpg
 
 from billing.periods import day_start
-
-_ONE_DAY = timedelta(days=1)
 
 
 async def customers_page(
@@ -34,49 +32,21 @@ async def customers_page(
     )
 
 
-async def ledger_by_day(
-    conn: asyncpg.Connection, customers: list[str], start: date, end_inclusive: date,
+async def ledger_days(
+    conn: asyncpg.Connection, customers: list[str], periods: list[tuple[date, date]],
     meters: list[str],
 ) -> list[asyncpg.Record]:
+    """The customers' usage per (customer, meter, UTC day) over the billing periods that the
+    window overlaps (`meters` empty = every meter): one pass over their events, from which the
+    activity derives the window's daily values, the period totals of the counters and the
+    unmetered usage. A customer's events are scattered over the table (they arrive in time
+    order), so every pass costs about one heap page per event: at 10M events / 100k customers
+    one pass over a page of 500 customers read 40k pages (~0.4 s); this used to be two passes
+    (three without a meter filter)."""
     return await conn.fetch(
         """
         SELECT customer_id, meter, (occurred_at AT TIME ZONE 'UTC')::date AS day,
                sum(quantity) AS total, sum(dedupe_count) AS dupes
-          FROM billing.usage_events
-         WHERE customer_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
-           AND (cardinality($4::text[]) = 0 OR meter = ANY($4))
-         GROUP BY 1, 2, 3
-        """,
-        customers, day_start(start), day_start(end_inclusive) + _ONE_DAY, meters,
-    )
-
-
-async def unmetered_usage(
-    conn: asyncpg.Connection, customers: list[str], start: date, end_inclusive: date,
-    known_meters: list[str],
-) -> list[asyncpg.Record]:
-    """Usage under meter names that no active Stripe meter has: it would never be billed."""
-    return await conn.fetch(
-        """
-        SELECT customer_id, meter, sum(quantity) AS total
-          FROM billing.usage_events
-         WHERE customer_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
-           AND NOT (meter = ANY($4))
-         GROUP BY 1, 2
-        """,
-        customers, day_start(start), day_start(end_inclusive) + _ONE_DAY, known_meters,
-    )
-
-
-async def ledger_by_period(
-    conn: asyncpg.Connection, customers: list[str], periods: list[tuple[date, date]],
-    meters: list[str],
-) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """
-        SELECT customer_id, meter,
-               date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS period_start,
-               sum(quantity) AS total
           FROM billing.usage_events
          WHERE customer_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
            AND (cardinality($4::text[]) = 0 OR meter = ANY($4))

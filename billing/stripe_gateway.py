@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 import stripe
 from aiolimiter import AsyncLimiter
@@ -63,6 +65,8 @@ class InstrumentedHTTPXClient(stripe.HTTPXClient):
             raise
         metrics.record_stripe_request(operation, str(status), time.monotonic() - started)
         return content, status, response_headers
+
+log = logging.getLogger(__name__)
 
 
 def make_stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -114,6 +118,9 @@ class StripeGateway:
     def __init__(self, client: stripe.StripeClient, limiter: AsyncLimiter | None) -> None:
         self._client = client
         self._limiter = limiter
+        # 429s answered by Stripe and retried here (each one is logged): a limiter sized right
+        # keeps this at zero.
+        self.rate_limit_retries = 0
 
     async def _slot(self) -> None:
         if self._limiter is not None:
@@ -129,8 +136,11 @@ class StripeGateway:
                 try:
                     return await fn(*args, **kwargs)
                 except stripe.RateLimitError:
+                    self.rate_limit_retries += 1
                     if attempt == RATE_LIMIT_RETRIES - 1:
                         raise
+                    log.warning("Stripe answered 429 (rate limited) to %s; retry %d of %d", operation,
+                                attempt + 1, RATE_LIMIT_RETRIES - 1)
                     metrics.record_stripe_retry(operation, "rate_limited")
                     span.add_event("rate_limited", {"attempt": attempt + 1})
                     await asyncio.sleep(min(0.25 * 2**attempt, 4.0) * (1 + random.random()))
@@ -166,15 +176,21 @@ class StripeGateway:
             "customer": stripe_customer_id, "start_time": start_ts, "end_time": end_ts,
             "value_grouping_window": "day", "limit": 100,
         }
+        # The one hot call of a reconciliation (one per customer and meter). Read through the
+        # SDK's raw_request: the same request, retries and error classes as
+        # `meters.event_summaries.list_async`, without building a StripeObject per summary
+        # (about a tenth of the worker's CPU at full speed, measured with bench/reconcile).
+        url = f"/v1/billing/meters/{quote(meter_id, safe='')}/event_summaries"
         while True:
-            page = await self._call(
-                "meter_event_summaries", self._client.v1.billing.meters.event_summaries.list_async, meter_id, params=params)
-            for s in page.data:
-                day = datetime.fromtimestamp(s.start_time, tz=UTC).date()
-                out[day] = out.get(day, Decimal(0)) + Decimal(str(s.aggregated_value))
-            if not page.has_more or not page.data:
+            resp = await self._call("meter_event_summaries", self._client.raw_request_async, "get", url, **params)
+            page = resp.data
+            data = page.get("data") or []
+            for s in data:
+                day = datetime.fromtimestamp(s["start_time"], tz=UTC).date()
+                out[day] = out.get(day, Decimal(0)) + Decimal(str(s["aggregated_value"]))
+            if not page.get("has_more") or not data:
                 return out
-            params = {**params, "starting_after": page.data[-1].id}
+            params = {**params, "starting_after": data[-1]["id"]}
 
     async def push_meter_event(
         self, *, identifier: str, event_name: str, stripe_customer_id: str, value: str,
