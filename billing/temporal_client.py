@@ -7,17 +7,38 @@ the profile defaults to localhost:7233, namespace `default` (the local dev serve
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any, NoReturn
 
+from pydantic import ValidationError
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DefaultFailureConverter
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 
 from billing.correlation import CorrelationInterceptor
+
+
+class BadInputIsPermanentFailureConverter(DefaultFailureConverter):
+    """A workflow that fails on its own input (pydantic's ValidationError, listed in the
+    workflow's failure_exception_types) fails non-retryably: retrying the same bad input, e.g.
+    under a starter's retry policy or a schedule's, cannot succeed. The SDK would otherwise make
+    any non-ApplicationError failure retryable."""
+
+    def to_failure(self, exception, payload_converter, failure) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        if isinstance(exception, ValidationError) and failure.HasField("application_failure_info"):
+            failure.application_failure_info.non_retryable = True
+
+
+# The one data converter of every client, worker and replayer here: pydantic payloads, and bad
+# input as a permanent failure.
+data_converter = dataclasses.replace(
+    pydantic_data_converter, failure_converter_class=BadInputIsPermanentFailureConverter)
 
 DEFAULT_ADDRESS = "localhost:7233"
 
@@ -45,7 +66,7 @@ async def connect(
     with its metrics endpoint (`billing.telemetry.init_process`)."""
     return await Client.connect(
         **connect_config(address),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         interceptors=default_interceptors() if interceptors is None else interceptors,
         runtime=runtime,
     )

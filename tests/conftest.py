@@ -36,10 +36,10 @@ import asyncpg
 import pytest
 import stripe
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from billing.db import create_pool, migrate
+from billing.temporal_client import data_converter
 from starter.stack import StackError, ensure_database, find_temporal_binary, log_tail
 from stripe_emulator.admin import EmulatorAdmin
 
@@ -186,7 +186,7 @@ async def temporal_env() -> AsyncIterator[TemporalTestEnv]:
         raise RuntimeError(str(exc)) from exc
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         dev_server_log_level="warn",
         ui=False,
     )
@@ -201,7 +201,7 @@ async def temporal_env() -> AsyncIterator[TemporalTestEnv]:
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_binary("temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
     )
     try:
         yield env

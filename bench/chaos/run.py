@@ -25,7 +25,6 @@ import stripe
 from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from billing.db import create_pool
@@ -38,6 +37,7 @@ from billing.models import (
     ReplayResult,
     ReplayWebhooksInput,
 )
+from billing.temporal_client import data_converter
 from stripe_emulator.admin import EmulatorAdmin
 
 from . import scenario, state
@@ -65,7 +65,7 @@ async def register_namespace(address: str, namespace: str) -> Client:
     base = await Client.connect(address)
     await base.workflow_service.register_namespace(RegisterNamespaceRequest(
         namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)))
-    client = await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+    client = await Client.connect(address, namespace=namespace, data_converter=data_converter)
     for _ in range(100):  # the dev server's namespace cache needs a moment
         try:
             await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))

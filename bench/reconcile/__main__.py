@@ -34,13 +34,13 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.reconcile import dataset
 from bench.reconcile.stack import ROOT, Stack, cpu_seconds, peak_rss_mib
 from billing.models import Mode, ReconcileResult, ReconcileUsageInput, RunStatus
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway, make_stripe_client
+from billing.temporal_client import data_converter
 from stripe_emulator.admin import EmulatorAdmin
 
 API_KEY = "sk_test_bench"
@@ -98,7 +98,7 @@ async def run_workflow(stack: Stack, args: argparse.Namespace, ds: dataset.Datas
         "RECON_STRIPE_CONCURRENCY": str(args.concurrency), "RECON_PAGE_SIZE": str(args.page_size),
         "BILLING_TASK_QUEUE": TASK_QUEUE, "DATABASE_POOL_MAX": "10"}, profile=args.profile_worker)
     log_offset = stack.worker_log_size()
-    client = await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
+    client = await Client.connect(stack.temporal_address, data_converter=data_converter)
     inp = ReconcileUsageInput(
         start_date=ds.start, end_date=ds.end, meters=list(dataset.METERS), mode=Mode.APPLY,
         settle_seconds=SETTLE_SECONDS, auto_approve_over_reporting=True, actor="bench")

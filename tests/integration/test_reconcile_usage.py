@@ -417,11 +417,6 @@ async def test_end_before_start_fails_without_writing(clean_db, stripe_client, e
     assert await emulator_admin.meter_events() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: the input's ValidationError fails the workflow through failure_exception_types, which "
-    "the failure converter turns into a *retryable* ApplicationError; a starter with a workflow "
-    "retry policy would retry bad input. Fixing it needs the run() input decoded and validated "
-    "inside the workflow (signature change), left to the workflow's owner."))
 async def test_end_before_start_failure_is_non_retryable(clean_db, stripe_client, emulator_admin, temporal_env,
                                                          task_queue, settings):
     async with running_worker(temporal_env.client, settings, task_queue):

@@ -378,14 +378,14 @@ async def record_continue_as_new(client: Client, settings: Settings, task_queue:
 
 
 async def test_record_continue_as_new_histories(postgres_dsn, clean_db, emulator, stripe_client, task_queue):
-    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
+    from billing.temporal_client import data_converter
     from starter.stack import find_temporal_binary
 
     HISTORIES.mkdir(parents=True, exist_ok=True)
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), data_converter=pydantic_data_converter, ui=False,
+        dev_server_existing_path=find_temporal_binary(), data_converter=data_converter, ui=False,
         dev_server_log_level="warn",
         dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=12"])
     try:

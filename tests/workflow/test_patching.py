@@ -12,10 +12,10 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
 from billing.models_smoke import SmokeCheck
+from billing.temporal_client import data_converter
 
 from .test_replay import HISTORIES, load
 
@@ -55,7 +55,7 @@ class SmokeUnguarded:
 
 
 async def _replay(workflow_cls: type, history) -> BaseException | None:
-    replayer = Replayer(workflows=[workflow_cls], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[workflow_cls], data_converter=data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     return result.replay_failure
 

@@ -532,12 +532,11 @@ async def test_run_started_while_paused_and_resumed_rescans_correctively(time_sk
 
 @pytest.fixture(scope="module")
 async def can_env() -> WorkflowEnvironment:
-    from temporalio.contrib.pydantic import pydantic_data_converter
-
+    from billing.temporal_client import data_converter
     from starter.stack import find_temporal_binary
 
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_binary(), data_converter=pydantic_data_converter,
+        dev_server_existing_path=find_temporal_binary(), data_converter=data_converter,
         dev_server_log_level="warn", ui=False,
         dev_server_extra_args=["--dynamic-config-value",
                                f"limit.historyCount.suggestContinueAsNew={SUGGEST_CAN_AFTER_EVENTS}"])

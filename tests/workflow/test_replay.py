@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 import worker as worker_module
+from billing.temporal_client import data_converter
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -60,7 +60,7 @@ def test_histories_cover_continue_as_new_approval_signals_and_children():
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 async def test_replay(path: Path):
-    replayer = Replayer(workflows=worker_module.WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=worker_module.WORKFLOWS, data_converter=data_converter)
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure!r}"
 
@@ -77,7 +77,7 @@ class SmokeReordered:
 
 async def test_replay_detects_a_non_deterministic_change():
     path = HISTORIES / "smoke.json"
-    replayer = Replayer(workflows=[SmokeReordered], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[SmokeReordered], data_converter=data_converter)
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "nondetermin" in str(result.replay_failure).lower()
