@@ -11,10 +11,6 @@ CREATE TABLE billing.autoheal_state (
 );
 INSERT INTO billing.autoheal_state (id) VALUES (true);
 
--- A run that auto-healing's pause kept observe-only from start to end: it reported, but it is
--- not a successful reconciliation (nor a backfill day done).
-ALTER TABLE billing.reconciliation_runs ADD COLUMN observe_only boolean NOT NULL DEFAULT false;
-
 -- `billing-recon audit --customer C`: corrective writes name the customer they touched.
 ALTER TABLE billing.audit_log ADD COLUMN customer_id text;
 CREATE INDEX audit_log_customer_idx ON billing.audit_log (customer_id, at);
