@@ -12,7 +12,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
+
+from workflows.failures import permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -42,7 +44,4 @@ class AdjustCredits:
                 AdjustActivityInput(request=inp, workflow_id=info.workflow_id, workflow_run_id=info.run_id),
                 start_to_close_timeout=ADJUST_TIMEOUT, retry_policy=RETRY)
         except ActivityError as e:
-            cause = e.cause
-            message = getattr(cause, "message", None) or str(cause or e)
-            raise ApplicationError(message, type=getattr(cause, "type", None) or "AdjustFailed",
-                                   non_retryable=True) from e
+            raise permanent_failure(e, "AdjustFailed") from e

@@ -16,6 +16,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.failures import activity_message, permanent_failure
+
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
@@ -144,12 +146,9 @@ class ReconcileUsage:
         try:
             return await self._run(inp)
         except ActivityError as e:
-            cause = e.cause
-            message = getattr(cause, "message", None) or str(cause or e)
-            error_type = getattr(cause, "type", None) or "ReconciliationFailed"
             if self._state is not None:
-                await self._finish(RunStatus.FAILED, error=message)
-            raise ApplicationError(message, type=error_type, non_retryable=True) from e
+                await self._finish(RunStatus.FAILED, error=activity_message(e))
+            raise permanent_failure(e, "ReconciliationFailed") from e
 
     async def _run(self, inp: ReconcileUsageInput) -> ReconcileResult:
         info = workflow.info()

@@ -18,7 +18,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
+
+from workflows.failures import permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -81,10 +83,7 @@ class RepairCredits:
         try:
             return await self._run(inp)
         except ActivityError as e:
-            cause = e.cause
-            message = getattr(cause, "message", None) or str(cause or e)
-            raise ApplicationError(message, type=getattr(cause, "type", None) or "RepairFailed",
-                                   non_retryable=True) from e
+            raise permanent_failure(e, "RepairFailed") from e
 
     async def _run(self, inp: RepairCreditsInput) -> RepairResult:
         info = workflow.info()

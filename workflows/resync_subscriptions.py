@@ -16,7 +16,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
+
+from workflows.failures import permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -66,10 +68,7 @@ class ResyncSubscriptions:
         try:
             return await self._run(inp)
         except ActivityError as e:
-            cause = e.cause
-            message = getattr(cause, "message", None) or str(cause or e)
-            raise ApplicationError(message, type=getattr(cause, "type", None) or "ResyncFailed",
-                                   non_retryable=True) from e
+            raise permanent_failure(e, "ResyncFailed") from e
 
     async def _run(self, inp: ResyncSubscriptionsInput) -> ResyncResult:
         info = workflow.info()
