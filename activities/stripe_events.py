@@ -158,8 +158,8 @@ class StripeEventActivities:
                     raise  # transient: Temporal retries the activity
                 error = _describe(e)
                 log.warning("event %s failed permanently: %s", event_id, error)
-                await _mark_failed(conn, event_id, error)
-                typ = await conn.fetchval("SELECT type FROM billing.stripe_events WHERE event_id = $1", event_id)
+                typ = await _mark_failed(conn, event_id, error) or await conn.fetchval(
+                    "SELECT type FROM billing.stripe_events WHERE event_id = $1", event_id)
                 return ProcessEventResult(event_id=event_id, type=typ or "", status=EventStatus.FAILED, detail=error)
 
     # ------------------------------------------------------------------ handlers
@@ -470,7 +470,8 @@ async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStat
         metrics.record_webhook_processed(metrics.event_type_family(typ), status.value)
 
 
-async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> None:
+async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> str | None:
+    """Returns the event's type, None if it was not marked (unknown, or processed meanwhile)."""
     # Never downgrades an event that was processed meanwhile (e.g. by a concurrent delivery).
     typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = 'failed', error = $2, attempts = attempts + 1,
@@ -478,6 +479,7 @@ async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> N
            WHERE event_id = $1 AND status NOT IN ('processed', 'ignored') RETURNING type""", event_id, error[:2000])
     if typ is not None:
         metrics.record_webhook_processed(metrics.event_type_family(typ), EventStatus.FAILED.value)
+    return typ
 
 
 def _describe(e: Exception) -> str:

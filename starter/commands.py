@@ -8,6 +8,7 @@ import csv
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -225,23 +226,34 @@ async def _reconcile(request: ReconcileUsageInput, workflow_id: str, *, wait: bo
     return 0 if result.status.value in ("completed", "rejected") else 1
 
 
+async def follow(handle: WorkflowHandle, progress_type: type, on_progress: Callable[[Any], None],
+                 interval: float = 0.5) -> Any:
+    """Await a workflow's result, handing each answer of its `progress` query to `on_progress`
+    meanwhile. Raises what the result raises (WorkflowFailureError)."""
+    result_task = asyncio.create_task(handle.result())
+    while not result_task.done():
+        try:
+            p = await handle.query("progress", result_type=progress_type)
+            if p is not None:
+                on_progress(p)
+        except RPCError:
+            pass  # not started yet, or between continue-as-new runs
+        await asyncio.wait({result_task}, timeout=interval)
+    return result_task.result()
+
+
 async def _wait_with_progress(handle: WorkflowHandle, quiet: bool) -> ReconcileResult:
     total = await _customer_total()
-    result_task = asyncio.create_task(handle.result())
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=err,
                   disable=quiet, transient=False) as bar:
         task = bar.add_task("customers", total=total, phase="starting")
-        while not result_task.done():
-            try:
-                p: ReconcileProgress | None = await handle.query("progress", result_type=ReconcileProgress)
-                if p is not None:
-                    bar.update(task, completed=min(p.customers_scanned, total or p.customers_scanned),
-                               phase=p.phase.value + (" (paused)" if p.paused else ""))
-            except RPCError:
-                pass  # between continue-as-new runs, or not started yet
-            await asyncio.wait({result_task}, timeout=0.5)
-    return result_task.result()
+
+        def show(p: ReconcileProgress) -> None:
+            bar.update(task, completed=min(p.customers_scanned, total or p.customers_scanned),
+                       phase=p.phase.value + (" (paused)" if p.paused else ""))
+
+        return await follow(handle, ReconcileProgress, show)
 
 
 async def _customer_total() -> int:

@@ -31,7 +31,15 @@ from billing.models import (
 )
 from billing.settings import get_settings
 from billing.temporal_client import connect, connect_config
-from starter.commands import _database_url, _fail, _run, console, err, print_workflow_failure
+from starter.commands import (
+    _database_url,
+    _fail,
+    _run,
+    console,
+    err,
+    follow,
+    print_workflow_failure,
+)
 from starter.webhook_commands import parse_time
 
 schedules_app = typer.Typer(no_args_is_help=True)
@@ -156,21 +164,17 @@ async def _backfill(request: CatchUpBackfillInput, workflow_id: str, *, wait: bo
         else:
             console.print(f"started {workflow_id}")
         return 0
-    result_task = asyncio.create_task(handle.result())
     total = (request.end_date - request.start_date).days + 1
-    with Progress(TextColumn("[bold]days"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
-                  TimeElapsedColumn(), console=err, disable=as_json) as bar:
-        task = bar.add_task("days", total=total, phase="starting")
-        while not result_task.done():
-            try:
-                p = await handle.query("progress", result_type=BackfillProgress)
-                phase = p.phase + (f" (in flight: {', '.join(map(str, p.days_in_flight))})" if p.days_in_flight else "")
-                bar.update(task, completed=p.days_done, total=p.days_total or total, phase=phase)
-            except RPCError:
-                pass
-            await asyncio.wait({result_task}, timeout=0.5)
     try:
-        result: BackfillResult = result_task.result()
+        with Progress(TextColumn("[bold]days"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
+                      TimeElapsedColumn(), console=err, disable=as_json) as bar:
+            task = bar.add_task("days", total=total, phase="starting")
+
+            def show(p: BackfillProgress) -> None:
+                in_flight = f" (in flight: {', '.join(map(str, p.days_in_flight))})" if p.days_in_flight else ""
+                bar.update(task, completed=p.days_done, total=p.days_total or total, phase=p.phase + in_flight)
+
+            result: BackfillResult = await follow(handle, BackfillProgress, show)
     except WorkflowFailureError as e:
         return print_workflow_failure(workflow_id, e, as_json=as_json)
     if as_json:

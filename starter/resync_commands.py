@@ -6,7 +6,6 @@ Each starts a workflow and (by default) waits for its result with a progress bar
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from pydantic import BaseModel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.service import RPCError
 
 from billing.models import Mode
 from billing.models_resync import (
@@ -33,7 +31,7 @@ from billing.models_resync import (
 )
 from billing.settings import get_settings
 from billing.temporal_client import connect
-from starter.commands import _fail, _run, console, err
+from starter.commands import _fail, _run, console, err, follow
 
 RESYNC_WORKFLOW = "ResyncSubscriptions"
 REPAIR_WORKFLOW = "RepairCredits"
@@ -66,21 +64,14 @@ async def _execute(workflow: str, request: BaseModel, workflow_id: str, result_t
     client = await connect()
     handle: WorkflowHandle = await client.start_workflow(
         workflow, request, id=workflow_id, task_queue=get_settings().task_queue, result_type=result_type)
-    result_task = asyncio.create_task(handle.result())
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=err,
-                  disable=as_json or progress_type is None, transient=False) as bar:
-        task = bar.add_task(f"{workflow} starting", total=None)
-        while not result_task.done():
-            if progress_type is not None and describe is not None:
-                try:
-                    p = await handle.query("progress", result_type=progress_type)
-                    if p is not None:
-                        bar.update(task, description=describe(p))
-                except RPCError:
-                    pass  # not started yet, or between continue-as-new runs
-            await asyncio.wait({result_task}, timeout=POLL_SECONDS)
     try:
-        return result_task.result()
+        if progress_type is None or describe is None:
+            return await handle.result()
+        with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=err,
+                      disable=as_json, transient=False) as bar:
+            task = bar.add_task(f"{workflow} starting", total=None)
+            return await follow(handle, progress_type, lambda p: bar.update(task, description=describe(p)),
+                                interval=POLL_SECONDS)
     except WorkflowFailureError as e:
         cause = e.cause
         message = getattr(cause, "message", None) or str(cause)

@@ -663,17 +663,21 @@ def _dev_metrics_address(default: str = DEFAULT_DEV_METRICS_ADDRESS, env_var: st
     return "" if port_open(host, int(port)) else default
 
 
-def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
-    command = [sys.executable, "-m", "worker"]
-    metrics_address = _dev_metrics_address()
-    env = {
+def _app_env(config: StackConfig, database_url: str) -> dict[str, str]:
+    """What the stack's own processes (worker, receiver) need to reach the rest of it."""
+    return {
         "DATABASE_URL": database_url,
         "STRIPE_API_BASE": config.stripe_api_base,
         "STRIPE_WEBHOOK_SECRET": config.webhook_secret,
         "TEMPORAL_ADDRESS": config.temporal_address,
         "BILLING_TASK_QUEUE": config.task_queue,
-        "METRICS_BIND_ADDRESS": metrics_address,
     }
+
+
+def _start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
+    command = [sys.executable, "-m", "worker"]
+    metrics_address = _dev_metrics_address()
+    env = {**_app_env(config, database_url), "METRICS_BIND_ADDRESS": metrics_address}
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{WORKER}.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -696,11 +700,7 @@ def _start_webhooks(config: StackConfig, database_url: str) -> ComponentRecord:
     _refuse_foreign_port(host, port, "WEBHOOK_PORT")
     command = [sys.executable, "-m", "webhooks"]
     env = {
-        "DATABASE_URL": database_url,
-        "STRIPE_API_BASE": config.stripe_api_base,
-        "STRIPE_WEBHOOK_SECRET": config.webhook_secret,
-        "TEMPORAL_ADDRESS": config.temporal_address,
-        "BILLING_TASK_QUEUE": config.task_queue,
+        **_app_env(config, database_url),
         "WEBHOOK_HOST": host,
         "WEBHOOK_PORT": str(port),
         "METRICS_BIND_ADDRESS": _dev_metrics_address(

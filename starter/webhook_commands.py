@@ -13,13 +13,20 @@ from typing import Any
 import typer
 from rich.table import Table
 from temporalio.client import WorkflowFailureError
-from temporalio.service import RPCError
 
 from billing import db
 from billing.models import EventStatus, Mode, ReplayProgress, ReplayResult, ReplayWebhooksInput
 from billing.settings import get_settings
 from billing.temporal_client import connect
-from starter.commands import _database_url, _fail, _run, console, err, print_workflow_failure
+from starter.commands import (
+    _database_url,
+    _fail,
+    _run,
+    console,
+    err,
+    follow,
+    print_workflow_failure,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -86,20 +93,15 @@ async def _replay(request: ReplayWebhooksInput, workflow_id: str, *, wait: bool,
         else:
             console.print(f"started {workflow_id}")
         return 0
-    result_task = asyncio.create_task(handle.result())
     status = err.status("starting", spinner="dots") if not as_json else contextlib.nullcontext()
-    with status as spinner:
-        while not result_task.done():
-            try:
-                p = await handle.query("progress", result_type=ReplayProgress)
-                if spinner is not None and p is not None:
+    try:
+        with status as spinner:
+            def show(p: ReplayProgress) -> None:
+                if spinner is not None:
                     spinner.update(f"{p.phase}: Stripe listed {p.counts.seen}, replayed {p.counts.replayed}, "
                                    f"failed {p.counts.failed}")
-            except RPCError:
-                pass  # not started yet
-            await asyncio.wait({result_task}, timeout=1.0)
-    try:
-        result: ReplayResult = result_task.result()
+
+            result: ReplayResult = await follow(handle, ReplayProgress, show, interval=1.0)
     except WorkflowFailureError as e:
         return print_workflow_failure(workflow_id, e, as_json=as_json)
     if as_json:

@@ -5,10 +5,10 @@ import logging
 
 from billing.settings import get_settings
 from billing.temporal_client import exit_skipping_finalization
+from starter.stack import resolve_database_url
 from webhooks.app import serve
-from worker import database_url
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 settings = get_settings()
-serve(settings, database_url(settings))
+serve(settings, resolve_database_url(settings))
 exit_skipping_finalization(0)
