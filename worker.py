@@ -1,5 +1,5 @@
 """The worker: wiring only. Builds the dependencies (asyncpg pool, Stripe client behind one
-rate limiter), the activity classes that hold them, and registers every workflow. Telemetry:
+rate limiter) and registers what every job package exports (`workflows/`, `activities/`). Telemetry:
 logs, traces and the metrics endpoint (`billing.telemetry`), the Postgres-derived gauges
 (`billing.metrics_collector`).
 
@@ -16,32 +16,18 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker
 
-from activities.credits import CreditActivities
-from activities.health import HealthActivities
-from activities.operations import OperationsActivities
-from activities.resync import ResyncActivities
-from activities.stripe_events import StripeEventActivities
-from activities.usage import UsageActivities
+from activities import all_activities
 from billing import correlation, db
 from billing.metrics_collector import MetricsCollector
 from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.telemetry import init_process
-from billing.temporal_client import connect, default_interceptors, exit_skipping_finalization
-from workflows.adjust_credits import AdjustCredits
-from workflows.autoheal_control import AutoHealControl
-from workflows.catch_up_backfill import CatchUpBackfill
-from workflows.process_stripe_event import ProcessStripeEvent
-from workflows.reconcile_usage import ReconcileUsage
-from workflows.repair_credits import RepairCredits
-from workflows.replay_webhooks import ReplayWebhooks
-from workflows.resync_subscriptions import ResyncSubscriptions
-from workflows.smoke import Smoke
+from common.client import connect, default_interceptors, exit_skipping_finalization
+from common.deps import Dependencies
+from workflows import all_workflows
 
 log = logging.getLogger("billing.worker")
 
-WORKFLOWS = [ReconcileUsage, ProcessStripeEvent, ReplayWebhooks, CatchUpBackfill, AutoHealControl,
-             ResyncSubscriptions, RepairCredits, AdjustCredits, Smoke]
 GRACEFUL_SHUTDOWN = 30  # seconds given to running activities on SIGTERM
 # Heartbeats (and with them cancellations, e.g. from `pause`) reach the server at most this
 # late; the SDK's default throttle (80% of the heartbeat timeout) would delay a pause ~24 s.
@@ -70,25 +56,12 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
     pool = await db.create_pool(
         database_url(settings), min_size=settings.database_pool_min, max_size=settings.database_pool_max)
     gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit))
-    usage = UsageActivities(pool, gateway, settings)
-    health = HealthActivities(pool, gateway)
-    events = StripeEventActivities(pool, gateway)
-    ops = OperationsActivities(pool, client)
-    resync = ResyncActivities(pool, gateway, events)
-    credits = CreditActivities(pool, gateway, events)
+    deps = Dependencies(pool=pool, stripe=gateway, settings=settings, temporal=client)
     worker = Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=[
-            usage.start_run, usage.reconcile_page, usage.apply_plan_page, usage.set_run_status,
-            usage.finish_run, usage.audit, health.check_postgres, health.check_stripe,
-            events.process, events.mark_failed, events.sync_inbox, events.pending_page, events.process_page,
-            ops.get_autoheal, ops.set_autoheal, ops.broadcast, ops.completed_runs,
-            resync.start, resync.cleanup, resync.count_active, resync.subscriptions_page, resync.local_page,
-            credits.checkout_page, credits.duplicates, credits.balances_page, credits.paid_invoices_page,
-            credits.unpushed_usage, credits.adjust,
-        ],
+        workflows=all_workflows(),
+        activities=all_activities(deps),
         graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_SHUTDOWN),
         max_concurrent_activities=20,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 
 from billing import metrics
-from billing.models import Counts, RunStatus
 from billing.settings import Settings
+from common.types import RunStatus
+from reconcile.types import Counts
 
 log = logging.getLogger(__name__)
 

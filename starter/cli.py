@@ -60,7 +60,7 @@ def main() -> None:
     except BaseException:
         traceback.print_exc()
         code = 1
-    from billing.temporal_client import exit_skipping_finalization
+    from common.client import exit_skipping_finalization
 
     telemetry.shutdown_tracing()  # flush: the exit below skips interpreter finalization
     exit_skipping_finalization(code)

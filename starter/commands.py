@@ -22,20 +22,21 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.service import RPCError
 
 from billing import correlation, db
-from billing.models import (
+from billing.settings import get_settings
+from common.client import connect
+from common.types import Mode
+from reconcile.types import (
     ApprovalDecision,
-    Mode,
     ReconcileProgress,
     ReconcileResult,
     ReconcileUsageInput,
 )
-from billing.settings import get_settings
-from billing.temporal_client import connect
 
 # Piped or in CI there is no terminal width; rich would assume 80 and fold every table.
 _WIDTH = None if sys.stdout.isatty() else 130
 console = Console(width=_WIDTH)
-err = Console(stderr=True, width=_WIDTH)
+# Errors are one line whatever the terminal: never folded at the console width.
+err = Console(stderr=True, width=_WIDTH, soft_wrap=True)
 
 RECONCILE_WORKFLOW = "ReconcileUsage"
 
@@ -443,7 +444,7 @@ def runs(open_only: bool = typer.Option(False, "--open", help="Only runs not fin
 
 def smoke() -> None:
     """Run the Smoke workflow: one trip through Postgres and Stripe via activities."""
-    from billing.models_smoke import SmokeCheck
+    from health.types import SmokeCheck
 
     async def go() -> SmokeCheck:
         client = await connect()

@@ -20,16 +20,16 @@ from temporalio.client import Client
 
 from billing import db
 from billing.ingest import UsageEvent, ingest
-from billing.models import (
+from billing.settings import get_settings
+from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
+from common.client import connect
+from common.types import Mode
+from reconcile.types import (
     ApprovalDecision,
-    Mode,
     ReconcileProgress,
     ReconcileResult,
     ReconcileUsageInput,
 )
-from billing.settings import get_settings
-from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
-from billing.temporal_client import connect
 from starter.commands import console, load_report, print_report
 
 METERS = {"api_requests": "API requests", "storage_gb_hours": "Storage (GB-hours)"}

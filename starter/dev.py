@@ -12,7 +12,7 @@ from starter import stack
 
 app = typer.Typer(no_args_is_help=True, help="Local stack on embedded defaults.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never folded
 
 # `dev status` exit codes: 0 all recorded components run, 1 one is dead, 3 nothing recorded.
 EXIT_DEAD = 1

@@ -16,21 +16,14 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
+from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealControlInput, AutohealView
+from backfill.types import BackfillProgress, BackfillResult, CatchUpBackfillInput
 from billing import db
 from billing import schedules as schedules_mod
-from billing.models import (
-    AUTOHEAL_WORKFLOW_ID,
-    AutohealControlInput,
-    AutohealView,
-    BackfillProgress,
-    BackfillResult,
-    CatchUpBackfillInput,
-    Mode,
-    PauseRequest,
-    ReconcileProgress,
-)
 from billing.settings import get_settings
-from billing.temporal_client import connect, connect_config
+from common.client import connect, connect_config
+from common.types import Mode, PauseRequest
+from reconcile.types import ReconcileProgress
 from starter.commands import (
     _database_url,
     _fail,

@@ -17,20 +17,18 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 
-from billing.models import Mode
-from billing.models_resync import (
+from billing.settings import get_settings
+from common.client import connect
+from common.paged import ErrorType
+from common.types import Mode
+from credits.types import (
     AdjustCreditsInput,
     AdjustCreditsResult,
-    ErrorType,
     RepairCreditsInput,
     RepairProgress,
     RepairResult,
-    ResyncProgress,
-    ResyncResult,
-    ResyncSubscriptionsInput,
 )
-from billing.settings import get_settings
-from billing.temporal_client import connect
+from resync.types import ResyncProgress, ResyncResult, ResyncSubscriptionsInput
 from starter.commands import _fail, _run, console, err, follow
 
 RESYNC_WORKFLOW = "ResyncSubscriptions"

@@ -15,9 +15,9 @@ from rich.table import Table
 from temporalio.client import WorkflowFailureError
 
 from billing import db
-from billing.models import EventStatus, Mode, ReplayProgress, ReplayResult, ReplayWebhooksInput
 from billing.settings import get_settings
-from billing.temporal_client import connect
+from common.client import connect
+from common.types import Mode
 from starter.commands import (
     _database_url,
     _fail,
@@ -27,6 +27,7 @@ from starter.commands import (
     follow,
     print_workflow_failure,
 )
+from webhooks.types import EventStatus, ReplayProgress, ReplayResult, ReplayWebhooksInput
 
 app = typer.Typer(no_args_is_help=True)
 

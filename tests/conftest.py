@@ -39,7 +39,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from billing.db import create_pool, migrate
-from billing.temporal_client import data_converter
+from common.client import data_converter
 from starter.stack import StackError, ensure_database, find_temporal_binary, log_tail
 from stripe_emulator.admin import EmulatorAdmin
 

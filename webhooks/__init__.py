@@ -1,2 +1,27 @@
-"""Stripe webhook intake: an ASGI receiver that stores every verified event durably before
-answering, and starts one ProcessStripeEvent workflow per event."""
+"""Stripe webhooks: the ASGI receiver (`app`) that stores every verified event before answering, ProcessStripeEvent (one event) and ReplayWebhooks (catch up from Stripe's /v1/events).
+
+Exports `workflows()` and `build_activities(deps)`: the worker registers what every job
+package exports (see workflows/ and activities/). Imports are inside the functions so that
+importing a job's types (the workflow sandbox does) never pulls in asyncpg or stripe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from common.deps import Dependencies
+
+
+def workflows() -> list[type]:
+    from webhooks.process_workflow import ProcessStripeEvent
+    from webhooks.replay_workflow import ReplayWebhooks
+
+    return [ProcessStripeEvent, ReplayWebhooks]
+
+
+def build_activities(deps: Dependencies) -> list[Callable[..., Any]]:
+    from common.deps import activity_methods
+    from webhooks.activities import StripeEventActivities
+
+    return activity_methods(StripeEventActivities(deps.pool, deps.stripe))

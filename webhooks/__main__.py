@@ -4,7 +4,7 @@ starts it this way; operators use `billing-recon webhooks serve`)."""
 import logging
 
 from billing.settings import get_settings
-from billing.temporal_client import exit_skipping_finalization
+from common.client import exit_skipping_finalization
 from starter.stack import resolve_database_url
 from webhooks.app import serve
 

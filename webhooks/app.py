@@ -31,12 +31,12 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.runtime import Runtime
 
-from activities.stripe_events import DONE, store_event_args, store_event_sql
 from billing import correlation, db, metrics
-from billing.models import ProcessEventInput
 from billing.settings import Settings
-from billing.temporal_client import connect
-from workflows.process_stripe_event import workflow_id_for
+from common.client import connect
+from webhooks.activities import DONE, store_event_args, store_event_sql
+from webhooks.process_workflow import workflow_id_for
+from webhooks.types import ProcessEventInput
 
 log = logging.getLogger("billing.webhooks")
 

@@ -1,0 +1,22 @@
+"""Every job package and the workflows they export: the one list the worker registers.
+
+A job lives in ONE package at the top level (its `types.py`, workflow module(s) and
+`activities.py`); docs/architecture.md has the map."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import autoheal
+import backfill
+import credits
+import health
+import reconcile
+import resync
+import webhooks
+
+JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health)
+
+
+def all_workflows() -> list[type]:
+    return [wf for job in JOBS for wf in job.workflows()]

@@ -27,18 +27,13 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Register
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
+from backfill.types import BackfillResult, CatchUpBackfillInput
 from billing.db import create_pool
-from billing.models import (
-    BackfillResult,
-    CatchUpBackfillInput,
-    Mode,
-    ReconcileResult,
-    ReconcileUsageInput,
-    ReplayResult,
-    ReplayWebhooksInput,
-)
-from billing.temporal_client import data_converter
+from common.client import data_converter
+from common.types import Mode
+from reconcile.types import ReconcileResult, ReconcileUsageInput
 from stripe_emulator.admin import EmulatorAdmin
+from webhooks.types import ReplayResult, ReplayWebhooksInput
 
 from . import scenario, state
 from .stack import ChaosStack

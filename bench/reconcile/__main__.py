@@ -37,10 +37,11 @@ from temporalio.client import Client
 
 from bench.reconcile import dataset
 from bench.reconcile.stack import ROOT, Stack, cpu_seconds, peak_rss_mib
-from billing.models import Mode, ReconcileResult, ReconcileUsageInput, RunStatus
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway, make_stripe_client
-from billing.temporal_client import data_converter
+from common.client import data_converter
+from common.types import Mode, RunStatus
+from reconcile.types import ReconcileResult, ReconcileUsageInput
 from stripe_emulator.admin import EmulatorAdmin
 
 API_KEY = "sk_test_bench"

@@ -40,7 +40,6 @@ from typing import Any
 
 import asyncpg
 
-from activities import usage_store as store
 from billing import db
 from billing.periods import billing_period, days_in, periods_overlapping, push_timestamp
 from billing.policy import (
@@ -60,6 +59,7 @@ from billing.stripe_gateway import (
     make_limiter,
     make_stripe_client,
 )
+from reconcile import store
 
 ACTOR = "baseline-script"
 

@@ -20,15 +20,15 @@ import stripe
 from temporalio.client import Client, WorkflowHandle
 
 from billing.ingest import UsageEvent, ingest
-from billing.models import (
+from billing.periods import billing_period, days_in
+from billing.settings import Settings
+from reconcile.types import (
     ApprovalDecision,
     Phase,
     ReconcileProgress,
     ReconcileResult,
     ReconcileUsageInput,
 )
-from billing.periods import billing_period, days_in
-from billing.settings import Settings
 from worker import build_worker
 
 METERS = {"api_requests": "API requests", "storage_gb_hours": "Storage (GB-hours)"}

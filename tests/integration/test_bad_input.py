@@ -100,7 +100,8 @@ async def test_window_beyond_stripes_35_days_is_reported_never_pushed(
     """Usage older than Stripe accepts: reconciled locally, reported as needing an invoice
     adjustment, and not one meter event is attempted."""
     from billing.ingest import UsageEvent, ingest
-    from billing.models import Mode, ReconcileResult, ReconcileUsageInput, RunStatus
+    from common.types import Mode, RunStatus
+    from reconcile.types import ReconcileResult, ReconcileUsageInput
 
     world = await seed_world(clean_db, stripe_client, n_customers=1, days=1, with_counters=False)
     old = datetime.now(UTC).date() - timedelta(days=40)

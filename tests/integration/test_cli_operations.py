@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from billing.models import AUTOHEAL_WORKFLOW_ID
+from autoheal.types import AUTOHEAL_WORKFLOW_ID
 from tests.integration.recon_helpers import make_settings, running_worker
 from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 

@@ -23,7 +23,8 @@ import asyncpg
 import pytest
 
 from billing.db import create_pool, migrate
-from billing.models import Mode, ReconcileResult, RunStatus
+from common.types import Mode, RunStatus
+from reconcile.types import ReconcileResult
 from starter.stack import ensure_database
 
 from .recon_helpers import (

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from billing import metrics
-from billing.models import Mode, ReconcileResult, RunStatus
+from common.types import Mode, RunStatus
+from reconcile.types import ReconcileResult
 from tests.conftest import free_port
 from tests.integration.test_cli_reconcile import cli
 from tests.unit.test_deploy import deploy_metric_names

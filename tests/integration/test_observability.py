@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 
 from billing import metrics, telemetry
-from billing.models import Mode
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
-from billing.temporal_client import default_interceptors
+from common.client import default_interceptors
+from common.types import Mode
 from tests.conftest import free_port
 
 from .recon_helpers import make_settings, run, running_worker, seed_world

@@ -13,19 +13,11 @@ import pytest
 from temporalio.client import ScheduleOverlapPolicy
 from temporalio.common import WorkflowIDConflictPolicy
 
+from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealControlInput, AutohealView
+from backfill.types import BackfillResult, CatchUpBackfillInput, DayOutcome
 from billing import schedules
-from billing.models import (
-    AUTOHEAL_WORKFLOW_ID,
-    AutohealControlInput,
-    AutohealView,
-    BackfillResult,
-    CatchUpBackfillInput,
-    DayOutcome,
-    Mode,
-    PauseRequest,
-    ReconcileProgress,
-    RunStatus,
-)
+from common.types import Mode, PauseRequest, RunStatus
+from reconcile.types import ReconcileProgress
 
 from .recon_helpers import (
     assert_counters_equal_ledger,

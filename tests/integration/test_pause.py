@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from billing.models import Mode, PauseRequest, ReconcileProgress, RunStatus
+from common.types import Mode, PauseRequest, RunStatus
+from reconcile.types import ReconcileProgress
 
 from .recon_helpers import (
     assert_stripe_equals_ledger,

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from billing.ingest import UsageEvent, ingest
-from billing.models import Mode, RunStatus
+from common.types import Mode, RunStatus
 from tests.integration.recon_helpers import (
     assert_stripe_equals_ledger,
     make_settings,
@@ -78,9 +78,9 @@ async def test_a_planned_push_another_run_is_sending_is_left_to_that_run(
     """Two runs over the same customers (a backfill's days run side by side): a page's
     crash-recovery flush must not send a row another run planned a moment ago and is about to
     send, or both count it (found by the chaos run: 31 pushes counted for 30 keys)."""
-    from activities.usage import UsageActivities
-    from billing.models import Counts
     from billing.stripe_gateway import StripeGateway, make_stripe_client
+    from reconcile.activities import UsageActivities
+    from reconcile.types import Counts
 
     world = await seed_world(clean_db, stripe_client, n_customers=1, days=1, events_per_key=1,
                              meters={"api_requests": "API requests"}, with_counters=False)

@@ -19,16 +19,15 @@ from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from billing.ingest import UsageEvent, ingest
-from billing.models import (
+from billing.policy import FindingKind
+from common.types import Mode, RunStatus
+from reconcile.types import (
     ApprovalDecision,
     ApprovalResult,
-    Mode,
     Phase,
     ReconcileResult,
     ReconcileUsageInput,
-    RunStatus,
 )
-from billing.policy import FindingKind
 
 from .recon_helpers import (
     assert_counters_equal_ledger,

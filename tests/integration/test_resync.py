@@ -16,18 +16,12 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from billing import autoheal
+from autoheal import switch
 from billing.ingest import UsageEvent, ingest
-from billing.models import Mode, ReplayResult, ReplayWebhooksInput
-from billing.models_resync import (
-    AdjustCreditsInput,
-    AdjustCreditsResult,
-    RepairCreditsInput,
-    RepairResult,
-    ResyncResult,
-    ResyncSubscriptionsInput,
-)
 from billing.periods import billing_period
+from common.types import Mode
+from credits.types import AdjustCreditsInput, AdjustCreditsResult, RepairCreditsInput, RepairResult
+from resync.types import ResyncResult, ResyncSubscriptionsInput
 from tests.integration.recon_helpers import make_settings, running_worker
 from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from tests.integration.webhook_helpers import (
@@ -36,6 +30,7 @@ from tests.integration.webhook_helpers import (
     postgres_state,
     stripe_state,
 )
+from webhooks.types import ReplayResult, ReplayWebhooksInput
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +145,7 @@ async def test_drift_is_found_exactly_fixed_exactly_once_and_not_while_paused(
 
         # Paused: an apply run observes and reports the same, and writes nothing.
         async with pool.acquire() as conn:
-            await autoheal.set_paused(conn, paused=True, actor="test", reason="incident")
+            await switch.set_paused(conn, paused=True, actor="test", reason="incident")
         sub = await resync(client, task_queue, mode=Mode.APPLY)
         cred = await repair(client, task_queue, mode=Mode.APPLY)
         assert sub.paused and cred.paused
@@ -158,7 +153,7 @@ async def test_drift_is_found_exactly_fixed_exactly_once_and_not_while_paused(
         assert (sub.counts.fixed, sub.counts.created, cred.counts.grants_made, cred.counts.balances_repaired) == (0,) * 4
         assert await snapshot(pool) == before
         async with pool.acquire() as conn:
-            await autoheal.set_paused(conn, paused=False, actor="test", reason="over")
+            await switch.set_paused(conn, paused=False, actor="test", reason="over")
 
         # Apply: fixed exactly, one audit row per fix.
         audits = await audit_count(pool)
@@ -214,7 +209,7 @@ async def test_scoped_resync_and_unknown_customer(temporal_env, postgres_dsn, em
                            act.subscriptions[:2])
         # Manual sync of one customer while auto-healing is paused: an operator's act proceeds.
         async with pool.acquire() as conn:
-            await autoheal.set_paused(conn, paused=True, actor="test", reason="incident")
+            await switch.set_paused(conn, paused=True, actor="test", reason="incident")
         res = await resync(client, task_queue, customer=ids[1], mode=Mode.APPLY, manual=True, actor="bob",
                            reason="customer called")
         assert not res.paused and res.customer == ids[1]
@@ -239,7 +234,7 @@ async def test_adjust_credits_audited_and_negative_refused(cli_env, temporal_env
     client, pool = temporal_env.client, clean_db
     await pool.execute("INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ('acme', 'cus_acme')")
     async with pool.acquire() as conn:  # manual adjustments proceed while auto-healing is paused
-        await autoheal.set_paused(conn, paused=True, actor="test", reason="incident")
+        await switch.set_paused(conn, paused=True, actor="test", reason="incident")
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         wid = f"adjust-{uuid.uuid4().hex[:8]}"
         res = await client.execute_workflow(
@@ -319,10 +314,11 @@ async def test_page_activity_resumes_from_its_heartbeat(postgres_dsn, emulator, 
 
     from temporalio.testing import ActivityEnvironment
 
-    from activities.resync import ResyncActivities
-    from activities.stripe_events import StripeEventActivities
-    from billing.models_resync import ResyncPageInput, RunContext, RunScope
     from billing.stripe_gateway import StripeGateway, make_stripe_client
+    from common.paged import PagedRunContext, RunScope
+    from resync.activities import ResyncActivities
+    from resync.types import ResyncPageInput
+    from webhooks.activities import StripeEventActivities
 
     cus = await stripe_client.v1.customers.create_async(params={"name": "resume"})
     product = await stripe_client.v1.products.create_async(params={"name": "resume"})
@@ -332,7 +328,7 @@ async def test_page_activity_resumes_from_its_heartbeat(postgres_dsn, emulator, 
         params={"customer": cus.id, "items": [{"price": price.id}]})).id for _ in range(3)]
     gateway = StripeGateway(make_stripe_client(make_settings(postgres_dsn, emulator)), None)
     acts = ResyncActivities(clean_db, gateway, StripeEventActivities(clean_db, gateway))
-    ctx = RunContext(run_id="resume-test", workflow_run_id="r1", scope=RunScope(), mode=Mode.DRY_RUN,
+    ctx = PagedRunContext(run_id="resume-test", workflow_run_id="r1", scope=RunScope(), mode=Mode.DRY_RUN,
                      actor="test", reason="test")
     env = ActivityEnvironment()
     beats: list[Any] = []

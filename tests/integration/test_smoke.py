@@ -10,8 +10,8 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, RetryState
 
 import worker as worker_module
-from billing.models_smoke import SmokeCheck
 from billing.settings import Settings
+from health.types import SmokeCheck
 
 pytestmark = pytest.mark.integration
 

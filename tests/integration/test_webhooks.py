@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from billing.models import EventStatus, Mode, ReplayResult, ReplayWebhooksInput
+from common.types import Mode
 from stripe_emulator.webhooks import sign
 from tests.integration.recon_helpers import running_worker
 from tests.integration.webhook_helpers import (
@@ -27,6 +27,7 @@ from tests.integration.webhook_helpers import (
     webhook_settings,
     webhook_stack,
 )
+from webhooks.types import EventStatus, ReplayResult, ReplayWebhooksInput
 
 pytestmark = pytest.mark.integration
 

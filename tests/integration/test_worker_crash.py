@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from billing.models import Mode, ReconcileResult, RunStatus
+from common.types import Mode, RunStatus
+from reconcile.types import ReconcileResult
 
 from .recon_helpers import assert_stripe_equals_ledger, ledger_by_key, seed_world, start
 

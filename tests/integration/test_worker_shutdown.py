@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from billing.models import Mode, ReconcileResult, RunStatus
+from common.types import Mode, RunStatus
+from reconcile.types import ReconcileResult
 
 from .recon_helpers import assert_stripe_equals_ledger, seed_world, start
 from .test_worker_crash import _spawn_worker, _stop

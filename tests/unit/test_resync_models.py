@@ -6,17 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from activities.resync import differing_fields
-from billing.models import Mode
-from billing.models_resync import (
-    MAX_SAMPLE,
-    AdjustCreditsInput,
-    RepairCreditsInput,
-    ResyncCounts,
-    ResyncFindings,
-    ResyncSubscriptionsInput,
-)
 from billing.stripe_objects import subscription_row
+from common.paged import MAX_SAMPLE
+from common.types import Mode
+from credits.types import AdjustCreditsInput, RepairCreditsInput
+from resync.activities import differing_fields
+from resync.types import ResyncCounts, ResyncFindings, ResyncSubscriptionsInput
 
 
 def test_plan_mode_is_refused():

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from activities.stripe_events import type_patterns
 from billing.stripe_objects import (
     StripeObjectError,
     credit_grant,
@@ -18,6 +17,7 @@ from billing.stripe_objects import (
     subscription_row,
 )
 from starter.webhook_commands import parse_time
+from webhooks.activities import type_patterns
 
 FIXTURES = json.loads((Path(__file__).parent.parent / "emulator" / "fixtures" / "stripe_fixtures3.json").read_text())
 

@@ -24,18 +24,16 @@ from temporalio.client import Client, WorkflowHandle
 import worker as worker_module
 from billing import db
 from billing.ingest import UsageEvent, ingest
-from billing.models import (
+from billing.settings import Settings
+from common.types import Mode, PauseRequest, RunStatus
+from health.types import SmokeCheck
+from reconcile.types import (
     ApprovalDecision,
-    Mode,
-    PauseRequest,
     Phase,
     ReconcileProgress,
     ReconcileResult,
     ReconcileUsageInput,
-    RunStatus,
 )
-from billing.models_smoke import SmokeCheck
-from billing.settings import Settings
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 METER = "api_requests"
@@ -178,8 +176,8 @@ async def record_all(client: Client, settings: Settings, task_queue: str, postgr
 async def record_webhooks(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,
                           stripe_client) -> list[Path]:
     """ProcessStripeEvent (processed and failed) and ReplayWebhooks (dry-run and apply)."""
-    from activities.stripe_events import store_event_args, store_event_sql
-    from billing.models import (
+    from webhooks.activities import store_event_args, store_event_sql
+    from webhooks.types import (
         ProcessEventInput,
         ProcessEventResult,
         ReplayResult,
@@ -236,14 +234,13 @@ async def record_webhooks(client: Client, settings: Settings, task_queue: str, p
 async def record_resync(client: Client, settings: Settings, task_queue: str, stripe_client,
                         emulator_admin) -> list[Path]:
     """ResyncSubscriptions and RepairCredits (dry-run, apply), AdjustCredits (applied, refused)."""
-    from billing.models_resync import (
+    from credits.types import (
         AdjustCreditsInput,
         AdjustCreditsResult,
         RepairCreditsInput,
         RepairResult,
-        ResyncResult,
-        ResyncSubscriptionsInput,
     )
+    from resync.types import ResyncResult, ResyncSubscriptionsInput
     from tests.integration.webhook_helpers import billing_scenario
 
     tag = f"rec{uuid.uuid4().hex[:6]}"
@@ -297,13 +294,8 @@ async def test_record_resync_histories(temporal_env, postgres_dsn, clean_db, emu
 async def record_operations(client: Client, settings: Settings, task_queue: str, postgres_dsn: str,
                             stripe_client) -> list[Path]:
     """CatchUpBackfill over two days (children, replay) and AutoHealControl (pause, resume)."""
-    from billing.models import (
-        AUTOHEAL_WORKFLOW_ID,
-        AutohealControlInput,
-        AutohealView,
-        BackfillResult,
-        CatchUpBackfillInput,
-    )
+    from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealControlInput, AutohealView
+    from backfill.types import BackfillResult, CatchUpBackfillInput
 
     tag = f"rec{uuid.uuid4().hex[:6]}"
     await seed(postgres_dsn, stripe_client, tag, customers=2)
@@ -380,7 +372,7 @@ async def record_continue_as_new(client: Client, settings: Settings, task_queue:
 async def test_record_continue_as_new_histories(postgres_dsn, clean_db, emulator, stripe_client, task_queue):
     from temporalio.testing import WorkflowEnvironment
 
-    from billing.temporal_client import data_converter
+    from common.client import data_converter
     from starter.stack import find_temporal_binary
 
     HISTORIES.mkdir(parents=True, exist_ok=True)

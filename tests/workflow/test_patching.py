@@ -14,8 +14,8 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.worker import Replayer, Worker
 
-from billing.models_smoke import SmokeCheck
-from billing.temporal_client import data_converter
+from common.client import data_converter
+from health.types import SmokeCheck
 
 from .test_replay import HISTORIES, load
 

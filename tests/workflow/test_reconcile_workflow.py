@@ -26,29 +26,26 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from billing.models import (
+from common.types import AuditInput, Mode, PauseRequest, RunStatus
+from reconcile.types import (
     ApplyPlanInput,
     ApprovalDecision,
     ApprovalResult,
-    AuditInput,
     Counts,
     FinishRunInput,
     MeterInfo,
-    Mode,
     PageInput,
     PageResult,
-    PauseRequest,
     Phase,
     Policy,
     ReconcileProgress,
     ReconcileResult,
     ReconcileUsageInput,
     RunContext,
-    RunStatus,
     RunStatusUpdate,
     StartRunInput,
 )
-from workflows.reconcile_usage import ReconcileUsage
+from reconcile.workflow import ReconcileUsage
 
 TODAY = date(2026, 11, 15)
 WAIT = 20.0  # seconds: a generous bound for real-time waits in a test
@@ -532,7 +529,7 @@ async def test_run_started_while_paused_and_resumed_rescans_correctively(time_sk
 
 @pytest.fixture(scope="module")
 async def can_env() -> WorkflowEnvironment:
-    from billing.temporal_client import data_converter
+    from common.client import data_converter
     from starter.stack import find_temporal_binary
 
     env = await WorkflowEnvironment.start_local(

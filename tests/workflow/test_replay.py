@@ -16,8 +16,8 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-import worker as worker_module
-from billing.temporal_client import data_converter
+from common.client import data_converter
+from workflows import all_workflows
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -34,7 +34,7 @@ def workflow_type(path: Path) -> str:
 
 def test_every_workflow_type_has_a_history():
     recorded = {workflow_type(p) for p in FILES}
-    registered = {w.__temporal_workflow_definition.name for w in worker_module.WORKFLOWS}
+    registered = {w.__temporal_workflow_definition.name for w in all_workflows()}
     assert registered <= recorded, f"no recorded history for {sorted(registered - recorded)}"
 
 
@@ -60,7 +60,7 @@ def test_histories_cover_continue_as_new_approval_signals_and_children():
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 async def test_replay(path: Path):
-    replayer = Replayer(workflows=worker_module.WORKFLOWS, data_converter=data_converter)
+    replayer = Replayer(workflows=all_workflows(), data_converter=data_converter)
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure!r}"
 

@@ -19,23 +19,19 @@ from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.operations import OperationsActivities
-    from billing.models import (
-        STRIPE_EVENT_RETENTION_DAYS,
+    from autoheal.activities import AutohealActivities
+    from backfill.activities import BackfillActivities
+    from backfill.types import (
         BackfillProgress,
         BackfillResult,
         CatchUpBackfillInput,
         CompletedRunsInput,
-        Counts,
         DayOutcome,
         DayResult,
-        Mode,
-        PauseRequest,
-        ReconcileResult,
-        ReconcileUsageInput,
-        ReplayResult,
-        ReplayWebhooksInput,
     )
+    from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, PauseRequest
+    from reconcile.types import Counts, ReconcileResult, ReconcileUsageInput
+    from webhooks.types import ReplayResult, ReplayWebhooksInput
 
 SHORT_TIMEOUT = timedelta(minutes=1)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -89,11 +85,11 @@ class CatchUpBackfill:
         p.phase, p.days_total = "days", len(days)
         if inp.mode == Mode.APPLY and workflow.patched("backfill-honours-pause"):
             state = await workflow.execute_activity_method(
-                OperationsActivities.get_autoheal, start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                AutohealActivities.get_autoheal, start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
             self._paused = p.paused = self._paused or state.paused
 
         done = set((await workflow.execute_activity_method(
-            OperationsActivities.completed_runs,
+            BackfillActivities.completed_runs,
             CompletedRunsInput(run_ids=[day_run_id(d, inp.mode, inp.customers, inp.meters) for d in days]),
             start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)).completed)
         gate = asyncio.Semaphore(inp.max_concurrent_days)

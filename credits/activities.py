@@ -17,11 +17,12 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.resync import SEEN_CHECKOUT, audit, mark_seen, may_write, sample
-from activities.stripe_events import PermanentEventError, StripeEventActivities, lock_object
-from billing.models import Mode
-from billing.models_resync import (
-    MAX_SAMPLE,
+from billing.periods import billing_period
+from billing.stripe_gateway import StripeGateway
+from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
+from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope
+from common.types import Mode
+from credits.types import (
     AdjustActivityInput,
     AdjustCreditsResult,
     BalancePageInput,
@@ -32,17 +33,13 @@ from billing.models_resync import (
     CreditFindings,
     CreditPageResult,
     DuplicatesInput,
-    ErrorType,
     InvoiceCheckInput,
     InvoiceCheckResult,
-    RunContext,
-    RunScope,
     UsageCheckInput,
     UsageCheckResult,
 )
-from billing.periods import billing_period
-from billing.stripe_gateway import StripeGateway
-from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
+from resync.activities import SEEN_CHECKOUT, audit, mark_seen, may_write, sample
+from webhooks.activities import PermanentEventError, StripeEventActivities, lock_object
 
 log = logging.getLogger("billing.credits")
 
@@ -119,7 +116,7 @@ class CreditActivities:
         last = rows[-1]
         return [r["payload"] for r in rows], f"{int(last['created'].timestamp() * 1_000_000)}|{last['event_id']}"
 
-    async def _examine(self, ctx: RunContext, events: list[dict[str, Any]], cp: CreditCheckpoint) -> None:
+    async def _examine(self, ctx: PagedRunContext, events: list[dict[str, Any]], cp: CreditCheckpoint) -> None:
         c, f = cp.counts, cp.findings
         grants: dict[str, CreditGrant] = {}
         for e in events:
@@ -160,7 +157,7 @@ class CreditActivities:
                     c.grants_made += 1
             await mark_seen(conn, ctx.run_id, SEEN_CHECKOUT, [g.checkout_session_id for g in todo])
 
-    async def _grant(self, conn: asyncpg.Connection, ctx: RunContext, cs_id: str, f: CreditFindings) -> bool:
+    async def _grant(self, conn: asyncpg.Connection, ctx: PagedRunContext, cs_id: str, f: CreditFindings) -> bool:
         """The webhook handler's grant, under the same lock, from a fresh read of the session."""
         try:
             async with conn.transaction():
@@ -232,7 +229,7 @@ class CreditActivities:
             result.next_cursor = rows[-1]["customer_id"]
         return result
 
-    async def _repair_balance(self, conn: asyncpg.Connection, ctx: RunContext, customer_id: str) -> bool:
+    async def _repair_balance(self, conn: asyncpg.Connection, ctx: PagedRunContext, customer_id: str) -> bool:
         async with conn.transaction():
             # Lock first, then sum: a grant commits its ledger row and balance together.
             await conn.execute(
@@ -360,7 +357,7 @@ class CreditActivities:
                     req.customer, after)
             except asyncpg.CheckViolationError as e:
                 raise negative_balance_error(req.customer, after) from e
-            ctx = RunContext(run_id=inp.workflow_id, workflow_run_id=inp.workflow_run_id,
+            ctx = PagedRunContext(run_id=inp.workflow_id, workflow_run_id=inp.workflow_run_id,
                              scope=RunScope(customer_id=req.customer), mode=Mode.APPLY, actor=req.actor,
                              reason=req.reason, manual=True)
             await audit(conn, ctx, action="credits.adjust", entity_type="credit_balance", entity_id=req.customer,

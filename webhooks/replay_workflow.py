@@ -16,10 +16,9 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.stripe_events import MAX_REPORTED_FAILURES, StripeEventActivities
-    from billing.models import (
-        STRIPE_EVENT_RETENTION_DAYS,
-        Mode,
+    from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
+    from webhooks.activities import MAX_REPORTED_FAILURES, StripeEventActivities
+    from webhooks.types import (
         PendingPageInput,
         ProcessPageInput,
         ReplayCounts,

@@ -1,4 +1,6 @@
-"""Input/result of the Smoke workflow."""
+"""Smoke: the stack's health check result.
+
+Workflows build these: no default factories that read clocks or randomness."""
 
 from __future__ import annotations
 

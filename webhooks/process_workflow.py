@@ -15,8 +15,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.stripe_events import EventMarkFailedInput, StripeEventActivities
-    from billing.models import EventStatus, ProcessEventInput, ProcessEventResult
+    from webhooks.activities import EventMarkFailedInput, StripeEventActivities
+    from webhooks.types import EventStatus, ProcessEventInput, ProcessEventResult
 
 WORKFLOW_ID_PREFIX = "stripe-event-"
 PROCESS_TIMEOUT = timedelta(minutes=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from billing.models_smoke import SmokeCheck
 from billing.stripe_gateway import StripeGateway
+from health.types import SmokeCheck
 
 
 class HealthActivities:

@@ -26,23 +26,8 @@ import stripe
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import usage_store as store
-from billing import autoheal, correlation, metrics
-from billing.models import (
-    ApplyPlanInput,
-    AuditInput,
-    Counts,
-    FinishRunInput,
-    MeterInfo,
-    Mode,
-    PageCheckpoint,
-    PageInput,
-    PageResult,
-    Policy,
-    RunContext,
-    RunStatusUpdate,
-    StartRunInput,
-)
+from autoheal import switch
+from billing import correlation, metrics
 from billing.periods import (
     billing_period,
     current_period_window,
@@ -63,6 +48,21 @@ from billing.policy import (
 )
 from billing.settings import Settings
 from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
+from common.types import AuditInput, Mode
+from reconcile import store
+from reconcile.types import (
+    ApplyPlanInput,
+    Counts,
+    FinishRunInput,
+    MeterInfo,
+    PageCheckpoint,
+    PageInput,
+    PageResult,
+    Policy,
+    RunContext,
+    RunStatusUpdate,
+    StartRunInput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class UsageActivities:
             window_start=start, window_end=end, customers=sorted(set(req.customers)),
             meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
             meter_filter=sorted(set(req.meters)), policy=policy, actor=req.actor,
-            globally_paused=await autoheal.paused(self.pool),
+            globally_paused=await switch.paused(self.pool),
         )
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -627,7 +627,7 @@ class UsageActivities:
         """The safety net behind the pause signal (which a run started a moment before the pause
         may miss): no corrective batch starts while auto-healing is paused. The activity fails
         retryably and resumes from its heartbeat checkpoint once `resume` clears the switch."""
-        if await autoheal.paused(self.pool):
+        if await switch.paused(self.pool):
             raise ApplicationError("auto-healing is paused (billing-recon resume)", type="AutohealPaused")
 
     # ------------------------------------------------------------------ executing corrections

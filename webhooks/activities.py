@@ -23,7 +23,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from billing import metrics
-from billing.models import (
+from billing.stripe_gateway import StripeGateway
+from billing.stripe_objects import (
+    CreditGrant,
+    CustomerRow,
+    StripeObjectError,
+    credit_grant,
+    customer_row,
+    event_object_id,
+    invoice_row,
+    subscription_row,
+    ts,
+)
+from webhooks.types import (
     EventStatus,
     PendingCursor,
     PendingPageInput,
@@ -36,18 +48,6 @@ from billing.models import (
     SyncInboxCheckpoint,
     SyncInboxInput,
     SyncInboxResult,
-)
-from billing.stripe_gateway import StripeGateway
-from billing.stripe_objects import (
-    CreditGrant,
-    CustomerRow,
-    StripeObjectError,
-    credit_grant,
-    customer_row,
-    event_object_id,
-    invoice_row,
-    subscription_row,
-    ts,
 )
 
 log = logging.getLogger("billing.stripe_events")

@@ -14,18 +14,14 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.failures import permanent_failure
+from common.failures import permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.credits import CreditActivities
-    from billing.models_resync import (
-        AdjustActivityInput,
-        AdjustCreditsInput,
-        AdjustCreditsResult,
-        ErrorType,
-    )
+    from common.paged import ErrorType
+    from credits.activities import CreditActivities
+    from credits.types import AdjustActivityInput, AdjustCreditsInput, AdjustCreditsResult
 
 ADJUST_TIMEOUT = timedelta(minutes=1)
 RETRY = RetryPolicy(

@@ -20,23 +20,19 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.failures import permanent_failure
+from common.failures import permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.credits import CreditActivities
-    from activities.resync import ResyncActivities
-    from billing.models_resync import (
-        MAX_SAMPLE,
+    from common.paged import MAX_SAMPLE, CleanupInput, ContextInput, ErrorType
+    from credits.activities import CreditActivities
+    from credits.types import (
         BalancePageInput,
         CheckoutPageInput,
         CheckoutSource,
-        CleanupInput,
-        ContextInput,
         CreditPageResult,
         DuplicatesInput,
-        ErrorType,
         InvoiceCheckInput,
         RepairCarry,
         RepairCreditsInput,
@@ -45,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         RepairResult,
         UsageCheckInput,
     )
+    from resync.activities import ResyncActivities
 
 SHORT_TIMEOUT = timedelta(minutes=2)
 PAGE_TIMEOUT = timedelta(minutes=30)

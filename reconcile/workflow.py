@@ -16,29 +16,26 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.failures import activity_message, permanent_failure
+from common.failures import activity_message, permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.usage import Permanent, UsageActivities
-    from billing.models import (
+    from common.types import AuditInput, Mode, PauseRequest, RunStatus
+    from reconcile.activities import Permanent, UsageActivities
+    from reconcile.types import (
         ApplyPlanInput,
         ApprovalDecision,
         ApprovalResult,
-        AuditInput,
         Counts,
         FinishRunInput,
-        Mode,
         PageInput,
         PageResult,
-        PauseRequest,
         Phase,
         ReconcileCarry,
         ReconcileProgress,
         ReconcileResult,
         ReconcileUsageInput,
-        RunStatus,
         RunStatusUpdate,
         StartRunInput,
     )

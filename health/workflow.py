@@ -8,8 +8,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.health import HealthActivities
-    from billing.models_smoke import SmokeCheck
+    from health.activities import HealthActivities
+    from health.types import SmokeCheck
 
 TIMEOUT = timedelta(seconds=30)
 # A smoke check answers quickly: a few tries, then fail with the cause (never retry forever).

@@ -18,19 +18,16 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.failures import permanent_failure
+from common.failures import permanent_failure
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.resync import ResyncActivities
-    from billing.models_resync import (
-        MAX_SAMPLE,
-        CleanupInput,
-        ContextInput,
+    from common.paged import MAX_SAMPLE, CleanupInput, ContextInput, ErrorType
+    from resync.activities import ResyncActivities
+    from resync.types import (
         CountActiveInput,
         CountCheck,
-        ErrorType,
         LocalPageInput,
         ResyncCarry,
         ResyncPageInput,

@@ -1,5 +1,5 @@
-"""Operations activities (Postgres + the Temporal client): the global auto-healing switch, its
-broadcast to running runs, and the bookkeeping a backfill needs."""
+"""Auto-healing activities (Postgres + the Temporal client): the global switch and its broadcast
+to running runs."""
 
 from __future__ import annotations
 
@@ -8,25 +8,18 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from billing import autoheal
-from billing.models import (
-    AutohealView,
-    BroadcastInput,
-    BroadcastResult,
-    CompletedRunsInput,
-    CompletedRunsResult,
-    SetAutohealInput,
-)
+from autoheal import switch
+from autoheal.types import AutohealView, BroadcastInput, BroadcastResult, SetAutohealInput
 
 
-class OperationsActivities:
+class AutohealActivities:
     def __init__(self, pool: asyncpg.Pool, client: Client) -> None:
         self.pool = pool
         self.client = client
 
     @activity.defn(name="ops.get_autoheal")
     async def get_autoheal(self) -> AutohealView:
-        st = await autoheal.state(self.pool)
+        st = await switch.state(self.pool)
         return AutohealView(paused=st.paused, since=st.since, actor=st.actor, reason=st.reason)
 
     @activity.defn(name="ops.set_autoheal")
@@ -34,7 +27,7 @@ class OperationsActivities:
         """Flip the switch and audit it, in one transaction (idempotent: a retried activity or a
         repeated pause changes and audits nothing more)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            before, after = await autoheal.set_paused(conn, paused=inp.paused, actor=inp.actor, reason=inp.reason)
+            before, after = await switch.set_paused(conn, paused=inp.paused, actor=inp.actor, reason=inp.reason)
             if before != after:
                 await conn.execute(
                     """
@@ -62,11 +55,3 @@ class OperationsActivities:
                     raise
             activity.heartbeat(len(signalled))
         return BroadcastResult(signalled=signalled)
-
-    @activity.defn(name="ops.completed_runs")
-    async def completed_runs(self, inp: CompletedRunsInput) -> CompletedRunsResult:
-        rows = await self.pool.fetch(
-            "SELECT run_id FROM billing.reconciliation_runs WHERE run_id = ANY($1) AND status = 'completed' "
-            "AND NOT observe_only",
-            inp.run_ids)
-        return CompletedRunsResult(completed=sorted(r["run_id"] for r in rows))

@@ -15,14 +15,9 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.operations import OperationsActivities
-    from billing.models import (
-        AutohealControlInput,
-        AutohealView,
-        BroadcastInput,
-        PauseRequest,
-        SetAutohealInput,
-    )
+    from autoheal.activities import AutohealActivities
+    from autoheal.types import AutohealControlInput, AutohealView, BroadcastInput, SetAutohealInput
+    from common.types import PauseRequest
 
 TIMEOUT = timedelta(minutes=1)
 BROADCAST_TIMEOUT = timedelta(minutes=5)
@@ -53,7 +48,7 @@ class AutoHealControl:
     @workflow.run
     async def run(self, inp: AutohealControlInput) -> None:
         self._state = await workflow.execute_activity_method(
-            OperationsActivities.get_autoheal, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            AutohealActivities.get_autoheal, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
         self._show()
         handled = 0
         while True:
@@ -62,13 +57,13 @@ class AutoHealControl:
                 paused, req = self._pending.pop(0)
                 info = workflow.info()
                 self._state = await workflow.execute_activity_method(
-                    OperationsActivities.set_autoheal,
+                    AutohealActivities.set_autoheal,
                     SetAutohealInput(paused=paused, actor=req.actor, reason=req.reason,
                                      workflow_id=info.workflow_id, run_id=info.run_id),
                     start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
                 self._show()
                 await workflow.execute_activity_method(
-                    OperationsActivities.broadcast,
+                    AutohealActivities.broadcast,
                     BroadcastInput(signal="pause" if paused else "resume", request=req,
                                    workflow_types=PAUSABLE_WORKFLOWS),
                     start_to_close_timeout=BROADCAST_TIMEOUT, heartbeat_timeout=TIMEOUT, retry_policy=RETRY)

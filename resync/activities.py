@@ -17,32 +17,34 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.stripe_events import (
-    PermanentEventError,
-    StripeEventActivities,
-    lock_object,
-    upsert_subscription,
-)
-from billing import autoheal
-from billing.models import Mode
-from billing.models_resync import (
+from autoheal import switch
+from billing.stripe_gateway import StripeGateway
+from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
+from common.paged import (
     MAX_SAMPLE,
     CleanupInput,
     ContextInput,
+    ErrorType,
+    PagedRunContext,
+    RunScope,
+)
+from common.types import Mode
+from resync.types import (
     CountActiveInput,
     CountActiveResult,
-    ErrorType,
     LocalPageInput,
     LocalPageResult,
     ResyncCheckpoint,
     ResyncCounts,
     ResyncPageInput,
     ResyncPageResult,
-    RunContext,
-    RunScope,
 )
-from billing.stripe_gateway import StripeGateway
-from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
+from webhooks.activities import (
+    PermanentEventError,
+    StripeEventActivities,
+    lock_object,
+    upsert_subscription,
+)
 
 log = logging.getLogger("billing.resync")
 
@@ -69,19 +71,19 @@ async def resolve_scope(conn: asyncpg.Connection | asyncpg.Pool, customer: str |
     return RunScope(customer_id=customer, stripe_customer_id=row["stripe_customer_id"])
 
 
-async def may_write(conn: asyncpg.Connection, ctx: RunContext) -> tuple[bool, bool]:
+async def may_write(conn: asyncpg.Connection, ctx: PagedRunContext) -> tuple[bool, bool]:
     """(write, paused): corrective writes only in apply mode, and while auto-healing is paused
     only for an operator's explicit action. Read before each batch of writes."""
     if ctx.mode != Mode.APPLY:
         return False, False
     if ctx.manual:
         return True, False
-    paused = await autoheal.paused(conn)
+    paused = await switch.paused(conn)
     return not paused, paused
 
 
 async def audit(
-    conn: asyncpg.Connection, ctx: RunContext, *, action: str, entity_type: str, entity_id: str,
+    conn: asyncpg.Connection, ctx: PagedRunContext, *, action: str, entity_type: str, entity_id: str,
     before: dict[str, Any] | None, after: dict[str, Any] | None, idempotency_key: str,
     reason: str | None = None, customer_id: str | None = None,
 ) -> bool:
@@ -143,11 +145,11 @@ class ResyncActivities:
         self.events = events  # the webhook handlers' shared writes (customers, grants)
 
     @activity.defn(name="resync.start")
-    async def start(self, inp: ContextInput) -> RunContext:
+    async def start(self, inp: ContextInput) -> PagedRunContext:
         async with self.pool.acquire() as conn:
             scope = await resolve_scope(conn, inp.customer)
             await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
-        return RunContext(run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, scope=scope,
+        return PagedRunContext(run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, scope=scope,
                           mode=inp.mode, actor=inp.actor, reason=inp.reason, manual=inp.manual)
 
     @activity.defn(name="resync.cleanup")
@@ -191,7 +193,7 @@ class ResyncActivities:
         return ResyncPageResult(next_cursor=cp.starting_after, pages=cp.pages, counts=cp.counts,
                                 findings=cp.findings, paused=cp.paused)
 
-    async def _compare_page(self, ctx: RunContext, subs: list[dict[str, Any]], listed_at: datetime,
+    async def _compare_page(self, ctx: PagedRunContext, subs: list[dict[str, Any]], listed_at: datetime,
                             cp: ResyncCheckpoint) -> None:
         try:
             rows = [subscription_row(s) for s in subs]
@@ -228,7 +230,7 @@ class ResyncActivities:
                 if write and await self._fix(conn, ctx, raw, row, listed_at, c):
                     c.fixed += 1
 
-    async def _fix(self, conn: asyncpg.Connection, ctx: RunContext, raw: dict[str, Any],
+    async def _fix(self, conn: asyncpg.Connection, ctx: PagedRunContext, raw: dict[str, Any],
                    row: SubscriptionRow, listed_at: datetime, c: ResyncCounts) -> bool:
         """Write Stripe's copy and audit it, unless a webhook wrote a fresher copy since the page
         was listed (it re-reads Stripe, so its copy is at least as new) or nothing differs any

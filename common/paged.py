@@ -1,0 +1,68 @@
+"""Types of the paged Stripe-to-Postgres runs (resync, credit repair): scope, run context, errors.
+
+Workflows build these: no default factories that read clocks or randomness."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from common.types import Mode
+
+STRIPE_PAGE_MAX = 100  # Stripe's largest list page
+
+
+MAX_SAMPLE = 50  # ids listed per finding in a report
+
+
+def refuse_plan_mode(mode: Mode, what: str) -> None:
+    if mode == Mode.PLAN:
+        raise ValueError(f"{what} supports dry-run and apply, not plan")
+
+
+class ErrorType(StrEnum):
+    """`ApplicationError.type` of the permanent failures of this family."""
+
+    UNKNOWN_CUSTOMER = "UnknownCustomer"
+    NEGATIVE_BALANCE = "NegativeBalance"
+    INVALID_CHECKOUT = "InvalidCheckout"
+
+
+class ResolveScopeInput(BaseModel):
+    customer_id: str | None = None  # our customer id; None = every customer
+
+
+class RunScope(BaseModel):
+    """Who a run covers. `stripe_customer_id` is set when `customer_id` is."""
+
+    customer_id: str | None = None
+    stripe_customer_id: str | None = None
+
+
+class PagedRunContext(BaseModel):
+    run_id: str  # = workflow id (stable across continue-as-new)
+    workflow_run_id: str
+    scope: RunScope
+    mode: Mode
+    actor: str
+    reason: str
+    # An explicit operator action (`subscriptions sync`): proceeds while auto-healing is paused.
+    manual: bool = False
+
+
+class ContextInput(BaseModel):
+    """Start of a run: resolve the scope (unknown customer -> non-retryable error) and clear the
+    run's scratch rows left by an earlier run under the same workflow id."""
+
+    run_id: str
+    workflow_run_id: str
+    customer: str | None = None
+    mode: Mode
+    actor: str
+    reason: str
+    manual: bool = False
+
+
+class CleanupInput(BaseModel):
+    run_id: str

@@ -1,0 +1,214 @@
+"""RepairCredits and AdjustCredits: inputs, counts, ledger checks, pages and results.
+
+Workflows build these: no default factories that read clocks or randomness."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, model_validator
+
+from common.paged import MAX_SAMPLE, STRIPE_PAGE_MAX, PagedRunContext, refuse_plan_mode
+from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
+
+
+class RepairCreditsInput(BaseModel):
+    """Input of RepairCredits (also the JSON for `temporal workflow start`)."""
+
+    customer: str | None = None
+    mode: Mode = Mode.DRY_RUN
+    actor: str = Field(default="system", min_length=1)
+    reason: str | None = None
+    days: int = Field(default=STRIPE_EVENT_RETENTION_DAYS, ge=1, le=STRIPE_EVENT_RETENTION_DAYS)
+    page_size: int = Field(default=STRIPE_PAGE_MAX, ge=1, le=STRIPE_PAGE_MAX)
+    pages_per_activity: int = Field(default=10, ge=1, le=1000)
+    carried: RepairCarry | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RepairCreditsInput:
+        refuse_plan_mode(self.mode, "credit repair")
+        return self
+
+
+class CreditCounts(BaseModel):
+    checkout_events: int = 0  # checkout events read (Stripe's list and the inbox)
+    purchases: int = 0  # distinct completed, paid credit purchases among them
+    granted_ok: int = 0  # purchases with a grant in the ledger
+    missing_grants: int = 0  # purchases without one
+    grants_made: int = 0  # of which granted now (apply)
+    duplicate_grants: int = 0  # sessions with more than one ledger row: reported, not removed
+    invalid_checkouts: int = 0  # bad metadata.credits: reported
+    customers_checked: int = 0
+    balance_mismatches: int = 0  # credit_balances != ledger sum
+    balances_repaired: int = 0
+    negative_ledger: int = 0  # ledger sum < 0: cannot be a balance (dry-run reports it)
+
+    def add(self, o: CreditCounts) -> CreditCounts:
+        return CreditCounts(**{k: getattr(self, k) + getattr(o, k) for k in CreditCounts.model_fields})
+
+
+class LedgerChecks(BaseModel):
+    """The runbooks' ledger consistency checks (reported, not fixed)."""
+
+    paid_invoices_checked: int = 0
+    paid_invoices_missing_locally: int = 0
+    unpushed_usage_keys: int = 0  # (customer, meter, closed period) with usage never pushed
+    checkouts_without_ledger_entry: int = 0  # completed purchases still without a grant
+    invoice_sample: list[str] = Field(default_factory=list)
+    usage_sample: list[str] = Field(default_factory=list)  # "customer|meter|period: L vs P"
+    checkout_sample: list[str] = Field(default_factory=list)
+
+
+class CreditFindings(BaseModel):
+    missing_grants: list[str] = Field(default_factory=list)  # cs ids
+    duplicate_grants: list[str] = Field(default_factory=list)  # "cs id: n rows (sources)"
+    balance_mismatches: list[str] = Field(default_factory=list)  # "customer: balance vs ledger"
+    invalid_checkouts: list[str] = Field(default_factory=list)
+
+    def merge(self, o: CreditFindings) -> CreditFindings:
+        return CreditFindings(**{
+            k: (getattr(self, k) + getattr(o, k))[:MAX_SAMPLE] for k in CreditFindings.model_fields})
+
+
+class RepairPhase(StrEnum):
+    STRIPE_EVENTS = "stripe_events"
+    INBOX = "inbox"
+    DUPLICATES = "duplicates"
+    BALANCES = "balances"
+    INVOICES = "invoices"
+    USAGE = "usage"
+    DONE = "done"
+
+
+class RepairCarry(BaseModel):
+    context: PagedRunContext
+    since_ts: int  # Stripe event window, unix seconds
+    until_ts: int
+    phase: RepairPhase = RepairPhase.STRIPE_EVENTS
+    cursor: str | None = None
+    counts: CreditCounts = Field(default_factory=CreditCounts)
+    checks: LedgerChecks = Field(default_factory=LedgerChecks)
+    findings: CreditFindings = Field(default_factory=CreditFindings)
+    paused: bool = False
+
+
+class CheckoutSource(StrEnum):
+    STRIPE = "stripe"
+    INBOX = "inbox"
+
+
+class CheckoutPageInput(BaseModel):
+    context: PagedRunContext
+    source: CheckoutSource
+    cursor: str | None = None  # Stripe: event id; inbox: "<unix micros>|<event id>"
+    since_ts: int
+    until_ts: int
+    page_size: int = STRIPE_PAGE_MAX
+    max_pages: int = 10
+
+
+class CreditPageResult(BaseModel):
+    next_cursor: str | None
+    counts: CreditCounts
+    findings: CreditFindings
+    paused: bool = False
+
+
+class CreditCheckpoint(BaseModel):
+    cursor: str | None = None
+    pages: int = 0
+    counts: CreditCounts = Field(default_factory=CreditCounts)
+    findings: CreditFindings = Field(default_factory=CreditFindings)
+    paused: bool = False
+
+
+class BalancePageInput(BaseModel):
+    context: PagedRunContext
+    after: str | None = None  # customer_id keyset cursor
+    limit: int = 500
+
+
+class DuplicatesInput(BaseModel):
+    context: PagedRunContext
+
+
+class InvoiceCheckInput(BaseModel):
+    context: PagedRunContext
+    starting_after: str | None = None
+    page_size: int = STRIPE_PAGE_MAX
+    max_pages: int = 10
+
+
+class InvoiceCheckResult(BaseModel):
+    next_cursor: str | None
+    checked: int
+    missing: int
+    sample: list[str] = Field(default_factory=list)
+
+
+class UsageCheckInput(BaseModel):
+    context: PagedRunContext
+    today_iso: str  # the workflow's today (UTC); periods before its period are closed
+
+
+class UsageCheckResult(BaseModel):
+    keys: int
+    sample: list[str] = Field(default_factory=list)
+
+
+class RepairProgress(BaseModel):
+    run_id: str
+    mode: Mode
+    phase: RepairPhase
+    counts: CreditCounts
+    paused: bool
+
+
+class RepairResult(BaseModel):
+    run_id: str
+    mode: Mode
+    customer: str | None
+    actor: str
+    counts: CreditCounts
+    checks: LedgerChecks
+    findings: CreditFindings
+    paused: bool
+
+
+class AdjustCreditsInput(BaseModel):
+    """Input of AdjustCredits: a manual credit or debit, audited with actor and reason."""
+
+    customer: str = Field(min_length=1)
+    amount: int  # minor units; > 0 credits, < 0 debits
+    reason: str = Field(min_length=1)
+    actor: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> AdjustCreditsInput:
+        if self.amount == 0:
+            raise ValueError("amount must not be 0")
+        if not self.reason.strip():
+            raise ValueError("reason must not be blank")
+        return self
+
+
+class AdjustActivityInput(BaseModel):
+    request: AdjustCreditsInput
+    workflow_id: str
+    workflow_run_id: str
+
+
+class AdjustCreditsResult(BaseModel):
+    workflow_id: str
+    customer: str
+    amount: int
+    balance_before: int
+    balance_after: int
+    source: str  # the ledger row's business key: manual:<workflow id>
+    ledger_id: int
+    actor: str
+    reason: str
+    already_applied: bool = False  # a retried activity found its own ledger row
+
+
+RepairCreditsInput.model_rebuild()

@@ -1,0 +1,162 @@
+"""ResyncSubscriptions: inputs, counts, findings, pages, progress and result.
+
+Workflows build these: no default factories that read clocks or randomness."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, model_validator
+
+from common.paged import MAX_SAMPLE, STRIPE_PAGE_MAX, PagedRunContext, RunScope, refuse_plan_mode
+from common.types import Mode
+
+
+class ResyncSubscriptionsInput(BaseModel):
+    """Input of ResyncSubscriptions (also the JSON for `temporal workflow start`)."""
+
+    customer: str | None = None  # our customer id; None = every subscription in Stripe
+    mode: Mode = Mode.DRY_RUN
+    actor: str = Field(default="system", min_length=1)
+    reason: str | None = None  # recorded in every audit row
+    manual: bool = False  # an operator's explicit sync: runs while auto-healing is paused
+    page_size: int = Field(default=STRIPE_PAGE_MAX, ge=1, le=STRIPE_PAGE_MAX)
+    pages_per_activity: int = Field(default=10, ge=1, le=1000)
+    carried: ResyncCarry | None = None  # continue-as-new state; callers leave it empty
+
+    @model_validator(mode="after")
+    def _check(self) -> ResyncSubscriptionsInput:
+        refuse_plan_mode(self.mode, "resync")
+        if self.manual and not self.customer:
+            raise ValueError("a manual subscription sync needs a customer")
+        return self
+
+
+class ResyncCounts(BaseModel):
+    compared: int = 0  # subscriptions listed by Stripe and found locally
+    matched: int = 0
+    mismatched: int = 0  # subscriptions with at least one differing field
+    fields: dict[str, int] = Field(default_factory=dict)  # mismatches per compared field
+    fixed: int = 0  # local rows rewritten from Stripe (apply)
+    missing_local: int = 0  # in Stripe, not here
+    created: int = 0  # of which created here (apply)
+    missing_in_stripe: int = 0  # here, not in Stripe: reported, never deleted
+    active_stripe: int = 0  # the runbook's count comparison: active in Stripe ...
+    active_local_before: int = 0  # ... and active here, before and after the run
+    active_local_after: int = 0
+    fix_failures: int = 0
+
+    def add(self, o: ResyncCounts) -> ResyncCounts:
+        out = self.model_copy(deep=True)
+        for k in ResyncCounts.model_fields:
+            if k == "fields":
+                for f, n in o.fields.items():
+                    out.fields[f] = out.fields.get(f, 0) + n
+            else:
+                setattr(out, k, getattr(out, k) + getattr(o, k))
+        return out
+
+
+class ResyncFindings(BaseModel):
+    """Samples of ids per finding (capped at MAX_SAMPLE each)."""
+
+    mismatched: list[str] = Field(default_factory=list)
+    missing_local: list[str] = Field(default_factory=list)
+    missing_in_stripe: list[str] = Field(default_factory=list)
+
+    def merge(self, o: ResyncFindings) -> ResyncFindings:
+        return ResyncFindings(**{
+            k: (getattr(self, k) + getattr(o, k))[:MAX_SAMPLE] for k in ResyncFindings.model_fields})
+
+
+class ResyncPhase(StrEnum):
+    STRIPE = "stripe"  # paging Stripe's subscriptions, fixing mismatches
+    LOCAL = "local"  # local rows never listed by Stripe
+    DONE = "done"
+
+
+class ResyncCarry(BaseModel):
+    context: PagedRunContext
+    phase: ResyncPhase = ResyncPhase.STRIPE
+    cursor: str | None = None
+    pages_done: int = 0
+    counts: ResyncCounts = Field(default_factory=ResyncCounts)
+    findings: ResyncFindings = Field(default_factory=ResyncFindings)
+    paused: bool = False  # an apply page found auto-healing paused and wrote nothing
+
+
+class ResyncPageInput(BaseModel):
+    context: PagedRunContext
+    starting_after: str | None = None  # Stripe cursor (last subscription id seen)
+    page_size: int = STRIPE_PAGE_MAX
+    max_pages: int = 10
+
+
+class ResyncCheckpoint(BaseModel):
+    """Heartbeat of a page activity: pages through `starting_after` are done."""
+
+    starting_after: str | None = None
+    pages: int = 0
+    counts: ResyncCounts = Field(default_factory=ResyncCounts)
+    findings: ResyncFindings = Field(default_factory=ResyncFindings)
+    paused: bool = False
+
+
+class ResyncPageResult(BaseModel):
+    next_cursor: str | None  # None = Stripe has no more
+    pages: int
+    counts: ResyncCounts
+    findings: ResyncFindings
+    paused: bool = False
+
+
+class LocalPageInput(BaseModel):
+    context: PagedRunContext
+    after: str | None = None  # keyset cursor on stripe_subscription_id
+    limit: int = 500
+
+
+class LocalPageResult(BaseModel):
+    next_cursor: str | None
+    missing_in_stripe: int
+    sample: list[str] = Field(default_factory=list)
+
+
+class CountActiveInput(BaseModel):
+    scope: RunScope
+
+
+class CountActiveResult(BaseModel):
+    active: int
+
+
+class ResyncProgress(BaseModel):
+    run_id: str
+    mode: Mode
+    phase: ResyncPhase
+    pages_done: int
+    counts: ResyncCounts
+    paused: bool
+
+
+class CountCheck(BaseModel):
+    """The runbook's daily comparison: active subscriptions here vs in Stripe."""
+
+    active_local_before: int
+    active_local_after: int
+    active_stripe: int
+    matches: bool
+
+
+class ResyncResult(BaseModel):
+    run_id: str
+    mode: Mode
+    customer: str | None
+    actor: str
+    counts: ResyncCounts
+    findings: ResyncFindings
+    count_check: CountCheck
+    paused: bool  # auto-healing was paused: observe-only, nothing written
+
+
+ResyncSubscriptionsInput.model_rebuild()
