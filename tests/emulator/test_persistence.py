@@ -20,8 +20,7 @@ import stripe
 from stripe_emulator.admin import EmulatorAdmin
 from stripe_emulator.persist import FORMAT_VERSION, MAGIC
 
-from .conftest import free_port, make_client
-from .helpers import make_customer, make_meter, push
+from .helpers import free_port, make_client, make_customer, make_meter, push
 
 
 class Emulator:
