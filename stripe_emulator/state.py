@@ -1,4 +1,5 @@
-"""The emulator's in-memory state (pure python, no HTTP)."""
+"""The emulator's in-memory state (pure python, no HTTP): the clock, ids, the rate-limit bucket,
+object collections, events and idempotency records, all held by ``Store``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import API_VERSION, DAY, Config, Fault
-from .errors import StripeError, no_such
-from .params import matches_created, paginate, to_bool, to_int
+from .config import API_VERSION, DAY, Config
+from .errors import no_such
+from .meter_event_log import MeterEventLog
 
 EVENT_RETENTION_SECONDS = 30 * DAY
 IDEMPOTENCY_TTL_SECONDS = DAY
@@ -135,7 +136,6 @@ class Collection:
         return [o for o in vals if pred(o)]
 
 
-
 def event_type_matches(pattern: str, event_type: str) -> bool:
     if pattern == "*":
         return True
@@ -146,24 +146,8 @@ def snapshot(obj: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(obj)
 
 
-def diff_previous(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Top-level ``previous_attributes`` for an update event."""
-    prev: dict[str, Any] = {}
-    for k, v in before.items():
-        if after.get(k) != v:
-            if isinstance(v, dict) and isinstance(after.get(k), dict) and k == "metadata":
-                prev[k] = {
-                    mk: before[k].get(mk)
-                    for mk in set(v) | set(after[k])
-                    if v.get(mk) != after[k].get(mk)
-                }
-            else:
-                prev[k] = v
-    return prev
-
-
 class Store:
-    """All objects, events and bookkeeping. Resource logic lives in ``resources`` / ``billing``."""
+    """All objects, events and bookkeeping. What the API does with them lives in ``resources``."""
 
     def __init__(self, config: Config | None = None, clock: EmulatorClock | None = None) -> None:
         self.config = config or Config()
@@ -176,8 +160,6 @@ class Store:
 
     # -- lifecycle -----------------------------------------------------------
     def reset_state(self) -> None:
-        from .billing import MeterStore
-
         self.clock.reset()
         self.collections: dict[str, Collection] = {
             k: Collection(k)
@@ -199,10 +181,8 @@ class Store:
         self.idempotency: dict[tuple[str, str], SavedResponse] = {}
         self.in_flight: set[tuple[str, str]] = set()
         self.stats: dict[str, int] = {}
-        if hasattr(self, "meters"):
-            self.meters.clear()
-        else:
-            self.meters: MeterStore = MeterStore(self)
+        self.meter_events = MeterEventLog()
+        self.meters_by_event_name: dict[str, dict[str, Any]] = {}
         self.reseed()
         self.bucket.set_rate(self.config.rate_limit)
 
@@ -298,23 +278,3 @@ class Store:
 
     def record_stat(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
-
-
-__all__ = [
-    "API_VERSION",
-    "DAY",
-    "Collection",
-    "Config",
-    "EmulatorClock",
-    "Fault",
-    "RequestContext",
-    "StripeError",
-    "Store",
-    "TokenBucket",
-    "new_id",
-    "new_request_id",
-    "matches_created",
-    "paginate",
-    "to_bool",
-    "to_int",
-]

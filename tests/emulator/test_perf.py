@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import time
 
-from stripe_emulator.state import Config, RequestContext, Store
+from stripe_emulator.config import Config
+from stripe_emulator.resources.meter_event_summaries import list_meter_event_summaries
+from stripe_emulator.resources.meter_events import seed_meter_events
+from stripe_emulator.resources.meters import create_meter
+from stripe_emulator.state import RequestContext, Store
 
 from .helpers import make_meter
 
 
 def test_summaries_fast_over_many_events():
     s = Store(Config(rate_limit=0))
-    meter = s.meters.create_meter(
+    meter = create_meter(
+        s,
         RequestContext(),
         {"display_name": "x", "event_name": "api", "default_aggregation": {"formula": "sum"}},
     )
@@ -27,13 +32,15 @@ def test_summaries_fast_over_many_events():
         for i in range(200_000)
     ]
     t0 = time.perf_counter()
-    assert s.meters.bulk_seed(events) == 200_000
+    assert seed_meter_events(s, events) == 200_000
     seeded = time.perf_counter() - t0
     t0 = time.perf_counter()
     total = 0.0
     for i in range(20_000):
         d = day0 - (i % 30 + 1) * 86400
-        page = s.meters.event_summaries(
+        page = list_meter_event_summaries(
+            s,
+            RequestContext(),
             {
                 "customer": customers[i % 500],
                 "start_time": d,
@@ -46,7 +53,7 @@ def test_summaries_fast_over_many_events():
     summarized = time.perf_counter() - t0
     assert total > 0
     assert seeded < 10 and summarized < 10, (seeded, summarized)
-    assert len(s.meters.list_events_admin("api", customers[3])) == 400
+    assert len(s.meter_events.select("api", customers[3])) == 400
 
 
 async def test_bulk_seed_admin(client, admin):
