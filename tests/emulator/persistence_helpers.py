@@ -161,11 +161,20 @@ def as_json(observation: dict[str, Any]) -> Any:
     return json.loads(json.dumps(data, default=str))  # Decimal fields as their text
 
 
+def comparable(observed: dict[str, Any]) -> dict[str, Any]:
+    """``as_json`` data with only the POST request stats: the GET counts include the
+    observations' own reads."""
+    stats = {k: v for k, v in observed["stats"].items() if k.startswith("POST")}
+    return {**observed, "stats": stats}
+
+
 SAVED_STATE = Path(__file__).parent / "fixtures" / "emulator-state-v1.pickle"
 SAVED_OBSERVATION = SAVED_STATE.with_suffix(".observed.json")
 
 
-async def _populate_and_observe(emu: Emulator) -> dict[str, Any]:
+async def populate_and_observe(emu: Emulator) -> dict[str, Any]:
+    """``populate``, one idempotent request (its replay must survive a restart too), then
+    ``{"ids": ..., "observed": as_json(observe(...))}``."""
     client = make_client(emu.url)
     async with EmulatorAdmin(emu.url) as admin:
         ids = await populate(client, admin)
@@ -182,7 +191,7 @@ def write_saved_state(folder: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         emu = Emulator(Path(tmp) / "state.pickle", save_interval=0).start()
         try:
-            record = asyncio.run(_populate_and_observe(emu))
+            record = asyncio.run(populate_and_observe(emu))
             code, out = emu.stop(signal.SIGTERM)
             if code not in (0, -signal.SIGTERM):
                 raise RuntimeError(out)
