@@ -9,12 +9,12 @@ list) to send, or raises ``StripeError``. ``resources/__init__.py`` collects the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StripeError, invalid
-from ..params import matches_created
+from ..params import matches_created, to_bool
 from ..state import RequestContext, Store
 
 Params = dict[str, Any]
@@ -53,6 +53,21 @@ def merge_metadata(current: dict[str, Any] | None, given: Any) -> dict[str, Any]
         else:
             out[k] = str(v)
     return out
+
+
+def set_fields(
+    obj: dict[str, Any], p: Params, fields: Iterable[str], flags: Iterable[str] = ()
+) -> None:
+    """An update as Stripe applies it: the ``fields`` given in ``p`` are set (an empty value
+    clears to null), the boolean ``flags`` parsed, and ``metadata`` merged."""
+    for k in fields:
+        if k in p:
+            obj[k] = p[k] or None
+    for k in flags:
+        if k in p:
+            obj[k] = to_bool(p[k], k)
+    if "metadata" in p:
+        obj["metadata"] = merge_metadata(obj["metadata"], p["metadata"])
 
 
 def created_filter(p: Params) -> Callable[[dict[str, Any]], bool]:

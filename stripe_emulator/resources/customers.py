@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import StripeError, no_such
 from ..params import paginate
 from ..state import RequestContext, Store, new_id, snapshot
-from .base import Params, Route, created_filter, diff_previous, merge_metadata, retrieve
+from .base import Params, Route, created_filter, diff_previous, retrieve, set_fields
 from .subscriptions import mark_canceled
 
 
@@ -62,14 +62,11 @@ CUSTOMER_FIELDS = ("email", "name", "description", "phone")
 
 def create_customer(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
     c = bare_customer(new_id("cus_", 14), s.now())
-    for k in CUSTOMER_FIELDS:
-        if k in p:
-            c[k] = p[k] or None
+    set_fields(c, p, CUSTOMER_FIELDS)
     if isinstance(p.get("address"), dict):
         c["address"] = {**_address_null(), **p["address"]}
     if p.get("preferred_locales"):
         c["preferred_locales"] = list(p["preferred_locales"])
-    c["metadata"] = merge_metadata({}, p.get("metadata"))
     s.col("customer").add(c)
     s.emit("customer.created", c, ctx)
     return c
@@ -80,15 +77,11 @@ def update_customer(s: Store, ctx: RequestContext | None, p: Params, id: str) ->
     if c.get("deleted"):
         raise StripeError(400, f"No such customer: '{id}'", code="resource_missing", param="id")
     before = snapshot(c)
-    for k in CUSTOMER_FIELDS:
-        if k in p:
-            c[k] = p[k] or None
     if "address" in p:
         c["address"] = (
             {**_address_null(), **p["address"]} if isinstance(p["address"], dict) else None
         )
-    if "metadata" in p:
-        c["metadata"] = merge_metadata(c["metadata"], p["metadata"])
+    set_fields(c, p, CUSTOMER_FIELDS)
     prev = diff_previous(before, c)
     if prev:
         s.emit("customer.updated", c, ctx, prev)

@@ -8,7 +8,15 @@ from typing import Any
 from ..errors import invalid, missing
 from ..params import paginate, to_bool, to_int
 from ..state import RequestContext, Store, new_id, snapshot
-from .base import Params, Route, created_filter, diff_previous, merge_metadata, retrieve
+from .base import (
+    Params,
+    Route,
+    created_filter,
+    diff_previous,
+    merge_metadata,
+    retrieve,
+    set_fields,
+)
 from .products import create_product
 
 
@@ -89,13 +97,7 @@ def create_price(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, A
 def update_price(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
     price = s.col("price").get(id)
     before = snapshot(price)
-    for k in ("nickname", "lookup_key"):
-        if k in p:
-            price[k] = p[k] or None
-    if "active" in p:
-        price["active"] = to_bool(p["active"], "active")
-    if "metadata" in p:
-        price["metadata"] = merge_metadata(price["metadata"], p["metadata"])
+    set_fields(price, p, ("nickname", "lookup_key"), flags=("active",))
     prev = diff_previous(before, price)
     if prev:
         s.emit("price.updated", price, ctx, prev)

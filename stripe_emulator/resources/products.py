@@ -7,7 +7,15 @@ from typing import Any
 from ..errors import invalid, missing
 from ..params import paginate, to_bool
 from ..state import RequestContext, Store, new_id, snapshot
-from .base import Params, Route, created_filter, diff_previous, merge_metadata, retrieve
+from .base import (
+    Params,
+    Route,
+    created_filter,
+    diff_previous,
+    merge_metadata,
+    retrieve,
+    set_fields,
+)
 
 
 def create_product(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
@@ -47,13 +55,8 @@ def create_product(s: Store, ctx: RequestContext | None, p: Params) -> dict[str,
 def update_product(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
     prod = s.col("product").get(id)
     before = snapshot(prod)
-    for k in ("name", "description", "unit_label", "statement_descriptor", "url", "default_price"):
-        if k in p:
-            prod[k] = p[k] or None
-    if "active" in p:
-        prod["active"] = to_bool(p["active"], "active")
-    if "metadata" in p:
-        prod["metadata"] = merge_metadata(prod["metadata"], p["metadata"])
+    fields = ("name", "description", "unit_label", "statement_descriptor", "url", "default_price")
+    set_fields(prod, p, fields, flags=("active",))
     prev = diff_previous(before, prod)
     if prev:
         prod["updated"] = s.now()

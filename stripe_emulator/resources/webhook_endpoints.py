@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import missing
 from ..params import paginate, to_bool
 from ..state import RequestContext, Store, new_id
-from .base import Params, Route, merge_metadata, retrieve
+from .base import Params, Route, merge_metadata, retrieve, set_fields
 
 
 def create_webhook_endpoint(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
@@ -48,10 +48,7 @@ def update_webhook_endpoint(
     if "enabled_events" in p:
         ev = p["enabled_events"]
         we["enabled_events"] = [ev] if isinstance(ev, str) else list(ev)
-    if "description" in p:
-        we["description"] = p["description"] or None
-    if "metadata" in p:
-        we["metadata"] = merge_metadata(we["metadata"], p["metadata"])
+    set_fields(we, p, ("description",))
     if "disabled" in p:
         we["status"] = "disabled" if to_bool(p["disabled"], "disabled") else "enabled"
     return we
