@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -12,6 +13,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import StripeError
+from .resources.base import public
+from .resources.checkout_sessions import complete_checkout_session
+from .resources.invoices import fail_invoice_payment
+from .resources.meter_events import seed_meter_events
+from .resources.subscriptions import roll_subscriptions
+from .state import RequestContext, Store, new_request_id
 
 if TYPE_CHECKING:
     from .app import EmulatorApp
@@ -68,8 +75,6 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         return JSONResponse({"now": store.now()})
 
     async def advance(request: Request) -> Response:
-        from .resources import roll_subscriptions
-
         try:
             body = await _json_body(request)
             seconds = float(body.get("seconds", 0))
@@ -89,16 +94,14 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
 
     async def meter_events(request: Request) -> Response:
         q = request.query_params
-        recs = store.meters.list_events_admin(
-            q.get("event_name") or None, q.get("customer") or None
-        )
+        recs = store.meter_events.select(q.get("event_name") or None, q.get("customer") or None)
         data = [r.admin_dict() for r in recs]
         return JSONResponse({"data": data, "count": len(data)})
 
     async def meter_events_bulk(request: Request) -> Response:
         try:
             body = await _json_body(request)
-            n = store.meters.bulk_seed(body.get("events") or [])
+            n = seed_meter_events(store, body.get("events") or [])
         except (ValueError, TypeError, KeyError) as exc:
             return _bad(str(exc))
         return JSONResponse({"inserted": n})
@@ -110,29 +113,23 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         store.stats.clear()
         return JSONResponse({"ok": True})
 
-    async def complete(request: Request) -> Response:
-        from .resources import complete_checkout_session, public
-        from .state import RequestContext, new_request_id
+    def on_object(
+        action: Callable[[Store, RequestContext, str], dict[str, Any]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A test-helper route: ``action`` on the object ``{id}``, answered with the object."""
 
-        try:
-            sess = complete_checkout_session(
-                store, RequestContext(request_id=new_request_id()), request.path_params["id"]
-            )
-        except StripeError as err:
-            return JSONResponse(err.body(), status_code=err.status)
-        return JSONResponse(public(sess))
+        async def endpoint(request: Request) -> Response:
+            ctx = RequestContext(request_id=new_request_id())
+            try:
+                obj = action(store, ctx, request.path_params["id"])
+            except StripeError as err:
+                return JSONResponse(err.body(), status_code=err.status)
+            return JSONResponse(public(obj))
 
-    async def fail_payment(request: Request) -> Response:
-        from .resources import fail_invoice_payment, public
-        from .state import RequestContext, new_request_id
+        return endpoint
 
-        try:
-            inv = fail_invoice_payment(
-                store, RequestContext(request_id=new_request_id()), request.path_params["id"]
-            )
-        except StripeError as err:
-            return JSONResponse(err.body(), status_code=err.status)
-        return JSONResponse(public(inv))
+    complete = on_object(complete_checkout_session)
+    fail_payment = on_object(fail_invoice_payment)
 
     async def deliveries(request: Request) -> Response:
         return JSONResponse(

@@ -6,11 +6,11 @@ import asyncio
 import base64
 import contextlib
 import copy
+import functools
 import json
 import logging
 import re
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,17 +21,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import resources as r
 from .admin import SNAPSHOT_PATH, admin_routes
+from .config import API_VERSION, Config
 from .errors import StripeError, rate_limited
 from .forms import FormError, parse_pairs
 from .persist import DEFAULT_SAVE_INTERVAL_SECONDS, StatePersister
-from .state import API_VERSION, Config, RequestContext, SavedResponse, Store, new_request_id
+from .resources import ROUTES
+from .resources.base import Handler, public
+from .state import RequestContext, SavedResponse, Store, new_request_id
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger("stripe_emulator")
-
-Handler = Callable[..., dict[str, Any]]
 
 
 class Router:
@@ -52,90 +52,19 @@ class Router:
 
 
 def build_router(store: Store) -> Router:
-    s = store
-    m = store.meters
+    """Every resource's routes, their handlers bound to ``store``."""
     rt = Router()
-
-    def w(fn: Callable[..., dict[str, Any]]) -> Handler:
-        return lambda ctx, p, **kw: fn(s, ctx, p, **kw)
-
-    # billing
-    rt.add("POST", "/v1/billing/meter_events", lambda ctx, p: m.create_event(ctx, p))
-    rt.add(
-        "POST", "/v1/billing/meter_event_adjustments", lambda ctx, p: m.create_adjustment(ctx, p)
-    )
-    rt.add("POST", "/v1/billing/meters", lambda ctx, p: m.create_meter(ctx, p))
-    rt.add("GET", "/v1/billing/meters", lambda ctx, p: m.list_meters(p))
-    rt.add("GET", "/v1/billing/meters/{id}", lambda ctx, p, id: m.get_meter(id))
-    rt.add("POST", "/v1/billing/meters/{id}", lambda ctx, p, id: m.update_meter(ctx, p, id))
-    rt.add(
-        "POST",
-        "/v1/billing/meters/{id}/deactivate",
-        lambda ctx, p, id: m.set_status(ctx, id, False),
-    )
-    rt.add(
-        "POST", "/v1/billing/meters/{id}/reactivate", lambda ctx, p, id: m.set_status(ctx, id, True)
-    )
-    rt.add(
-        "GET",
-        "/v1/billing/meters/{id}/event_summaries",
-        lambda ctx, p, id: m.event_summaries(p, id),
-    )
-    # customers
-    rt.add("POST", "/v1/customers", w(r.create_customer))
-    rt.add("GET", "/v1/customers", w(r.list_customers))
-    rt.add("GET", "/v1/customers/{id}", w(r.retrieve_customer))
-    rt.add("POST", "/v1/customers/{id}", w(r.update_customer))
-    rt.add("DELETE", "/v1/customers/{id}", w(r.delete_customer))
-    # products / prices
-    rt.add("POST", "/v1/products", w(r.create_product))
-    rt.add("GET", "/v1/products", w(r.list_products))
-    rt.add("GET", "/v1/products/{id}", lambda ctx, p, id: s.col("product").get(id))
-    rt.add("POST", "/v1/products/{id}", w(r.update_product))
-    rt.add("POST", "/v1/prices", w(r.create_price))
-    rt.add("GET", "/v1/prices", w(r.list_prices))
-    rt.add("GET", "/v1/prices/{id}", lambda ctx, p, id: s.col("price").get(id))
-    rt.add("POST", "/v1/prices/{id}", w(r.update_price))
-    # subscriptions
-    rt.add("POST", "/v1/subscriptions", w(r.create_subscription))
-    rt.add("GET", "/v1/subscriptions", w(r.list_subscriptions))
-    rt.add("GET", "/v1/subscriptions/{id}", w(r.retrieve_subscription))
-    rt.add("POST", "/v1/subscriptions/{id}", w(r.update_subscription))
-    rt.add("DELETE", "/v1/subscriptions/{id}", w(r.cancel_subscription))
-    rt.add("GET", "/v1/subscription_items", w(r.list_subscription_items))
-    rt.add("GET", "/v1/subscription_items/{id}", w(r.retrieve_subscription_item))
-    # invoices
-    rt.add("POST", "/v1/invoices", w(r.create_invoice))
-    rt.add("GET", "/v1/invoices", w(r.list_invoices))
-    rt.add("GET", "/v1/invoices/{id}", w(r.retrieve_invoice))
-    rt.add("POST", "/v1/invoices/{id}/finalize", w(r.finalize_invoice))
-    rt.add("POST", "/v1/invoices/{id}/pay", w(r.pay_invoice))
-    rt.add("POST", "/v1/invoices/{id}/void", w(r.void_invoice))
-    # checkout
-    rt.add("POST", "/v1/checkout/sessions", w(r.create_checkout_session))
-    rt.add("GET", "/v1/checkout/sessions", w(r.list_checkout_sessions))
-    rt.add("GET", "/v1/checkout/sessions/{id}", w(r.retrieve_checkout_session))
-    rt.add("POST", "/v1/checkout/sessions/{id}/expire", w(r.expire_checkout_session))
-    # webhook endpoints
-    rt.add("POST", "/v1/webhook_endpoints", w(r.create_webhook_endpoint))
-    rt.add("GET", "/v1/webhook_endpoints", w(r.list_webhook_endpoints))
-    rt.add(
-        "GET", "/v1/webhook_endpoints/{id}", lambda ctx, p, id: s.col("webhook_endpoint").get(id)
-    )
-    rt.add("POST", "/v1/webhook_endpoints/{id}", w(r.update_webhook_endpoint))
-    rt.add("DELETE", "/v1/webhook_endpoints/{id}", w(r.delete_webhook_endpoint))
-    # events
-    rt.add("GET", "/v1/events", w(r.list_events))
-    rt.add("GET", "/v1/events/{id}", w(r.retrieve_event))
+    for route in ROUTES:
+        rt.add(route.method, route.path, functools.partial(route.handler, store))
     return rt
 
 
 def _public(obj: Any) -> Any:
+    """A handler's result without internal ``_`` keys (in each object of a list too)."""
     if isinstance(obj, dict):
         if obj.get("object") == "list" and isinstance(obj.get("data"), list):
             return {**obj, "data": [_public(o) for o in obj["data"]]}
-        if any(k.startswith("_") for k in obj):
-            return {k: v for k, v in obj.items() if not k.startswith("_")}
+        return public(obj)
     return obj
 
 

@@ -9,8 +9,8 @@ import typer
 import uvicorn
 
 from .app import create_app
+from .config import Config
 from .persist import DEFAULT_SAVE_INTERVAL_SECONDS, StateFileError
-from .state import Config
 
 
 def run(

@@ -4,7 +4,7 @@ File layout: a text header ``stripe-emulator-state\\n<format version>\\n``, then
 (protocol 5) holding only builtins (dict, list, tuple, str, bytes, int, float, bool, None):
 no class of ours is pickled, so the file does not depend on the module layout, and loading uses
 an unpickler that refuses every class (a file that names one is rejected, nothing is imported).
-Meter events are stored as columns (``billing.encoded_blocks``).
+Meter events are stored as columns (``MeterEventLog.encoded_blocks``).
 
 What is saved: config (with fault ``injected`` counts), clock offset / freeze, the fault RNG
 state, every object collection, webhook endpoint secrets, events, meter events (with
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .billing import SAVE_BLOCK
-from .state import Collection, Config, SavedResponse
+from .config import Config
+from .state import Collection, SavedResponse
 
 if TYPE_CHECKING:
     from .state import Store
@@ -76,7 +76,7 @@ def encode(store: Store, initial_config: Config) -> bytes:
             for scope, v in store.idempotency.items()
         ],
         "stats": store.stats,
-        "meter_events": store.meters.encoded_blocks(),
+        "meter_events": store.meter_events.encoded_blocks(),
     }
     return MAGIC + f"{FORMAT_VERSION}\n".encode() + pickle.dumps(state, protocol=5)
 
@@ -171,21 +171,17 @@ def restore(store: Store, state: dict[str, Any], initial_config: Config) -> list
         for scope, fp, status, body, headers, created in state["idempotency"]
     }
     store.stats = state["stats"]
-    meters = store.meters
-    meters.by_event_name = {m["event_name"]: m for m in store.col("billing.meter").objects.values()}
+    store.meters_by_event_name = {
+        m["event_name"]: m for m in store.col("billing.meter").objects.values()
+    }
     gc_was_enabled = gc.isenabled()
     gc.disable()  # 10^6 new records would trigger many useless full collections
     try:
-        meters.restore_blocks(state["meter_events"])
+        # Full blocks read back unchanged: the next save reuses their bytes (``raw``).
+        store.meter_events.restore_blocks(state["meter_events"], state.get("meter_events_raw", ()))
     finally:
         if gc_was_enabled:
             gc.enable()
-    # Full blocks read back unchanged: the next save reuses their bytes instead of re-encoding.
-    for i, (raw, cols) in enumerate(
-        zip(state.get("meter_events_raw", ()), state["meter_events"], strict=False)
-    ):
-        if len(cols["ident_len"]) // 4 == SAVE_BLOCK:
-            meters._block_cache[i] = raw
     return changed
 
 
@@ -236,7 +232,7 @@ class StatePersister:
         n_obj = sum(len(c.objects) for c in self.store.collections.values())
         _say(
             f"restored {n_obj} objects, {len(self.store.events)} events and "
-            f"{len(self.store.meters.all)} meter events from {self.path} "
+            f"{len(self.store.meter_events)} meter events from {self.path} "
             f"in {time.perf_counter() - t0:.2f}s"
             + (f"; start options override saved config: {', '.join(changed)}" if changed else "")
         )
@@ -255,7 +251,7 @@ class StatePersister:
                 "bytes": len(data),
                 "encode_seconds": round(encoded, 4),
                 "seconds": round(time.perf_counter() - t0, 4),
-                "meter_events": len(self.store.meters.all),
+                "meter_events": len(self.store.meter_events),
                 "at": time.time(),
             }
             return self.last_save

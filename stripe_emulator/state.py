@@ -1,4 +1,5 @@
-"""The emulator's in-memory state (pure python, no HTTP)."""
+"""The emulator's in-memory state (pure python, no HTTP): the clock, ids, the rate-limit bucket,
+object collections, events and idempotency records, all held by ``Store``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import StripeError, invalid, no_such
+from .config import API_VERSION, DAY, Config
+from .errors import no_such
+from .meter_event_log import MeterEventLog
 
-API_VERSION = "2026-10-28.endive"
-DAY = 86400
 EVENT_RETENTION_SECONDS = 30 * DAY
 IDEMPOTENCY_TTL_SECONDS = DAY
 
@@ -65,130 +66,6 @@ def new_id(prefix: str, n: int = 24) -> str:
 
 def new_request_id() -> str:
     return new_id("req_", 14)
-
-
-@dataclass
-class Fault:
-    path_prefix: str = "/"
-    method: str | None = None
-    status: int | None = 500
-    probability: float = 1.0
-    latency_ms: int = 0
-    max_count: int | None = None
-    after: bool = False  # run the handler, save the result, then answer the fault
-    code: str | None = None  # error code override (429 + "lock_timeout", 402 card codes, ...)
-    injected: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Fault:
-        known = {
-            "path_prefix",
-            "method",
-            "status",
-            "probability",
-            "latency_ms",
-            "max_count",
-            "after",
-            "code",
-        }
-        extra = set(d) - known
-        if extra:
-            raise ValueError(f"unknown fault fields: {sorted(extra)}")
-        f = cls(**{k: d[k] for k in known if k in d})
-        if f.method:
-            f.method = f.method.upper()
-        if not 0.0 <= float(f.probability) <= 1.0:
-            raise ValueError("probability must be within 0..1")
-        return f
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path_prefix": self.path_prefix,
-            "method": self.method,
-            "status": self.status,
-            "probability": self.probability,
-            "latency_ms": self.latency_ms,
-            "max_count": self.max_count,
-            "after": self.after,
-            "code": self.code,
-            "injected": self.injected,
-        }
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method and self.method != method:
-            return False
-        if self.max_count is not None and self.injected >= self.max_count:
-            return False
-        return path.startswith(self.path_prefix)
-
-
-@dataclass
-class Config:
-    rate_limit: float = 25.0
-    summary_lag_seconds: float = 0.0
-    identifier_dedupe_seconds: float = float(DAY)
-    drop_webhooks: bool = False
-    # Fraction of (event, endpoint) deliveries never attempted, drawn from the seeded RNG: a
-    # partial outage. Like an outage, a dropped delivery is never resent.
-    webhook_drop_rate: float = 0.0
-    webhook_retry_schedule_seconds: list[float] = field(
-        default_factory=lambda: [1.0, 5.0, 30.0, 120.0]
-    )
-    webhook_secret: str | None = None
-    webhook_timeout_seconds: float = 10.0
-    webhook_signature_clock: str = "emulator"  # or "real"
-    faults: list[Fault] = field(default_factory=list)
-    seed: int = 0
-
-    FIELDS = (
-        "rate_limit",
-        "summary_lag_seconds",
-        "identifier_dedupe_seconds",
-        "drop_webhooks",
-        "webhook_drop_rate",
-        "webhook_retry_schedule_seconds",
-        "webhook_secret",
-        "webhook_timeout_seconds",
-        "webhook_signature_clock",
-        "faults",
-        "seed",
-    )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.FIELDS}
-        d["faults"] = [f.to_dict() for f in self.faults]
-        d["webhook_retry_schedule_seconds"] = list(self.webhook_retry_schedule_seconds)
-        return d
-
-    def update(self, fields: dict[str, Any]) -> None:
-        unknown = set(fields) - set(self.FIELDS)
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        for k, v in fields.items():
-            if k == "faults":
-                v = [Fault.from_dict(f) if isinstance(f, dict) else f for f in (v or [])]
-            elif k in (
-                "rate_limit",
-                "summary_lag_seconds",
-                "identifier_dedupe_seconds",
-                "webhook_timeout_seconds",
-            ):
-                v = float(v)
-                if v < 0:
-                    raise ValueError(f"{k} must be >= 0")
-            elif k == "drop_webhooks":
-                v = bool(v)
-            elif k == "webhook_drop_rate":
-                v = float(v)
-                if not 0.0 <= v <= 1.0:
-                    raise ValueError("webhook_drop_rate must be between 0 and 1")
-            elif k == "seed":
-                v = int(v)
-            elif k == "webhook_retry_schedule_seconds":
-                v = [float(x) for x in (v or [])]
-            elif k == "webhook_signature_clock" and v not in ("emulator", "real"):
-                raise ValueError("webhook_signature_clock must be 'emulator' or 'real'")
-            setattr(self, k, v)
 
 
 class TokenBucket:
@@ -259,82 +136,6 @@ class Collection:
         return [o for o in vals if pred(o)]
 
 
-def matches_created(value: Any, created: int, param: str = "created") -> bool:
-    """``created=5`` or ``created[gte]=5`` style filter."""
-    if value is None:
-        return True
-    if isinstance(value, dict):
-        ops = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
-        for op, bound in value.items():
-            if op not in ops:
-                raise invalid(f"Invalid {param}[{op}]", f"{param}[{op}]", "parameter_unknown")
-            if not ops[op](created, to_int(bound, f"{param}[{op}]")):
-                return False
-        return True
-    return created == to_int(value, param)
-
-
-def to_int(value: Any, param: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise invalid(f"Invalid integer: {value}", param, "parameter_invalid_integer") from None
-
-
-def to_bool(value: Any, param: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in ("true", "True", "1"):
-        return True
-    if value in ("false", "False", "0"):
-        return False
-    raise invalid(f"Invalid boolean: {value}", param, "parameter_invalid_boolean")
-
-
-def paginate(
-    items: list[dict[str, Any]], params: dict[str, Any], url: str, kind: str = "object"
-) -> dict[str, Any]:
-    """Cursor pagination over ``items`` (already newest first)."""
-    limit = to_int(params.get("limit", 10), "limit")
-    if not 1 <= limit <= 100:
-        raise invalid(
-            "This value must be greater than or equal to 1 and less than or equal to 100."
-            if limit > 0
-            else "This value must be greater than or equal to 1.",
-            "limit",
-            "parameter_invalid_integer",
-        )
-    after = params.get("starting_after") or None
-    before = params.get("ending_before") or None
-    if after and before:
-        raise invalid(
-            "You may only specify one of these parameters: ending_before, starting_after.",
-            "ending_before",
-        )
-    if after:
-        idx = _index_of(items, after, kind, "starting_after")
-        page = items[idx + 1 : idx + 1 + limit]
-        has_more = idx + 1 + limit < len(items)
-    elif before:
-        idx = _index_of(items, before, kind, "ending_before")
-        lo = max(0, idx - limit)
-        page = items[lo:idx]
-        has_more = lo > 0
-    else:
-        page = items[:limit]
-        has_more = len(items) > limit
-    return {"object": "list", "data": page, "has_more": has_more, "url": url}
-
-
-def _index_of(items: list[dict[str, Any]], obj_id: str, kind: str, param: str) -> int:
-    for i, o in enumerate(items):
-        if o.get("id") == obj_id:
-            return i
-    raise no_such(kind, obj_id, param=param, status=400)
-
-
 def event_type_matches(pattern: str, event_type: str) -> bool:
     if pattern == "*":
         return True
@@ -345,24 +146,8 @@ def snapshot(obj: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(obj)
 
 
-def diff_previous(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Top-level ``previous_attributes`` for an update event."""
-    prev: dict[str, Any] = {}
-    for k, v in before.items():
-        if after.get(k) != v:
-            if isinstance(v, dict) and isinstance(after.get(k), dict) and k == "metadata":
-                prev[k] = {
-                    mk: before[k].get(mk)
-                    for mk in set(v) | set(after[k])
-                    if v.get(mk) != after[k].get(mk)
-                }
-            else:
-                prev[k] = v
-    return prev
-
-
 class Store:
-    """All objects, events and bookkeeping. Resource logic lives in ``resources`` / ``billing``."""
+    """All objects, events and bookkeeping. What the API does with them lives in ``resources``."""
 
     def __init__(self, config: Config | None = None, clock: EmulatorClock | None = None) -> None:
         self.config = config or Config()
@@ -375,8 +160,6 @@ class Store:
 
     # -- lifecycle -----------------------------------------------------------
     def reset_state(self) -> None:
-        from .billing import MeterStore
-
         self.clock.reset()
         self.collections: dict[str, Collection] = {
             k: Collection(k)
@@ -398,10 +181,8 @@ class Store:
         self.idempotency: dict[tuple[str, str], SavedResponse] = {}
         self.in_flight: set[tuple[str, str]] = set()
         self.stats: dict[str, int] = {}
-        if hasattr(self, "meters"):
-            self.meters.clear()
-        else:
-            self.meters: MeterStore = MeterStore(self)
+        self.meter_events = MeterEventLog()
+        self.meters_by_event_name: dict[str, dict[str, Any]] = {}
         self.reseed()
         self.bucket.set_rate(self.config.rate_limit)
 
@@ -497,19 +278,3 @@ class Store:
 
     def record_stat(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
-
-
-__all__ = [
-    "API_VERSION",
-    "Collection",
-    "Config",
-    "EmulatorClock",
-    "Fault",
-    "RequestContext",
-    "StripeError",
-    "Store",
-    "TokenBucket",
-    "new_id",
-    "new_request_id",
-    "paginate",
-]

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +24,10 @@ from starlette.routing import Route
 
 from stripe_emulator.admin import EmulatorAdmin
 
+from .helpers import free_port, make_client
+
 # Stripe's example objects, vendored (see fixtures/README.md); STRIPE_FIXTURES overrides.
 FIXTURES = Path(os.environ.get("STRIPE_FIXTURES", Path(__file__).parent / "fixtures" / "stripe_fixtures3.json"))
-API_KEY = "sk_test_emulator_contract"
 
 # Test-friendly defaults applied on every reset (rate limit off unless a test turns it on).
 BASE_CONFIG: dict[str, Any] = {
@@ -39,12 +39,6 @@ BASE_CONFIG: dict[str, Any] = {
     "faults": [],
     "seed": 0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +74,6 @@ def emulator_url() -> Any:
 async def admin(emulator_url: str) -> AsyncIterator[EmulatorAdmin]:
     async with EmulatorAdmin(emulator_url) as a:
         yield a
-
-
-def make_client(url: str, retries: int = 0) -> stripe.StripeClient:
-    return stripe.StripeClient(
-        API_KEY, base_addresses={"api": url, "meter_events": url}, max_network_retries=retries
-    )
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,25 @@
+"""Helpers the emulator tests share (plain functions; fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import stripe
+
+API_KEY = "sk_test_emulator_contract"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_client(url: str, retries: int = 0) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        API_KEY, base_addresses={"api": url, "meter_events": url}, max_network_retries=retries
+    )
 
 
 async def make_meter(

@@ -16,8 +16,7 @@ import httpx
 import pytest
 import stripe
 
-from .conftest import API_KEY, make_client
-from .helpers import make_customer, make_meter, push
+from .helpers import API_KEY, make_client, make_customer, make_meter, push
 
 DAY = 86400
 SECRET = "whsec_conformance"

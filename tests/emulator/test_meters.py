@@ -113,8 +113,13 @@ async def test_dedupe_window_configurable(client, admin):
     await make_meter(client)
     cus = await make_customer(client)
     await push(client, cus.id, identifier="w")
-    await admin.advance_clock(11)
-    await push(client, cus.id, identifier="w")
+    await admin.advance_clock(9)
+    with pytest.raises(stripe.InvalidRequestError, match="already exists with identifier w"):
+        await push(client, cus.id, identifier="w")
+    await admin.advance_clock(2)
+    again = await push(client, cus.id, identifier="w")
+    assert again.identifier == "w"
+    assert [e["identifier"] for e in await admin.meter_events(customer=cus.id)] == ["w", "w"]
 
 
 async def test_cancel_within_24h_drops_summary_and_after_24h_refused(client, admin):

@@ -8,8 +8,7 @@ import httpx
 import pytest
 import stripe
 
-from .conftest import make_client
-from .helpers import make_customer, make_meter, push
+from .helpers import make_client, make_customer, make_meter, push
 
 
 async def test_auth_required(emulator_url):

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from stripe_emulator.cli import run
+from stripe_emulator.config import Config
 from stripe_emulator.forms import encode, parse_pairs, parse_qs
-from stripe_emulator.state import Config, EmulatorClock
+from stripe_emulator.state import EmulatorClock
 from stripe_emulator.webhooks import sign
 
 

@@ -1,0 +1,359 @@
+"""Invoices: ``/v1/invoices`` (create, finalize, pay, void), the invoice a subscription gets at
+creation and at each renewal (metered lines priced from the meter's usage), and the
+``fail_invoice_payment`` test helper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import StripeError, missing
+from ..params import paginate, to_bool
+from ..state import RequestContext, Store, new_id, snapshot
+from .base import (
+    Params,
+    Route,
+    created_filter,
+    diff_previous,
+    merge_metadata,
+    public,
+    reported_usage,
+    retrieve,
+)
+
+
+def create_invoice(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
+    customer = p.get("customer")
+    sub_id = p.get("subscription")
+    if sub_id:
+        sub = s.col("subscription").get(sub_id, param="subscription", status=400)
+        customer = customer or sub["customer"]
+    if not customer:
+        raise missing("customer")
+    s.col("customer").get(customer, param="customer", status=400)
+    now = s.now()
+    inv = new_invoice(s, customer, sub_id, "manual", [], (now, now), p.get("currency") or "usd", p)
+    s.col("invoice").add(inv)
+    s.emit("invoice.created", inv, ctx)
+    return inv
+
+
+def finalize_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
+    inv = s.col("invoice").get(id)
+    finalize(s, ctx, inv)
+    if inv["amount_due"] == 0 and to_bool(
+        p.get("auto_advance", inv["auto_advance"]), "auto_advance"
+    ):
+        pay(s, ctx, inv)
+    return inv
+
+
+def pay_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
+    inv = s.col("invoice").get(id)
+    if inv["status"] == "draft":
+        finalize(s, ctx, inv)
+    pay(s, ctx, inv)
+    return inv
+
+
+def void_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
+    inv = s.col("invoice").get(id)
+    if inv["status"] != "open":
+        raise StripeError(
+            400, f"You can only void an open invoice; this invoice is {inv['status']}."
+        )
+    prev = {"status": "open"}
+    inv["status"] = "void"
+    inv["status_transitions"]["voided_at"] = s.now()
+    s.emit("invoice.voided", inv, ctx, prev)
+    return inv
+
+
+def list_invoices(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
+    customer, sub_id, status = p.get("customer"), p.get("subscription"), p.get("status")
+    cf = created_filter(p)
+
+    def pred(o):
+        return (
+            (customer is None or o["customer"] == customer)
+            and (sub_id is None or _subscription_id(o) == sub_id)
+            and (status is None or o["status"] == status)
+            and cf(o)
+        )
+
+    return paginate(s.col("invoice").newest_first(pred), p, "/v1/invoices", "invoice")
+
+
+def new_invoice(
+    s: Store, customer_id, sub_id, reason, lines, period, currency="usd", p: Params | None = None
+):
+    p = p or {}
+    cust = s.col("customer").objects.get(customer_id, {})
+    total = sum(line["amount"] for line in lines)
+    now = s.now()
+    inv_id = new_id("in_", 24)
+    for line in lines:
+        line["invoice"] = inv_id
+    return {
+        "id": inv_id,
+        "object": "invoice",
+        "account_country": "US",
+        "account_name": "Stripe Emulator",
+        "account_tax_ids": None,
+        "amount_due": total,
+        "amount_overpaid": 0,
+        "amount_paid": 0,
+        "amount_remaining": total,
+        "amount_shipping": 0,
+        "application": None,
+        "attempt_count": 0,
+        "attempted": False,
+        "auto_advance": to_bool(p.get("auto_advance", sub_id is not None), "auto_advance"),
+        "automatic_tax": {
+            "disabled_reason": None,
+            "enabled": False,
+            "liability": None,
+            "provider": None,
+            "status": None,
+        },
+        "automatically_finalizes_at": None,
+        "billing_reason": reason,
+        "collection_method": p.get("collection_method", "charge_automatically"),
+        "created": now,
+        "currency": (p.get("currency") or currency or "usd").lower(),
+        "custom_fields": None,
+        "customer": customer_id,
+        "customer_account": None,
+        "customer_address": cust.get("address"),
+        "customer_email": cust.get("email"),
+        "customer_name": cust.get("name"),
+        "customer_phone": cust.get("phone"),
+        "customer_shipping": cust.get("shipping"),
+        "customer_tax_exempt": cust.get("tax_exempt", "none"),
+        "customer_tax_ids": [],
+        "default_payment_method": None,
+        "default_source": None,
+        "default_tax_rates": [],
+        "description": p.get("description"),
+        "discounts": [],
+        "due_date": None,
+        "effective_at": None,
+        "ending_balance": None,
+        "footer": None,
+        "from_invoice": None,
+        "hosted_invoice_url": None,
+        "invoice_pdf": None,
+        "issuer": {"type": "self"},
+        "last_finalization_error": None,
+        "latest_revision": None,
+        "lines": {
+            "object": "list",
+            "data": lines,
+            "has_more": False,
+            "total_count": len(lines),
+            "url": f"/v1/invoices/{inv_id}/lines",
+        },
+        "livemode": False,
+        "metadata": merge_metadata({}, p.get("metadata")),
+        "next_payment_attempt": None,
+        "number": None,
+        "on_behalf_of": None,
+        "parent": (
+            {
+                "quote_details": None,
+                "subscription_details": {"metadata": None, "subscription": sub_id},
+                "type": "subscription_details",
+            }
+            if sub_id
+            else None
+        ),
+        "payment_settings": {
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        },
+        "period_end": period[1],
+        "period_start": period[0],
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
+        "receipt_number": None,
+        "rendering": None,
+        "shipping_cost": None,
+        "shipping_details": None,
+        "starting_balance": 0,
+        "statement_descriptor": None,
+        "status": "draft",
+        "status_transitions": {
+            "finalized_at": None,
+            "marked_uncollectible_at": None,
+            "paid_at": None,
+            "voided_at": None,
+        },
+        "subscription": None,  # removed in basil; kept null (the key exists in Stripe's fixture)
+        "subtotal": total,
+        "subtotal_excluding_tax": total,
+        "test_clock": None,
+        "total": total,
+        "total_discount_amounts": [],
+        "total_excluding_tax": total,
+        "total_pretax_credit_amounts": [],
+        "total_taxes": [],
+        "webhooks_delivered_at": now,
+    }
+
+
+def finalize(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
+    if inv["status"] != "draft":
+        raise StripeError(
+            400, "This invoice is already finalized, you can't re-finalize a non-draft invoice."
+        )
+    prev = {"status": "draft", "number": None}
+    cust = s.col("customer").objects.get(inv["customer"], {})
+    seq = cust.get("next_invoice_sequence", 1)
+    if cust:
+        cust["next_invoice_sequence"] = seq + 1
+    now = s.now()
+    inv["status"] = "open"
+    inv["number"] = f"{cust.get('invoice_prefix', 'EMU')}-{seq:04d}"
+    inv["effective_at"] = now
+    inv["status_transitions"]["finalized_at"] = now
+    inv["hosted_invoice_url"] = f"https://invoice.stripe.com/i/emulator/{inv['id']}"
+    inv["invoice_pdf"] = f"https://pay.stripe.com/invoice/emulator/{inv['id']}/pdf"
+    s.emit("invoice.finalized", inv, ctx, prev)
+
+
+def pay(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
+    if inv["status"] != "open":
+        raise StripeError(
+            400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state"
+        )
+    prev = {"status": "open", "amount_paid": 0, "amount_remaining": inv["amount_remaining"]}
+    now = s.now()
+    inv["status"] = "paid"
+    inv["attempted"] = True
+    inv["attempt_count"] += 1
+    inv["amount_paid"] = inv["amount_due"]
+    inv["amount_remaining"] = 0
+    inv["status_transitions"]["paid_at"] = now
+    s.emit("invoice.paid", inv, ctx, prev)
+    s.emit("invoice.payment_succeeded", inv, ctx)
+    # Paying the overdue invoice brings a past_due subscription back to active, as in Stripe.
+    _move_subscription(s, ctx, inv, ("past_due",), "active")
+
+
+def fail_invoice_payment(s: Store, ctx: RequestContext | None, id: str) -> dict[str, Any]:
+    """Test helper: a payment attempt on an open invoice was declined. As Stripe does, the invoice
+    stays open with one more attempt, `invoice.payment_failed` is sent, and an active subscription
+    billed by it becomes `past_due`."""
+    inv = s.col("invoice").get(id)
+    if inv["status"] == "draft":
+        finalize(s, ctx, inv)
+    if inv["status"] != "open":
+        raise StripeError(
+            400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state"
+        )
+    inv["attempted"] = True
+    inv["attempt_count"] += 1
+    s.emit("invoice.payment_failed", inv, ctx)
+    _move_subscription(s, ctx, inv, ("active", "trialing"), "past_due")
+    return inv
+
+
+def _subscription_id(inv: dict[str, Any]) -> str | None:
+    return ((inv.get("parent") or {}).get("subscription_details") or {}).get("subscription")
+
+
+def _move_subscription(
+    s: Store, ctx: RequestContext | None, inv: dict[str, Any], when: tuple[str, ...], to: str
+) -> None:
+    """The subscription ``inv`` bills, if its status is one of ``when``, becomes ``to``."""
+    sub_id = _subscription_id(inv)
+    sub = s.col("subscription").objects.get(sub_id) if sub_id else None
+    if sub is not None and sub["status"] in when:
+        before = snapshot(public(sub))
+        sub["status"] = to
+        s.emit(
+            "customer.subscription.updated", public(sub), ctx, diff_previous(before, public(sub))
+        )
+
+
+def subscription_invoice(
+    s: Store,
+    ctx: RequestContext | None,
+    sub: dict[str, Any],
+    reason: str,
+    period: tuple[int, int],
+    usage: bool = False,
+) -> dict[str, Any]:
+    """Create, finalize and pay an invoice for a subscription (charge succeeds in the emulator)."""
+    lines = []
+    for iid in sub["_item_ids"]:
+        it = s.col("subscription_item").objects[iid]
+        price = it["price"]
+        metered = (price["recurring"] or {}).get("usage_type") == "metered"
+        if metered:
+            if not usage:
+                continue
+            meter = s.col("billing.meter").objects.get(price["recurring"]["meter"])
+            qty_f = 0.0
+            if meter is not None:
+                qty_f = reported_usage(s, meter, sub["customer"], period[0], period[1])
+            qty = int(qty_f)
+        else:
+            qty = it["quantity"] or 1
+        unit = price["unit_amount"] or 0
+        lines.append(invoice_line(s, price, qty, qty * unit, period, sub["id"], it["id"], metered))
+    inv = new_invoice(s, sub["customer"], sub["id"], reason, lines, period, sub["currency"])
+    s.col("invoice").add(inv)
+    s.emit("invoice.created", inv, ctx)
+    finalize(s, ctx, inv)
+    pay(s, ctx, inv)
+    return inv
+
+
+def invoice_line(s: Store, price, qty, amount, period, sub_id, si_id, metered) -> dict[str, Any]:
+    return {
+        "id": new_id("il_", 24),
+        "object": "line_item",
+        "amount": amount,
+        "currency": price["currency"],
+        "description": f"{qty} × {price['product']}",
+        "discount_amounts": [],
+        "discountable": True,
+        "discounts": [],
+        "invoice": None,
+        "livemode": False,
+        "metadata": {},
+        "parent": {
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": sub_id,
+                "subscription_item": si_id,
+            },
+            "type": "subscription_item_details",
+        },
+        "period": {"end": period[1], "start": period[0]},
+        "pretax_credit_amounts": [],
+        "pricing": {
+            "price_details": {"price": price["id"], "product": price["product"]},
+            "type": "price_details",
+            "unit_amount_decimal": price["unit_amount_decimal"],
+        },
+        "quantity": qty,
+        "quantity_decimal": str(qty),
+        "subscription": sub_id,
+        "subtotal": amount,
+        "taxes": [],
+    }
+
+
+ROUTES = (
+    Route("POST", "/v1/invoices", create_invoice),
+    Route("GET", "/v1/invoices", list_invoices),
+    Route("GET", "/v1/invoices/{id}", retrieve("invoice")),
+    Route("POST", "/v1/invoices/{id}/finalize", finalize_invoice),
+    Route("POST", "/v1/invoices/{id}/pay", pay_invoice),
+    Route("POST", "/v1/invoices/{id}/void", void_invoice),
+)
