@@ -1,5 +1,6 @@
 """Bad input the other test files did not cover yet (the full table is in docs/RELIABILITY.md):
-each gets a precise message, a non-zero exit code or a 4xx, and writes nothing it should not."""
+each gets a precise message, a non-zero exit code or a 4xx, and writes nothing it should not.
+The CLI's errors are one line on stderr whatever the terminal width (these run at 40 columns)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.integration.webhook_helpers import wait_until_settled, webhook_stack
 
 pytestmark = pytest.mark.integration
 
+NARROW = {"COLUMNS": "40"}  # a narrow terminal: no error may be folded at its width
+
 
 # ---------------------------------------------------------------------------- ingest
 
@@ -26,7 +29,7 @@ def run_ingest_skip(postgres_dsn, path):
 
     from tests.integration.test_ingest import CLI
 
-    env = {**os.environ, "DATABASE_URL": postgres_dsn, "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {**os.environ, "DATABASE_URL": postgres_dsn, **NARROW, "NO_COLOR": "1"}
     return subprocess.run([CLI, "ingest", "--skip-invalid", str(path)], env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -41,12 +44,12 @@ async def test_skip_invalid_keeps_valid_jsonl_lines_and_reports_the_others_by_nu
         event("r6", "globex"),
     ])
     res = run_ingest_skip(postgres_dsn, p)
-    out = res.stderr.replace("\n", "")
+    lines = res.stderr.splitlines()
     assert res.returncode == 1, res
     for n in (2, 3, 4, 5):
-        assert f"line {n}:" in out, (n, res.stderr)
-    assert "line 4: unknown customer ghost" in out
-    assert f"4 invalid line(s) in {p} skipped; the 2 valid line(s) were written" in out
+        assert any(line.startswith(f"  line {n}:") for line in lines), (n, res.stderr)
+    assert "  line 4: unknown customer ghost" in lines
+    assert lines[-1] == f"error: 4 invalid line(s) in {p} skipped; the 2 valid line(s) were written", res.stderr
     assert set(await stored(db)) == {"r1", "r6"}
     # Running it again changes nothing (idempotent by request_id) and says the same.
     again = run_ingest_skip(postgres_dsn, p)
@@ -83,12 +86,13 @@ async def test_oversized_request_id_is_refused_with_its_line(db, postgres_dsn, t
     (["--start-date", "2020-01-01", "--end-date", "2026-01-01"], "spans more than"),
     (["--meter", "no_such_meter"], "no active Stripe meter for event name(s): no_such_meter"),
 ], ids=["future-window", "oversized-window", "unknown-meter"])
-async def test_refused_runs_exit_1_with_the_reason_and_write_nothing(
+async def test_runs_refusing_their_input_exit_2_with_the_reason_and_write_nothing(
         args, message, cli_env, temporal_env, postgres_dsn, emulator, task_queue, clean_db, stripe_client):  # noqa: F811
+    """The run refuses the window or meter (bad input, exit 2 like any bad argument)."""
     await seed_world(clean_db, stripe_client, n_customers=1, days=1)
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
         code, out, _ = await cli(cli_env, "reconcile", "--apply", *args, "--wait", "--json")
-    assert code == 1, out
+    assert code == 2, out
     payload = json.loads(out)
     assert payload["status"] == "failed" and message in payload["error"], payload
     assert await clean_db.fetchval("SELECT count(*) FROM billing.stripe_usage_pushes") == 0
