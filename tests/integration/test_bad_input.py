@@ -99,6 +99,46 @@ async def test_runs_refusing_their_input_exit_2_with_the_reason_and_write_nothin
     assert await clean_db.fetchval("SELECT count(*) FROM billing.audit_log") == 0
 
 
+# Refused by the command line itself, before anything connects: exit 2, one line, no traceback.
+REFUSED = [
+    (["approve", "run-1", "--actor", ""], "Invalid value for '--actor': must not be blank"),
+    (["reject", "run-1", "--actor", "alice", "--reason", "  "], "Invalid value for '--reason': must not be blank"),
+    (["pause", "--reason", "incident 42", "--actor", ""], "Invalid value for '--actor': must not be blank"),
+    (["pause", "run-1", "--reason", ""], "Invalid value for '--reason': must not be blank"),
+    (["resume", "--actor", " "], "Invalid value for '--actor': must not be blank"),
+    (["runs", "--limit", "-1"], "Invalid value for '--limit': Input should be greater than or equal to 1"),
+    (["report", "run-1", "--export-discrepancies", "/no/such/folder/x.csv"],
+     "Invalid value for '--export-discrepancies': folder /no/such/folder does not exist"),
+    (["reconcile", "--apply", "--settle-seconds", "-5"],
+     "Invalid value for '--settle-seconds': Input should be greater than or equal to 0"),
+    (["reconcile", "--apply", "--settle-seconds", "999999999999999"],
+     "Invalid value for '--settle-seconds': Input should be less than or equal to 604800"),
+    (["credits", "adjust", "--customer", "acme", "--amount", "99999999999999999999", "--reason", "x"],
+     "Invalid value for '--amount': Input should be less than or equal to 9223372036854775807"),
+    (["credits", "adjust", "--customer", "acme", "--amount", "-99999999999999999999", "--reason", "x"],
+     "Invalid value for '--amount': Input should be greater than or equal to -9223372036854775808"),
+    (["reconcile", "--epsilon", "a lot"], "invalid arguments: epsilon: Input should be a valid decimal"),
+    (["audit", "--since", "last week"], "Invalid value for '--since': 'last week' is not a time"),
+]
+
+
+async def test_refused_arguments_exit_2_on_one_line_and_nothing_starts_or_is_written(
+        cli_env, temporal_env, postgres_dsn, emulator, task_queue, clean_db):  # noqa: F811
+    """With a worker ready to run whatever starts: every refusal is one `error:` line on stderr at
+    40 columns (never folded, no traceback), exit 2, no workflow started, no row written."""
+    await clean_db.execute("INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ('acme', 'cus_a')")
+    async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+        for args, message in REFUSED:
+            code, out, err = await cli({**cli_env, **NARROW}, *args)
+            assert code == 2, (args, out, err)
+            assert err.count("\n") == 1 and err.startswith("error: ") and message in err, (args, err)
+            assert out == "", (args, out)
+    started = [wf.id async for wf in temporal_env.client.list_workflows(f"TaskQueue = '{task_queue}'")]
+    assert started == []
+    for table in ("reconciliation_runs", "audit_log", "credit_ledger", "credit_balances"):
+        assert await clean_db.fetchval(f"SELECT count(*) FROM billing.{table}") == 0, table
+
+
 async def test_window_beyond_stripes_35_days_is_reported_never_pushed(
         temporal_env, postgres_dsn, emulator, emulator_admin, task_queue, clean_db, stripe_client):
     """Usage older than Stripe accepts: reconciled locally, reported as needing an invoice
