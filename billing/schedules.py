@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,13 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.workflow import _Definition
+
+from backfill.workflow import CatchUpBackfill
+from credits.repair_workflow import RepairCredits
+from reconcile.workflow import ReconcileUsage
+from resync.workflow import ResyncSubscriptions
+from webhooks.replay_workflow import ReplayWebhooks
 
 SCHEDULE_ID_PREFIX = "billing-"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -36,7 +44,12 @@ OVERLAP = {
     "cancel_other": ScheduleOverlapPolicy.CANCEL_OTHER,
     "allow_all": ScheduleOverlapPolicy.ALLOW_ALL,
 }
-KNOWN_WORKFLOWS = {"ReconcileUsage", "ReplayWebhooks", "ResyncSubscriptions", "RepairCredits", "CatchUpBackfill"}
+# What a schedule may start: workflow type name (as the file and the server say it) -> the
+# class's run method, which starts it.
+KNOWN_WORKFLOWS: dict[str, Callable[..., Awaitable[Any]]] = {
+    _Definition.must_from_class(wf).name or wf.__name__: wf.run
+    for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, RepairCredits, CatchUpBackfill)
+}
 
 
 class ScheduleConfigError(ValueError):
@@ -99,7 +112,7 @@ class ScheduleDef(BaseModel):
                 comment=f"daily {self.at.hour:02d}:{self.at.minute:02d} UTC")])
         return Schedule(
             action=ScheduleActionStartWorkflow(
-                self.workflow, self.input, id=f"sched-{self.name}", task_queue=task_queue),
+                KNOWN_WORKFLOWS[self.workflow], args=[self.input], id=f"sched-{self.name}", task_queue=task_queue),
             spec=spec,
             policy=SchedulePolicy(overlap=OVERLAP[self.overlap],
                                   catchup_window=parse_duration(self.catchup_window)),

@@ -8,7 +8,6 @@ a before/after report with the Temporal UI link of each run. Stops the stack unl
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,11 @@ from reconcile.types import (
     ReconcileResult,
     ReconcileUsageInput,
 )
-from starter.commands import console, load_report, print_report
+from reconcile.workflow import ReconcileUsage
+from starter import queries
+from starter.follow import follow, start
+from starter.kit import console, run
+from starter.reconcile_commands import decide, print_report
 
 METERS = {"api_requests": "API requests", "storage_gb_hours": "Storage (GB-hours)"}
 DAYS = 6  # today and the 5 days before: all inside one window, none near the 35-day edge
@@ -42,6 +45,12 @@ def demo(
     keep: bool = typer.Option(False, "--keep", help="Leave the stack running afterwards"),
     seed: int = typer.Option(7, help="Random seed of the generated usage"),
 ) -> None:
+    """Run the main job end to end on embedded defaults, with a before/after report.
+
+    Brings the local stack up, seeds customers and usage, injects every kind of drift, runs a
+    dry-run and then an apply, and prints before/after with each run's Temporal UI link; stops
+    the stack unless --keep. Exit code 1 if a key still disagrees afterwards or the dry-run
+    changed anything."""
     from starter import stack
 
     console.rule("local stack")
@@ -50,7 +59,7 @@ def demo(
         console.print(f"{label:<16} {address}")
     ok = False
     try:
-        ok = asyncio.run(_demo(info, customers, events, seed))
+        ok = run(_demo(info, customers, events, seed))
     finally:
         if not keep:
             console.rule("stopping the stack (use --keep to leave it running)")
@@ -134,7 +143,7 @@ async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
         else:
             console.print("[green]every key agrees: counters = ledger = Stripe summaries[/green]")
         console.rule(f"report of {applied.run_id}")
-        report = await load_report(info.database_url, applied.run_id)
+        report = await queries.report(conn, applied.run_id)
         if report is not None:
             print_report(report, limit=12)
         console.print(f"full report: billing-recon report {applied.run_id} --export-discrepancies drift.csv")
@@ -168,17 +177,13 @@ def _event(rng: random.Random, customers, start, tag: str, i: int) -> UsageEvent
 async def _inject(conn, stripe, rng, customers, meter_ids, start, today, tag) -> list[str]:
     out = []
     # 1. lost push: Stripe lost one of our events (cancelled behind our back).
-    lost = await conn.fetchrow(
-        "SELECT identifier, customer_id, meter, usage_day, value FROM billing.stripe_usage_pushes "
-        "WHERE customer_id = $1 AND status IN ('sent','confirmed') ORDER BY identifier LIMIT 1", customers[0][0])
+    lost = await queries.first_push(conn, customers[0][0], sent=True)
     await stripe.v1.billing.meter_event_adjustments.create_async(params={
         "event_name": lost["meter"], "type": "cancel", "cancel": {"identifier": lost["identifier"]}})
     out.append(f"lost push: {lost['customer_id']} {lost['meter']} {lost['usage_day']} ({lost['value']}) vanished from Stripe")
     # 2. double push: another system sent the same usage twice.
     cid, sid = customers[1]
-    row = await conn.fetchrow(
-        "SELECT meter, usage_day, value, event_timestamp FROM billing.stripe_usage_pushes WHERE customer_id = $1 "
-        "ORDER BY identifier LIMIT 1", cid)
+    row = await queries.first_push(conn, cid)
     await stripe.v1.billing.meter_events.create_async(params={
         "event_name": row["meter"], "identifier": f"legacy-cron-{tag}-dup",
         "timestamp": int(row["event_timestamp"].timestamp()),
@@ -201,8 +206,7 @@ async def _inject(conn, stripe, rng, customers, meter_ids, start, today, tag) ->
         "ON CONFLICT DO NOTHING", customers[4][0], period, nxt)
     out.append(f"orphan counter: {customers[4][0]} gpu_minutes = 55 with no usage")
     # 6. quota crossing: the counter under-counts and sits below the quota; the ledger is above it.
-    ledger = await conn.fetchval("SELECT sum(quantity) FROM billing.usage_events WHERE customer_id = $1 AND meter = 'api_requests'",
-                                 customers[5][0])
+    ledger = await queries.usage_total(conn, customers[5][0], "api_requests")
     await conn.execute("UPDATE billing.usage_counters SET value = $2, quota = $3 WHERE customer_id = $1 AND meter = 'api_requests'",
                        customers[5][0], ledger / 2, ledger - 1)
     out.append(f"quota crossing: {customers[5][0]} counter {ledger / 2} under quota {ledger - 1}, ledger {ledger} over it")
@@ -212,11 +216,8 @@ async def _inject(conn, stripe, rng, customers, meter_ids, start, today, tag) ->
 async def _snapshot(conn, gateway, customers, meter_ids, start, today) -> dict:
     """(customer, meter) -> (ledger, counter, stripe) over the window."""
     ids = [c for c, _ in customers]
-    ledger = {(r["customer_id"], r["meter"]): r["s"] for r in await conn.fetch(
-        "SELECT customer_id, meter, sum(quantity) s FROM billing.usage_events WHERE customer_id = ANY($1) "
-        "AND occurred_at >= $2 GROUP BY 1, 2", ids, datetime.combine(start, datetime.min.time(), tzinfo=UTC))}
-    counters = {(r["customer_id"], r["meter"]): r["value"] for r in await conn.fetch(
-        "SELECT customer_id, meter, sum(value) AS value FROM billing.usage_counters WHERE customer_id = ANY($1) GROUP BY 1, 2", ids)}
+    ledger = await queries.usage_by_key(conn, ids, datetime.combine(start, datetime.min.time(), tzinfo=UTC))
+    counters = await queries.counters_by_key(conn, ids)
     out = {}
     for cid, sid in customers:
         for meter, mid in meter_ids.items():
@@ -231,20 +232,18 @@ async def _snapshot(conn, gateway, customers, meter_ids, start, today) -> dict:
 async def _run(client: Client, settings, ui: str, request: ReconcileUsageInput, workflow_id: str,
                approver: str | None = None) -> ReconcileResult:
     console.print(f"run {workflow_id}: {ui}/namespaces/default/workflows/{workflow_id}")
-    handle = await client.start_workflow("ReconcileUsage", request, id=workflow_id,
-                                         task_queue=settings.task_queue, result_type=ReconcileResult)
-    result_task = asyncio.ensure_future(handle.result())
+    handle = await start(ReconcileUsage.run, request, workflow_id, client=client, task_queue=settings.task_queue)
     approved = False
-    while not result_task.done():
-        await asyncio.wait({result_task}, timeout=0.5)
-        if approver and not approved and not result_task.done():
-            p = await handle.query("progress", result_type=ReconcileProgress)
-            if p and p.phase.value == "awaiting_approval":
-                console.print(f"{p.counts.held_for_approval} over-reporting correction(s) beyond epsilon held "
-                              f"for approval; approving as {approver}")
-                await handle.execute_update("approve", ApprovalDecision(actor=approver, reason="demo"))
-                approved = True
-    return result_task.result()
+
+    async def approve_when_held(p: ReconcileProgress) -> None:
+        nonlocal approved
+        if approver and not approved and p.phase.value == "awaiting_approval":
+            console.print(f"{p.counts.held_for_approval} over-reporting correction(s) beyond epsilon held "
+                          f"for approval; approving as {approver}")
+            await decide(handle, ApprovalDecision(actor=approver, reason="demo"), approved=True)
+            approved = True
+
+    return await follow(handle, ReconcileProgress, approve_when_held)
 
 
 def _counts_table(title: str, r: ReconcileResult) -> None:

@@ -2,51 +2,38 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import re
-import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 import typer
 from rich.table import Table
-from temporalio.client import WorkflowFailureError
 
-from billing import db
 from billing.settings import get_settings
-from common.client import connect
 from common.types import Mode
-from starter.commands import (
-    _database_url,
-    _fail,
-    _run,
+from starter import queries
+from starter.follow import Step, Watch, start_and_follow
+from starter.kit import (
+    EXIT_FAILED,
+    EXIT_OK,
+    build,
+    choose_mode,
     console,
+    database_url,
     err,
-    follow,
-    print_workflow_failure,
+    moment,
+    new_id,
+    not_blank,
+    parse_time,
+    read,
+    run,
 )
+from webhooks.replay_workflow import ReplayWebhooks
 from webhooks.types import EventStatus, ReplayProgress, ReplayResult, ReplayWebhooksInput
 
+__all__ = ["parse_time", "register"]  # parse_time: kept importable from here
+
 app = typer.Typer(no_args_is_help=True)
-
-REPLAY_WORKFLOW = "ReplayWebhooks"
-_RELATIVE = re.compile(r"^(\d+)([dhm])$")
-
-
-def parse_time(value: str, *, now: datetime | None = None) -> datetime:
-    """`2026-11-01`, `2026-11-01T12:00:00Z` (no zone = UTC) or relative to now: `3d`, `12h`, `30m`."""
-    now = now or datetime.now(UTC)
-    m = _RELATIVE.match(value.strip())
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        return now - {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
-    try:
-        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a time: use 2026-11-01, 2026-11-01T12:00:00Z or 3d/12h/30m") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+JSON_HELP = "Print one JSON object instead of tables"
 
 
 @app.command("serve")
@@ -55,61 +42,33 @@ def serve(host: str | None = typer.Option(None, help="Default WEBHOOK_HOST"),
     """Run the Stripe webhook receiver (POST /webhooks/stripe, GET /health/ready)."""
     from webhooks.app import serve as serve_app
 
-    serve_app(get_settings(), _database_url(), host=host, port=port)
+    serve_app(get_settings(), database_url(), host=host, port=port)
 
 
 def replay_webhooks(
-    since: str | None = typer.Option(None, help="Window start (default: --days before --until)"),
-    until: str | None = typer.Option(None, help="Window end (default: now)"),
+    since: datetime | None = typer.Option(None, parser=moment, help="Window start (default: --days before --until)"),
+    until: datetime | None = typer.Option(None, parser=moment, help="Window end (default: now)"),
     days: int = typer.Option(3, help="Window length when --since is not given (<= 30)"),
     type_: list[str] = typer.Option([], "--type", help="Only these event types (repeat; `customer.*` alone)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be replayed (default)"),
     apply: bool = typer.Option(False, "--apply", help="Store and process missed events"),
-    wait: bool = typer.Option(True, "--wait/--no-wait"),
-    as_json: bool = typer.Option(False, "--json"),
-    actor: str = typer.Option("cli", help="Who runs it (recorded in the workflow input)"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the result, with a progress line"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    actor: str = typer.Option("cli", help="Who runs it (recorded in the workflow input)", callback=not_blank),
     run_id: str | None = typer.Option(None, "--id", help="Workflow id (default: generated)"),
 ) -> None:
     """Find Stripe events never received or never processed in a window, and process them."""
-    if dry_run and apply:
-        raise _fail("choose one of --dry-run and --apply", 2)
-    try:
-        request = ReplayWebhooksInput(
-            since=parse_time(since) if since else None, until=parse_time(until) if until else None,
-            days=days, types=type_, mode=Mode.APPLY if apply else Mode.DRY_RUN, actor=actor)
-    except Exception as e:
-        raise _fail(f"invalid arguments: {e}", 2) from e
-    workflow_id = run_id or f"replay-webhooks-{request.mode.value}-{uuid.uuid4().hex[:12]}"
-    raise typer.Exit(_run(_replay(request, workflow_id, wait=wait, as_json=as_json)))
+    mode = choose_mode(dry_run=dry_run, apply=apply)
+    request = build(ReplayWebhooksInput, since=since, until=until, days=days, types=type_, mode=mode, actor=actor)
+    workflow_id = run_id or new_id("replay-webhooks", request.mode.value)
+    raise typer.Exit(run(start_and_follow(
+        ReplayWebhooks.run, request, workflow_id, as_json=as_json, wait=wait,
+        watch=Watch(ReplayProgress, "replay", _step, interval=1.0), show=_print_replay,
+        outcome=lambda r: EXIT_FAILED if r.counts.failed else EXIT_OK)))
 
 
-async def _replay(request: ReplayWebhooksInput, workflow_id: str, *, wait: bool, as_json: bool) -> int:
-    client = await connect()
-    handle = await client.start_workflow(
-        REPLAY_WORKFLOW, request, id=workflow_id, task_queue=get_settings().task_queue,
-        result_type=ReplayResult)
-    if not wait:
-        if as_json:
-            print(json.dumps({"workflow_id": workflow_id, "status": "started"}))
-        else:
-            console.print(f"started {workflow_id}")
-        return 0
-    status = err.status("starting", spinner="dots") if not as_json else contextlib.nullcontext()
-    try:
-        with status as spinner:
-            def show(p: ReplayProgress) -> None:
-                if spinner is not None:
-                    spinner.update(f"{p.phase}: Stripe listed {p.counts.seen}, replayed {p.counts.replayed}, "
-                                   f"failed {p.counts.failed}")
-
-            result: ReplayResult = await follow(handle, ReplayProgress, show, interval=1.0)
-    except WorkflowFailureError as e:
-        return print_workflow_failure(workflow_id, e, as_json=as_json)
-    if as_json:
-        print(result.model_dump_json())
-    else:
-        _print_replay(result)
-    return 1 if result.counts.failed else 0
+def _step(p: ReplayProgress) -> Step:
+    return Step(f"{p.phase}: Stripe listed {p.counts.seen}, replayed {p.counts.replayed}, failed {p.counts.failed}")
 
 
 def _print_replay(r: ReplayResult) -> None:
@@ -130,15 +89,16 @@ def _print_replay(r: ReplayResult) -> None:
 def events(
     status: EventStatus | None = typer.Option(None, help="Only events in this status"),
     type_: str | None = typer.Option(None, "--type", help="Only this type (`customer.*` works)"),
-    limit: int = typer.Option(50, min=1, max=10_000),
-    as_json: bool = typer.Option(False, "--json"),
+    limit: int = typer.Option(50, min=1, max=10_000, help="How many, newest first"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Inspect the webhook inbox: newest first, with status, deliveries and errors."""
-    rows = asyncio.run(_load_events(status, type_, limit))
+    rows = read(queries.events, status=status.value if status else None,
+                type_pattern=type_.replace("*", "%") if type_ else None, limit=limit)
     if as_json:
         print(json.dumps(rows, default=str))
         return
-    summary = asyncio.run(_inbox_summary())
+    summary = read(queries.inbox_counts)
     console.print("inbox: " + (", ".join(f"{k}={v}" for k, v in summary.items()) or "empty"))
     t = Table()
     for col in ("event_id", "type", "created", "status", "source", "deliveries", "attempts", "error"):
@@ -147,31 +107,6 @@ def events(
         t.add_row(r["event_id"], r["type"], f"{r['created']:%Y-%m-%d %H:%M:%S}", r["status"], r["source"],
                   str(r["deliveries"]), str(r["attempts"]), (r["error"] or "")[:120])
     console.print(t)
-
-
-async def _load_events(status: EventStatus | None, type_: str | None, limit: int) -> list[dict[str, Any]]:
-    conn = await db.connect(_database_url())
-    try:
-        rows = await conn.fetch(
-            """
-            SELECT event_id, type, created, status, source, deliveries, attempts, error, received_at,
-                   processed_at
-            FROM billing.stripe_events
-            WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR type LIKE $2)
-            ORDER BY created DESC, event_id DESC LIMIT $3
-            """, status.value if status else None, type_.replace("*", "%") if type_ else None, limit)
-    finally:
-        await conn.close()
-    return [dict(r) for r in rows]
-
-
-async def _inbox_summary() -> dict[str, int]:
-    conn = await db.connect(_database_url())
-    try:
-        rows = await conn.fetch("SELECT status, count(*) AS n FROM billing.stripe_events GROUP BY status ORDER BY status")
-    finally:
-        await conn.close()
-    return {r["status"]: r["n"] for r in rows}
 
 
 def register(root: typer.Typer) -> None:

@@ -1,5 +1,6 @@
 """Bad input the other test files did not cover yet (the full table is in docs/RELIABILITY.md):
-each gets a precise message, a non-zero exit code or a 4xx, and writes nothing it should not."""
+each gets a precise message, a non-zero exit code or a 4xx, and writes nothing it should not.
+The CLI's errors are one line on stderr whatever the terminal width (these run at 40 columns)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.integration.webhook_helpers import wait_until_settled, webhook_stack
 
 pytestmark = pytest.mark.integration
 
+NARROW = {"COLUMNS": "40"}  # a narrow terminal: no error may be folded at its width
+
 
 # ---------------------------------------------------------------------------- ingest
 
@@ -26,7 +29,7 @@ def run_ingest_skip(postgres_dsn, path):
 
     from tests.integration.test_ingest import CLI
 
-    env = {**os.environ, "DATABASE_URL": postgres_dsn, "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {**os.environ, "DATABASE_URL": postgres_dsn, **NARROW, "NO_COLOR": "1"}
     return subprocess.run([CLI, "ingest", "--skip-invalid", str(path)], env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -41,12 +44,12 @@ async def test_skip_invalid_keeps_valid_jsonl_lines_and_reports_the_others_by_nu
         event("r6", "globex"),
     ])
     res = run_ingest_skip(postgres_dsn, p)
-    out = res.stderr.replace("\n", "")
+    lines = res.stderr.splitlines()
     assert res.returncode == 1, res
     for n in (2, 3, 4, 5):
-        assert f"line {n}:" in out, (n, res.stderr)
-    assert "line 4: unknown customer ghost" in out
-    assert f"4 invalid line(s) in {p} skipped; the 2 valid line(s) were written" in out
+        assert any(line.startswith(f"  line {n}:") for line in lines), (n, res.stderr)
+    assert "  line 4: unknown customer ghost" in lines
+    assert lines[-1] == f"error: 4 invalid line(s) in {p} skipped; the 2 valid line(s) were written", res.stderr
     assert set(await stored(db)) == {"r1", "r6"}
     # Running it again changes nothing (idempotent by request_id) and says the same.
     again = run_ingest_skip(postgres_dsn, p)
@@ -83,16 +86,57 @@ async def test_oversized_request_id_is_refused_with_its_line(db, postgres_dsn, t
     (["--start-date", "2020-01-01", "--end-date", "2026-01-01"], "spans more than"),
     (["--meter", "no_such_meter"], "no active Stripe meter for event name(s): no_such_meter"),
 ], ids=["future-window", "oversized-window", "unknown-meter"])
-async def test_refused_runs_exit_1_with_the_reason_and_write_nothing(
+async def test_runs_refusing_their_input_exit_2_with_the_reason_and_write_nothing(
         args, message, cli_env, temporal_env, postgres_dsn, emulator, task_queue, clean_db, stripe_client):  # noqa: F811
+    """The run refuses the window or meter (bad input, exit 2 like any bad argument)."""
     await seed_world(clean_db, stripe_client, n_customers=1, days=1)
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
         code, out, _ = await cli(cli_env, "reconcile", "--apply", *args, "--wait", "--json")
-    assert code == 1, out
+    assert code == 2, out
     payload = json.loads(out)
     assert payload["status"] == "failed" and message in payload["error"], payload
     assert await clean_db.fetchval("SELECT count(*) FROM billing.stripe_usage_pushes") == 0
     assert await clean_db.fetchval("SELECT count(*) FROM billing.audit_log") == 0
+
+
+# Refused by the command line itself, before anything connects: exit 2, one line, no traceback.
+REFUSED = [
+    (["approve", "run-1", "--actor", ""], "Invalid value for '--actor': must not be blank"),
+    (["reject", "run-1", "--actor", "alice", "--reason", "  "], "Invalid value for '--reason': must not be blank"),
+    (["pause", "--reason", "incident 42", "--actor", ""], "Invalid value for '--actor': must not be blank"),
+    (["pause", "run-1", "--reason", ""], "Invalid value for '--reason': must not be blank"),
+    (["resume", "--actor", " "], "Invalid value for '--actor': must not be blank"),
+    (["runs", "--limit", "-1"], "Invalid value for '--limit': Input should be greater than or equal to 1"),
+    (["report", "run-1", "--export-discrepancies", "/no/such/folder/x.csv"],
+     "Invalid value for '--export-discrepancies': folder /no/such/folder does not exist"),
+    (["reconcile", "--apply", "--settle-seconds", "-5"],
+     "Invalid value for '--settle-seconds': Input should be greater than or equal to 0"),
+    (["reconcile", "--apply", "--settle-seconds", "999999999999999"],
+     "Invalid value for '--settle-seconds': Input should be less than or equal to 604800"),
+    (["credits", "adjust", "--customer", "acme", "--amount", "99999999999999999999", "--reason", "x"],
+     "Invalid value for '--amount': Input should be less than or equal to 9223372036854775807"),
+    (["credits", "adjust", "--customer", "acme", "--amount", "-99999999999999999999", "--reason", "x"],
+     "Invalid value for '--amount': Input should be greater than or equal to -9223372036854775808"),
+    (["reconcile", "--epsilon", "a lot"], "invalid arguments: epsilon: Input should be a valid decimal"),
+    (["audit", "--since", "last week"], "Invalid value for '--since': 'last week' is not a time"),
+]
+
+
+async def test_refused_arguments_exit_2_on_one_line_and_nothing_starts_or_is_written(
+        cli_env, temporal_env, postgres_dsn, emulator, task_queue, clean_db):  # noqa: F811
+    """With a worker ready to run whatever starts: every refusal is one `error:` line on stderr at
+    40 columns (never folded, no traceback), exit 2, no workflow started, no row written."""
+    await clean_db.execute("INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ('acme', 'cus_a')")
+    async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+        for args, message in REFUSED:
+            code, out, err = await cli({**cli_env, **NARROW}, *args)
+            assert code == 2, (args, out, err)
+            assert err.count("\n") == 1 and err.startswith("error: ") and message in err, (args, err)
+            assert out == "", (args, out)
+    started = [wf.id async for wf in temporal_env.client.list_workflows(f"TaskQueue = '{task_queue}'")]
+    assert started == []
+    for table in ("reconciliation_runs", "audit_log", "credit_ledger", "credit_balances"):
+        assert await clean_db.fetchval(f"SELECT count(*) FROM billing.{table}") == 0, table
 
 
 async def test_window_beyond_stripes_35_days_is_reported_never_pushed(

@@ -55,7 +55,7 @@ async def test_backfill_and_schedules_refuse_bad_input(cli_env, tmp_path):  # no
     code, _, err = await cli(cli_env, "backfill", "--start-date", "2099-01-01", "--end-date", "2099-01-02")
     assert code == 2 and "in the future" in err
     code, _, err = await cli(cli_env, "backfill", "--start-date", "yesterday", "--end-date", "2026-11-01")
-    assert code == 2 and "invalid arguments" in err
+    assert code == 2 and "'yesterday' is not a day" in err
     bad = tmp_path / "s.toml"
     bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "often"\n')
     code, _, err = await cli(cli_env, "schedules", "apply", "--file", str(bad))

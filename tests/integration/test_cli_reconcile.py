@@ -37,20 +37,26 @@ async def test_invalid_range_exits_2_and_starts_nothing(cli_env, temporal_env):
     assert code == 2
     assert "end_date 2026-01-01 is before start_date 2026-02-01" in err
     code, _, err = await cli(cli_env, "reconcile", "--start-date", "yesterday")
-    assert code == 2 and "invalid arguments" in err
+    assert code == 2 and "'yesterday' is not a day" in err
     code, _, err = await cli(cli_env, "reconcile", "--apply", "--plan")
     assert code == 2 and "choose one of" in err
 
 
-async def test_unknown_customer_fails_the_run_with_exit_1(cli_env, temporal_env, postgres_dsn,
+async def test_unknown_customer_fails_the_run_with_exit_2(cli_env, temporal_env, postgres_dsn,
                                                           emulator, task_queue, clean_db, stripe_client):
+    """The run refuses an unknown customer: bad input, exit 2, as every command's (resync, credits)."""
     await seed_world(clean_db, stripe_client, n_customers=1, days=1)
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
         code, out, _ = await cli(cli_env, "reconcile", "--apply", "--customer", "nobody", "--wait", "--json")
-    assert code == 1
-    payload = json.loads(out)
-    assert payload["status"] == "failed"
-    assert payload["error"] == "unknown customer(s): nobody"
+        assert code == 2
+        payload = json.loads(out)
+        assert payload["status"] == "failed" and payload["type"] == "UnknownCustomer"
+        assert payload["error"] == "unknown customer(s): nobody"
+        # Without --json: the same failure as one line on stderr.
+        code, out, err = await cli({**cli_env, "COLUMNS": "40"}, "reconcile", "--apply", "--customer", "nobody",
+                                   "--wait", "--id", "cli-nobody")
+    assert code == 2
+    assert err.splitlines()[-1] == "error: cli-nobody failed: unknown customer(s): nobody", err
     assert await clean_db.fetchval("SELECT count(*) FROM billing.stripe_usage_pushes") == 0
 
 

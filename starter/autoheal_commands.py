@@ -1,0 +1,85 @@
+"""`pause` / `resume`: the global auto-healing switch (AutoHealControl), or one run's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
+from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealControlInput, AutohealView
+from autoheal.workflow import AutoHealControl
+from billing.settings import get_settings
+from common.types import PauseRequest
+from starter.kit import EXIT_BAD_INPUT, console, default_actor, fail, not_blank, run, temporal
+
+RUN_HELP = "One run (workflow id); none: all auto-healing"
+ACTOR_HELP = "Who (default $USER; audited)"
+
+
+async def set_global_pause(paused: bool, actor: str, reason: str | None, *, wait_seconds: float = 30) -> AutohealView:
+    """Signal AutoHealControl (starting it if needed) and wait until the switch has moved."""
+    client = await temporal()
+    handle = await client.start_workflow(
+        AutoHealControl.run, AutohealControlInput(), id=AUTOHEAL_WORKFLOW_ID, task_queue=get_settings().task_queue,
+        start_signal="pause" if paused else "resume", start_signal_args=[PauseRequest(actor=actor, reason=reason)],
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+    deadline = asyncio.get_running_loop().time() + wait_seconds
+    while True:
+        try:
+            state = await handle.query(AutoHealControl.state)
+            if state.paused == paused:
+                return state
+        except RPCError:
+            pass  # not started yet
+        if asyncio.get_running_loop().time() > deadline:
+            raise fail(f"the {'pause' if paused else 'resume'} signal was sent, but no worker applied it within "
+                       f"{wait_seconds:.0f}s: is a worker running on task queue {get_settings().task_queue}?")
+        await asyncio.sleep(0.3)
+
+
+def pause(run_id: str | None = typer.Argument(None, metavar="RUN", help=RUN_HELP),
+          reason: str | None = typer.Option(None, help="Why (required for a global pause; audited)", callback=not_blank),
+          actor: str | None = typer.Option(None, help=ACTOR_HELP, callback=not_blank)) -> None:
+    """Pause auto-healing (all runs, or RUN only) until `resume`.
+
+    Every running and scheduled run becomes observe-only: detection and reports go on,
+    corrective writes stop within one batch. With RUN, only that run."""
+    who = actor or default_actor()
+    if run_id:
+        _signal_run(run_id, "pause", who, reason)
+        return
+    if not reason:
+        raise fail("a global pause needs --reason (it is audited and shown in `status`)", EXIT_BAD_INPUT)
+    state = run(set_global_pause(True, who, reason))
+    console.print(f"auto-healing [bold red]PAUSED[/bold red] by {state.actor}: {state.reason}")
+
+
+def resume(run_id: str | None = typer.Argument(None, metavar="RUN", help=RUN_HELP),
+           reason: str | None = typer.Option(None, help="Why (audited)", callback=not_blank),
+           actor: str | None = typer.Option(None, help=ACTOR_HELP, callback=not_blank)) -> None:
+    """Resume auto-healing (or one run's corrective writes)."""
+    who = actor or default_actor()
+    if run_id:
+        _signal_run(run_id, "resume", who, reason)
+        return
+    state = run(set_global_pause(False, who, reason))
+    console.print(f"auto-healing [green]resumed[/green] by {state.actor}")
+
+
+def _signal_run(run_id: str, name: str, actor: str, reason: str | None) -> None:
+    """`pause`/`resume` to one run: ReconcileUsage and CatchUpBackfill both take them."""
+
+    async def go() -> None:
+        client = await temporal()
+        await client.get_workflow_handle(run_id).signal(name, PauseRequest(actor=actor, reason=reason))
+
+    run(go())
+    console.print(f"{run_id}: {name} sent by {actor}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pause")(pause)
+    app.command("resume")(resume)
