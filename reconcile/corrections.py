@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -49,9 +51,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _key_lock(customer_id: str, meter: str, day: date) -> str:
-    """The advisory lock held while one key (customer, meter, UTC day) is corrected or sent."""
-    return f"usage-key|{customer_id}|{meter}|{day}"
+@asynccontextmanager
+async def _key_locked(conn: asyncpg.Connection, customer_id: str, meter: str, day: date, *,
+                      wait: bool = True) -> AsyncIterator[bool]:
+    """Hold the advisory lock of one key (customer, meter, UTC day) for the block: it is held
+    while the key is corrected or its planned push sent. With wait=False, yields False at once
+    (and holds nothing) when another session holds it."""
+    name = f"usage-key|{customer_id}|{meter}|{day}"
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+    elif not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
 
 
 class CorrectionWriter:
@@ -75,21 +90,18 @@ class CorrectionWriter:
         async with self.pool.acquire() as conn:
             planned = await store.planned_pushes(conn, customer_ids)
         for r in planned:
-            lock_key = _key_lock(r["customer_id"], r["meter"], r["usage_day"])
-            async with self.pool.acquire() as conn:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key):
+            async with (self.pool.acquire() as conn,
+                        _key_locked(conn, r["customer_id"], r["meter"], r["usage_day"], wait=False) as mine):
+                if not mine:
                     continue
-                try:
-                    if r["planned_at"] < now - RESEND_WINDOW:
-                        await conn.execute(
-                            "UPDATE billing.stripe_usage_pushes SET status = $2, sent_at = planned_at, "
-                            "error = 'delivery unknown (planned over 23 h ago): taken as sent, checked "
-                            "against the summary' WHERE identifier = $1 AND status = $3",
-                            r["identifier"], PushStatus.SENT, PushStatus.PLANNED)
-                    else:
-                        await self._send_stored(conn, r["identifier"], now, counts)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
+                if r["planned_at"] < now - RESEND_WINDOW:
+                    await conn.execute(
+                        "UPDATE billing.stripe_usage_pushes SET status = $2, sent_at = planned_at, "
+                        "error = 'delivery unknown (planned over 23 h ago): taken as sent, checked "
+                        "against the summary' WHERE identifier = $1 AND status = $3",
+                        r["identifier"], PushStatus.SENT, PushStatus.PLANNED)
+                else:
+                    await self._send_stored(conn, r["identifier"], now, counts)
 
     async def confirm(self, identifiers: list[str]) -> None:
         """Our `sent` pushes that Stripe's summary now reflects."""
@@ -173,18 +185,14 @@ class CorrectionWriter:
         The lock and the check that the key's outbox still holds what the plan saw make two
         overlapping runs (or two attempts of one page) unable to correct the same key twice."""
         assert f.usage_day is not None and f.stripe_customer_id is not None
-        lock_key = _key_lock(f.customer_id, f.meter, f.usage_day)
-        async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key)
-            try:
-                current = await store.pushed_total(conn, f.customer_id, f.meter, f.usage_day)
-                if current != plan.expected_pushed:
-                    counts.stale_skipped += 1
-                    return (DiscrepancyStatus.SKIPPED,
-                            "the key's outbox changed since this was planned; the next run re-plans")
-                return await self._correct_key_locked(conn, ctx, f, plan, counts)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
+        async with (self.pool.acquire() as conn,
+                    _key_locked(conn, f.customer_id, f.meter, f.usage_day)):
+            current = await store.pushed_total(conn, f.customer_id, f.meter, f.usage_day)
+            if current != plan.expected_pushed:
+                counts.stale_skipped += 1
+                return (DiscrepancyStatus.SKIPPED,
+                        "the key's outbox changed since this was planned; the next run re-plans")
+            return await self._correct_key_locked(conn, ctx, f, plan, counts)
 
     async def _correct_key_locked(self, conn: asyncpg.Connection, ctx: RunContext, f: Finding,
                                   plan: StripeCorrection, counts: Counts) -> tuple[DiscrepancyStatus, str]:
