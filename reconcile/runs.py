@@ -23,7 +23,7 @@ from billing import correlation, metrics
 from billing.periods import billing_period, current_period_window
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
-from common.types import AuditInput
+from common.types import AuditInput, RunStatus
 from reconcile.types import (
     AWAITING_APPROVAL,
     DiscrepancyStatus,
@@ -177,14 +177,14 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
                     """
                     UPDATE billing.reconciliation_runs
                        SET workflow_run_id = $2, mode = $3, window_start = $4, window_end = $5,
-                           customers_filter = $6, meters_filter = $7, status = 'running',
+                           customers_filter = $6, meters_filter = $7, status = $9,
                            counts = '{}', approved_by = NULL, rejected_by = NULL,
                            decision_reason = NULL, started_at = now(), finished_at = NULL, error = NULL,
                            correlation_id = $8
                      WHERE run_id = $1
                     """,
                     ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
-                    ctx.customers or None, req.meters or None, correlation.current())
+                    ctx.customers or None, req.meters or None, correlation.current(), RunStatus.RUNNING)
     return ctx
 
 

@@ -151,7 +151,7 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
             customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
             status=DiscrepancyStatus.OBSERVED,
             detail="no active Stripe meter has this event name: this usage is never billed"))
-    findings += _counter_findings(rows.counters, period_totals, sids, policy)
+    findings += _counter_findings(rows.counters, period_totals, sids, policy.write_mode, prefix)
     for (cust, meter), message in sorted(summaries.unreadable.items()):
         findings.append(Finding(
             key=f"{prefix}stripe|{cust}|{meter}|read", kind=FindingKind.STRIPE_READ_FAILED,
@@ -254,7 +254,7 @@ def _ledger(
 
 def _counter_findings(
     counters: list[CounterRow], period_totals: dict[tuple[str, str, date], Decimal],
-    sids: dict[str, str | None], policy: ScanPolicy,
+    sids: dict[str, str | None], mode: WriteMode, prefix: str,
 ) -> list[Finding]:
     rows = {(r.customer_id, r.meter, r.period_start): r for r in counters}
     out: list[Finding] = []
@@ -267,13 +267,13 @@ def _counter_findings(
         if not cf.needs_repair:
             continue
         out.append(Finding(
-            key=f"{'verify|' if policy.verify else ''}counter|{cust}|{meter}|{pstart}",
+            key=f"{prefix}counter|{cust}|{meter}|{pstart}",
             kind=cf.kind, customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter,
             period_start=pstart, ledger=L, counter=cf.counter,
             plan=CounterCorrection(counter=CounterRepair(
                 period_start=pstart, period_end=row.period_end if row else billing_period(pstart)[1],
                 expected_before=cf.counter, value=L, quota=cf.quota)),
-            status=_status(cf.kind, False, policy.write_mode),
+            status=_status(cf.kind, False, mode),
             over_quota_transition=cf.over_quota_transition,
             detail="counter has no usage behind it" if cf.kind == FindingKind.ORPHAN_COUNTER else ""))
     return out

@@ -112,9 +112,9 @@ def push_plan(kind: PushKind, value: str, identifier: str, *, p: str = "0", canc
 
 def counter_key(kind: FindingKind, status: DiscrepancyStatus, *, ledger: str, before: str | None,
                 quota: str | None = None, transition: bool = False, detail: str = "",
-                customer: str = "c1", sid: str | None = "cus_1") -> Finding:
+                customer: str = "c1", sid: str | None = "cus_1", prefix: str = "") -> Finding:
     return Finding(
-        key=f"counter|{customer}|{METER}|{PERIOD}", kind=kind, customer_id=customer, stripe_customer_id=sid,
+        key=f"{prefix}counter|{customer}|{METER}|{PERIOD}", kind=kind, customer_id=customer, stripe_customer_id=sid,
         meter=METER, status=status, period_start=PERIOD, ledger=D(ledger),
         counter=None if before is None else D(before),
         plan=CounterCorrection(counter=CounterRepair(
@@ -226,9 +226,10 @@ CASES = [
          ledger=[usage("7", meter="emails")], counters=[counter("7", meter="emails")]),
     # ------------------------------------------------------------------ verify pass
     Case("verify pass: keys under verify|", policy(verify=True),
-         [stripe_key(FindingKind.UNDER_REPORTED, S.APPROVED, ledger="10", s="4", plan=UNDER, prefix="verify|")],
-         counts(keys_checked=1, drift_count=1, beyond_epsilon=1),
-         ledger=[usage("10")], counters=[counter("10")], summaries=Summaries(stripe("4"))),
+         [counter_key(FindingKind.COUNTER_DRIFT, S.APPROVED, ledger="10", before="7", prefix="verify|"),
+          stripe_key(FindingKind.UNDER_REPORTED, S.APPROVED, ledger="10", s="4", plan=UNDER, prefix="verify|")],
+         counts(keys_checked=1, drift_count=2, beyond_epsilon=1),
+         ledger=[usage("10")], counters=[counter("7")], summaries=Summaries(stripe("4"))),
 ]
 
 
