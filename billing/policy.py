@@ -21,7 +21,28 @@ TOLERANCE = Decimal("0.000001")
 # Stripe accepts cancellations for events received within 24 h; keep a margin.
 CANCEL_WINDOW = timedelta(hours=23)
 
-LIVE_STATUSES = ("planned", "sent", "confirmed")
+
+
+class PushStatus(StrEnum):
+    """`stripe_usage_pushes.status` (the SQL CHECK constraint lists the same values)."""
+
+    PLANNED = "planned"  # in the outbox, not (known to be) sent yet
+    SENT = "sent"  # Stripe accepted it; not yet seen in a summary
+    CONFIRMED = "confirmed"  # reflected in Stripe's summary
+    CANCELLED = "cancelled"  # cancelled inside Stripe's 24 h window
+    FAILED = "failed"  # lost, rejected, or never counted by Stripe
+
+
+class PushKind(StrEnum):
+    """`stripe_usage_pushes.kind` (the SQL CHECK constraint lists the same values)."""
+
+    DELTA = "delta"  # usage never pushed
+    REPUSH = "repush"  # replaces pushes Stripe lost
+    COMPENSATION = "compensation"  # a negative event for over-reporting
+
+
+# Pushes that count in P (our total for a key).
+LIVE_STATUSES = (PushStatus.PLANNED, PushStatus.SENT, PushStatus.CONFIRMED)
 
 
 class FindingKind(StrEnum):
@@ -86,8 +107,8 @@ def diff_pct(ledger: Decimal, stripe: Decimal) -> Decimal:
 class Push:
     identifier: str
     value: Decimal
-    status: str
-    kind: str
+    status: PushStatus
+    kind: PushKind
     planned_at: datetime
     sent_at: datetime | None = None
     cancelled_at: datetime | None = None
@@ -97,7 +118,7 @@ class Push:
 class PlannedPush:
     identifier: str
     value: Decimal
-    kind: str  # delta | repush | compensation
+    kind: PushKind
     event_timestamp: datetime
     replaces: str | None = None
 
@@ -123,11 +144,11 @@ class StripeFinding:
 
 
 def _is_unsettled(p: Push, now: datetime, settle: timedelta) -> bool:
-    if p.status == "planned":
+    if p.status == PushStatus.PLANNED:
         return True
-    if p.status == "sent" and p.sent_at is not None and p.sent_at > now - settle:
+    if p.status == PushStatus.SENT and p.sent_at is not None and p.sent_at > now - settle:
         return True
-    if p.status == "cancelled" and p.cancelled_at is not None and p.cancelled_at > now - settle:
+    if p.status == PushStatus.CANCELLED and p.cancelled_at is not None and p.cancelled_at > now - settle:
         return True
     return False
 
@@ -149,7 +170,7 @@ def classify_stripe_key(
     pushed = sum((p.value for p in live), Decimal(0))
     # What S will still move by once everything in flight lands (cancellations move it down).
     unsettled = sum(
-        (-p.value if p.status == "cancelled" else p.value)
+        (-p.value if p.status == PushStatus.CANCELLED else p.value)
         for p in pushes if _is_unsettled(p, now, settle)
     ) or Decimal(0)
     beyond = diff_pct(ledger, stripe) > epsilon
@@ -165,7 +186,7 @@ def classify_stripe_key(
 
     if _close(ledger, stripe):
         # In agreement. Everything sent and settled is now known to be reflected.
-        confirm = [p.identifier for p in live if p.status == "sent" and not _is_unsettled(p, now, settle)]
+        confirm = [p.identifier for p in live if p.status == PushStatus.SENT and not _is_unsettled(p, now, settle)]
         return finding(FindingKind.OK, confirm=confirm)
 
     ts = push_timestamp(day, now)
@@ -182,10 +203,10 @@ def classify_stripe_key(
                            detail="writes in flight may explain the difference")
         if ts is None:
             return outside_window
-        ident = correction_identifier(customer_id, meter, day, "delta", pushed, stripe, ledger, seq)
+        ident = correction_identifier(customer_id, meter, day, PushKind.DELTA, pushed, stripe, ledger, seq)
         return finding(FindingKind.UNDER_REPORTED,
                        beyond_epsilon=diff_pct(ledger, ledger - safe) > epsilon,
-                       push=PlannedPush(ident, safe, "delta", ts),
+                       push=PlannedPush(ident, safe, PushKind.DELTA, ts),
                        detail="pushed only what is missing whether or not the writes in flight landed")
 
     if ts is None:
@@ -195,7 +216,7 @@ def classify_stripe_key(
         # Under-reported. Settled pushes that Stripe does not reflect were lost (or rejected
         # asynchronously): mark them failed and push the whole gap under a new identifier.
         settled_sent = sorted(
-            (p for p in live if p.status in ("sent", "confirmed") and not _is_unsettled(p, now, settle)),
+            (p for p in live if p.status in (PushStatus.SENT, PushStatus.CONFIRMED) and not _is_unsettled(p, now, settle)),
             key=lambda p: p.sent_at or p.planned_at, reverse=True)
         settled_total = sum((p.value for p in settled_sent), Decimal(0))
         lost_amount = settled_total - stripe
@@ -207,7 +228,7 @@ def classify_stripe_key(
                 if p.value > 0 and running + p.value <= lost_amount + TOLERANCE:
                     mark_failed.append(p.identifier)
                     running += p.value
-        kind = "repush" if mark_failed else "delta"
+        kind = PushKind.REPUSH if mark_failed else PushKind.DELTA
         ident = correction_identifier(customer_id, meter, day, kind, pushed, stripe, ledger, seq)
         return finding(FindingKind.LOST_PUSH if mark_failed else FindingKind.UNDER_REPORTED,
                        beyond_epsilon=beyond, mark_failed=mark_failed,
@@ -218,7 +239,7 @@ def classify_stripe_key(
     excess = -gap
     cancel: list[str] = []
     cancellable = sorted(
-        (p for p in live if p.status in ("sent", "confirmed") and p.value > 0
+        (p for p in live if p.status in (PushStatus.SENT, PushStatus.CONFIRMED) and p.value > 0
          and p.sent_at is not None and p.sent_at > now - CANCEL_WINDOW),
         key=lambda p: p.sent_at or p.planned_at, reverse=True)
     remaining = excess
@@ -229,8 +250,8 @@ def classify_stripe_key(
             remaining -= p.value
     push = None
     if remaining > tol:
-        ident = correction_identifier(customer_id, meter, day, "compensation", pushed, stripe, ledger, seq)
-        push = PlannedPush(ident, -remaining, "compensation", ts)
+        ident = correction_identifier(customer_id, meter, day, PushKind.COMPENSATION, pushed, stripe, ledger, seq)
+        push = PlannedPush(ident, -remaining, PushKind.COMPENSATION, ts)
     return finding(FindingKind.OVER_REPORTED, beyond_epsilon=beyond,
                    needs_approval=beyond and not auto_approve_over_reporting, cancel=cancel, push=push)
 

@@ -1,21 +1,38 @@
-"""SQL of usage reconciliation (asyncpg, raw SQL). Read helpers return plain rows; the
-activity turns them into policy inputs."""
+"""SQL of the scan and of the run's findings (asyncpg, raw SQL): the batch's reads in one
+snapshot (typed for `plan_batch`), recording findings, reading a stored plan back.
+
+The outbox writes live with the corrections they make (reconcile/corrections.py), the run rows
+with the run bookkeeping (reconcile/runs.py)."""
 
 from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
-from billing.periods import day_start
+from billing.periods import day_start, periods_overlapping
+from billing.policy import LIVE_STATUSES, FindingKind, Push, PushKind, PushStatus, diff_pct
+from reconcile.scan import BatchRows, CounterRow, Customer, LedgerDay, OutboxRow
+from reconcile.types import (
+    AWAITING_APPROVAL,
+    TOUCHED,
+    DiscrepancyStatus,
+    Finding,
+    RunContext,
+    plan_from_json,
+    plan_to_json,
+)
 
 
 async def customers_page(
     conn: asyncpg.Connection, *, after: str | None, limit: int, only: list[str],
     verify_run: str | None,
-) -> list[asyncpg.Record]:
-    return await conn.fetch(
+) -> list[Customer]:
+    """The next customers after `after`; for a verify pass (`verify_run`), only those whose
+    keys the run touched."""
+    rows = await conn.fetch(
         """
         SELECT c.customer_id, c.stripe_customer_id
           FROM billing.customers c
@@ -24,11 +41,34 @@ async def customers_page(
            AND ($4::text IS NULL OR EXISTS (
                  SELECT 1 FROM billing.discrepancies d
                   WHERE d.run_id = $4 AND d.customer_id = c.customer_id
-                    AND d.status IN ('applied', 'pending', 'failed')))
+                    AND d.status = ANY($5::text[])))
          ORDER BY c.customer_id
          LIMIT $3
         """,
-        after, only, limit, verify_run,
+        after, only, limit, verify_run, list(TOUCHED),
+    )
+    return [Customer(r["customer_id"], r["stripe_customer_id"]) for r in rows]
+
+
+async def read_batch(pool: asyncpg.Pool, ctx: RunContext, customers: list[Customer]) -> BatchRows:
+    """Ledger, counters and outbox of a batch in one snapshot: an app committing an event and
+    its counter increment between two reads must not look like drift."""
+    ids = [c.customer_id for c in customers]
+    periods = periods_overlapping(ctx.window_start, ctx.window_end)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # Counters are checked against the ledger for every meter, Stripe-metered or not.
+        day_rows = await ledger_days(conn, ids, periods, ctx.meter_filter)
+        counter_rows = await counters(conn, ids, [p[0] for p in periods], ctx.meter_filter)
+        push_rows = await pushes(conn, ids, ctx.window_start, ctx.window_end)
+    return BatchRows(
+        customers=customers,
+        ledger_days=[LedgerDay(r["customer_id"], r["meter"], r["day"], _dec(r["total"]),
+                               int(r["dupes"] or 0)) for r in day_rows],
+        counters=[CounterRow(r["customer_id"], r["meter"], r["period_start"], r["period_end"],
+                             _dec(r["value"]), r["quota"]) for r in counter_rows],
+        pushes=[OutboxRow(r["customer_id"], r["meter"], r["usage_day"], Push(
+            r["identifier"], _dec(r["value"]), PushStatus(r["status"]), PushKind(r["kind"]),
+            r["planned_at"], r["sent_at"], r["cancelled_at"])) for r in push_rows],
     )
 
 
@@ -91,9 +131,9 @@ async def planned_pushes(conn: asyncpg.Connection, customers: list[str]) -> list
         """
         SELECT identifier, planned_at, customer_id, meter, usage_day
           FROM billing.stripe_usage_pushes
-         WHERE status = 'planned' AND customer_id = ANY($1)
+         WHERE status = $2 AND customer_id = ANY($1)
         """,
-        customers,
+        customers, PushStatus.PLANNED,
     )
 
 
@@ -102,9 +142,73 @@ async def pushed_total(conn: asyncpg.Connection, customer_id: str, meter: str, d
         """
         SELECT coalesce(sum(value), 0) FROM billing.stripe_usage_pushes
          WHERE customer_id = $1 AND meter = $2 AND usage_day = $3
-           AND status IN ('planned', 'sent', 'confirmed')
+           AND status = ANY($4::text[])
         """,
-        customer_id, meter, day,
+        customer_id, meter, day, list(LIVE_STATUSES),
     )
     return Decimal(v)
+
+
+async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Finding]) -> None:
+    """Insert or refresh the run's discrepancies (a retried page records the same keys)."""
+    if not findings:
+        return
+    rows = [(
+        run_id, f.key, f.kind, f.customer_id, f.stripe_customer_id, f.meter, f.usage_day,
+        f.period_start, f.ledger, f.counter, f.pushed, f.stripe,
+        (f.ledger - (f.stripe if f.stripe is not None else (f.counter or Decimal(0))))
+        if f.ledger is not None else None,
+        diff_pct(f.ledger, f.stripe) if f.ledger is not None and f.stripe is not None else None,
+        f.beyond_epsilon, f.action, plan_to_json(f.plan), f.status, f.detail,
+    ) for f in findings]
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            """
+            INSERT INTO billing.discrepancies
+                (run_id, discrepancy_key, kind, customer_id, stripe_customer_id, meter, usage_day,
+                 period_start, ledger_value, counter_value, pushed_value, stripe_value, diff,
+                 diff_pct, beyond_epsilon, action, action_params, status, detail)
+            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+            ON CONFLICT (run_id, discrepancy_key) DO UPDATE SET
+                kind = EXCLUDED.kind, ledger_value = EXCLUDED.ledger_value,
+                counter_value = EXCLUDED.counter_value, pushed_value = EXCLUDED.pushed_value,
+                stripe_value = EXCLUDED.stripe_value, diff = EXCLUDED.diff, diff_pct = EXCLUDED.diff_pct,
+                beyond_epsilon = EXCLUDED.beyond_epsilon, action = EXCLUDED.action,
+                action_params = EXCLUDED.action_params, status = EXCLUDED.status,
+                detail = EXCLUDED.detail, updated_at = now()
+            """,
+            rows,
+        )
+
+
+async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | None, limit: int) -> list[Finding]:
+    """A page of the run's stored plan (proposed and held findings), in key order."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT * FROM billing.discrepancies
+             WHERE run_id = $1 AND status = ANY($4::text[])
+               AND ($2::text IS NULL OR discrepancy_key > $2)
+             ORDER BY discrepancy_key LIMIT $3
+            """,
+            run_id, after, limit, list(AWAITING_APPROVAL))
+    return [Finding(
+        key=r["discrepancy_key"], kind=FindingKind(r["kind"]), customer_id=r["customer_id"],
+        stripe_customer_id=r["stripe_customer_id"], meter=r["meter"], usage_day=r["usage_day"],
+        period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
+        pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
+        plan=plan_from_json(r["action_params"]), status=DiscrepancyStatus(r["status"]),
+        detail=r["detail"] or "") for r in rows]
+
+
+async def set_finding_status(pool: asyncpg.Pool, run_id: str, key: str, status: DiscrepancyStatus,
+                             detail: str) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE billing.discrepancies SET status = $3, detail = $4, updated_at = now() "
+            "WHERE run_id = $1 AND discrepancy_key = $2", run_id, key, status, detail)
+
+
+def _dec(v: Any) -> Decimal:
+    return Decimal(v) if v is not None else Decimal(0)
 

@@ -1,16 +1,81 @@
-"""ReconcileUsage: inputs, results, the carried state, page and plan models.
+"""ReconcileUsage: inputs, results, the carried state, page and plan models; the statuses,
+the write mode, a finding and its correction plan.
 
 Workflows build these: no default factories that read clocks or randomness."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    computed_field,
+    model_validator,
+)
 
+from billing.policy import FindingKind, PlannedPush
 from common.types import Mode, RunStatus
+
+
+class Permanent:
+    """ApplicationError types that retrying cannot fix (the workflow's retry policy lists them)."""
+
+    INVALID_WINDOW = "InvalidWindow"
+    UNKNOWN_CUSTOMER = "UnknownCustomer"
+    UNKNOWN_METER = "UnknownMeter"
+    UNSUPPORTED_METER = "UnsupportedMeter"
+
+
+class WriteMode(StrEnum):
+    """What a page may write. Decided once per page by `page_write_mode` (the workflow, which
+    knows the pause state) and passed down; per correction, `for_correction` adds HOLD."""
+
+    OBSERVE = "observe"  # detect and report; no corrective write (dry-run, paused, a plan's verify)
+    PLAN = "plan"  # record every correction as `proposed`; applied once approved
+    APPLY = "apply"  # correct now
+    HOLD = "hold"  # one correction of an APPLY page that waits for approval (never a page's mode)
+
+    def for_correction(self, needs_approval: bool) -> WriteMode:
+        """Over-reporting beyond epsilon without auto-approve (`needs_approval`, decided by
+        billing.policy) waits for approval instead of being applied."""
+        return WriteMode.HOLD if self is WriteMode.APPLY and needs_approval else self
+
+
+def page_write_mode(mode: Mode, *, paused: bool, verify: bool) -> WriteMode:
+    """The one place that decides what a page may write."""
+    if mode == Mode.DRY_RUN or paused or (verify and mode == Mode.PLAN):
+        # A plan run applies exactly its plan: its verify pass only reports.
+        return WriteMode.OBSERVE
+    return WriteMode.PLAN if mode == Mode.PLAN else WriteMode.APPLY
+
+
+class DiscrepancyStatus(StrEnum):
+    """`discrepancies.status` (the SQL CHECK constraint lists the same values)."""
+
+    OBSERVED = "observed"  # reported; nothing is done about it here
+    PROPOSED = "proposed"  # in a plan: waits for approve/reject
+    HELD = "held"  # an apply run's correction that waits for approval
+    APPROVED = "approved"  # to be applied now; becomes applied / skipped / failed / unfixable
+    APPLIED = "applied"
+    PENDING = "pending"  # writes in flight: the verify pass re-checks
+    SKIPPED = "skipped"  # the key changed since it was planned: the next run re-plans
+    REJECTED = "rejected"
+    FAILED = "failed"
+    UNFIXABLE = "unfixable"  # outside Stripe's 35-day meter event window
+
+
+# What an approved plan applies.
+AWAITING_APPROVAL = (DiscrepancyStatus.PROPOSED, DiscrepancyStatus.HELD)
+# The customers a verify pass re-checks: those whose keys this run corrected or saw in flight.
+TOUCHED = (DiscrepancyStatus.APPLIED, DiscrepancyStatus.PENDING, DiscrepancyStatus.FAILED)
 
 
 class Counts(BaseModel):
@@ -130,8 +195,26 @@ class ReconcileCarry(BaseModel):
 class PageInput(BaseModel):
     context: RunContext
     cursor: str | None = None  # last customer_id of the previous page
-    observe_only: bool = False  # paused or dry-run: detect and report, never correct
+    write_mode: WriteMode  # `page_write_mode`; never HOLD
     verify: bool = False  # second pass after the settle timer: only this run's keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_observe_only(cls, data: Any) -> Any:
+        """Input scheduled by a workflow from before `write_mode` (recorded histories, runs
+        open across a deploy) carries only `observe_only`: the same decision, from it."""
+        if isinstance(data, dict) and data.get("write_mode") is None and "context" in data:
+            ctx = data["context"]
+            mode = ctx.mode if isinstance(ctx, RunContext) else Mode(ctx["mode"])
+            data = {**data, "write_mode": page_write_mode(
+                mode, paused=bool(data.get("observe_only")), verify=bool(data.get("verify")))}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def observe_only(self) -> bool:
+        """Serialized too: a worker from before `write_mode` reads this."""
+        return self.write_mode == WriteMode.OBSERVE
 
 
 class PageResult(BaseModel):
@@ -204,6 +287,101 @@ class ReconcileResult(BaseModel):
     # An apply run that auto-healing's pause kept observe-only from start to end: it detected
     # and reported, corrected nothing, and does not count as a successful reconciliation.
     observe_only: bool = False
+
+
+class CounterRepair(BaseModel):
+    """Set a counter to the ledger's total by compare-and-set."""
+
+    period_start: date
+    period_end: date
+    expected_before: Decimal | None  # the value read (None: no counter row); changed since = skip
+    value: Decimal  # the ledger total L
+    quota: Decimal | None = None
+
+
+class CounterCorrection(BaseModel):
+    counter: CounterRepair
+
+    @property
+    def action(self) -> str:
+        return "set_counter"
+
+    @property
+    def needs_approval(self) -> bool:
+        return False
+
+
+class StripeCorrection(BaseModel):
+    """The corrections of one Stripe key (customer, meter, UTC day), applied in this order:
+    cancel our own recent pushes, mark lost pushes failed, push one meter event."""
+
+    expected_pushed: Decimal  # P when planned: applied only while the key's outbox still sums to it
+    needs_approval: bool = False  # over-reporting beyond epsilon without auto-approve
+    cancel: list[str] = Field(default_factory=list)  # identifiers of our pushes to cancel
+    mark_failed: list[str] = Field(default_factory=list)  # our pushes Stripe lost
+    # The event time of a compensation replacing a cancel Stripe refuses (past its 24 h).
+    timestamp: datetime | None = None
+    push: PlannedPush | None = None
+
+    @property
+    def action(self) -> str:
+        return "+".join(x for x in [
+            "cancel" if self.cancel else "", f"push_{self.push.kind}" if self.push else ""] if x)
+
+
+def _plan_shape(v: Any) -> str:
+    if isinstance(v, dict):
+        return "counter" if "counter" in v else "stripe"
+    return "counter" if isinstance(v, CounterCorrection) else "stripe"
+
+
+# What a finding's correction does: stored as `discrepancies.action_params` (its JSON) and read
+# back by validation. The JSON is the shape action_params always had (the counter's values
+# under "counter"; a Stripe key's fields at the top), so rows of older versions validate as is.
+CorrectionPlan = Annotated[
+    Annotated[CounterCorrection, Tag("counter")] | Annotated[StripeCorrection, Tag("stripe")],
+    Discriminator(_plan_shape),
+]
+_CORRECTION_PLAN: TypeAdapter[CorrectionPlan] = TypeAdapter(CorrectionPlan)
+
+
+def plan_to_json(plan: CorrectionPlan | None) -> dict[str, Any] | None:
+    return None if plan is None else plan.model_dump(mode="json")
+
+
+def plan_from_json(stored: Any) -> CorrectionPlan | None:
+    """`action_params` as stored (a dict, or JSON text without the pool's jsonb codec)."""
+    if stored is None:
+        return None
+    if isinstance(stored, str | bytes):
+        return _CORRECTION_PLAN.validate_json(stored)
+    return _CORRECTION_PLAN.validate_python(stored)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One discrepancy (a row of `billing.discrepancies`) and the correction that fixes it."""
+
+    key: str  # "[verify|]stripe|customer|meter|day", "counter|customer|meter|period_start", ...
+    kind: FindingKind
+    customer_id: str
+    stripe_customer_id: str | None
+    meter: str
+    status: DiscrepancyStatus
+    usage_day: date | None = None
+    period_start: date | None = None
+    ledger: Decimal | None = None
+    counter: Decimal | None = None
+    pushed: Decimal | None = None
+    stripe: Decimal | None = None
+    beyond_epsilon: bool = False
+    plan: CorrectionPlan | None = None
+    detail: str = ""
+    over_quota_transition: bool = False
+
+    @property
+    def action(self) -> str | None:
+        return None if self.plan is None else self.plan.action
 
 
 ReconcileUsageInput.model_rebuild()

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from common.types import AuditInput, Mode, PauseRequest, RunStatus
-    from reconcile.activities import Permanent, UsageActivities
+    from reconcile.activities import UsageActivities
     from reconcile.types import (
         ApplyPlanInput,
         ApprovalDecision,
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         FinishRunInput,
         PageInput,
         PageResult,
+        Permanent,
         Phase,
         ReconcileCarry,
         ReconcileProgress,
@@ -38,6 +39,8 @@ with workflow.unsafe.imports_passed_through():
         ReconcileUsageInput,
         RunStatusUpdate,
         StartRunInput,
+        WriteMode,
+        page_write_mode,
     )
 
 SHORT_TIMEOUT = timedelta(minutes=2)
@@ -239,12 +242,11 @@ class ReconcileUsage:
         s = self._state
         assert s is not None
         while True:
-            observe_only = self._paused or s.context.mode == Mode.DRY_RUN
-            if verify and s.context.mode == Mode.PLAN:
-                observe_only = True  # a plan run applies exactly its plan, nothing more
+            write_mode = page_write_mode(s.context.mode, paused=self._paused, verify=verify)
+            observe_only = write_mode == WriteMode.OBSERVE
             page = workflow.start_activity_method(
                 UsageActivities.reconcile_page,
-                PageInput(context=s.context, cursor=s.cursor, observe_only=observe_only, verify=verify),
+                PageInput(context=s.context, cursor=s.cursor, write_mode=write_mode, verify=verify),
                 start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
                 retry_policy=RETRY, cancellation_type=WAIT_FOR_CANCEL)
             res = await (page if observe_only else self._corrective(page))

@@ -79,7 +79,7 @@ async def test_a_planned_push_another_run_is_sending_is_left_to_that_run(
     crash-recovery flush must not send a row another run planned a moment ago and is about to
     send, or both count it (found by the chaos run: 31 pushes counted for 30 keys)."""
     from billing.stripe_gateway import StripeGateway, make_stripe_client
-    from reconcile.activities import UsageActivities
+    from reconcile.corrections import CorrectionWriter
     from reconcile.types import Counts
 
     world = await seed_world(clean_db, stripe_client, n_customers=1, days=1, events_per_key=1,
@@ -93,18 +93,18 @@ async def test_a_planned_push_another_run_is_sending_is_left_to_that_run(
            VALUES ($1, $2, $3, 'api_requests', $4, 1, $5, 'delta', 'planned')""",
         ident, cid, sid, day, datetime.now(UTC) - timedelta(minutes=1))
     settings = make_settings(postgres_dsn, emulator)
-    acts = UsageActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+    writer = CorrectionWriter(clean_db, StripeGateway(make_stripe_client(settings), None), concurrency=1)
     lock_key = f"usage-key|{cid}|api_requests|{day}"
     async with clean_db.acquire() as other_run:
         await other_run.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key)
         busy = Counts()
-        await acts._flush_planned(None, [cid], datetime.now(UTC), busy)  # type: ignore[arg-type]
+        await writer.flush_planned([cid], datetime.now(UTC), busy)
         await other_run.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
     assert busy.corrections_pushed == 0 and busy.stripe_writes == 0
     assert await emulator_admin.meter_events() == []
     # The other run is gone without sending (a crash): its lock went with it, the row is sent.
     after = Counts()
-    await acts._flush_planned(None, [cid], datetime.now(UTC), after)  # type: ignore[arg-type]
+    await writer.flush_planned([cid], datetime.now(UTC), after)
     assert after.corrections_pushed == 1
     assert [e["identifier"] for e in await emulator_admin.meter_events()] == [ident]
     assert await clean_db.fetchval(

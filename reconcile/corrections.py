@@ -1,0 +1,322 @@
+"""The correction writer: applies findings' correction plans through the outbox, exactly once.
+
+Exactly-once: every Stripe write is first recorded in `billing.stripe_usage_pushes` under a
+deterministic identifier (status `planned`), then sent, then marked `sent`. A crash anywhere
+leaves either a `planned` row (sent again under the same identifier before anything else is
+decided; Stripe refuses a second copy within 24 h, which we read as "already sent") or a `sent`
+row (counted in P, so the key is `pending`, never pushed again). Corrections of one key run
+under a Postgres advisory lock on (customer, meter, day), after checking that the key's outbox
+still holds what the plan saw. Counters are set by compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from billing.periods import push_timestamp
+from billing.policy import (
+    PlannedPush,
+    PushKind,
+    PushStatus,
+    fallback_compensation_identifier,
+    to_stripe_value,
+)
+from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
+from common.types import AuditInput
+from reconcile import store
+from reconcile.runs import audit
+from reconcile.types import (
+    CounterCorrection,
+    Counts,
+    DiscrepancyStatus,
+    Finding,
+    RunContext,
+    StripeCorrection,
+)
+
+log = logging.getLogger(__name__)
+
+# Stripe dedupes identifiers for at least 24 h: a `planned` row younger than this is re-sent.
+RESEND_WINDOW = timedelta(hours=23)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@asynccontextmanager
+async def _key_locked(conn: asyncpg.Connection, customer_id: str, meter: str, day: date, *,
+                      wait: bool = True) -> AsyncIterator[bool]:
+    """Hold the advisory lock of one key (customer, meter, UTC day) for the block: it is held
+    while the key is corrected or its planned push sent. With wait=False, yields False at once
+    (and holds nothing) when another session holds it."""
+    name = f"usage-key|{customer_id}|{meter}|{day}"
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+    elif not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+
+
+class CorrectionWriter:
+    def __init__(self, pool: asyncpg.Pool, stripe: StripeGateway, concurrency: int) -> None:
+        self.pool = pool
+        self.stripe = stripe
+        self.concurrency = concurrency
+
+    # ------------------------------------------------------------------ outbox upkeep
+
+    async def flush_planned(self, customer_ids: list[str], now: datetime, counts: Counts) -> None:
+        """Send outbox rows left `planned` by a crash between the outbox write and the send.
+
+        Within Stripe's 24 h identifier window a re-send is safe (a duplicate is refused and
+        read as "already sent"). Older than that it is not: such a row is taken as sent when it
+        was planned, and the next comparison with Stripe's summary decides (lost -> re-push).
+
+        A `planned` row whose key lock is held is not a crash leftover: another run (e.g. a
+        backfill's next day, same customers) is between its outbox write and its send right
+        now. It is left to that run; a crashed run's lock went with its connection."""
+        async with self.pool.acquire() as conn:
+            planned = await store.planned_pushes(conn, customer_ids)
+        for r in planned:
+            async with (self.pool.acquire() as conn,
+                        _key_locked(conn, r["customer_id"], r["meter"], r["usage_day"], wait=False) as mine):
+                if not mine:
+                    continue
+                if r["planned_at"] < now - RESEND_WINDOW:
+                    await conn.execute(
+                        "UPDATE billing.stripe_usage_pushes SET status = $2, sent_at = planned_at, "
+                        "error = 'delivery unknown (planned over 23 h ago): taken as sent, checked "
+                        "against the summary' WHERE identifier = $1 AND status = $3",
+                        r["identifier"], PushStatus.SENT, PushStatus.PLANNED)
+                else:
+                    await self._send_stored(conn, r["identifier"], now, counts)
+
+    async def confirm(self, identifiers: list[str]) -> None:
+        """Our `sent` pushes that Stripe's summary now reflects."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = $2, settled_at = now() "
+                "WHERE identifier = ANY($1) AND status = $3",
+                identifiers, PushStatus.CONFIRMED, PushStatus.SENT)
+
+    # ------------------------------------------------------------------ applying findings
+
+    async def apply_all(self, ctx: RunContext, findings: list[Finding]) -> Counts:
+        """Apply the findings' plans (concurrently, bounded) and record each one's outcome."""
+        sem = asyncio.Semaphore(self.concurrency)
+        subs: list[Counts] = []
+
+        async def one(f: Finding) -> None:
+            c = Counts()
+            async with sem:
+                await self._apply(ctx, f, c)
+            subs.append(c)
+
+        # A TaskGroup: if one correction fails, the others stop instead of writing on after
+        # the activity has failed.
+        async with asyncio.TaskGroup() as tg:
+            for f in findings:
+                if f.plan is not None:
+                    tg.create_task(one(f))
+        total = Counts()
+        for c in subs:
+            total = total.add(c)
+        return total
+
+    async def _apply(self, ctx: RunContext, f: Finding, counts: Counts) -> None:
+        if isinstance(f.plan, CounterCorrection):
+            if await self._set_counter(ctx, f, f.plan):
+                counts.counter_repairs += 1
+                status, detail = DiscrepancyStatus.APPLIED, f.detail
+            else:
+                status = DiscrepancyStatus.SKIPPED
+                detail = "counter changed since it was read; next run re-checks"
+                counts.stale_skipped += 1
+        else:
+            assert isinstance(f.plan, StripeCorrection)
+            status, detail = await self._correct_key(ctx, f, f.plan, counts)
+        await store.set_finding_status(self.pool, ctx.run_id, f.key, status, detail)
+
+    async def _set_counter(self, ctx: RunContext, f: Finding, plan: CounterCorrection) -> bool:
+        """Compare-and-set: the counter is only overwritten if it still holds what we read, so a
+        concurrent increment by the application is never lost."""
+        c = plan.counter
+        entity = f"{f.customer_id}|{f.meter}|{c.period_start}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            if c.expected_before is None:
+                res = await conn.execute(
+                    """
+                    INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value)
+                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
+                    """, f.customer_id, f.meter, c.period_start, c.period_end, c.value)
+            else:
+                res = await conn.execute(
+                    """
+                    UPDATE billing.usage_counters SET value = $5, updated_at = now()
+                     WHERE customer_id = $1 AND meter = $2 AND period_start = $3 AND value = $4
+                    """, f.customer_id, f.meter, c.period_start, c.expected_before, c.value)
+            changed = not res.endswith(" 0")
+            if changed:
+                await audit(conn, AuditInput(
+                    actor=ctx.actor, action="set_usage_counter", entity_type="usage_counter",
+                    entity_id=entity, reason=str(f.kind), customer_id=f.customer_id,
+                    after={"before": None if c.expected_before is None else str(c.expected_before),
+                           "after": str(c.value), "over_quota_transition": f.over_quota_transition},
+                    workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
+                    idempotency_key=f"counter|{ctx.run_id}|{entity}"))
+            return changed
+
+    async def _correct_key(self, ctx: RunContext, f: Finding, plan: StripeCorrection,
+                           counts: Counts) -> tuple[DiscrepancyStatus, str]:
+        """Cancel, mark lost, push: the corrections of one key, under a per-key lock.
+
+        The lock and the check that the key's outbox still holds what the plan saw make two
+        overlapping runs (or two attempts of one page) unable to correct the same key twice."""
+        assert f.usage_day is not None and f.stripe_customer_id is not None
+        async with (self.pool.acquire() as conn,
+                    _key_locked(conn, f.customer_id, f.meter, f.usage_day)):
+            current = await store.pushed_total(conn, f.customer_id, f.meter, f.usage_day)
+            if current != plan.expected_pushed:
+                counts.stale_skipped += 1
+                return (DiscrepancyStatus.SKIPPED,
+                        "the key's outbox changed since this was planned; the next run re-plans")
+            return await self._correct_key_locked(conn, ctx, f, plan, counts)
+
+    async def _correct_key_locked(self, conn: asyncpg.Connection, ctx: RunContext, f: Finding,
+                                  plan: StripeCorrection, counts: Counts) -> tuple[DiscrepancyStatus, str]:
+        day, meter, stripe_customer_id = f.usage_day, f.meter, f.stripe_customer_id
+        assert day is not None and stripe_customer_id is not None
+        status, detail = DiscrepancyStatus.APPLIED, ""
+        pushes: list[PlannedPush] = [plan.push] if plan.push else []
+
+        for ident in plan.cancel:
+            row = await conn.fetchrow(
+                "SELECT value, status FROM billing.stripe_usage_pushes WHERE identifier = $1", ident)
+            if row is None or row["status"] == PushStatus.CANCELLED:
+                continue
+            outcome, msg = await self.stripe.cancel_meter_event(identifier=ident, event_name=meter)
+            counts.stripe_writes += 1
+            if outcome == CancelOutcome.CANCELLED:
+                counts.corrections_cancelled += 1
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE billing.stripe_usage_pushes SET status = $2, cancelled_at = $3 "
+                        "WHERE identifier = $1", ident, PushStatus.CANCELLED, _now())
+                    await audit(conn, AuditInput(
+                        actor=ctx.actor, action="cancel_meter_event", entity_type="meter_event",
+                        entity_id=ident, reason=str(f.kind), customer_id=f.customer_id, after={"value": str(row["value"])},
+                        workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
+                        idempotency_key=f"cancel|{ident}"))
+            elif outcome == CancelOutcome.NOT_FOUND:
+                # Stripe never counted it: nothing to take back, and it is not ours any more.
+                await conn.execute(
+                    "UPDATE billing.stripe_usage_pushes SET status = $3, error = $2 WHERE identifier = $1",
+                    ident, msg[:500], PushStatus.FAILED)
+            elif outcome == CancelOutcome.TOO_OLD:
+                # Past Stripe's 24 h: compensate this one instead, under its own identifier.
+                ts = plan.timestamp or push_timestamp(day, _now())
+                if ts is None:
+                    status, detail = DiscrepancyStatus.UNFIXABLE, "Stripe refused the timestamp (35-day window)"
+                    continue
+                pushes.append(PlannedPush(fallback_compensation_identifier(ident), -Decimal(row["value"]),
+                                          PushKind.COMPENSATION, ts, replaces=ident))
+                log.info("cancel of %s refused (%s); compensating", ident, msg)
+            else:
+                counts.reconcile_failures += 1
+                status, detail = DiscrepancyStatus.FAILED, f"Stripe refused to cancel {ident}: {msg}"[:500]
+
+        if plan.mark_failed:
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = $2, error = 'not reflected in "
+                "Stripe after the settle window' WHERE identifier = ANY($1) "
+                "AND status = ANY($3::text[])",
+                plan.mark_failed, PushStatus.FAILED, [PushStatus.SENT, PushStatus.CONFIRMED])
+
+        for p in pushes:
+            async with conn.transaction():
+                inserted = await conn.fetchval(
+                    """
+                    INSERT INTO billing.stripe_usage_pushes
+                        (identifier, customer_id, stripe_customer_id, meter, usage_day, value,
+                         event_timestamp, kind, status, replaces, run_id, workflow_id, workflow_run_id)
+                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$12,$9,$10,$10,$11)
+                    ON CONFLICT (identifier) DO NOTHING RETURNING 1
+                    """,
+                    p.identifier, f.customer_id, stripe_customer_id, meter, day, p.value,
+                    p.event_timestamp, p.kind, p.replaces, ctx.run_id, ctx.workflow_run_id,
+                    PushStatus.PLANNED)
+                if inserted:
+                    await audit(conn, AuditInput(
+                        actor=ctx.actor, action=f"push_meter_event:{p.kind}", entity_type="meter_event",
+                        entity_id=p.identifier, reason=str(f.kind), customer_id=f.customer_id,
+                        after={"customer_id": f.customer_id, "meter": meter, "day": day.isoformat(),
+                               "value": str(p.value)},
+                        workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
+                        idempotency_key=f"push|{p.identifier}"))
+            if inserted:
+                # Just inserted under the key's lock: the row is exactly `p`, no read-back.
+                result: PushOutcome | None = await self._send(
+                    conn, p.identifier, meter, stripe_customer_id, p.value, p.event_timestamp,
+                    _now(), counts)
+            else:
+                result = await self._send_stored(conn, p.identifier, _now(), counts)
+            if result is None and not inserted:
+                status, detail = DiscrepancyStatus.SKIPPED, f"correction {p.identifier} already handled earlier"
+            elif result == PushOutcome.TOO_OLD:
+                status, detail = DiscrepancyStatus.UNFIXABLE, "Stripe refused the timestamp (35-day window)"
+            elif result == PushOutcome.REJECTED:
+                status, detail = DiscrepancyStatus.FAILED, "Stripe rejected the correction; see the outbox row"
+        return status, detail
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send_stored(self, conn: asyncpg.Connection, identifier: str, now: datetime,
+                           counts: Counts) -> PushOutcome | None:
+        """Send one outbox row that is still `planned`, exactly as stored (None: it is not).
+
+        The row is locked while it is sent: two runs over overlapping keys (a backfill's days
+        run side by side) never both send it; the second skips it, and only the sender counts
+        it."""
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM billing.stripe_usage_pushes WHERE identifier = $1 AND status = $2 "
+                "FOR UPDATE SKIP LOCKED", identifier, PushStatus.PLANNED)
+            if row is None:
+                return None
+            return await self._send(conn, identifier, row["meter"], row["stripe_customer_id"],
+                                    Decimal(row["value"]), row["event_timestamp"], now, counts)
+
+    async def _send(self, conn: asyncpg.Connection, identifier: str, meter: str,
+                    stripe_customer_id: str, value: Decimal, event_timestamp: datetime,
+                    now: datetime, counts: Counts) -> PushOutcome:
+        """Push one `planned` outbox row and mark it by outcome. Transient errors raise (the
+        activity retries and the row is sent again under the same identifier)."""
+        outcome, msg = await self.stripe.push_meter_event(
+            identifier=identifier, event_name=meter, stripe_customer_id=stripe_customer_id,
+            value=to_stripe_value(value), timestamp=event_timestamp)
+        counts.stripe_writes += 1
+        if outcome in (PushOutcome.SENT, PushOutcome.ALREADY_SENT):
+            counts.corrections_pushed += 1
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = $3, sent_at = $2 "
+                "WHERE identifier = $1 AND status = $4", identifier, now, PushStatus.SENT,
+                PushStatus.PLANNED)
+        else:
+            counts.reconcile_failures += 1
+            await conn.execute(
+                "UPDATE billing.stripe_usage_pushes SET status = $3, error = $2 "
+                "WHERE identifier = $1 AND status = $4", identifier, msg[:500], PushStatus.FAILED,
+                PushStatus.PLANNED)
+        return outcome

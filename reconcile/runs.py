@@ -1,0 +1,240 @@
+"""Run bookkeeping: a run's row in `reconciliation_runs` (start, status, finish), the audit
+writer, and the page heartbeat. Plain functions over the pool; reconcile/activities.py exposes
+them as activities.
+
+`heartbeating`, `resume_checkpoint` and `audit` are the job's only copies of the shared
+Temporal kit's helpers (heartbeat/checkpoint, audit writer): swap them here for common/'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from autoheal import switch
+from billing import correlation, metrics
+from billing.periods import billing_period, current_period_window
+from billing.settings import Settings
+from billing.stripe_gateway import StripeGateway
+from common.types import AuditInput, RunStatus
+from reconcile.types import (
+    AWAITING_APPROVAL,
+    DiscrepancyStatus,
+    FinishRunInput,
+    MeterInfo,
+    PageCheckpoint,
+    Permanent,
+    Policy,
+    RunContext,
+    RunStatusUpdate,
+    StartRunInput,
+)
+
+log = logging.getLogger(__name__)
+
+# The last checkpoint is re-sent this often while a batch works (heartbeat timeout is 30 s);
+# the heartbeat is also how a cancellation (a `pause`) reaches the activity.
+HEARTBEAT_EVERY_SECONDS = 1.0
+MAX_WINDOW_DAYS = 400
+
+
+def _fail(message: str, type_: str) -> ApplicationError:
+    return ApplicationError(message, type=type_, non_retryable=True)
+
+
+# --------------------------------------------------------------------------- shared kit (local)
+
+
+def resume_checkpoint() -> PageCheckpoint:
+    """Where an earlier attempt of this page activity got to (nothing on the first attempt).
+    The details come back as a plain dict after a retry: validated into the model."""
+    details = activity.info().heartbeat_details
+    return PageCheckpoint.model_validate(details[0]) if details else PageCheckpoint()
+
+
+@asynccontextmanager
+async def heartbeating(first: PageCheckpoint) -> AsyncIterator[Callable[[PageCheckpoint], None]]:
+    """Heartbeat the latest checkpoint now and every few seconds until the block ends, so a
+    long batch (many Stripe calls under the rate limiter) never looks like a dead worker.
+    Yields a function that records a newer checkpoint."""
+    latest = {"details": first.model_dump(mode="json")}
+
+    def record(cp: PageCheckpoint) -> None:
+        latest["details"] = cp.model_dump(mode="json")
+        activity.heartbeat(latest["details"])
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(latest["details"])
+            await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield record
+    finally:
+        task.cancel()
+
+
+async def audit(conn: asyncpg.Connection, a: AuditInput) -> None:
+    """One audit row per idempotency key: a retried write is audited once."""
+    await conn.execute(
+        """
+        INSERT INTO billing.audit_log
+            (actor, action, entity_type, entity_id, after, reason, workflow_id, run_id, idempotency_key,
+             customer_id, before, correlation_id)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        """,
+        a.actor, a.action, a.entity_type, a.entity_id, a.after, a.reason, a.workflow_id, a.run_id,
+        a.idempotency_key, a.customer_id, a.before, correlation.current() or a.workflow_id,
+    )
+
+
+# --------------------------------------------------------------------------- the run's row
+
+
+async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Settings,
+                    inp: StartRunInput) -> RunContext:
+    """Check the window, customers and meters (bad input fails permanently), resolve the
+    policy, and record the run (a reused workflow id starts a fresh report)."""
+    req = inp.request
+    default_start, default_end = current_period_window(inp.today)
+    if req.lookback_days and req.start_date is None:
+        default_start = inp.today - timedelta(days=req.lookback_days - 1)
+    start = req.start_date or default_start
+    end = req.end_date or (inp.today if req.start_date is None else max(start, min(inp.today, billing_period(start)[1] - timedelta(days=1))))
+    if end < start:
+        raise _fail(f"invalid window: end {end} is before start {start}", Permanent.INVALID_WINDOW)
+    if start > inp.today:
+        raise _fail(f"invalid window: start {start} is in the future (today is {inp.today} UTC)", Permanent.INVALID_WINDOW)
+    if (end - start).days + 1 > MAX_WINDOW_DAYS:
+        raise _fail(f"invalid window: {start}..{end} spans more than {MAX_WINDOW_DAYS} days", Permanent.INVALID_WINDOW)
+    end = min(end, inp.today)
+
+    async with pool.acquire() as conn:
+        if req.customers:
+            known = {r["customer_id"] for r in await conn.fetch(
+                "SELECT customer_id FROM billing.customers WHERE customer_id = ANY($1)", req.customers)}
+            unknown = sorted(set(req.customers) - known)
+            if unknown:
+                raise _fail(f"unknown customer(s): {', '.join(unknown)}", Permanent.UNKNOWN_CUSTOMER)
+
+    meters = await stripe.list_meters()
+    by_name = {m.event_name: m for m in meters if m.status == "active"}
+    wanted = req.meters or sorted(by_name)
+    missing = [m for m in wanted if m not in by_name]
+    if missing:
+        raise _fail(f"no active Stripe meter for event name(s): {', '.join(missing)}", Permanent.UNKNOWN_METER)
+    unsupported = [m for m in wanted if by_name[m].formula != "sum"]
+    if unsupported:
+        raise _fail(
+            f"meter(s) {', '.join(unsupported)} do not aggregate with 'sum'; only sum meters "
+            "can be reconciled with delta corrections", Permanent.UNSUPPORTED_METER)
+
+    s = settings
+    policy = Policy(
+        epsilon=req.epsilon if req.epsilon is not None else s.recon_epsilon,
+        settle_seconds=req.settle_seconds if req.settle_seconds is not None else s.recon_settle_seconds,
+        auto_approve_over_reporting=(
+            req.auto_approve_over_reporting if req.auto_approve_over_reporting is not None
+            else s.recon_auto_approve_over_reporting),
+        page_size=req.page_size or s.recon_page_size,
+    )
+    ctx = RunContext(
+        run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,
+        window_start=start, window_end=end, customers=sorted(set(req.customers)),
+        meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
+        meter_filter=sorted(set(req.meters)), policy=policy, actor=req.actor,
+        globally_paused=await switch.paused(pool),
+    )
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO billing.reconciliation_runs
+                (run_id, workflow_run_id, mode, window_start, window_end, customers_filter,
+                 meters_filter, correlation_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (run_id) DO NOTHING
+            """,
+            ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
+            ctx.customers or None, req.meters or None, correlation.current(),
+        )
+        previous = await conn.fetchval(
+            "SELECT workflow_run_id FROM billing.reconciliation_runs WHERE run_id = $1", ctx.run_id)
+        if previous != ctx.workflow_run_id:
+            # The workflow id was reused by a new execution: its report starts afresh (the
+            # old execution's history stays in Temporal, its writes in audit_log).
+            async with conn.transaction():
+                await conn.execute("DELETE FROM billing.discrepancies WHERE run_id = $1", ctx.run_id)
+                await conn.execute(
+                    """
+                    UPDATE billing.reconciliation_runs
+                       SET workflow_run_id = $2, mode = $3, window_start = $4, window_end = $5,
+                           customers_filter = $6, meters_filter = $7, status = $9,
+                           counts = '{}', approved_by = NULL, rejected_by = NULL,
+                           decision_reason = NULL, started_at = now(), finished_at = NULL, error = NULL,
+                           correlation_id = $8
+                     WHERE run_id = $1
+                    """,
+                    ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
+                    ctx.customers or None, req.meters or None, correlation.current(), RunStatus.RUNNING)
+    return ctx
+
+
+async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            UPDATE billing.reconciliation_runs
+               SET status = $2,
+                   approved_by = coalesce($3, approved_by),
+                   rejected_by = coalesce($4, rejected_by),
+                   decision_reason = coalesce($5, decision_reason)
+             WHERE run_id = $1
+            """,
+            inp.run_id, inp.status.value, inp.approved_by, inp.rejected_by, inp.reason,
+        )
+        if inp.reject_held:
+            await conn.execute(
+                "UPDATE billing.discrepancies SET status = $2, updated_at = now() "
+                "WHERE run_id = $1 AND status = ANY($3::text[])",
+                inp.run_id, DiscrepancyStatus.REJECTED, list(AWAITING_APPROVAL))
+
+
+async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """
+            WITH prev AS (SELECT finished_at FROM billing.reconciliation_runs
+                           WHERE run_id = $1 FOR UPDATE)
+            UPDATE billing.reconciliation_runs r
+               SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4, observe_only = $5
+              FROM prev
+             WHERE r.run_id = $1
+            RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode,
+                      extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
+            """,
+            inp.context.run_id, inp.status.value,
+            {**inp.counts.model_dump(),
+             "verify": inp.verify_counts.model_dump() if inp.verify_counts else None},
+            inp.error, inp.observe_only,
+        )
+        findings = await conn.fetch(
+            "SELECT kind, coalesce(action, 'none') AS action, count(*) AS n "
+            "FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key NOT LIKE 'verify|%' "
+            "GROUP BY 1, 2", inp.context.run_id)
+    log.info("run %s finished: %s (%s)", inp.context.run_id, inp.status.value,
+             ", ".join(f"{k}={v}" for k, v in inp.counts.model_dump().items() if v) or "nothing found")
+    # Counted once per run: a retried finish_run (its first answer lost) finds it finished.
+    if row is not None and row["first_finish"]:
+        metrics.record_run_finished(
+            kind=row["kind"], mode=row["mode"], status=inp.status.value, seconds=row["seconds"],
+            counts=inp.counts.model_dump(),
+            discrepancies=[(r["kind"], r["action"], r["n"]) for r in findings])

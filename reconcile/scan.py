@@ -1,0 +1,294 @@
+"""The scan of one batch of customers, as a pure function: what the ledger, the counters, our
+outbox and Stripe's summaries say, in; every finding with its correction plan and status, out.
+
+No IO, no clock, no Temporal: `plan_batch` is unit-tested like billing/policy.py
+(tests/unit/test_scan.py). The page activity reads the inputs, calls it, records the findings
+and hands the approved ones to the correction writer (reconcile/corrections.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from billing.periods import billing_period, days_in, push_timestamp
+from billing.policy import (
+    FindingKind,
+    Push,
+    StripeFinding,
+    classify_counter,
+    classify_stripe_key,
+)
+from reconcile.types import (
+    CounterCorrection,
+    CounterRepair,
+    Counts,
+    DiscrepancyStatus,
+    Finding,
+    RunContext,
+    StripeCorrection,
+    WriteMode,
+)
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    customer_id: str
+    stripe_customer_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerDay:
+    """The usage of one (customer, meter, UTC day): sum of quantities, duplicates absorbed."""
+
+    customer_id: str
+    meter: str
+    day: date
+    total: Decimal
+    dupes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRow:
+    customer_id: str
+    meter: str
+    period_start: date
+    period_end: date
+    value: Decimal
+    quota: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One of our pushes (`stripe_usage_pushes`) and the key it belongs to."""
+
+    customer_id: str
+    meter: str
+    usage_day: date
+    push: Push
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """What Postgres says about a batch of customers, read in one snapshot: the usage of every
+    billing period the window overlaps, their counters and our pushes inside the window."""
+
+    customers: list[Customer]
+    ledger_days: list[LedgerDay] = field(default_factory=list)
+    counters: list[CounterRow] = field(default_factory=list)
+    pushes: list[OutboxRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Summaries:
+    """What Stripe says: daily values per (customer, meter), and the pairs it refused to read."""
+
+    values: dict[tuple[str, str], dict[date, Decimal]] = field(default_factory=dict)
+    unreadable: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScanPolicy:
+    window_start: date
+    window_end: date
+    meters: tuple[str, ...]  # event names of the Stripe meters in scope
+    meter_filter: tuple[str, ...]  # as asked; empty = every meter (then unmetered usage is reported)
+    epsilon: Decimal
+    settle: timedelta
+    auto_approve_over_reporting: bool
+    write_mode: WriteMode
+    now: datetime
+    verify: bool = False  # the verify pass: keys are recorded under "verify|..."
+
+    @classmethod
+    def for_page(cls, ctx: RunContext, write_mode: WriteMode, *, verify: bool, now: datetime) -> ScanPolicy:
+        return cls(
+            window_start=ctx.window_start, window_end=ctx.window_end,
+            meters=tuple(m.event_name for m in ctx.meters), meter_filter=tuple(ctx.meter_filter),
+            epsilon=ctx.policy.epsilon, settle=timedelta(seconds=ctx.policy.settle_seconds),
+            auto_approve_over_reporting=ctx.policy.auto_approve_over_reporting,
+            write_mode=write_mode, now=now, verify=verify)
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    findings: list[Finding]
+    confirm: list[str]  # our `sent` pushes that Stripe now reflects: they become `confirmed`
+    counts: Counts
+
+
+# Keys that could not be compared: counted as failures, nothing here can correct them.
+_UNREADABLE = (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED)
+_STATUS_OF_WRITE_MODE = {
+    WriteMode.OBSERVE: DiscrepancyStatus.OBSERVED,
+    WriteMode.PLAN: DiscrepancyStatus.PROPOSED,
+    WriteMode.HOLD: DiscrepancyStatus.HELD,
+    WriteMode.APPLY: DiscrepancyStatus.APPROVED,  # becomes applied / failed / skipped once applied
+}
+
+
+def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> BatchPlan:
+    """Every finding of a batch, in a stable order: unmetered usage, counters, unreadable
+    summaries, then each customer's Stripe keys (meter by meter, day by day)."""
+    ledger, period_totals, unmetered, dedupes = _ledger(rows.ledger_days, policy)
+    pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
+    for o in rows.pushes:
+        pushes[(o.customer_id, o.meter, o.usage_day)].append(o.push)
+    sids = {c.customer_id: c.stripe_customer_id for c in rows.customers}
+    prefix = "verify|" if policy.verify else ""
+
+    findings: list[Finding] = []
+    for (cust, meter), total in sorted(unmetered.items()):
+        findings.append(Finding(
+            key=f"{prefix}stripe|{cust}|{meter}|unmetered", kind=FindingKind.UNMETERED_USAGE,
+            customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
+            status=DiscrepancyStatus.OBSERVED,
+            detail="no active Stripe meter has this event name: this usage is never billed"))
+    findings += _counter_findings(rows.counters, period_totals, sids, policy.write_mode, prefix)
+    for (cust, meter), message in sorted(summaries.unreadable.items()):
+        findings.append(Finding(
+            key=f"{prefix}stripe|{cust}|{meter}|read", kind=FindingKind.STRIPE_READ_FAILED,
+            customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter,
+            status=DiscrepancyStatus.FAILED, detail=message[:500]))
+
+    confirm: list[str] = []
+    keys_checked = 0
+    days = days_in(policy.window_start, policy.window_end)
+    for c in rows.customers:
+        for meter in policy.meters:
+            readable = (c.customer_id, meter) not in summaries.unreadable
+            stripe_days = summaries.values.get((c.customer_id, meter), {})
+            for day in days:
+                key = (c.customer_id, meter, day)
+                L = ledger.get(key, Decimal(0))
+                if c.stripe_customer_id is None:
+                    if L != 0:
+                        findings.append(Finding(
+                            key=f"{prefix}stripe|{c.customer_id}|{meter}|{day}",
+                            kind=FindingKind.UNMAPPED_CUSTOMER, customer_id=c.customer_id,
+                            stripe_customer_id=None, meter=meter, usage_day=day, ledger=L,
+                            status=DiscrepancyStatus.FAILED,
+                            detail="customer has usage but no stripe_customer_id"))
+                    continue
+                if not readable:
+                    continue
+                S = stripe_days.get(day, Decimal(0))
+                key_pushes = pushes.get(key, [])
+                if L == 0 and S == 0 and not key_pushes:
+                    continue
+                keys_checked += 1
+                f = classify_stripe_key(
+                    customer_id=c.customer_id, meter=meter, day=day, ledger=L, stripe=S,
+                    pushes=key_pushes, now=policy.now, settle=policy.settle, epsilon=policy.epsilon,
+                    auto_approve_over_reporting=policy.auto_approve_over_reporting)
+                if f.kind == FindingKind.OK:
+                    confirm += f.confirm
+                    continue
+                findings.append(_stripe_finding(c, meter, day, f, policy, prefix))
+
+    counts = tally(findings).add(Counts(
+        customers_scanned=len(rows.customers), keys_checked=keys_checked, dedupe_count=dedupes))
+    return BatchPlan(findings=findings, confirm=confirm, counts=counts)
+
+
+def tally(findings: list[Finding]) -> Counts:
+    """The counts a set of findings stands for (each finding counted once)."""
+    c = Counts()
+    for f in findings:
+        if f.kind == FindingKind.UNMETERED_USAGE:
+            c.unmetered_usage += 1
+            continue
+        if f.kind in _UNREADABLE:
+            c.reconcile_failures += 1
+            continue
+        if f.kind == FindingKind.PENDING:
+            c.pending += 1
+        else:
+            c.drift_count += 1
+        c.beyond_epsilon += f.beyond_epsilon
+        c.over_quota_transitions += f.over_quota_transition
+        c.needs_invoice_adjustment += f.kind == FindingKind.NEEDS_INVOICE_ADJUSTMENT
+        c.orphan_counters += f.kind == FindingKind.ORPHAN_COUNTER
+        c.held_for_approval += f.status in (DiscrepancyStatus.PROPOSED, DiscrepancyStatus.HELD)
+    return c
+
+
+def _status(kind: FindingKind, needs_approval: bool, mode: WriteMode) -> DiscrepancyStatus:
+    if kind == FindingKind.PENDING:
+        return DiscrepancyStatus.PENDING
+    if kind == FindingKind.NEEDS_INVOICE_ADJUSTMENT:
+        return DiscrepancyStatus.UNFIXABLE
+    return _STATUS_OF_WRITE_MODE[mode.for_correction(needs_approval)]
+
+
+def _ledger(
+    days: list[LedgerDay], policy: ScanPolicy,
+) -> tuple[dict[tuple[str, str, date], Decimal], dict[tuple[str, str, date], Decimal],
+           dict[tuple[str, str], Decimal], int]:
+    """The window's daily values of metered usage, every period's totals (counters are checked
+    for every meter), the window's unmetered usage and the duplicates absorbed."""
+    metered = set(policy.meters)
+    ledger: dict[tuple[str, str, date], Decimal] = {}
+    period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
+    unmetered: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    dedupes = 0
+    for r in days:
+        # Billing periods are calendar months (billing/periods.py).
+        period_totals[(r.customer_id, r.meter, r.day.replace(day=1))] += r.total
+        if not policy.window_start <= r.day <= policy.window_end:
+            continue
+        if r.meter in metered:
+            ledger[(r.customer_id, r.meter, r.day)] = r.total
+            dedupes += r.dupes
+        elif not policy.meter_filter:
+            unmetered[(r.customer_id, r.meter)] += r.total
+    return ledger, period_totals, unmetered, dedupes
+
+
+def _counter_findings(
+    counters: list[CounterRow], period_totals: dict[tuple[str, str, date], Decimal],
+    sids: dict[str, str | None], mode: WriteMode, prefix: str,
+) -> list[Finding]:
+    rows = {(r.customer_id, r.meter, r.period_start): r for r in counters}
+    out: list[Finding] = []
+    for key in sorted(set(period_totals) | set(rows)):
+        cust, meter, pstart = key
+        row = rows.get(key)
+        L = period_totals.get(key, Decimal(0))
+        cf = classify_counter(L, row.value if row else None, row.quota if row else None,
+                              key in period_totals)
+        if not cf.needs_repair:
+            continue
+        out.append(Finding(
+            key=f"{prefix}counter|{cust}|{meter}|{pstart}",
+            kind=cf.kind, customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter,
+            period_start=pstart, ledger=L, counter=cf.counter,
+            plan=CounterCorrection(counter=CounterRepair(
+                period_start=pstart, period_end=row.period_end if row else billing_period(pstart)[1],
+                expected_before=cf.counter, value=L, quota=cf.quota)),
+            status=_status(cf.kind, False, mode),
+            over_quota_transition=cf.over_quota_transition,
+            detail="counter has no usage behind it" if cf.kind == FindingKind.ORPHAN_COUNTER else ""))
+    return out
+
+
+def _stripe_finding(c: Customer, meter: str, day: date, f: StripeFinding, policy: ScanPolicy,
+                    prefix: str) -> Finding:
+    plan = None
+    if f.push or f.cancel:
+        plan = StripeCorrection(
+            expected_pushed=f.pushed, needs_approval=f.needs_approval, cancel=f.cancel,
+            mark_failed=f.mark_failed, push=f.push,
+            timestamp=f.push.event_timestamp if f.push else push_timestamp(day, policy.now))
+    return Finding(
+        key=f"{prefix}stripe|{c.customer_id}|{meter}|{day}", kind=f.kind, customer_id=c.customer_id,
+        stripe_customer_id=c.stripe_customer_id, meter=meter, usage_day=day,
+        ledger=f.ledger, pushed=f.pushed, stripe=f.stripe, beyond_epsilon=f.beyond_epsilon,
+        plan=plan, status=_status(f.kind, f.needs_approval, policy.write_mode), detail=f.detail)
