@@ -30,7 +30,7 @@ from billing.settings import get_settings
 from common.client import connect, connect_config
 from common.paged import ErrorType
 from common.types import Mode
-from reconcile.activities import Permanent
+from reconcile.types import Permanent
 
 T = TypeVar("T")
 Q = ParamSpec("Q")
