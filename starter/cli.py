@@ -46,9 +46,14 @@ def main() -> None:
     if not set(sys.argv[1:2]) & SERVER_COMMANDS:
         telemetry.configure_tracing("billing-recon-cli")
     _mount()
+    from billing.database_url import DatabaseNotConfigured
+
     code: int = 0
     try:
         app()
+    except DatabaseNotConfigured as e:
+        print(f"error: {e}", file=sys.stderr)  # what to do, without a traceback
+        code = 1
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

@@ -44,7 +44,7 @@ def _database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return settings.database_url
-    from starter.stack import resolve_database_url
+    from billing.database_url import resolve_database_url
 
     return resolve_database_url(settings)
 

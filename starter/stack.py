@@ -49,6 +49,7 @@ from typing import Any, Literal, TypeVar
 import psutil
 from pydantic import BaseModel, Field
 
+from billing import database_url as billing_database_url
 from billing.settings import Settings, get_settings
 
 # --- names and defaults -------------------------------------------------------------------------
@@ -68,7 +69,7 @@ DEFAULT_DEV_WEBHOOK_METRICS_ADDRESS = "127.0.0.1:9465"  # the receiver's own end
 DEFAULT_EMULATOR_RATE_LIMIT = 25.0  # Stripe test mode: 25 requests/s
 DATABASE_NAME = "billing"
 
-STACK_FILE = "stack.json"
+STACK_FILE = billing_database_url.STACK_FILE
 LOCK_FILE = "stack.lock"
 LOG_DIR = "logs"
 PGDATA_DIR = "pgdata"
@@ -198,6 +199,9 @@ class ComponentRecord(BaseModel):
 
 
 class StackState(BaseModel):
+    """stack.json. Its top-level `database_url` is a contract with `billing.database_url`: set
+    while the stack serves a database, cleared by `down`."""
+
     components: dict[str, ComponentRecord] = {}
     temporal_address: str | None = None
     temporal_ui_url: str | None = None
@@ -787,6 +791,9 @@ def up(
         applied = _run_sync(lambda: migrate(database_url))
         if applied:
             say(f"postgres: applied migrations {', '.join(applied)}")
+        # From here on CLI commands find the database (billing.database_url reads this key).
+        state.database_url = database_url
+        _save_state(config, state)
 
         ensure(EMULATOR, lambda: _start_emulator(config))
         if worker:
@@ -855,6 +862,8 @@ def down(
                 if done:
                     stopped.append(name)
             _save_state(config, state)
+        state.database_url = None  # nothing serves it any more (billing.database_url)
+        _save_state(config, state)
         if not purge:
             return stopped
     shutil.rmtree(config.state_dir)
@@ -926,24 +935,6 @@ def info(config: StackConfig | None = None) -> StackInfo:
         state_dir=config.state_dir,
         components=dict(state.components),
     )
-
-
-def resolve_database_url(settings: Settings | None = None) -> str:
-    """DATABASE_URL when set; else the URL of the embedded Postgres running in the state folder
-    (read from its postmaster.pid, so it is right even if stack.json is gone).
-
-    Every CLI command gets its database here. Raises StackNotRunning saying what to do."""
-    s = settings or get_settings()
-    if s.database_url:
-        return s.database_url
-    folder = s.state_dir.expanduser().resolve()
-    url = _postgres_url(folder / PGDATA_DIR)
-    if url is None:
-        raise StackNotRunning(
-            f"No database: DATABASE_URL is not set and no embedded Postgres runs in "
-            f"{folder / PGDATA_DIR}. Run `billing-recon dev up` (or set DATABASE_URL)."
-        )
-    return url
 
 
 # --- async conveniences ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import psutil
 import pytest
 import stripe
 
+from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
 from starter import stack
 from tests.conftest import free_port
@@ -110,7 +111,7 @@ async def test_up_twice_status_down(
     assert not result.dead
 
     # DATABASE_URL resolves to the embedded server, and the schema is migrated.
-    url = stack.resolve_database_url(stack_env)
+    url = resolve_database_url(stack_env)
     assert url == first.database_url
     conn = await asyncpg.connect(url)
     try:
@@ -140,8 +141,8 @@ async def test_up_twice_status_down(
     # Data stays; the database is gone until the next `up`.
     assert (config.state_dir / "pgdata" / "PG_VERSION").exists()
     assert (config.state_dir / "temporal.db").exists()
-    with pytest.raises(stack.StackNotRunning, match="dev up"):
-        stack.resolve_database_url(stack_env)
+    with pytest.raises(DatabaseNotConfigured, match="dev up"):
+        resolve_database_url(stack_env)
     assert not stack.status(config).recorded
 
 
@@ -210,7 +211,19 @@ def test_port_taken_by_a_foreign_process_fails_loudly(stack_env: Settings) -> No
 def test_resolve_database_url_prefers_database_url(
     stack_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(stack.StackNotRunning, match="billing-recon dev up"):
-        stack.resolve_database_url(stack_env)
+    with pytest.raises(DatabaseNotConfigured, match="billing-recon dev up"):
+        resolve_database_url(stack_env)
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.example/billing")
-    assert stack.resolve_database_url(Settings()) == "postgresql://u@db.example/billing"
+    assert resolve_database_url(Settings()) == "postgresql://u@db.example/billing"
+
+
+def test_a_command_without_a_database_says_what_to_do(stack_env: Settings) -> None:
+    """No DATABASE_URL and no stack: one clear line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from starter.cli import main; main()", "migrate"],
+        env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "No database: DATABASE_URL is not set" in result.stderr
+    assert "Run `billing-recon dev up` (or set DATABASE_URL)" in result.stderr
