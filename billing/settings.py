@@ -21,7 +21,7 @@ DEFAULT_STATE_DIR = Path(".state")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
-    # Postgres. Unset -> an embedded Postgres under STATE_DIR (see starter.stack).
+    # Postgres. Unset -> the local stack's database (billing.database_url; devstack runs it).
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     database_pool_min: int = Field(default=1, alias="DATABASE_POOL_MIN")
     database_pool_max: int = Field(default=10, alias="DATABASE_POOL_MAX")

@@ -42,11 +42,11 @@ def demo(
     keep: bool = typer.Option(False, "--keep", help="Leave the stack running afterwards"),
     seed: int = typer.Option(7, help="Random seed of the generated usage"),
 ) -> None:
-    from starter import stack
+    import devstack as stack
 
     console.rule("local stack")
     info = stack.up(log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    for label, address in stack.address_lines(info):
+    for label, address in info.address_lines():
         console.print(f"{label:<16} {address}")
     ok = False
     try:

@@ -1,4 +1,4 @@
-"""`billing-recon dev`: the local stack on embedded defaults (thin layer over `starter.stack`)."""
+"""`billing-recon dev`: the local stack on embedded defaults (thin layer over `devstack`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from starter import stack
+import devstack as stack
 
 app = typer.Typer(no_args_is_help=True, help="Local stack on embedded defaults.")
 console = Console()
@@ -25,7 +25,7 @@ def _say(message: str) -> None:
 
 def _print_addresses(info: stack.StackInfo) -> None:
     # Plain lines, never wrapped or truncated: people copy these.
-    for label, address in stack.address_lines(info):
+    for label, address in info.address_lines():
         typer.echo(f"{label:<16} {address}")
 
 

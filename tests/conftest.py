@@ -40,7 +40,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from billing.db import create_pool, migrate
 from billing.temporal_client import data_converter
-from starter.stack import StackError, ensure_database, find_temporal_binary, log_tail
+from devstack.components import find_temporal_binary
+from devstack.config import StackError
+from devstack.postgres import ensure_database
+from devstack.processes import log_tail
 from stripe_emulator.admin import EmulatorAdmin
 
 EMULATOR_WEBHOOK_SECRET = "whsec_test_emulator"

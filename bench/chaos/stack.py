@@ -1,6 +1,6 @@
 """The chaos run's private stack and the faults it can inflict on it.
 
-One private `billing-recon dev` stack (`starter.stack.up` with its own state folder and free
+One private `billing-recon dev` stack (`devstack.up` with its own state folder and free
 ports): a **file-backed** Temporal dev server (SQLite, so a restart keeps every workflow), an
 embedded Postgres in that folder (so we can restart it with `pg_ctl restart`) and the Stripe
 emulator. Workers are real `python -m worker` processes that we SIGKILL and start again.
@@ -22,7 +22,8 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from starter import stack as dev_stack
+import devstack as dev_stack
+from devstack.processes import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_READY_MARKER = "worker started on task queue"
@@ -183,7 +184,7 @@ class ChaosStack:
 
 async def wait_port(host: str, port: int, limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
-    while not dev_stack.port_open(host, port):
+    while not port_open(host, port):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{host}:{port} not open within {limit}s")
         await asyncio.sleep(0.2)

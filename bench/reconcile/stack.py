@@ -21,7 +21,8 @@ from typing import Any
 import psutil
 
 from billing import db
-from starter.stack import ensure_database, find_temporal_binary
+from devstack.components import find_temporal_binary
+from devstack.postgres import ensure_database
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 60.0

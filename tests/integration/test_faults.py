@@ -24,7 +24,7 @@ import pytest
 
 from billing.db import create_pool, migrate
 from billing.models import Mode, ReconcileResult, RunStatus
-from starter.stack import ensure_database
+from devstack.postgres import ensure_database
 
 from .recon_helpers import (
     assert_stripe_equals_ledger,

@@ -1,4 +1,4 @@
-"""`starter.stack` up/status/down against real processes, in a temp state folder on free ports
+"""`devstack` up/status/down against real processes, in a temp state folder on free ports
 (never 7233/8233/12111), configured through the same environment variables a developer would
 use, so it never touches a developer's running stack."""
 
@@ -18,9 +18,9 @@ import psutil
 import pytest
 import stripe
 
+import devstack as stack
 from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
-from starter import stack
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
