@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -228,11 +227,11 @@ def spawn_worker(
     )  # fmt: skip
 
 
-def _dev_metrics_address(default: str, env_var: str) -> str:
-    """The env var when set (empty = none); else `default` if that port is free (a second
+def _metrics_address(configured: str | None, default: str) -> str:
+    """`configured` when set (empty = none); else `default` if that port is free (a second
     stack, e.g. a test's, then runs without an endpoint instead of failing)."""
-    if env_var in os.environ:
-        return os.environ[env_var]
+    if configured is not None:
+        return configured
     host, port = default.rsplit(":", 1)
     return "" if port_open(host, int(port)) else default
 
@@ -249,7 +248,7 @@ def app_env(config: StackConfig, database_url: str) -> dict[str, str]:
 
 
 def start_worker(config: StackConfig, database_url: str) -> ComponentRecord:
-    metrics_address = _dev_metrics_address(DEFAULT_DEV_METRICS_ADDRESS, "METRICS_BIND_ADDRESS")
+    metrics_address = _metrics_address(config.worker_metrics_address, DEFAULT_DEV_METRICS_ADDRESS)
     env = {**app_env(config, database_url), "METRICS_BIND_ADDRESS": metrics_address}
     log = config.log(WORKER)
     proc = spawn_worker(log, env, cwd=config.cwd)
@@ -267,8 +266,8 @@ def start_webhooks(config: StackConfig, database_url: str) -> ComponentRecord:
         **app_env(config, database_url),
         "WEBHOOK_HOST": host,
         "WEBHOOK_PORT": str(port),
-        "METRICS_BIND_ADDRESS": _dev_metrics_address(
-            DEFAULT_DEV_WEBHOOK_METRICS_ADDRESS, "WEBHOOK_METRICS_BIND_ADDRESS"
+        "METRICS_BIND_ADDRESS": _metrics_address(
+            config.webhook_metrics_address, DEFAULT_DEV_WEBHOOK_METRICS_ADDRESS
         ),
     }
     log = config.log(WEBHOOKS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +74,10 @@ class StackConfig(BaseModel):
     webhook_secret: str = "whsec_emulator"
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8088
+    # Prometheus endpoints of the worker and the receiver ("" = none); None: the default
+    # address when its port is free (a second stack then runs without one instead of failing).
+    worker_metrics_address: str | None = None
+    webhook_metrics_address: str | None = None
     task_queue: str = "billing-recon"
     # Set -> use this Postgres, start no embedded one.
     database_url: str | None = None
@@ -84,21 +87,18 @@ class StackConfig(BaseModel):
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> StackConfig:
         s = settings or get_settings()
-        env = os.environ
         values: dict[str, Any] = {
             "state_dir": s.state_dir,
-            "temporal_port": int(env.get("BILLING_TEMPORAL_PORT", DEFAULT_TEMPORAL_PORT)),
+            "temporal_port": s.temporal_port,
             "temporal_ui_port": s.temporal_ui_port,
             "emulator_host": s.emulator_host,
             "emulator_port": s.emulator_port,
-            "emulator_rate_limit": float(
-                env.get("EMULATOR_RATE_LIMIT", DEFAULT_EMULATOR_RATE_LIMIT)
+            "emulator_rate_limit": s.emulator_rate_limit,
+            "emulator_summary_lag_seconds": s.emulator_summary_lag_seconds,
+            "worker_metrics_address": (
+                s.metrics_bind_address if s.metrics_bind_address_set() else None
             ),
-            "emulator_summary_lag_seconds": (
-                float(env["EMULATOR_SUMMARY_LAG_SECONDS"])
-                if env.get("EMULATOR_SUMMARY_LAG_SECONDS")
-                else None
-            ),
+            "webhook_metrics_address": s.webhook_metrics_bind_address,
             "webhook_secret": s.stripe_webhook_secret,
             "webhook_host": s.webhook_host,
             "webhook_port": s.webhook_port,

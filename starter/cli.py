@@ -3,7 +3,6 @@ the worker. Sub-command groups live in their own modules and are mounted here.""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
@@ -38,7 +37,9 @@ def main() -> None:
 
     # One correlation id per command: every workflow, activity and audit row it causes carries
     # it (BILLING_CORRELATION_ID passes a caller's own).
-    correlation.set_current(os.environ.get(correlation.ENV_VAR) or correlation.new_id())
+    from billing.settings import get_settings
+
+    correlation.set_current(get_settings().correlation_id or correlation.new_id())
     from billing import telemetry
 
     # Spans of the client side (StartWorkflow, SignalWorkflow, ...) when OTLP is configured.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ OUR_WORKFLOWS = ["ReconcileUsage", "CatchUpBackfill", "ReplayWebhooks", "ResyncS
 
 
 def default_actor() -> str:
-    return os.environ.get("BILLING_ACTOR") or os.environ.get("USER") or "cli"
+    return get_settings().actor()
 
 
 def run_link(workflow_id: str | None, run_id: str | None = None) -> str | None:
