@@ -162,22 +162,25 @@ def emulator_command(
     *,
     host: str,
     port: int,
-    rate_limit: float,
+    rate_limit: float | None = None,
     webhook_secret: str | None = None,
     state_file: Path | None = None,
     summary_lag_seconds: float | None = None,
+    save_interval: float | None = None,
     log_level: str | None = None,
 ) -> list[str]:
-    command = [
-        sys.executable, "-m", "stripe_emulator",
-        "--host", host, "--port", str(port), "--rate-limit", f"{rate_limit:g}",
-    ]  # fmt: skip
+    """`python -m stripe_emulator`; an option left None is the emulator's default."""
+    command = [sys.executable, "-m", "stripe_emulator", "--host", host, "--port", str(port)]
+    if rate_limit is not None:
+        command += ["--rate-limit", f"{rate_limit:g}"]
     if webhook_secret is not None:
         command += ["--webhook-secret", webhook_secret]
     if state_file is not None:
         command += ["--state-file", str(state_file)]
     if summary_lag_seconds is not None:
         command += ["--summary-lag-seconds", f"{summary_lag_seconds:g}"]
+    if save_interval is not None:
+        command += ["--save-interval", f"{save_interval:g}"]
     if log_level is not None:
         command += ["--log-level", log_level]
     return command

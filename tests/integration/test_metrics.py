@@ -25,7 +25,7 @@ import pytest
 
 from billing import metrics
 from billing.models import Mode, ReconcileResult, RunStatus
-from tests.conftest import free_port
+from devstack.processes import free_port
 from tests.integration.test_cli_reconcile import cli
 from tests.unit.test_deploy import deploy_metric_names
 

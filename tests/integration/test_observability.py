@@ -20,7 +20,7 @@ from billing import metrics, telemetry
 from billing.models import Mode
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.temporal_client import default_interceptors
-from tests.conftest import free_port
+from devstack.processes import free_port
 
 from .recon_helpers import make_settings, run, running_worker, seed_world
 from .test_metrics import scrape, value

@@ -21,26 +21,17 @@ import stripe
 import devstack as stack
 from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
-from tests.conftest import free_port
+from devstack.processes import free_ports, live_process
 
 pytestmark = pytest.mark.integration
 
 DEFAULT_PORTS = {7233, 8233, 12111}
 
 
-def _free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in DEFAULT_PORTS and port not in ports:
-            ports.append(port)
-    return ports
-
-
 @pytest.fixture
 def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Environment of a private stack; `down` runs at the end whatever the test did."""
-    temporal_port, ui_port, emulator_port, webhook_port = _free_ports(4)
+    temporal_port, ui_port, emulator_port, webhook_port = free_ports(4, avoid=DEFAULT_PORTS)
     # Short path: the Postgres unix socket lives in pgdata (108-byte limit).
     state_dir = tmp_path / "st"
     for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE"):
@@ -70,14 +61,7 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def _alive(record: stack.ComponentRecord) -> bool:
-    try:
-        proc = psutil.Process(record.pid)
-        return (
-            proc.status() != psutil.STATUS_ZOMBIE
-            and abs(proc.create_time() - record.create_time) < 1
-        )
-    except psutil.Error:
-        return False
+    return live_process(record.pid, record.create_time) is not None
 
 
 async def test_up_twice_status_down(
