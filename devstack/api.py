@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from billing.database_url import unix_socket_path
 from devstack.components import (
     register_webhook_endpoint,
     start_emulator,
@@ -33,13 +34,14 @@ from devstack.config import (
     StackError,
     StackInfo,
     StackNotRunning,
+    StackState,
     StackStatus,
     load_state,
     locked,
     save_state,
 )
 from devstack.postgres import postgres_pid, postgres_url, stop_postgres
-from devstack.processes import live_process, port_open, run_sync, terminate
+from devstack.processes import live_process, port_open, processes_using, run_sync, terminate
 
 Say = Callable[[str], None]
 
@@ -96,12 +98,18 @@ def up(config: StackConfig | None = None, *, worker: bool = True, log: Say | Non
 
         ensure(TEMPORAL, lambda: start_temporal(config))
 
-        if config.database_url:
-            database_url = config.database_url
-            state.components.pop(POSTGRES, None)
+        exported = config.database_url
+        if exported and not owns_database(config, state, exported):
+            database_url = exported
             say("postgres: external (DATABASE_URL)")
+            _keep_live_embedded(state, say)
         else:
+            # No DATABASE_URL, or the one `dev env` exported for our own embedded server.
             database_url = ensure(POSTGRES, lambda: start_postgres(config)).address
+            state.embedded_database_url = database_url
+            if exported and exported != database_url:
+                say(f"postgres: now at {database_url}; DATABASE_URL here is stale: "
+                    f'run eval "$(billing-recon dev env)" again')  # fmt: skip
         from billing.db import migrate
 
         applied = run_sync(lambda: migrate(database_url))
@@ -135,6 +143,31 @@ def up(config: StackConfig | None = None, *, worker: bool = True, log: Say | Non
             started=started,
             components=dict(state.components),
         )
+
+
+def owns_database(config: StackConfig, state: StackState, url: str) -> bool:
+    """`url` is (or was) this stack's embedded Postgres, e.g. DATABASE_URL exported by `dev env`,
+    not an external database."""
+    record = state.components.get(POSTGRES)
+    known = {state.embedded_database_url, record.address if record else None}
+    if url in known or url == postgres_url(config.pgdata):
+        return True
+    socket = unix_socket_path(url)
+    return socket is not None and socket.parent.is_relative_to(config.state_dir)
+
+
+def _keep_live_embedded(state: StackState, say: Say) -> None:
+    """With an external DATABASE_URL, an embedded server started by an earlier `up` stays
+    recorded while it runs, so that `down` stops it (and `down --purge` never deletes its data
+    under it); a dead record goes."""
+    record = state.components.get(POSTGRES)
+    if record is None:
+        return
+    if is_alive(record):
+        say(f"postgres: the embedded server of an earlier `up` still runs (pid {record.pid}); "
+            f"`billing-recon dev down` stops it")  # fmt: skip
+    else:
+        state.components.pop(POSTGRES)
 
 
 def down(
@@ -177,10 +210,15 @@ def down(
                 if done:
                     stopped.append(name)
             save_state(config, state)
+        # A server on our pgdata is ours even if stack.json lost it (an older `up` forgot it).
+        if stop_postgres(config.pgdata, timeout):
+            say(f"postgres: stopped an unrecorded server on {config.pgdata}")
+            stopped.append(POSTGRES)
         state.database_url = None  # nothing serves it any more (billing.database_url)
         save_state(config, state)
         if not purge:
             return stopped
+        _check_unused(config.state_dir)
     shutil.rmtree(config.state_dir)
     say(f"deleted {config.state_dir}")
     return stopped
@@ -201,6 +239,17 @@ def _check_purgeable(state_dir: Path) -> None:
         )
 
 
+def _check_unused(state_dir: Path) -> None:
+    """`down --purge` never deletes data under a live process (one the stack did not record)."""
+    users = processes_using(state_dir)
+    if users:
+        names = ", ".join(f"pid {p.pid} ({' '.join(p.info['cmdline'] or [])[:80]})" for p in users[:3])
+        raise StackError(
+            f"Refusing to delete {state_dir}: still in use by {names}. Stop it first "
+            f"(`billing-recon dev down` stops only what the stack recorded)."
+        )
+
+
 def status(config: StackConfig | None = None) -> StackStatus:
     """What runs. `dead` = recorded by `up` but its process is gone or its port does not answer."""
     config = _config(config)
@@ -208,7 +257,8 @@ def status(config: StackConfig | None = None) -> StackStatus:
     rows: list[ComponentStatus] = []
     for name in COMPONENTS:
         record = state.components.get(name)
-        if name == POSTGRES and record is None and config.database_url:
+        if (name == POSTGRES and record is None and config.database_url
+                and not owns_database(config, state, config.database_url)):
             rows.append(ComponentStatus(name=name, state="external", address=config.database_url,
                                         detail="DATABASE_URL"))  # fmt: skip
             continue

@@ -171,6 +171,9 @@ class StackState(BaseModel):
     temporal_address: str | None = None
     temporal_ui_url: str | None = None
     database_url: str | None = None
+    # Where the embedded Postgres serves (kept across `down`): a DATABASE_URL equal to it was
+    # exported by `dev env` and names our own server, not an external one.
+    embedded_database_url: str | None = None
     stripe_api_base: str | None = None
     task_queue: str | None = None
     log_dir: Path | None = None

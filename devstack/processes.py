@@ -200,6 +200,19 @@ def live_process(pid: int, create_time: float | None = None) -> psutil.Process |
         return None
 
 
+def processes_using(folder: Path) -> list[psutil.Process]:
+    """Live processes (not this one) whose command line names a path inside `folder`: servers
+    keeping their data there (`postgres -D`, `temporal --db-filename`, emulator `--state-file`)."""
+    prefix = str(folder.resolve())
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if any(prefix in arg for arg in proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
 def terminate(
     pid: int,
     timeout: float = STOP_TIMEOUT_SECONDS,

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import stripe
 import devstack as stack
 from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
+from devstack.postgres import embedded_server, postgres_pid
 from devstack.processes import free_ports, live_process
 
 pytestmark = pytest.mark.integration
@@ -29,11 +33,14 @@ DEFAULT_PORTS = {7233, 8233, 12111}
 
 
 @pytest.fixture
-def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Environment of a private stack; `down` runs at the end whatever the test did."""
     temporal_port, ui_port, emulator_port, webhook_port = free_ports(4, avoid=DEFAULT_PORTS)
-    # Short path: the Postgres unix socket lives in pgdata (108-byte limit).
-    state_dir = tmp_path / "st"
+    # Not under pytest's tmp_path: a concurrent pytest session resets /tmp/pytest-of-<user> to
+    # 0700, which locks out the embedded Postgres' own user when we run as root. Short, too:
+    # the Postgres unix socket lives in pgdata (108-byte limit).
+    folder = Path(tempfile.mkdtemp(prefix="devstack-test-"))
+    state_dir = folder / "st"
     for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("BILLING_STATE_DIR", str(state_dir))
@@ -47,6 +54,7 @@ def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
         yield settings
     finally:
         stack.down(stack.StackConfig.from_settings(settings))
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -211,3 +219,76 @@ def test_a_command_without_a_database_says_what_to_do(stack_env: Settings) -> No
     assert "Traceback" not in result.stderr
     assert "No database: DATABASE_URL is not set" in result.stderr
     assert "Run `billing-recon dev up` (or set DATABASE_URL)" in result.stderr
+
+
+# --- through the real CLI ----------------------------------------------------------------------
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from starter.cli import main; main()", *args],
+        env={**env, "COLUMNS": "200", "NO_COLOR": "1"}, capture_output=True, text=True, timeout=180,
+    )
+
+
+def _exports(stdout: str) -> dict[str, str]:
+    """What `eval "$(billing-recon dev env)"` puts into a shell."""
+    pairs = (line.removeprefix("export ").split("=", 1) for line in stdout.splitlines())
+    return {key: shlex.split(value)[0] for key, value in pairs}
+
+
+def test_after_dev_env_dev_up_keeps_its_postgres_and_down_stops_it(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    env = dict(os.environ)  # the private stack's settings, no DATABASE_URL
+    first = _cli(env, "dev", "up", "--no-worker")
+    assert first.returncode == 0, first.stderr
+    exported = _exports(_cli(env, "dev", "env").stdout)
+    assert exported["DATABASE_URL"] == stack.load_state(config.state_dir).database_url
+    shell = {**env, **exported}  # after eval "$(billing-recon dev env)"
+
+    again = _cli(shell, "dev", "up", "--no-worker")
+    assert again.returncode == 0, again.stderr
+    assert "postgres: already running" in again.stderr and "external" not in again.stderr
+    record = stack.load_state(config.state_dir).components[stack.POSTGRES]
+    # Commands find the database with the exported DATABASE_URL and without any (stack.json).
+    for environment in (shell, env):
+        migrate = _cli(environment, "migrate")
+        assert (migrate.returncode, migrate.stdout.strip()) == (0, "schema up to date"), migrate.stderr
+
+    down = _cli(shell, "dev", "down")
+    assert down.returncode == 0, down.stderr
+    assert live_process(record.pid, record.create_time) is None
+    assert postgres_pid(config.pgdata) is None and (config.pgdata / "PG_VERSION").exists()
+
+    # The same shell brings it back (not "external"), and --purge stops it before deleting.
+    back = _cli(shell, "dev", "up", "--no-worker")
+    assert back.returncode == 0, back.stderr
+    assert stack.POSTGRES in stack.load_state(config.state_dir).components
+    pid = postgres_pid(config.pgdata)
+    assert pid is not None
+    purge = _cli(shell, "dev", "down", "--purge")
+    assert purge.returncode == 0, purge.stderr
+    assert not psutil.pid_exists(pid) and not config.state_dir.exists()
+
+
+def test_down_purge_never_deletes_data_under_a_live_process(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    # A server on the stack's pgdata that stack.json does not record (an older `dev up` under an
+    # exported DATABASE_URL forgot it), and a process the stack did not start using the folder.
+    server = embedded_server(config.pgdata, cleanup_mode=None)
+    assert postgres_pid(config.pgdata) == server.get_pid()
+    user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             str(config.state_dir / "temporal.db")])
+    try:
+        refused = _cli(dict(os.environ), "dev", "down", "--purge")
+        assert refused.returncode == 1
+        assert f"Refusing to delete {config.state_dir}: still in use by pid {user.pid}" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert postgres_pid(config.pgdata) is None  # `down` stopped the unrecorded server
+        assert (config.pgdata / "PG_VERSION").exists()  # and deleted nothing
+    finally:
+        user.kill()
+        user.wait()
+    purged = _cli(dict(os.environ), "dev", "down", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not config.state_dir.exists()
