@@ -69,9 +69,13 @@ class Settings(BaseSettings):
     emulator_summary_lag_seconds: float | None = Field(
         default=None, alias="EMULATOR_SUMMARY_LAG_SECONDS"
     )
-    # The dev server's gRPC frontend (what TEMPORAL_ADDRESS points at) and its web UI.
+    # The dev server's ports: gRPC frontend (what TEMPORAL_ADDRESS points at), web UI, HTTP API
+    # and /metrics; unset HTTP/metrics: a free port picked at start. (Its internal history,
+    # matching and worker services always take free ports; they cannot be set.)
     temporal_port: int = Field(default=7233, alias="BILLING_TEMPORAL_PORT")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+    temporal_http_port: int | None = Field(default=None, alias="BILLING_TEMPORAL_HTTP_PORT")
+    temporal_metrics_port: int | None = Field(default=None, alias="BILLING_TEMPORAL_METRICS_PORT")
     # The receiver's metrics endpoint under `dev up`; unset: 127.0.0.1:9465 when free.
     webhook_metrics_bind_address: str | None = Field(
         default=None, alias="WEBHOOK_METRICS_BIND_ADDRESS"
@@ -112,7 +116,9 @@ class Settings(BaseSettings):
     billing_actor: str | None = Field(default=None, alias="BILLING_ACTOR")
     login_user: str | None = Field(default=None, alias="USER")
 
-    @field_validator("emulator_summary_lag_seconds", mode="before")
+    @field_validator(
+        "emulator_summary_lag_seconds", "temporal_http_port", "temporal_metrics_port", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -88,9 +88,17 @@ def find_temporal_binary() -> str:
 
 
 def temporal_command(
-    *, db_file: Path, host: str, port: int, ui_port: int | None, log_level: str = "warn"
+    *,
+    db_file: Path,
+    host: str,
+    port: int,
+    ui_port: int | None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
+    log_level: str = "warn",
 ) -> list[str]:
-    """`temporal server start-dev` on a SQLite file in WAL mode; `ui_port=None`: headless."""
+    """`temporal server start-dev` on a SQLite file in WAL mode; `ui_port=None`: headless;
+    `http_port`/`metrics_port` None: the server picks free ones."""
     return [
         find_temporal_binary(), "server", "start-dev",
         "--db-filename", str(db_file),
@@ -99,6 +107,8 @@ def temporal_command(
         "--ip", host,
         "--port", str(port),
         *(["--ui-port", str(ui_port)] if ui_port is not None else ["--headless"]),
+        *(["--http-port", str(http_port)] if http_port is not None else []),
+        *(["--metrics-port", str(metrics_port)] if metrics_port is not None else []),
         "--log-level", log_level,
     ]  # fmt: skip
 
@@ -124,10 +134,12 @@ def spawn_temporal(log: Path, command: list[str], host: str, port: int) -> subpr
 
 def start_temporal(config: StackConfig) -> ComponentRecord:
     host, port = config.temporal_host, config.temporal_port
-    refuse_foreign_port(host, port, "BILLING_TEMPORAL_PORT", " (another Temporal dev server?)")
+    for setting, taken in config.temporal_ports().items():
+        refuse_foreign_port(host, taken, setting, " (another Temporal dev server?)")
     command = temporal_command(
         db_file=config.state_dir / TEMPORAL_DB, host=host, port=port,
-        ui_port=config.temporal_ui_port,
+        ui_port=config.temporal_ui_port, http_port=config.temporal_http_port,
+        metrics_port=config.temporal_metrics_port,
     )  # fmt: skip
     log = config.log(TEMPORAL)
     proc = spawn_temporal(log, command, host, port)

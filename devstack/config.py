@@ -67,6 +67,9 @@ class StackConfig(BaseModel):
     temporal_host: str = "localhost"
     temporal_port: int = DEFAULT_TEMPORAL_PORT
     temporal_ui_port: int = 8233
+    # None: the dev server picks a free port.
+    temporal_http_port: int | None = None
+    temporal_metrics_port: int | None = None
     emulator_host: str = "127.0.0.1"
     emulator_port: int = 12111
     emulator_rate_limit: float = DEFAULT_EMULATOR_RATE_LIMIT
@@ -91,6 +94,8 @@ class StackConfig(BaseModel):
             "state_dir": s.state_dir,
             "temporal_port": s.temporal_port,
             "temporal_ui_port": s.temporal_ui_port,
+            "temporal_http_port": s.temporal_http_port,
+            "temporal_metrics_port": s.temporal_metrics_port,
             "emulator_host": s.emulator_host,
             "emulator_port": s.emulator_port,
             "emulator_rate_limit": s.emulator_rate_limit,
@@ -113,6 +118,16 @@ class StackConfig(BaseModel):
     @property
     def temporal_address(self) -> str:
         return f"{self.temporal_host}:{self.temporal_port}"
+
+    def temporal_ports(self) -> dict[str, int]:
+        """Every dev-server port that is set, by the setting that sets it."""
+        ports = {
+            "BILLING_TEMPORAL_PORT": self.temporal_port,
+            "TEMPORAL_UI_PORT": self.temporal_ui_port,
+            "BILLING_TEMPORAL_HTTP_PORT": self.temporal_http_port,
+            "BILLING_TEMPORAL_METRICS_PORT": self.temporal_metrics_port,
+        }
+        return {name: port for name, port in ports.items() if port is not None}
 
     @property
     def temporal_ui_url(self) -> str:

@@ -25,7 +25,7 @@ import devstack as stack
 from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
 from devstack.postgres import embedded_server, postgres_pid
-from devstack.processes import free_ports, live_process
+from devstack.processes import free_ports, http_ok, live_process
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,8 @@ def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     # the Postgres unix socket lives in pgdata (108-byte limit).
     folder = Path(tempfile.mkdtemp(prefix="devstack-test-"))
     state_dir = folder / "st"
-    for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE"):
+    for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE", "BILLING_TEMPORAL_HTTP_PORT",
+                "BILLING_TEMPORAL_METRICS_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("BILLING_STATE_DIR", str(state_dir))
     monkeypatch.setenv("BILLING_TEMPORAL_PORT", str(temporal_port))
@@ -292,3 +293,33 @@ def test_down_purge_never_deletes_data_under_a_live_process(stack_env: Settings)
     purged = _cli(dict(os.environ), "dev", "down", "--purge")
     assert purged.returncode == 0, purged.stderr
     assert not config.state_dir.exists()
+
+
+def test_every_dev_server_port_is_configurable(stack_env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC, UI, HTTP API and metrics: two stacks on one machine need not share any."""
+    config = stack.StackConfig.from_settings(stack_env)
+    taken = {config.temporal_port, config.temporal_ui_port, config.emulator_port, config.webhook_port}
+    http_port, metrics_port = free_ports(2, avoid=DEFAULT_PORTS | taken)
+    monkeypatch.setenv("BILLING_TEMPORAL_HTTP_PORT", str(http_port))
+    monkeypatch.setenv("BILLING_TEMPORAL_METRICS_PORT", str(metrics_port))
+    env = dict(os.environ)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", metrics_port))
+        sock.listen()
+        refused = _cli(env, "dev", "up", "--no-worker")
+    assert refused.returncode == 1
+    assert f"Port {metrics_port} is already in use" in refused.stderr
+    assert "BILLING_TEMPORAL_METRICS_PORT" in refused.stderr
+    assert not stack.status(config).recorded
+
+    started = _cli(env, "dev", "up", "--no-worker")
+    assert started.returncode == 0, started.stderr
+    temporal = stack.load_state(config.state_dir).components[stack.TEMPORAL]
+    listening = {c.laddr.port for c in psutil.Process(temporal.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert {config.temporal_port, config.temporal_ui_port, http_port, metrics_port} <= listening
+    assert not listening & DEFAULT_PORTS
+    assert http_ok(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert http_ok(f"http://127.0.0.1:{http_port}/api/v1/namespaces")
+    stopped = _cli(env, "dev", "down")
+    assert stopped.returncode == 0, stopped.stderr
