@@ -178,7 +178,6 @@ def emulator_command(
     webhook_secret: str | None = None,
     state_file: Path | None = None,
     summary_lag_seconds: float | None = None,
-    save_interval: float | None = None,
     log_level: str | None = None,
 ) -> list[str]:
     """`python -m stripe_emulator`; an option left None is the emulator's default."""
@@ -191,8 +190,6 @@ def emulator_command(
         command += ["--state-file", str(state_file)]
     if summary_lag_seconds is not None:
         command += ["--summary-lag-seconds", f"{summary_lag_seconds:g}"]
-    if save_interval is not None:
-        command += ["--save-interval", f"{save_interval:g}"]
     if log_level is not None:
         command += ["--log-level", log_level]
     return command

@@ -4,8 +4,11 @@ what a SIGKILL loses). Each test runs its own emulator subprocesses on a temp fi
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,6 @@ import httpx
 import pytest
 import stripe
 
-from devstack.components import emulator_command, spawn_emulator
 from devstack.processes import free_port
 from stripe_emulator.admin import EmulatorAdmin
 from stripe_emulator.persist import FORMAT_VERSION, MAGIC
@@ -29,27 +31,45 @@ class Emulator:
         self.save_interval = save_interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = state_file.parent / f"emulator-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return emulator_command(host="127.0.0.1", port=self.port, rate_limit=0,
-                                state_file=self.state_file, save_interval=self.save_interval)
+        return [
+            sys.executable, "-m", "stripe_emulator", "--port", str(self.port),
+            "--rate-limit", "0", "--state-file", str(self.state_file),
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMULATOR_")}
+        return {**env, "EMULATOR_SAVE_INTERVAL_SECONDS": str(self.save_interval)}
 
     def start(self) -> Emulator:
-        self.proc = spawn_emulator(self.log, self.command(), self.url)
-        return self
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env()
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/_emulator/health", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"emulator did not start:\n{out}")
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        """Signal it, wait; its exit code and everything it logged."""
         assert self.proc is not None
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30), self.log.read_text(errors="replace")
+        out, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out.decode()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.communicate()
 
 
 @pytest.fixture
@@ -216,7 +236,8 @@ async def test_sigkill_keeps_the_last_periodic_save(
         await asyncio.sleep(0.7)
         assert state_file.stat().st_mtime_ns == saved, "a clean store must not be re-saved"
         events_before = [e.id for e in (await client.v1.events.list_async()).data]
-    emu.kill()
+    emu.proc.kill()  # type: ignore[union-attr]
+    emu.proc.communicate()  # type: ignore[union-attr]
 
     emu2 = _new(emulators, state_file)
     client2 = make_client(emu2.url)
@@ -279,7 +300,9 @@ def test_unusable_state_file_fails_clearly(tmp_path: Path, content: bytes, messa
     state_file = tmp_path / "st.pickle"
     state_file.write_bytes(content)
     emu = Emulator(state_file)
-    result = subprocess.run(emu.command(), capture_output=True, timeout=30, text=True)
+    result = subprocess.run(
+        emu.command(), capture_output=True, timeout=30, text=True, env=emu.env()
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert state_file.read_bytes() == content  # never overwritten
