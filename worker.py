@@ -37,7 +37,7 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    from starter.stack import resolve_database_url  # the local stack's embedded Postgres
+    from billing.database_url import resolve_database_url  # or the local stack's database
 
     return resolve_database_url(settings)
 

@@ -45,7 +45,6 @@ from temporalio.worker import (
 
 HEADER = "billing-correlation-id"
 MEMO_KEY = "correlation_id"
-ENV_VAR = "BILLING_CORRELATION_ID"  # a caller (a script, CI job) can pass its own id to the CLI
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("billing_correlation_id", default=None)
 _payloads = temporalio.converter.PayloadConverter.default

@@ -1,8 +1,9 @@
-"""Settings from the environment (pydantic-settings).
+"""Settings from the environment (pydantic-settings): every environment variable the product
+reads goes through here (the local stack only *builds* environments for its child processes).
 
 The Temporal connection is *not* configured here: it comes from Temporal's own envconfig
 (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_PROFILE`, TOML profiles); see
-`billing.temporal_client`.
+`billing.temporal_client`. The OTLP exporter reads its own `OTEL_EXPORTER_OTLP_*` details.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
@@ -21,7 +22,7 @@ DEFAULT_STATE_DIR = Path(".state")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
-    # Postgres. Unset -> an embedded Postgres under STATE_DIR (see starter.stack).
+    # Postgres. Unset -> the local stack's database (billing.database_url; devstack runs it).
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     database_pool_min: int = Field(default=1, alias="DATABASE_POOL_MIN")
     database_pool_max: int = Field(default=10, alias="DATABASE_POOL_MAX")
@@ -57,11 +58,28 @@ class Settings(BaseSettings):
     # Temporal task queue used by the worker and every starter.
     task_queue: str = Field(default="billing-recon", alias="BILLING_TASK_QUEUE")
 
-    # Local stack.
+    # Local stack (`billing-recon dev up`, package devstack). STATE_DIR also tells every process
+    # where to find the stack's database when DATABASE_URL is unset (billing.database_url).
     state_dir: Path = Field(default=DEFAULT_STATE_DIR, alias="BILLING_STATE_DIR")
     emulator_host: str = Field(default="127.0.0.1", alias="EMULATOR_HOST")
     emulator_port: int = Field(default=12111, alias="EMULATOR_PORT")
+    # The emulator's own limit (Stripe test mode: 25/s; 0 = none) and meter summary lag
+    # (unset: the emulator's default).
+    emulator_rate_limit: float = Field(default=25.0, alias="EMULATOR_RATE_LIMIT")
+    emulator_summary_lag_seconds: float | None = Field(
+        default=None, alias="EMULATOR_SUMMARY_LAG_SECONDS"
+    )
+    # The dev server's ports: gRPC frontend (what TEMPORAL_ADDRESS points at), web UI, HTTP API
+    # and /metrics; unset HTTP/metrics: a free port picked at start. (Its internal history,
+    # matching and worker services always take free ports; they cannot be set.)
+    temporal_port: int = Field(default=7233, alias="BILLING_TEMPORAL_PORT")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+    temporal_http_port: int | None = Field(default=None, alias="BILLING_TEMPORAL_HTTP_PORT")
+    temporal_metrics_port: int | None = Field(default=None, alias="BILLING_TEMPORAL_METRICS_PORT")
+    # The receiver's metrics endpoint under `dev up`; unset: 127.0.0.1:9465 when free.
+    webhook_metrics_bind_address: str | None = Field(
+        default=None, alias="WEBHOOK_METRICS_BIND_ADDRESS"
+    )
     # Base of the links `audit` and `status` print to workflow runs (Temporal Cloud:
     # https://cloud.temporal.io). Unset: the local dev server's UI.
     temporal_ui_url: str | None = Field(default=None, alias="TEMPORAL_UI_URL")
@@ -85,6 +103,36 @@ class Settings(BaseSettings):
     # OpenTelemetry: spans are exported over OTLP/HTTP only when OTEL_EXPORTER_OTLP_ENDPOINT (or
     # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise nothing is recorded or sent.
     otel_service_name: str = Field(default="billing-recon", alias="OTEL_SERVICE_NAME")
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+
+    # CLI: a caller's (a script's, a CI job's) own correlation id, carried into workflows,
+    # activities, audit rows and logs; unset: a new id per command.
+    correlation_id: str | None = Field(default=None, alias="BILLING_CORRELATION_ID")
+    # Who `pause`/`resume`/`approve` record when --actor is not given: BILLING_ACTOR, else the
+    # login name (USER), else "cli".
+    billing_actor: str | None = Field(default=None, alias="BILLING_ACTOR")
+    login_user: str | None = Field(default=None, alias="USER")
+
+    @field_validator(
+        "emulator_summary_lag_seconds", "temporal_http_port", "temporal_metrics_port", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def actor(self) -> str:
+        return self.billing_actor or self.login_user or "cli"
+
+    def tracing_configured(self) -> bool:
+        """An OTLP endpoint is set (the exporter reads the other OTEL_EXPORTER_OTLP_* itself)."""
+        return bool(self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint)
+
+    def metrics_bind_address_set(self) -> bool:
+        """METRICS_BIND_ADDRESS was given (even empty: no endpoint), not just defaulted."""
+        return "metrics_bind_address" in self.model_fields_set
 
 
 @lru_cache(maxsize=1)

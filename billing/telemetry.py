@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -29,10 +28,9 @@ from temporalio import activity
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from billing import correlation, metrics
-from billing.settings import Settings
+from billing.settings import Settings, get_settings
 
 TRACER_NAME = "billing-recon"
-OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 # Loggers that write one line per HTTP request: noise at this volume.
 NOISY_LOGGERS = ("stripe", "httpx")
 
@@ -50,14 +48,14 @@ def tracing_enabled() -> bool:
     return _tracing_enabled
 
 
-def configure_tracing(service: str, *, exporter: Any = None) -> bool:
+def configure_tracing(service: str, *, exporter: Any = None, settings: Settings | None = None) -> bool:
     """Install an SDK tracer provider exporting over OTLP/HTTP when an OTLP endpoint is
     configured (the standard OTEL_EXPORTER_OTLP_* variables: endpoint, headers, timeout), or to
     `exporter` (tests). Otherwise nothing: the API's no-op tracer, no spans, no cost."""
     global _tracing_enabled
     if _tracing_enabled:
         return True  # one provider per process: the first configuration stays
-    if exporter is None and not any(os.environ.get(v) for v in OTLP_ENDPOINT_VARS):
+    if exporter is None and not (settings or get_settings()).tracing_configured():
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -217,7 +215,7 @@ def init_process(settings: Settings, service: str) -> ProcessTelemetry:
     """Logs, tracing and (when METRICS_BIND_ADDRESS is set) the metrics endpoint of one
     process. `service` names it: `worker`, `webhooks`."""
     configure_logging(settings)
-    configure_tracing(f"{settings.otel_service_name}-{service}")
+    configure_tracing(f"{settings.otel_service_name}-{service}", settings=settings)
     address = settings.metrics_bind_address.strip() or None
     runtime = make_runtime(address, service) if address else None
     if address:

@@ -10,7 +10,6 @@ the same reason); 3 `dev status` with nothing recorded; 130 interrupted."""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
@@ -63,7 +62,9 @@ def main() -> None:
 
     # One correlation id per command: every workflow, activity and audit row it causes carries
     # it (BILLING_CORRELATION_ID passes a caller's own).
-    correlation.set_current(os.environ.get(correlation.ENV_VAR) or correlation.new_id())
+    from billing.settings import get_settings
+
+    correlation.set_current(get_settings().correlation_id or correlation.new_id())
     from billing import telemetry
 
     # Spans of the client side (StartWorkflow, SignalWorkflow, ...) when OTLP is configured.
@@ -82,6 +83,7 @@ def _invoke() -> int:
     """Run the command; its exit code. Typer's own refusals (usage, out-of-range values, a
     callback's or parser's BadParameter) are printed like every other error: one line on
     stderr, exit 2."""
+    from billing.database_url import DatabaseNotConfigured
     from starter.kit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, usage_error
 
     try:
@@ -97,6 +99,9 @@ def _invoke() -> int:
             print(e.code, file=sys.stderr)
             return EXIT_FAILED
         return e.code or EXIT_OK
+    except DatabaseNotConfigured as e:
+        print(f"error: {e}", file=sys.stderr)  # what to do, without a traceback
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BaseException:

@@ -51,11 +51,11 @@ def demo(
     dry-run and then an apply, and prints before/after with each run's Temporal UI link; stops
     the stack unless --keep. Exit code 1 if a key still disagrees afterwards or the dry-run
     changed anything."""
-    from starter import stack
+    import devstack as stack
 
     console.rule("local stack")
     info = stack.up(log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    for label, address in stack.address_lines(info):
+    for label, address in info.address_lines():
         console.print(f"{label:<16} {address}")
     ok = False
     try:

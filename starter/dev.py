@@ -1,14 +1,19 @@
-"""`billing-recon dev`: the local stack on embedded defaults (thin layer over `starter.stack`)."""
+"""`billing-recon dev`: the local stack on embedded defaults (thin layer over `devstack`).
+
+`devstack` is imported inside the commands: the CLI mounts this group for every command, and
+production commands must not load the dev stack."""
 
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from starter import stack
+if TYPE_CHECKING:
+    from devstack import StackInfo
 
 app = typer.Typer(no_args_is_help=True, help="Local stack on embedded defaults.")
 console = Console()
@@ -23,9 +28,9 @@ def _say(message: str) -> None:
     err_console.print(f"[dim]{message}[/dim]")
 
 
-def _print_addresses(info: stack.StackInfo) -> None:
+def _print_addresses(info: StackInfo) -> None:
     # Plain lines, never wrapped or truncated: people copy these.
-    for label, address in stack.address_lines(info):
+    for label, address in info.address_lines():
         typer.echo(f"{label:<16} {address}")
 
 
@@ -35,6 +40,8 @@ def up(
 ) -> None:
     """Start Temporal, Postgres (unless DATABASE_URL is set), the Stripe emulator and the worker.
     Safe to run twice: what already runs is left alone."""
+    import devstack as stack
+
     try:
         info = stack.up(worker=worker, log=_say)
     except stack.StackError as exc:
@@ -50,6 +57,8 @@ def down(
     purge: bool = typer.Option(False, "--purge", help="Also delete the state folder (all data)."),
 ) -> None:
     """Stop what `dev up` started. Data stays unless --purge."""
+    import devstack as stack
+
     try:
         stack.down(purge=purge, log=_say)
     except stack.StackError as exc:
@@ -63,6 +72,8 @@ _STATE_STYLE = {"running": "green", "dead": "bold red", "stopped": "dim", "exter
 @app.command()
 def status() -> None:
     """Show what runs. Exit code 1 if a recorded component is dead, 3 if nothing is recorded."""
+    import devstack as stack
+
     result = stack.status()
     table = Table(title=f"Local stack ({result.state_dir})")
     for column in ("component", "state", "pid", "address", "log / detail"):
@@ -90,6 +101,8 @@ def status() -> None:
 @app.command()
 def env() -> None:
     """Print `export ...` lines for the running stack: eval "$(billing-recon dev env)"."""
+    import devstack as stack
+
     try:
         info = stack.info()
     except stack.StackNotRunning as exc:

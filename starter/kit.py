@@ -6,7 +6,6 @@ and from `starter.follow`, never each other's privates."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 import uuid
@@ -115,7 +114,7 @@ def _database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return settings.database_url
-    from starter.stack import resolve_database_url
+    from billing.database_url import resolve_database_url
 
     return resolve_database_url(settings)
 
@@ -236,7 +235,7 @@ def new_id(*parts: str) -> str:
 
 
 def default_actor() -> str:
-    return os.environ.get("BILLING_ACTOR") or os.environ.get("USER") or "cli"
+    return get_settings().actor()
 
 
 def run_link(workflow_id: str | None, run_id: str | None = None) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -35,8 +34,12 @@ def run(
         None,
         envvar="EMULATOR_STATE_FILE",
         help="Keep the state in this file: loaded at start if it exists, saved on shutdown, "
-        "every EMULATOR_SAVE_INTERVAL_SECONDS (default 5, 0 = off) when changed, and on "
-        "POST /_emulator/snapshot.",
+        "every --save-interval seconds when changed, and on POST /_emulator/snapshot.",
+    ),
+    save_interval: float = typer.Option(
+        DEFAULT_SAVE_INTERVAL_SECONDS,
+        envvar="EMULATOR_SAVE_INTERVAL_SECONDS",
+        help="With --state-file: seconds between saves when something changed; 0 = off.",
     ),
 ) -> None:
     """Serve the local Stripe emulator (blocking)."""
@@ -46,14 +49,6 @@ def run(
         seed=seed,
         webhook_secret=webhook_secret or None,
     )
-    try:
-        raw = os.environ.get("EMULATOR_SAVE_INTERVAL_SECONDS", "")
-        save_interval = float(raw) if raw.strip() else DEFAULT_SAVE_INTERVAL_SECONDS
-    except ValueError:
-        typer.echo(
-            f"stripe_emulator: EMULATOR_SAVE_INTERVAL_SECONDS={raw!r} is not a number", err=True
-        )
-        raise typer.Exit(2) from None
     try:
         app = create_app(config, state_file=state_file, save_interval=save_interval)
     except StateFileError as exc:

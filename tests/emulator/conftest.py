@@ -6,14 +6,10 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import stripe
 import uvicorn
@@ -22,9 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from devstack.components import emulator_command, spawn_emulator
+from devstack.processes import free_port, terminate
 from stripe_emulator.admin import EmulatorAdmin
 
-from .helpers import free_port, make_client
+from .helpers import make_client
 
 # Stripe's example objects, vendored (see fixtures/README.md); STRIPE_FIXTURES overrides.
 FIXTURES = Path(os.environ.get("STRIPE_FIXTURES", Path(__file__).parent / "fixtures" / "stripe_fixtures3.json"))
@@ -42,32 +40,16 @@ BASE_CONFIG: dict[str, Any] = {
 
 
 @pytest.fixture(scope="session")
-def emulator_url() -> Any:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stripe_emulator", "--port", str(port), "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if httpx.get(f"{url}/_emulator/health", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            proc.kill()
-            raise RuntimeError(f"emulator did not start:\n{out}")
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
+def emulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    host, port = "127.0.0.1", free_port()
+    url = f"http://{host}:{port}"
+    log = tmp_path_factory.mktemp("emulator-contract") / "emulator.log"
+    command = emulator_command(host=host, port=port, log_level="warning")
+    proc = spawn_emulator(log, command, url)  # fails with the log's tail
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield url
+    finally:
+        terminate(proc.pid, 5)
 
 
 @pytest.fixture(scope="session")

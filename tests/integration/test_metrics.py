@@ -25,8 +25,8 @@ import pytest
 
 from billing import metrics
 from common.types import Mode, RunStatus
+from devstack.processes import free_port
 from reconcile.types import ReconcileResult
-from tests.conftest import free_port
 from tests.integration.test_cli_reconcile import cli
 from tests.unit.test_deploy import deploy_metric_names
 

@@ -20,7 +20,7 @@ from billing import metrics, telemetry
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from common.client import default_interceptors
 from common.types import Mode
-from tests.conftest import free_port
+from devstack.processes import free_port
 
 from .recon_helpers import make_settings, run, running_worker, seed_world
 from .test_metrics import scrape, value

@@ -44,7 +44,7 @@ async def test_smoke_touches_postgres_and_stripe(temporal_env, postgres_dsn, cle
 
 
 async def test_smoke_fails_when_stripe_is_unreachable(temporal_env, postgres_dsn, clean_db, task_queue):
-    from tests.conftest import free_port
+    from devstack.processes import free_port
 
     settings = settings_for(postgres_dsn, f"http://127.0.0.1:{free_port()}")  # nothing listens
     w, close = await worker_module.build_worker(temporal_env.client, settings, task_queue=task_queue)

@@ -1,4 +1,4 @@
-"""`starter.stack` up/status/down against real processes, in a temp state folder on free ports
+"""`devstack` up/status/down against real processes, in a temp state folder on free ports
 (never 7233/8233/12111), configured through the same environment variables a developer would
 use, so it never touches a developer's running stack."""
 
@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,31 +21,28 @@ import psutil
 import pytest
 import stripe
 
+import devstack as stack
+from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
-from starter import stack
-from tests.conftest import free_port
+from devstack.postgres import embedded_server, postgres_pid
+from devstack.processes import free_ports, http_ok, live_process
 
 pytestmark = pytest.mark.integration
 
 DEFAULT_PORTS = {7233, 8233, 12111}
 
 
-def _free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in DEFAULT_PORTS and port not in ports:
-            ports.append(port)
-    return ports
-
-
 @pytest.fixture
-def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Environment of a private stack; `down` runs at the end whatever the test did."""
-    temporal_port, ui_port, emulator_port, webhook_port = _free_ports(4)
-    # Short path: the Postgres unix socket lives in pgdata (108-byte limit).
-    state_dir = tmp_path / "st"
-    for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE"):
+    temporal_port, ui_port, emulator_port, webhook_port = free_ports(4, avoid=DEFAULT_PORTS)
+    # Not under pytest's tmp_path: a concurrent pytest session resets /tmp/pytest-of-<user> to
+    # 0700, which locks out the embedded Postgres' own user when we run as root. Short, too:
+    # the Postgres unix socket lives in pgdata (108-byte limit).
+    folder = Path(tempfile.mkdtemp(prefix="devstack-test-"))
+    state_dir = folder / "st"
+    for key in ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_BASE", "BILLING_TEMPORAL_HTTP_PORT",
+                "BILLING_TEMPORAL_METRICS_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("BILLING_STATE_DIR", str(state_dir))
     monkeypatch.setenv("BILLING_TEMPORAL_PORT", str(temporal_port))
@@ -55,6 +55,7 @@ def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setti
         yield settings
     finally:
         stack.down(stack.StackConfig.from_settings(settings))
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -69,14 +70,7 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def _alive(record: stack.ComponentRecord) -> bool:
-    try:
-        proc = psutil.Process(record.pid)
-        return (
-            proc.status() != psutil.STATUS_ZOMBIE
-            and abs(proc.create_time() - record.create_time) < 1
-        )
-    except psutil.Error:
-        return False
+    return live_process(record.pid, record.create_time) is not None
 
 
 async def test_up_twice_status_down(
@@ -110,7 +104,7 @@ async def test_up_twice_status_down(
     assert not result.dead
 
     # DATABASE_URL resolves to the embedded server, and the schema is migrated.
-    url = stack.resolve_database_url(stack_env)
+    url = resolve_database_url(stack_env)
     assert url == first.database_url
     conn = await asyncpg.connect(url)
     try:
@@ -140,8 +134,8 @@ async def test_up_twice_status_down(
     # Data stays; the database is gone until the next `up`.
     assert (config.state_dir / "pgdata" / "PG_VERSION").exists()
     assert (config.state_dir / "temporal.db").exists()
-    with pytest.raises(stack.StackNotRunning, match="dev up"):
-        stack.resolve_database_url(stack_env)
+    with pytest.raises(DatabaseNotConfigured, match="dev up"):
+        resolve_database_url(stack_env)
     assert not stack.status(config).recorded
 
 
@@ -210,7 +204,122 @@ def test_port_taken_by_a_foreign_process_fails_loudly(stack_env: Settings) -> No
 def test_resolve_database_url_prefers_database_url(
     stack_env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(stack.StackNotRunning, match="billing-recon dev up"):
-        stack.resolve_database_url(stack_env)
+    with pytest.raises(DatabaseNotConfigured, match="billing-recon dev up"):
+        resolve_database_url(stack_env)
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.example/billing")
-    assert stack.resolve_database_url(Settings()) == "postgresql://u@db.example/billing"
+    assert resolve_database_url(Settings()) == "postgresql://u@db.example/billing"
+
+
+def test_a_command_without_a_database_says_what_to_do(stack_env: Settings) -> None:
+    """No DATABASE_URL and no stack: one clear line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from starter.cli import main; main()", "migrate"],
+        env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "No database: DATABASE_URL is not set" in result.stderr
+    assert "Run `billing-recon dev up` (or set DATABASE_URL)" in result.stderr
+
+
+# --- through the real CLI ----------------------------------------------------------------------
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from starter.cli import main; main()", *args],
+        env={**env, "COLUMNS": "200", "NO_COLOR": "1"}, capture_output=True, text=True, timeout=180,
+    )
+
+
+def _exports(stdout: str) -> dict[str, str]:
+    """What `eval "$(billing-recon dev env)"` puts into a shell."""
+    pairs = (line.removeprefix("export ").split("=", 1) for line in stdout.splitlines())
+    return {key: shlex.split(value)[0] for key, value in pairs}
+
+
+def test_after_dev_env_dev_up_keeps_its_postgres_and_down_stops_it(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    env = dict(os.environ)  # the private stack's settings, no DATABASE_URL
+    first = _cli(env, "dev", "up", "--no-worker")
+    assert first.returncode == 0, first.stderr
+    exported = _exports(_cli(env, "dev", "env").stdout)
+    assert exported["DATABASE_URL"] == stack.load_state(config.state_dir).database_url
+    shell = {**env, **exported}  # after eval "$(billing-recon dev env)"
+
+    again = _cli(shell, "dev", "up", "--no-worker")
+    assert again.returncode == 0, again.stderr
+    assert "postgres: already running" in again.stderr and "external" not in again.stderr
+    record = stack.load_state(config.state_dir).components[stack.POSTGRES]
+    # Commands find the database with the exported DATABASE_URL and without any (stack.json).
+    for environment in (shell, env):
+        migrate = _cli(environment, "migrate")
+        assert (migrate.returncode, migrate.stdout.strip()) == (0, "schema up to date"), migrate.stderr
+
+    down = _cli(shell, "dev", "down")
+    assert down.returncode == 0, down.stderr
+    assert live_process(record.pid, record.create_time) is None
+    assert postgres_pid(config.pgdata) is None and (config.pgdata / "PG_VERSION").exists()
+
+    # The same shell brings it back (not "external"), and --purge stops it before deleting.
+    back = _cli(shell, "dev", "up", "--no-worker")
+    assert back.returncode == 0, back.stderr
+    assert stack.POSTGRES in stack.load_state(config.state_dir).components
+    pid = postgres_pid(config.pgdata)
+    assert pid is not None
+    purge = _cli(shell, "dev", "down", "--purge")
+    assert purge.returncode == 0, purge.stderr
+    assert not psutil.pid_exists(pid) and not config.state_dir.exists()
+
+
+def test_down_purge_never_deletes_data_under_a_live_process(stack_env: Settings) -> None:
+    config = stack.StackConfig.from_settings(stack_env)
+    # A server on the stack's pgdata that stack.json does not record (an older `dev up` under an
+    # exported DATABASE_URL forgot it), and a process the stack did not start using the folder.
+    server = embedded_server(config.pgdata, cleanup_mode=None)
+    assert postgres_pid(config.pgdata) == server.get_pid()
+    user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             str(config.state_dir / "temporal.db")])
+    try:
+        refused = _cli(dict(os.environ), "dev", "down", "--purge")
+        assert refused.returncode == 1
+        assert f"Refusing to delete {config.state_dir}: still in use by pid {user.pid}" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert postgres_pid(config.pgdata) is None  # `down` stopped the unrecorded server
+        assert (config.pgdata / "PG_VERSION").exists()  # and deleted nothing
+    finally:
+        user.kill()
+        user.wait()
+    purged = _cli(dict(os.environ), "dev", "down", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not config.state_dir.exists()
+
+
+def test_every_dev_server_port_is_configurable(stack_env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC, UI, HTTP API and metrics: two stacks on one machine need not share any."""
+    config = stack.StackConfig.from_settings(stack_env)
+    taken = {config.temporal_port, config.temporal_ui_port, config.emulator_port, config.webhook_port}
+    http_port, metrics_port = free_ports(2, avoid=DEFAULT_PORTS | taken)
+    monkeypatch.setenv("BILLING_TEMPORAL_HTTP_PORT", str(http_port))
+    monkeypatch.setenv("BILLING_TEMPORAL_METRICS_PORT", str(metrics_port))
+    env = dict(os.environ)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", metrics_port))
+        sock.listen()
+        refused = _cli(env, "dev", "up", "--no-worker")
+    assert refused.returncode == 1
+    assert f"Port {metrics_port} is already in use" in refused.stderr
+    assert "BILLING_TEMPORAL_METRICS_PORT" in refused.stderr
+    assert not stack.status(config).recorded
+
+    started = _cli(env, "dev", "up", "--no-worker")
+    assert started.returncode == 0, started.stderr
+    temporal = stack.load_state(config.state_dir).components[stack.TEMPORAL]
+    listening = {c.laddr.port for c in psutil.Process(temporal.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert {config.temporal_port, config.temporal_ui_port, http_port, metrics_port} <= listening
+    assert not listening & DEFAULT_PORTS
+    assert http_ok(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert http_ok(f"http://127.0.0.1:{http_port}/api/v1/namespaces")
+    stopped = _cli(env, "dev", "down")
+    assert stopped.returncode == 0, stopped.stderr

@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from common.types import Mode
+from devstack.processes import free_port
 from stripe_emulator.webhooks import sign
 from tests.integration.recon_helpers import running_worker
 from tests.integration.webhook_helpers import (
     all_events,
     balances,
     billing_scenario,
-    free_port,
     postgres_state,
     receiver,
     stripe_state,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,18 +21,13 @@ from temporalio.client import Client
 
 from billing.settings import Settings
 from billing.stripe_objects import credit_grant, customer_row, invoice_row, subscription_row
+from devstack.processes import free_port
 from stripe_emulator.admin import EmulatorAdmin
 from stripe_emulator.webhooks import sign
 from tests.integration.recon_helpers import make_settings, running_worker
 from webhooks.app import PATH, create_app
 
 ALL_EVENTS = ["*"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -373,7 +373,7 @@ async def test_record_continue_as_new_histories(postgres_dsn, clean_db, emulator
     from temporalio.testing import WorkflowEnvironment
 
     from common.client import data_converter
-    from starter.stack import find_temporal_binary
+    from devstack.components import find_temporal_binary
 
     HISTORIES.mkdir(parents=True, exist_ok=True)
     env = await WorkflowEnvironment.start_local(

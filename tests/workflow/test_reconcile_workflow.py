@@ -530,7 +530,7 @@ async def test_run_started_while_paused_and_resumed_rescans_correctively(time_sk
 @pytest.fixture(scope="module")
 async def can_env() -> WorkflowEnvironment:
     from common.client import data_converter
-    from starter.stack import find_temporal_binary
+    from devstack.components import find_temporal_binary
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_temporal_binary(), data_converter=data_converter,
