@@ -89,7 +89,7 @@ def _from_headers(headers: Headers) -> str | None:
 
 
 class CorrelationInterceptor(temporalio.client.Interceptor, Interceptor):
-    """Client and worker interceptor; `billing.temporal_client.connect` installs it."""
+    """Client and worker interceptor; `common.client.connect` installs it."""
 
     def intercept_client(
         self, next: temporalio.client.OutboundInterceptor

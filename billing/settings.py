@@ -3,7 +3,7 @@ reads goes through here (the local stack only *builds* environments for its chil
 
 The Temporal connection is *not* configured here: it comes from Temporal's own envconfig
 (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_PROFILE`, TOML profiles); see
-`billing.temporal_client`. The OTLP exporter reads its own `OTEL_EXPORTER_OTLP_*` details.
+`common.client`. The OTLP exporter reads its own `OTEL_EXPORTER_OTLP_*` details.
 """
 
 from __future__ import annotations
