@@ -166,6 +166,7 @@ class Counts(BaseModel):
     debit_mismatch: int = 0
     no_rate: int = 0
     payment_not_paid: int = 0
+    fixable: int = 0  # findings with a corrective action (dry-run: what apply would do)
     fixes_applied: int = 0  # one audit row each
     usage_opened: int = 0
     usage_closed: int = 0
