@@ -5,9 +5,16 @@ boundary is billed to the second; bad input is refused or reported, never retrie
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -290,3 +297,138 @@ async def test_bad_data_is_a_finding_and_bad_requests_fail_for_good(
         with pytest.raises(WorkflowFailureError) as e:
             await handle.result()
         assert "page_size" in str(e.value.cause)
+
+
+async def test_paused_auto_healing_makes_apply_observe_only(
+        clean_db, temporal_env, task_queue, postgres_dsn, emulator, stripe_client, emulator_admin):
+    from autoheal import switch
+
+    await _seed_four_drifts(clean_db, stripe_client, emulator_admin)
+    client = temporal_env.client
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        async with clean_db.acquire() as conn:
+            await switch.set_paused(conn, paused=True, actor="oncall", reason="incident 42")
+        before = await snapshot(clean_db)
+        try:
+            paused = await run(client, task_queue, request("apply", AS_OF))
+            assert await snapshot(clean_db) == before, "a paused apply wrote"
+        finally:
+            async with clean_db.acquire() as conn:
+                await switch.set_paused(conn, paused=False, actor="oncall", reason="resolved")
+        assert paused.outcome == RunOutcome.OBSERVE_ONLY and paused.paused
+        assert paused.counts.fixable == 6 and paused.counts.fixes_applied == 0, paused.counts
+        resumed = await run(client, task_queue, request("apply", AS_OF))
+    assert resumed.outcome == RunOutcome.COMPLETED and resumed.counts.fixes_applied == 6, resumed.counts
+
+
+async def test_slices_reach_stripe_through_the_usage_reconciliation(
+        clean_db, temporal_env, task_queue, postgres_dsn, emulator, stripe_client, emulator_admin):
+    """The debits' usage events are ordinary usage: ReconcileUsage pushes them to the meter."""
+    from reconcile.types import ReconcileUsageInput
+
+    from .recon_helpers import create_meters
+    from .recon_helpers import run as run_usage
+
+    meters = await create_meters(stripe_client, {METER: "GPU minutes"})
+    cus = await stripe_client.v1.customers.create_async(params={"name": "gpu"})
+    await add_customer(clean_db, "gpu-stripe", cus.id)
+    await add_rate(clean_db, RATE_PER_MINUTE)
+    now = datetime.now(UTC).replace(microsecond=0)
+    start_at = now - timedelta(days=1, hours=3, minutes=7, seconds=5)
+    end_at = now - timedelta(minutes=10)
+    await add_allocation(clean_db, "gpu-s", "gpu-stripe", "released", start_at, released_at=end_at)
+    await add_usage(clean_db, "u-gpu-s", "gpu-s", start_at, end_at)
+    client = temporal_env.client
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        res = await run(client, task_queue, request("apply", now))
+        assert res.counts.usage_events_written >= 2, res.counts
+        usage = await run_usage(client, task_queue, ReconcileUsageInput(
+            mode=Mode.APPLY, start_date=start_at.date(), end_date=now.date(), customers=["gpu-stripe"],
+            meters=[METER], settle_seconds=1, actor="pytest"), f"usage-{uuid.uuid4().hex[:8]}")
+        assert usage.counts.corrections_pushed >= 2, usage.counts
+    minutes = Decimal((end_at - start_at) / timedelta(seconds=1)) / 60
+    page = await stripe_client.v1.billing.meters.event_summaries.list_async(meters[METER], params={
+        "customer": cus.id, "start_time": int(datetime.combine(start_at.date(), datetime.min.time(), UTC).timestamp()),
+        "end_time": int(datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC).timestamp())})
+    assert abs(sum(Decimal(str(s.aggregated_value)) for s in page.data) - minutes) < Decimal("0.00001")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+KILL_ALLOCATIONS = 300  # closed records of 20 days: 21 slices each
+
+
+def _spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_worker_killed_mid_apply_leaves_no_double_and_no_missing_debit(
+        clean_db, temporal_env, task_queue, postgres_dsn, emulator, tmp_path):
+    await add_customer(clean_db, "kill-co")
+    await add_rate(clean_db, Decimal("2.5"), unit=TimeUnit.HOUR)
+    t0 = datetime(2026, 10, 1, 7, 30, tzinfo=UTC)
+    rows = [(f"k-{i:04d}", "kill-co", "gpu.a100", "released", t0 + timedelta(minutes=i),
+             t0 + timedelta(days=20, minutes=2 * i)) for i in range(KILL_ALLOCATIONS)]
+    await clean_db.executemany(
+        "INSERT INTO billing.allocations (allocation_id, customer_id, resource_class, status, activated_at, "
+        "released_at, status_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $6)", rows)
+    await clean_db.executemany(
+        "INSERT INTO billing.duration_usage (usage_id, allocation_id, start_time, end_time) VALUES ($1, $2, $3, $4)",
+        [(f"u-{a}", a, s, e) for a, _, _, _, s, e in rows])
+    expected_slices = sum(len(contract_slices(s, e)) for *_, s, e in rows)
+    expected_amount = sum(sum(x.amount_minor for x in contract_slices(s, e)) for *_, s, e in rows)
+    env = {**os.environ, "DATABASE_URL": postgres_dsn, "STRIPE_API_BASE": emulator,
+           "TEMPORAL_ADDRESS": temporal_env.address, "TEMPORAL_NAMESPACE": temporal_env.namespace,
+           "BILLING_TASK_QUEUE": task_queue, "STRIPE_RATE_LIMIT": "0", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "worker.log"
+    first = _spawn_worker(env, log)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        handle = await start(temporal_env.client, task_queue, request("apply", AS_OF, page_size=25))
+        deadline = time.monotonic() + 60
+        while await clean_db.fetchval("SELECT count(*) FROM billing.duration_ledger") < 100:
+            assert first.poll() is None, f"worker exited early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no debit was posted:\n{log.read_text()[-3000:]}"
+            await asyncio.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        at_kill = await clean_db.fetchval("SELECT count(*) FROM billing.duration_ledger")
+        assert 0 < at_kill < expected_slices, f"the kill did not land mid-apply ({at_kill}/{expected_slices})"
+        second = _spawn_worker(env, log)
+        result = await asyncio.wait_for(handle.result(), 120)
+    finally:
+        for p in (first, second):
+            if p is not None:
+                _stop(p)
+    assert result.outcome == RunOutcome.COMPLETED
+    per_slice = await clean_db.fetch(
+        "SELECT usage_id, slice_index, count(*) AS n FROM billing.duration_ledger GROUP BY 1, 2 HAVING count(*) > 1")
+    assert not per_slice, f"double debits: {per_slice[:5]}"
+    n, amount = await clean_db.fetchrow(
+        "SELECT count(*), sum(amount_minor) FROM billing.duration_ledger WHERE kind = 'debit'")
+    assert (n, amount) == (expected_slices, expected_amount), "missing debits"
+    assert await clean_db.fetchval(
+        "SELECT count(*) FROM billing.usage_events WHERE request_id LIKE 'dur:%'") == expected_slices
+    assert await clean_db.fetchval("SELECT sum(dedupe_count) FROM billing.usage_events") == 0
+    # One audit row per billed record, never two.
+    assert await audit_actions(clean_db) == {"allocations.post_debits": KILL_ALLOCATIONS}
+    assert not await clean_db.fetchval(
+        "SELECT count(*) FROM billing.duration_usage WHERE billed_cost_minor IS DISTINCT FROM "
+        "(SELECT sum(amount_minor) FROM billing.duration_ledger l WHERE l.usage_id = duration_usage.usage_id)")
+
+
+def contract_slices(start_at: datetime, end_at: datetime) -> list:
+    from allocations.pricing import billable_slices
+
+    return billable_slices(start_at, end_at, end_at, Decimal("2.5"), TimeUnit.HOUR, TimeUnit.MINUTE)
