@@ -28,6 +28,7 @@ def _mount() -> None:
     ops_commands.register(app)
     resync_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
+    app.add_typer(__import__("allocations.cli", fromlist=["app"]).app, name="allocations")
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

@@ -432,3 +432,45 @@ def contract_slices(start_at: datetime, end_at: datetime) -> list:
     from allocations.pricing import billable_slices
 
     return billable_slices(start_at, end_at, end_at, Decimal("2.5"), TimeUnit.HOUR, TimeUnit.MINUTE)
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from starter.cli import main; main()", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgres_dsn, emulator, stripe_client,
+                                      emulator_admin):
+    import json
+
+    ids = await _seed_four_drifts(clean_db, stripe_client, emulator_admin)
+    env = {**os.environ, "DATABASE_URL": postgres_dsn, "STRIPE_API_BASE": emulator,
+           "TEMPORAL_ADDRESS": temporal_env.address, "BILLING_TASK_QUEUE": task_queue, "COLUMNS": "60"}
+    async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+        code, out, err = await _cli(env, "allocations", "reconcile", "--dry-run", "--as-of", AS_OF.isoformat(),
+                                    "--json")
+        assert code == 0, err
+        dry = json.loads(out)
+        assert dry["mode"] == "dry-run" and dry["counts"]["missing_open_usage"] == 1, dry
+        code, out, err = await _cli(env, "allocations", "reconcile", "--apply", "--as-of", AS_OF.isoformat(),
+                                    "--customer", ids["customer"], "--actor", "alice", "--reason", "ticket 9",
+                                    "--json")
+        assert code == 0, err
+        assert json.loads(out)["counts"]["fixes_applied"] == 6
+        code, out, err = await _cli(env, "allocations", "reconcile", "--apply", "--customer", "nobody", "--json")
+        assert code == 2 and json.loads(out)["type"] == "UnknownCustomer", (out, err)
+    code, out, err = await _cli(env, "allocations", "show", ids["orphan"], "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert [t["event"] for t in shown["timeline"]] == ["activated", "released"]
+    assert len(shown["usage"]) == 1 and shown["usage"][0]["closed_by"] == "reconcile"
+    assert len(shown["debits"]) == 1 and len(shown["events"]) == 1
+    assert {a["action"] for a in shown["audit"]} == {"allocations.close_usage", "allocations.post_debits"}
+    assert all(a["actor"] == "alice" for a in shown["audit"])
+    code, out, err = await _cli(env, "allocations", "show", ids["orphan"])
+    assert code == 0 and "allocations.post_debits" in out, err
+    code, _, err = await _cli(env, "allocations", "show", "no-such-allocation")
+    assert code == 2 and "unknown allocation" in err
