@@ -172,12 +172,20 @@ class AllocationActivities:
                 if n % PAUSE_CHECK_EVERY == 0:
                     write, paused = await _may_write(conn, inp.context)
                     cp.paused = cp.paused or paused
-                if inp.phase == Phase.ALLOCATIONS:
-                    await self._allocation(conn, inp.context, r, write, plan_keys, cp)
-                    cp.cursor = Cursor(customer_id=r["customer_id"], entity_id=r["allocation_id"])
-                else:
-                    await self._payment(conn, inp.context, payment_row(r), write, plan_keys, cp)
-                    cp.cursor = Cursor(customer_id=r["customer_id"], entity_id=r["session_id"])
+                entity = r["allocation_id"] if inp.phase == Phase.ALLOCATIONS else r["session_id"]
+                try:
+                    if inp.phase == Phase.ALLOCATIONS:
+                        await self._allocation(conn, inp.context, r, write, plan_keys, cp)
+                    else:
+                        await self._payment(conn, inp.context, payment_row(r), write, plan_keys, cp)
+                except asyncpg.IntegrityConstraintViolationError as e:
+                    # Deterministic: the database refuses this fix (its transaction rolled back).
+                    # Reported, and the run goes on; retrying the page could not succeed.
+                    log.warning("allocations: fix of %s refused by the database: %s", entity, e)
+                    cp.counts.fix_errors += 1
+                    if len(cp.sample) < MAX_SAMPLE:
+                        cp.sample.append(f"[fix_error] {entity}: {type(e).__name__}: {e}")
+                cp.cursor = Cursor(customer_id=r["customer_id"], entity_id=entity)
                 cp.done += 1
                 activity.heartbeat(cp.model_dump(mode="json"))
         more = cp.done >= inp.page_size
@@ -228,18 +236,20 @@ class AllocationActivities:
                 if f.action not in FIXING_ACTIONS:
                     statuses[f.key] = _status_without_write(ctx, True, f)
                     continue
-                if stop or (plan_keys is not None and f.key not in plan_keys):
+                if plan_keys is not None and f.key not in plan_keys:
+                    continue  # not in the approved plan: the next run finds it again
+                if stop:
                     statuses[f.key] = FindingStatus.SKIPPED
+                    c.skipped_stale += 1
                     continue
                 done = await self._fix_allocation(conn, ctx, alloc, rates, f, c)
                 statuses[f.key] = FindingStatus.APPLIED if done else FindingStatus.SKIPPED
+                c.skipped_stale += int(not done)
                 stop = not done  # a step that found its work done by someone else: re-plan next run
             for f in findings:  # planned outside, gone inside: stale
                 if f.key not in fresh_keys and f.action in FIXING_ACTIONS:
                     statuses[f.key] = FindingStatus.SKIPPED
                     c.skipped_stale += 1
-            c.skipped_stale += sum(1 for f in fresh if statuses[f.key] == FindingStatus.SKIPPED
-                                   and f.action in FIXING_ACTIONS)
             by_key = {f.key: f for f in [*findings, *fresh]}
             for key, status in statuses.items():
                 await _store(conn, ctx, by_key[key], status)

@@ -177,6 +177,7 @@ class Counts(BaseModel):
     credits_created: int = 0
     credits_linked: int = 0
     skipped_stale: int = 0  # approved plan entries no longer true at apply time
+    fix_errors: int = 0  # fixes the database refused (constraint violations): reported, run goes on
 
     def add(self, o: Counts) -> Counts:
         return Counts(**{k: getattr(self, k) + getattr(o, k) for k in Counts.model_fields})

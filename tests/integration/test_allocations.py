@@ -474,3 +474,38 @@ async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgr
     assert code == 0 and "allocations.post_debits" in out, err
     code, _, err = await _cli(env, "allocations", "show", "no-such-allocation")
     assert code == 2 and "unknown allocation" in err
+
+
+async def test_a_fix_the_database_refuses_is_reported_and_the_run_goes_on(
+        clean_db, temporal_env, task_queue, postgres_dsn, emulator):
+    await add_customer(clean_db, "refuse-co")
+    await add_rate(clean_db, RATE_PER_MINUTE)
+    for a in ("a-refused", "a-fine"):
+        await add_allocation(clean_db, a, "refuse-co", "released", AS_OF - timedelta(hours=3),
+                             released_at=AS_OF - timedelta(hours=1))
+        await add_usage(clean_db, f"u-{a}", a, AS_OF - timedelta(hours=3), AS_OF - timedelta(hours=1))
+    # Stands for any deterministic refusal (a constraint the app added, a bad row): a retry can't help.
+    await clean_db.execute("""
+        CREATE FUNCTION billing.test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.usage_id = 'u-a-refused' THEN
+                RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_refuse BEFORE INSERT ON billing.duration_ledger
+            FOR EACH ROW EXECUTE FUNCTION billing.test_refuse();
+    """)
+    try:
+        client = temporal_env.client
+        async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+            res = await run(client, task_queue, request("apply", AS_OF))
+    finally:
+        await clean_db.execute("DROP TRIGGER test_refuse ON billing.duration_ledger; "
+                               "DROP FUNCTION billing.test_refuse()")
+    assert res.outcome == RunOutcome.COMPLETED
+    assert res.counts.fix_errors == 1 and res.counts.fixes_applied == 1, res.counts
+    assert any("a-refused" in line and "fix_error" in line for line in res.findings)
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.duration_ledger WHERE usage_id = 'u-a-refused'") == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.audit_log WHERE entity_id = 'u-a-refused'") == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.duration_ledger WHERE usage_id = 'u-a-fine'") == 1
