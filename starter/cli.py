@@ -52,6 +52,7 @@ def _mount() -> None:
     resync_commands.register(app)
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
+    app.add_typer(__import__("allocations.cli", fromlist=["app"]).app, name="allocations")
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import allocations
 import autoheal
 import backfill
 import credits
@@ -15,7 +16,7 @@ import reconcile
 import resync
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health)
+JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
 
 
 def all_workflows() -> list[type]:

@@ -1,0 +1,89 @@
+"""Record tests/histories/reconcile_allocations_*.json: ReconcileAllocations through the real
+worker on the dev server, with an embedded Postgres and the Stripe emulator.
+
+    .venv/bin/pytest tests/workflow/record_allocation_histories.py
+
+Not collected by a plain `pytest` run (the file name does not match test_*.py); kept apart from
+record_histories.py so that job packages record their own. tests/workflow/test_replay.py
+replays every file."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from temporalio.client import WorkflowHandle
+
+import worker as worker_module
+from allocations.types import (
+    AllocationsProgress,
+    AllocationsResult,
+    ApprovalDecision,
+    Phase,
+    ReconcileAllocationsInput,
+    RunOutcome,
+)
+from common.types import Mode
+from tests.workflow.record_histories import HISTORIES, settings_for
+
+AS_OF = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+async def _seed(pool, tag: str) -> None:
+    c = f"{tag}-c"
+    await pool.execute("INSERT INTO billing.customers (customer_id) VALUES ($1)", c)
+    await pool.execute(
+        "INSERT INTO billing.allocation_rates (resource_class, effective_from, rate_minor, unit, meter) "
+        "VALUES ('gpu', '2026-01-01Z', 6, 'minute', 'gpu_minutes') ON CONFLICT DO NOTHING")
+    for i, (status, hours, released) in enumerate([("active", 30, None), ("released", 5, 2), ("released", 4, 1)]):
+        a = f"{tag}-a{i}"
+        rel = AS_OF - timedelta(hours=released) if released else None
+        await pool.execute(
+            "INSERT INTO billing.allocations (allocation_id, customer_id, resource_class, status, activated_at, "
+            "released_at, status_changed_at) VALUES ($1, $2, 'gpu', $3, $4, $5::timestamptz, "
+            "coalesce($5::timestamptz, $4))", a, c, status, AS_OF - timedelta(hours=hours), rel)
+        if i == 1:  # orphan
+            await pool.execute("INSERT INTO billing.duration_usage (usage_id, allocation_id, start_time) "
+                               "VALUES ($1, $2, $3)", f"{a}-u", a, AS_OF - timedelta(hours=hours))
+    await pool.execute(
+        "INSERT INTO billing.payment_sessions (session_id, customer_id, amount_minor, status) "
+        "VALUES ($1, $2, 900, 'completed')", f"{tag}-ps", c)
+
+
+async def _save(handle: WorkflowHandle, name: str) -> Path:
+    path = HISTORIES / f"{name}.json"
+    path.write_text((await handle.fetch_history()).to_json())
+    return path
+
+
+async def test_record_allocation_histories(temporal_env, postgres_dsn, clean_db, emulator, task_queue):
+    client = temporal_env.client
+    w, close = await worker_module.build_worker(client, settings_for(postgres_dsn, emulator), task_queue=task_queue)
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    try:
+        async with w:
+            await _seed(clean_db, tag)
+            # dry-run, page size 1: several pages in both phases.
+            inp = ReconcileAllocationsInput(mode=Mode.DRY_RUN, as_of=AS_OF, page_size=1, actor="recorder")
+            handle = await client.start_workflow("ReconcileAllocations", inp, id=f"{tag}-dry",
+                                                 task_queue=task_queue, result_type=AllocationsResult)
+            res = await asyncio.wait_for(handle.result(), 60)
+            assert res.counts.fixable > 0, res
+            print(await _save(handle, "reconcile_allocations_dry_run"))
+            # plan -> approve (an update) -> apply the plan.
+            inp = ReconcileAllocationsInput(mode=Mode.PLAN, as_of=AS_OF, page_size=2, actor="recorder")
+            handle = await client.start_workflow("ReconcileAllocations", inp, id=f"{tag}-plan",
+                                                 task_queue=task_queue, result_type=AllocationsResult)
+            for _ in range(300):
+                p = await handle.query("progress", result_type=AllocationsProgress)
+                if p is not None and p.phase == Phase.AWAITING_APPROVAL:
+                    break
+                await asyncio.sleep(0.1)
+            await handle.execute_update("approve", ApprovalDecision(actor="recorder", reason="recording"))
+            res = await asyncio.wait_for(handle.result(), 60)
+            assert res.outcome == RunOutcome.COMPLETED and res.applied and res.applied.fixes_applied > 0, res
+            print(await _save(handle, "reconcile_allocations_plan_approve"))
+    finally:
+        await close()
