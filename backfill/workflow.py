@@ -15,8 +15,10 @@ import hashlib
 from datetime import UTC, date, datetime, time, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+
+from common.options import short_step
 
 with workflow.unsafe.imports_passed_through():
     from autoheal.activities import AutohealActivities
@@ -33,8 +35,6 @@ with workflow.unsafe.imports_passed_through():
     from reconcile.types import Counts, ReconcileResult, ReconcileUsageInput
     from webhooks.types import ReplayResult, ReplayWebhooksInput
 
-SHORT_TIMEOUT = timedelta(minutes=1)
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Temporal remembers a closed child's id only for the namespace's retention; the completed-run
 # check in Postgres is what makes "already done" durable.
 CHILD_ID_REUSE = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
@@ -85,13 +85,13 @@ class CatchUpBackfill:
         p.phase, p.days_total = "days", len(days)
         if inp.mode == Mode.APPLY and workflow.patched("backfill-honours-pause"):
             state = await workflow.execute_activity_method(
-                AutohealActivities.get_autoheal, start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                AutohealActivities.get_autoheal, **short_step())
             self._paused = p.paused = self._paused or state.paused
 
         done = set((await workflow.execute_activity_method(
             BackfillActivities.completed_runs,
             CompletedRunsInput(run_ids=[day_run_id(d, inp.mode, inp.customers, inp.meters) for d in days]),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)).completed)
+            **short_step())).completed)
         gate = asyncio.Semaphore(inp.max_concurrent_days)
 
         async def one(day: date) -> DayResult:

@@ -29,6 +29,10 @@ class ErrorType(StrEnum):
     INVALID_CHECKOUT = "InvalidCheckout"
 
 
+# What no retry of a paged run's activity can fix (its retry policies list them).
+PERMANENT_ERRORS: tuple[str, ...] = tuple(e.value for e in ErrorType)
+
+
 class ResolveScopeInput(BaseModel):
     customer_id: str | None = None  # our customer id; None = every customer
 

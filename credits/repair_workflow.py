@@ -17,15 +17,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from common.failures import permanent_failure
+from common.options import heartbeat_page, report_query, short_step
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.paged import MAX_SAMPLE, CleanupInput, ContextInput, ErrorType
+    from common.paged import MAX_SAMPLE, PERMANENT_ERRORS, CleanupInput, ContextInput
     from credits.activities import CreditActivities
     from credits.types import (
         BalancePageInput,
@@ -43,14 +43,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from resync.activities import ResyncActivities
 
-SHORT_TIMEOUT = timedelta(minutes=2)
-PAGE_TIMEOUT = timedelta(minutes=30)
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 BALANCE_PAGE_LIMIT = 500
 DEFAULT_REASON = "credit repair"
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.NEGATIVE_BALANCE.value])
+STEP = short_step(*PERMANENT_ERRORS)
+PAGE = heartbeat_page(*PERMANENT_ERRORS)
+QUERY = report_query(*PERMANENT_ERRORS)
 
 NEXT_PHASE = {
     RepairPhase.STRIPE_EVENTS: RepairPhase.INBOX,
@@ -91,7 +88,7 @@ class RepairCredits:
                 ResyncActivities.start,
                 ContextInput(run_id=info.workflow_id, workflow_run_id=info.run_id, customer=inp.customer,
                              mode=inp.mode, actor=inp.actor, reason=inp.reason or DEFAULT_REASON),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                **STEP)
             now = workflow.now()
             self._state = RepairCarry(context=ctx, since_ts=int((now - timedelta(days=inp.days)).timestamp()),
                                       until_ts=int(now.timestamp()) + 1)
@@ -107,7 +104,7 @@ class RepairCredits:
 
         await workflow.execute_activity_method(
             ResyncActivities.cleanup, CleanupInput(run_id=ctx.run_id),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            **STEP)
         # Purchases still without a grant: all of them unless this run granted them.
         s.checks.checkouts_without_ledger_entry = s.counts.missing_grants - s.counts.grants_made
         s.checks.checkout_sample = s.findings.missing_grants[:MAX_SAMPLE] \
@@ -124,20 +121,20 @@ class RepairCredits:
                 CreditActivities.checkout_page,
                 CheckoutPageInput(context=ctx, source=source, cursor=s.cursor, since_ts=s.since_ts,
                                   until_ts=s.until_ts, page_size=inp.page_size, max_pages=inp.pages_per_activity),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                **PAGE)
             self._add(s, page)
             s.cursor = page.next_cursor
             return s.cursor is None
         if s.phase == RepairPhase.DUPLICATES:
             page = await workflow.execute_activity_method(
                 CreditActivities.duplicates, DuplicatesInput(context=ctx),
-                start_to_close_timeout=PAGE_TIMEOUT, retry_policy=RETRY)
+                **QUERY)
             self._add(s, page)
             return True
         if s.phase == RepairPhase.BALANCES:
             page = await workflow.execute_activity_method(
                 CreditActivities.balances_page, BalancePageInput(context=ctx, after=s.cursor, limit=BALANCE_PAGE_LIMIT),
-                start_to_close_timeout=PAGE_TIMEOUT, retry_policy=RETRY)
+                **QUERY)
             self._add(s, page)
             s.cursor = page.next_cursor
             return s.cursor is None
@@ -146,7 +143,7 @@ class RepairCredits:
                 CreditActivities.paid_invoices_page,
                 InvoiceCheckInput(context=ctx, starting_after=s.cursor, page_size=inp.page_size,
                                   max_pages=inp.pages_per_activity),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                **PAGE)
             s.checks.paid_invoices_checked += inv.checked
             s.checks.paid_invoices_missing_locally += inv.missing
             s.checks.invoice_sample = (s.checks.invoice_sample + inv.sample)[:MAX_SAMPLE]
@@ -155,7 +152,7 @@ class RepairCredits:
         usage = await workflow.execute_activity_method(
             CreditActivities.unpushed_usage,
             UsageCheckInput(context=ctx, today_iso=workflow.now().date().isoformat()),
-            start_to_close_timeout=PAGE_TIMEOUT, retry_policy=RETRY)
+            **QUERY)
         s.checks.unpushed_usage_keys = usage.keys
         s.checks.usage_sample = usage.sample
         return True

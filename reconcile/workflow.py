@@ -13,9 +13,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from common import options
 from common.failures import activity_message, permanent_failure
 
 with workflow.unsafe.imports_passed_through():
@@ -40,21 +40,15 @@ with workflow.unsafe.imports_passed_through():
         StartRunInput,
     )
 
-SHORT_TIMEOUT = timedelta(minutes=2)
+# Activity options from the shared kit (common/options.py).
+SHORT_TIMEOUT = options.SHORT_STEP_TIMEOUT
 # A cancelled page is awaited until it has really stopped writing.
 WAIT_FOR_CANCEL = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-PAGE_TIMEOUT = timedelta(minutes=30)
+PAGE_TIMEOUT = options.PAGE_TIMEOUT
 # A killed worker's page is retried elsewhere after at most this long.
-PAGE_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[
-        Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
-        Permanent.UNSUPPORTED_METER,
-    ],
-)
+PAGE_HEARTBEAT_TIMEOUT = options.HEARTBEAT_TIMEOUT
+RETRY = options.retry_policy(
+    Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER, Permanent.UNSUPPORTED_METER)
 
 
 # Malformed input (e.g. JSON from `temporal workflow start` with end_date before start_date)

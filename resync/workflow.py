@@ -12,18 +12,16 @@ except a manual sync (`billing-recon subscriptions sync`), which is an operator'
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from common.failures import permanent_failure
+from common.options import heartbeat_page, short_step
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.paged import MAX_SAMPLE, CleanupInput, ContextInput, ErrorType
+    from common.paged import MAX_SAMPLE, PERMANENT_ERRORS, CleanupInput, ContextInput
     from resync.activities import ResyncActivities
     from resync.types import (
         CountActiveInput,
@@ -37,14 +35,10 @@ with workflow.unsafe.imports_passed_through():
         ResyncSubscriptionsInput,
     )
 
-SHORT_TIMEOUT = timedelta(minutes=2)
-PAGE_TIMEOUT = timedelta(minutes=30)
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 LOCAL_PAGE_LIMIT = 500
 DEFAULT_REASON = "resync from Stripe"
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[ErrorType.UNKNOWN_CUSTOMER.value])
+STEP = short_step(*PERMANENT_ERRORS)
+PAGE = heartbeat_page(*PERMANENT_ERRORS)
 
 
 @workflow.defn(name="ResyncSubscriptions", failure_exception_types=[ValidationError])
@@ -77,11 +71,11 @@ class ResyncSubscriptions:
                 ContextInput(run_id=info.workflow_id, workflow_run_id=info.run_id, customer=inp.customer,
                              mode=inp.mode, actor=inp.actor, reason=inp.reason or DEFAULT_REASON,
                              manual=inp.manual),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                **STEP)
             self._state = ResyncCarry(context=ctx)
             before = await workflow.execute_activity_method(
                 ResyncActivities.count_active, CountActiveInput(scope=ctx.scope),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                **STEP)
             self._state.counts.active_local_before = before.active
         s = self._state
         ctx = s.context
@@ -91,7 +85,7 @@ class ResyncSubscriptions:
                 ResyncActivities.subscriptions_page,
                 ResyncPageInput(context=ctx, starting_after=s.cursor, page_size=inp.page_size,
                                 max_pages=inp.pages_per_activity),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                **PAGE)
             s.counts = s.counts.add(page.counts)
             s.findings = s.findings.merge(page.findings)
             s.paused = s.paused or page.paused
@@ -105,7 +99,7 @@ class ResyncSubscriptions:
             local = await workflow.execute_activity_method(
                 ResyncActivities.local_page,
                 LocalPageInput(context=ctx, after=s.cursor, limit=LOCAL_PAGE_LIMIT),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                **PAGE)
             s.counts.missing_in_stripe += local.missing_in_stripe
             s.findings.missing_in_stripe = (s.findings.missing_in_stripe + local.sample)[:MAX_SAMPLE]
             s.cursor = local.next_cursor
@@ -115,11 +109,11 @@ class ResyncSubscriptions:
 
         after = await workflow.execute_activity_method(
             ResyncActivities.count_active, CountActiveInput(scope=ctx.scope),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            **STEP)
         s.counts.active_local_after = after.active
         await workflow.execute_activity_method(
             ResyncActivities.cleanup, CleanupInput(run_id=ctx.run_id),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            **STEP)
         c = s.counts
         return ResyncResult(
             run_id=ctx.run_id, mode=ctx.mode, customer=ctx.scope.customer_id, actor=ctx.actor, counts=c,

@@ -36,6 +36,7 @@ from billing.stripe_objects import (
     ts,
 )
 from webhooks.types import (
+    EVENT_NOT_IN_INBOX,
     EventStatus,
     PendingCursor,
     PendingPageInput,
@@ -138,7 +139,7 @@ class StripeEventActivities:
                         event_id)
                     if row is None:
                         raise ApplicationError(
-                            f"event {event_id} is not in the inbox", type="EventNotInInbox", non_retryable=True)
+                            f"event {event_id} is not in the inbox", type=EVENT_NOT_IN_INBOX, non_retryable=True)
                     if row["status"] in DONE:
                         return ProcessEventResult(event_id=event_id, type=row["type"],
                                                   status=EventStatus(row["status"]), already_done=True)
@@ -152,7 +153,7 @@ class StripeEventActivities:
                     return ProcessEventResult(event_id=event_id, type=row["type"],
                                               status=EventStatus.PROCESSED, detail=detail)
             except (PermanentEventError, StripeObjectError, stripe.StripeError, ApplicationError) as e:
-                if isinstance(e, ApplicationError) and e.type == "EventNotInInbox":
+                if isinstance(e, ApplicationError) and e.type == EVENT_NOT_IN_INBOX:
                     raise
                 if isinstance(e, stripe.StripeError | ApplicationError) and not _is_permanent_stripe_error(e):
                     raise  # transient: Temporal retries the activity

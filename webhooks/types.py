@@ -11,6 +11,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
 
+# The ApplicationError type of an event id the inbox does not hold: retrying cannot help.
+EVENT_NOT_IN_INBOX = "EventNotInInbox"
+
 
 class EventStatus(StrEnum):
     RECEIVED = "received"  # durable in the inbox, effects not yet committed
