@@ -10,6 +10,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from autoheal import switch
 from autoheal.types import AutohealView, BroadcastInput, BroadcastResult, SetAutohealInput
+from common.heartbeat import Heartbeater, resume
 
 
 class AutohealActivities:
@@ -42,16 +43,20 @@ class AutohealActivities:
     @activity.defn(name="ops.broadcast")
     async def broadcast(self, inp: BroadcastInput) -> BroadcastResult:
         """Signal every running workflow of the given types (their `pause`/`resume` handlers
-        stop or restart corrective writes within one batch)."""
+        stop or restart corrective writes within one batch). Heartbeats the runs signalled so
+        far; a retry does not signal them again."""
         types = " OR ".join(f"WorkflowType = '{t}'" for t in inp.workflow_types)
         query = f"ExecutionStatus = 'Running' AND ({types})"
-        signalled: list[str] = []
-        async for wf in self.client.list_workflows(query):
-            try:
-                await self.client.get_workflow_handle(wf.id, run_id=wf.run_id).signal(inp.signal, inp.request)
-                signalled.append(wf.id)
-            except RPCError as e:
-                if e.status != RPCStatusCode.NOT_FOUND:  # finished meanwhile: nothing to stop
-                    raise
-            activity.heartbeat(len(signalled))
-        return BroadcastResult(signalled=signalled)
+        done = resume(BroadcastResult, BroadcastResult())
+        async with Heartbeater(done) as hb:
+            async for wf in self.client.list_workflows(query):
+                if wf.id in done.signalled:
+                    continue
+                try:
+                    await self.client.get_workflow_handle(wf.id, run_id=wf.run_id).signal(inp.signal, inp.request)
+                    done.signalled.append(wf.id)
+                except RPCError as e:
+                    if e.status != RPCStatusCode.NOT_FOUND:  # finished meanwhile: nothing to stop
+                        raise
+                hb.record(done)
+        return done

@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from billing.periods import billing_period
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
+from common.heartbeat import Heartbeater, resume
 from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope
 from common.types import Mode
 from credits.types import (
@@ -34,6 +35,7 @@ from credits.types import (
     CreditPageResult,
     DuplicatesInput,
     InvoiceCheckInput,
+    InvoiceCheckpoint,
     InvoiceCheckResult,
     UsageCheckInput,
     UsageCheckResult,
@@ -72,28 +74,28 @@ class CreditActivities:
         """Completed checkouts from Stripe's events (newest first, within retention) or from the
         inbox (oldest first, any age): each paid credit purchase must have a grant; a missing one
         is granted in apply mode. Heartbeats its cursor after each page."""
-        cp = CreditCheckpoint(cursor=inp.cursor)
-        details = activity.info().heartbeat_details
-        if details:
-            cp = CreditCheckpoint.model_validate(details[0])
-        while cp.pages < inp.max_pages:
-            if inp.source == CheckoutSource.STRIPE:
-                events, has_more = await self.stripe.list_events_page(
-                    created_gte=inp.since_ts, created_lt=inp.until_ts, types=CHECKOUT_EVENT_TYPES,
-                    starting_after=cp.cursor, limit=inp.page_size)
-                next_cursor = events[-1]["id"] if events else None
-            else:
-                events, next_cursor = await self._inbox_page(inp, cp.cursor)
-                has_more = next_cursor is not None
-            cp.counts.checkout_events += len(events)
-            await self._examine(inp.context, events, cp)
-            cp.cursor = next_cursor or cp.cursor
-            cp.pages += 1
-            activity.heartbeat(cp.model_dump(mode="json"))
-            if not has_more or not events:
-                return CreditPageResult(next_cursor=None, counts=cp.counts, findings=cp.findings,
-                                        paused=cp.paused)
-        return CreditPageResult(next_cursor=cp.cursor, counts=cp.counts, findings=cp.findings,
+        cp = resume(CreditCheckpoint, CreditCheckpoint(cursor=inp.cursor))
+        result_cursor = cp.cursor
+        async with Heartbeater(cp) as hb:
+            while cp.pages < inp.max_pages:
+                if inp.source == CheckoutSource.STRIPE:
+                    events, has_more = await self.stripe.list_events_page(
+                        created_gte=inp.since_ts, created_lt=inp.until_ts, types=CHECKOUT_EVENT_TYPES,
+                        starting_after=cp.cursor, limit=inp.page_size)
+                    next_cursor = events[-1]["id"] if events else None
+                else:
+                    events, next_cursor = await self._inbox_page(inp, cp.cursor)
+                    has_more = next_cursor is not None
+                cp.counts.checkout_events += len(events)
+                await self._examine(inp.context, events, cp)
+                cp.cursor = next_cursor or cp.cursor
+                cp.pages += 1
+                hb.record(cp)
+                result_cursor = cp.cursor
+                if not has_more or not events:
+                    result_cursor = None
+                    break
+        return CreditPageResult(next_cursor=result_cursor, counts=cp.counts, findings=cp.findings,
                                 paused=cp.paused)
 
     async def _inbox_page(self, inp: CheckoutPageInput, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -201,8 +203,8 @@ class CreditActivities:
     async def balances_page(self, inp: BalancePageInput) -> CreditPageResult:
         """credit_balances must equal the ledger's sum per customer; repaired in apply mode."""
         ctx = inp.context
-        result = CreditPageResult(next_cursor=None, counts=CreditCounts(), findings=CreditFindings())
-        c, f = result.counts, result.findings
+        cp = resume(CreditCheckpoint, CreditCheckpoint(cursor=inp.after))
+        c, f = cp.counts, cp.findings
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 """
@@ -212,22 +214,25 @@ class CreditActivities:
                 FROM billing.customers c LEFT JOIN billing.credit_balances b USING (customer_id)
                 WHERE ($1::text IS NULL OR c.customer_id > $1) AND ($2::text IS NULL OR c.customer_id = $2)
                 ORDER BY c.customer_id LIMIT $3
-                """, inp.after, ctx.scope.customer_id, inp.limit)
+                """, cp.cursor, ctx.scope.customer_id, inp.limit - c.customers_checked)
             write, paused = await may_write(conn, ctx)
-            result.paused = paused
-            for r in rows:
-                c.customers_checked += 1
-                if r["balance"] == r["ledger"]:
-                    continue
-                c.balance_mismatches += 1
-                sample(f.balance_mismatches, f"{r['customer_id']}: balance {r['balance']}, ledger {r['ledger']}")
-                if r["ledger"] < 0:
-                    c.negative_ledger += 1
-                if write and await self._repair_balance(conn, ctx, r["customer_id"]):
-                    c.balances_repaired += 1
-        if len(rows) == inp.limit:
-            result.next_cursor = rows[-1]["customer_id"]
-        return result
+            cp.paused = cp.paused or paused
+            async with Heartbeater(cp) as hb:
+                for r in rows:
+                    c.customers_checked += 1
+                    if r["balance"] != r["ledger"]:
+                        c.balance_mismatches += 1
+                        sample(f.balance_mismatches,
+                               f"{r['customer_id']}: balance {r['balance']}, ledger {r['ledger']}")
+                        if r["ledger"] < 0:
+                            c.negative_ledger += 1
+                        if write and await self._repair_balance(conn, ctx, r["customer_id"]):
+                            c.balances_repaired += 1
+                    cp.cursor = r["customer_id"]
+                    hb.record(cp)
+        # A full page (this attempt's rows and an earlier attempt's) means there may be more.
+        next_cursor = cp.cursor if c.customers_checked >= inp.limit else None
+        return CreditPageResult(next_cursor=next_cursor, counts=c, findings=f, paused=cp.paused)
 
     async def _repair_balance(self, conn: asyncpg.Connection, ctx: PagedRunContext, customer_id: str) -> bool:
         async with conn.transaction():
@@ -259,31 +264,30 @@ class CreditActivities:
     @activity.defn(name="credits.paid_invoices_page")
     async def paid_invoices_page(self, inp: InvoiceCheckInput) -> InvoiceCheckResult:
         """Paid invoices in Stripe without a local `billing.invoices` row (reported)."""
-        cursor = inp.starting_after
-        checked, missing = 0, 0
-        found: list[str] = []
-        details = activity.info().heartbeat_details
-        if details:
-            cursor, checked, missing, found = (details[0]["cursor"], details[0]["checked"],
-                                               details[0]["missing"], details[0]["sample"])
-        for _ in range(inp.max_pages):
-            invoices, has_more = await self.stripe.list_invoices_page(
-                status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cursor,
-                limit=inp.page_size)
-            ids = [i["id"] for i in invoices]
-            async with self.pool.acquire() as conn:
-                known = {r["stripe_invoice_id"] for r in await conn.fetch(
-                    "SELECT stripe_invoice_id FROM billing.invoices WHERE stripe_invoice_id = ANY($1)", ids)}
-            checked += len(ids)
-            for i in ids:
-                if i not in known:
-                    missing += 1
-                    sample(found, i)
-            cursor = ids[-1] if ids else cursor
-            activity.heartbeat({"cursor": cursor, "checked": checked, "missing": missing, "sample": found})
-            if not has_more or not ids:
-                return InvoiceCheckResult(next_cursor=None, checked=checked, missing=missing, sample=found)
-        return InvoiceCheckResult(next_cursor=cursor, checked=checked, missing=missing, sample=found)
+        cp = resume(InvoiceCheckpoint, InvoiceCheckpoint(cursor=inp.starting_after))
+        next_cursor = cp.cursor
+        async with Heartbeater(cp) as hb:
+            for _ in range(inp.max_pages):
+                invoices, has_more = await self.stripe.list_invoices_page(
+                    status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cp.cursor,
+                    limit=inp.page_size)
+                ids = [i["id"] for i in invoices]
+                async with self.pool.acquire() as conn:
+                    known = {r["stripe_invoice_id"] for r in await conn.fetch(
+                        "SELECT stripe_invoice_id FROM billing.invoices WHERE stripe_invoice_id = ANY($1)", ids)}
+                cp.checked += len(ids)
+                for i in ids:
+                    if i not in known:
+                        cp.missing += 1
+                        sample(cp.sample, i)
+                cp.cursor = ids[-1] if ids else cp.cursor
+                hb.record(cp)
+                next_cursor = cp.cursor
+                if not has_more or not ids:
+                    next_cursor = None
+                    break
+        return InvoiceCheckResult(next_cursor=next_cursor, checked=cp.checked, missing=cp.missing,
+                                  sample=cp.sample)
 
     @activity.defn(name="credits.unpushed_usage")
     async def unpushed_usage(self, inp: UsageCheckInput) -> UsageCheckResult:

@@ -134,7 +134,7 @@ class RepairCredits:
         if s.phase == RepairPhase.BALANCES:
             page = await workflow.execute_activity_method(
                 CreditActivities.balances_page, BalancePageInput(context=ctx, after=s.cursor, limit=BALANCE_PAGE_LIMIT),
-                **QUERY)
+                **PAGE)
             self._add(s, page)
             s.cursor = page.next_cursor
             return s.cursor is None

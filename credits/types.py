@@ -115,6 +115,9 @@ class CreditPageResult(BaseModel):
 
 
 class CreditCheckpoint(BaseModel):
+    """Heartbeat of a credits page activity: done through `cursor` (balances: the customers
+    through `cursor`, `counts.customers_checked` of them)."""
+
     cursor: str | None = None
     pages: int = 0
     counts: CreditCounts = Field(default_factory=CreditCounts)
@@ -143,6 +146,15 @@ class InvoiceCheckResult(BaseModel):
     next_cursor: str | None
     checked: int
     missing: int
+    sample: list[str] = Field(default_factory=list)
+
+
+class InvoiceCheckpoint(BaseModel):
+    """Heartbeat of `paid_invoices_page`: Stripe's pages through `cursor` are checked."""
+
+    cursor: str | None = None
+    checked: int = 0
+    missing: int = 0
     sample: list[str] = Field(default_factory=list)
 
 

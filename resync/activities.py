@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from autoheal import switch
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
+from common.heartbeat import Heartbeater, resume
 from common.paged import (
     MAX_SAMPLE,
     CleanupInput,
@@ -32,6 +33,7 @@ from common.types import Mode
 from resync.types import (
     CountActiveInput,
     CountActiveResult,
+    LocalCheckpoint,
     LocalPageInput,
     LocalPageResult,
     ResyncCheckpoint,
@@ -170,27 +172,27 @@ class ResyncActivities:
         """Up to `max_pages` pages of Stripe's subscriptions (every status) from the cursor:
         compare each with the local row and, in apply mode, fix it. Heartbeats the cursor after
         every page and resumes from it."""
-        cp = ResyncCheckpoint(starting_after=inp.starting_after)
-        details = activity.info().heartbeat_details
-        if details:
-            cp = ResyncCheckpoint.model_validate(details[0])
+        cp = resume(ResyncCheckpoint, ResyncCheckpoint(starting_after=inp.starting_after))
         ctx = inp.context
-        while cp.pages < inp.max_pages:
-            async with self.pool.acquire() as conn:
-                # Postgres' clock: a local row synced after this moment is fresher than the page.
-                listed_at = await conn.fetchval("SELECT clock_timestamp()")
-            subs, has_more = await self.stripe.list_subscriptions_page(
-                customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after,
-                limit=inp.page_size)
-            if subs:
-                await self._compare_page(ctx, subs, listed_at, cp)
-                cp.starting_after = subs[-1]["id"]
-            cp.pages += 1
-            activity.heartbeat(cp.model_dump(mode="json"))
-            if not has_more or not subs:
-                return ResyncPageResult(next_cursor=None, pages=cp.pages, counts=cp.counts,
-                                        findings=cp.findings, paused=cp.paused)
-        return ResyncPageResult(next_cursor=cp.starting_after, pages=cp.pages, counts=cp.counts,
+        next_cursor = cp.starting_after
+        async with Heartbeater(cp) as hb:
+            while cp.pages < inp.max_pages:
+                async with self.pool.acquire() as conn:
+                    # Postgres' clock: a local row synced after this moment is fresher than the page.
+                    listed_at = await conn.fetchval("SELECT clock_timestamp()")
+                subs, has_more = await self.stripe.list_subscriptions_page(
+                    customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after,
+                    limit=inp.page_size)
+                if subs:
+                    await self._compare_page(ctx, subs, listed_at, cp)
+                    cp.starting_after = subs[-1]["id"]
+                cp.pages += 1
+                hb.record(cp)
+                next_cursor = cp.starting_after
+                if not has_more or not subs:
+                    next_cursor = None
+                    break
+        return ResyncPageResult(next_cursor=next_cursor, pages=cp.pages, counts=cp.counts,
                                 findings=cp.findings, paused=cp.paused)
 
     async def _compare_page(self, ctx: PagedRunContext, subs: list[dict[str, Any]], listed_at: datetime,
@@ -270,6 +272,7 @@ class ResyncActivities:
         with a read (a subscription created after the listing began is not missing). Reported,
         never deleted."""
         ctx = inp.context
+        cp = resume(LocalCheckpoint, LocalCheckpoint(done_through=inp.after))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 f"""
@@ -279,17 +282,20 @@ class ResyncActivities:
                                   AND r.key = s.stripe_subscription_id)
                   {_scope_clause(5)}
                 ORDER BY s.stripe_subscription_id LIMIT $4
-                """, inp.after, ctx.run_id, SEEN_SUBSCRIPTION, inp.limit, ctx.scope.stripe_customer_id,
-                ctx.scope.customer_id)
-        missing: list[str] = []
-        for i, r in enumerate(rows):
-            sid = r["stripe_subscription_id"]
-            if await self.stripe.retrieve("subscription", sid) is None:
-                missing.append(sid)
-            activity.heartbeat(i)
-        next_cursor = rows[-1]["stripe_subscription_id"] if len(rows) == inp.limit else None
-        return LocalPageResult(next_cursor=next_cursor, missing_in_stripe=len(missing),
-                               sample=missing[:MAX_SAMPLE])
+                """, cp.done_through, ctx.run_id, SEEN_SUBSCRIPTION, inp.limit - cp.checked,
+                ctx.scope.stripe_customer_id, ctx.scope.customer_id)
+        async with Heartbeater(cp) as hb:
+            for r in rows:
+                sid = r["stripe_subscription_id"]
+                if await self.stripe.retrieve("subscription", sid) is None:
+                    cp.missing_in_stripe += 1
+                    sample(cp.sample, sid)
+                cp.done_through, cp.checked = sid, cp.checked + 1
+                hb.record(cp)
+        # A full page (this attempt's rows and an earlier attempt's) means there may be more.
+        next_cursor = cp.done_through if cp.checked >= inp.limit else None
+        return LocalPageResult(next_cursor=next_cursor, missing_in_stripe=cp.missing_in_stripe,
+                               sample=cp.sample)
 
 
 def _scope_clause(first_param: int) -> str:

@@ -116,6 +116,15 @@ class LocalPageInput(BaseModel):
     limit: int = 500
 
 
+class LocalCheckpoint(BaseModel):
+    """Heartbeat of `local_page`: the rows through `done_through` are checked."""
+
+    done_through: str | None = None
+    checked: int = 0
+    missing_in_stripe: int = 0
+    sample: list[str] = Field(default_factory=list)
+
+
 class LocalPageResult(BaseModel):
     next_cursor: str | None
     missing_in_stripe: int

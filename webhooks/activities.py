@@ -35,6 +35,7 @@ from billing.stripe_objects import (
     subscription_row,
     ts,
 )
+from common.heartbeat import Heartbeater, resume
 from webhooks.types import (
     EVENT_NOT_IN_INBOX,
     EventStatus,
@@ -43,9 +44,9 @@ from webhooks.types import (
     PendingPageResult,
     ProcessEventInput,
     ProcessEventResult,
+    ProcessPageCheckpoint,
     ProcessPageInput,
     ProcessPageResult,
-    ReplayCounts,
     SyncInboxCheckpoint,
     SyncInboxInput,
     SyncInboxResult,
@@ -323,39 +324,21 @@ class StripeEventActivities:
     async def sync_inbox(self, inp: SyncInboxInput) -> SyncInboxResult:
         """Page Stripe's event list over the window; every event missing from the inbox is
         stored (apply) or listed (dry-run). Heartbeats its cursor and resumes from it."""
-        cp = SyncInboxCheckpoint()
-        details = activity.info().heartbeat_details
-        if details:
-            cp = SyncInboxCheckpoint.model_validate(details[0])
+        cp = resume(SyncInboxCheckpoint, SyncInboxCheckpoint())
         w = inp.window
         # Stripe's `created` is whole seconds: an event of the window's last second is included.
         gte, lt = math.floor(w.since.timestamp()), math.ceil(w.until.timestamp())
-        while True:
-            events, has_more = await self.stripe.list_events_page(
-                created_gte=gte, created_lt=lt, types=w.types, starting_after=cp.starting_after,
-                limit=inp.page_size)
-            if events:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    known = {r["event_id"]: r["status"] for r in await conn.fetch(
-                        "SELECT event_id, status FROM billing.stripe_events WHERE event_id = ANY($1)",
-                        [e["id"] for e in events])}
-                    for e in events:
-                        status = known.get(e["id"])
-                        cp.counts.seen += 1
-                        if status is None:
-                            cp.counts.never_received += 1
-                            if inp.dry_run:
-                                _sample(cp, inp, e["id"])
-                            else:
-                                await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
-                        elif status in DONE:
-                            cp.counts.already_processed += 1
-                        elif inp.dry_run:
-                            _sample(cp, inp, e["id"])
-                cp.starting_after = events[-1]["id"]
-            activity.heartbeat(cp.model_dump(mode="json"))
-            if not has_more or not events:
-                break
+        async with Heartbeater(cp) as hb:
+            while True:
+                events, has_more = await self.stripe.list_events_page(
+                    created_gte=gte, created_lt=lt, types=w.types, starting_after=cp.starting_after,
+                    limit=inp.page_size)
+                if events:
+                    await self._store_missing(events, inp, cp)
+                    cp.starting_after = events[-1]["id"]
+                hb.record(cp)
+                if not has_more or not events:
+                    break
         async with self.pool.acquire() as conn:
             # Everything left to process in the window, whether Stripe still lists it or not:
             # the never-received rows just stored plus rows stuck in received/failed.
@@ -367,6 +350,28 @@ class StripeEventActivities:
             if inp.dry_run:
                 cp.counts.pending += cp.counts.never_received  # nothing was stored
         return SyncInboxResult(counts=cp.counts, sample=cp.sample)
+
+    async def _store_missing(self, events: list[dict[str, Any]], inp: SyncInboxInput,
+                             cp: SyncInboxCheckpoint) -> None:
+        """Count one page of Stripe's events against the inbox; store the missing ones (apply)
+        or sample them (dry-run)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            known = {r["event_id"]: r["status"] for r in await conn.fetch(
+                "SELECT event_id, status FROM billing.stripe_events WHERE event_id = ANY($1)",
+                [e["id"] for e in events])}
+            for e in events:
+                status = known.get(e["id"])
+                cp.counts.seen += 1
+                if status is None:
+                    cp.counts.never_received += 1
+                    if inp.dry_run:
+                        _sample(cp, inp, e["id"])
+                    else:
+                        await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
+                elif status in DONE:
+                    cp.counts.already_processed += 1
+                elif inp.dry_run:
+                    _sample(cp, inp, e["id"])
 
     @activity.defn(name="stripe_events.pending_page")
     async def pending_page(self, inp: PendingPageInput) -> PendingPageResult:
@@ -398,25 +403,23 @@ class StripeEventActivities:
     async def process_page(self, inp: ProcessPageInput) -> ProcessPageResult:
         """The same handler as a live delivery, one event at a time in the given (creation)
         order; heartbeats how far it got."""
-        start = 0
-        result = ProcessPageResult(counts=ReplayCounts())
-        details = activity.info().heartbeat_details
-        if details:
-            start, saved = details[0]["next"], details[0]["result"]
-            result = ProcessPageResult.model_validate(saved)
-        for i in range(start, len(inp.event_ids)):
-            r = await self.process_one(inp.event_ids[i])
-            if r.already_done:
-                result.counts.already_processed += 1
-            elif r.status == EventStatus.PROCESSED:
-                result.counts.replayed += 1
-            elif r.status == EventStatus.IGNORED:
-                result.counts.ignored += 1
-            else:
-                result.counts.failed += 1
-                if len(result.failures) < MAX_REPORTED_FAILURES:
-                    result.failures.append(f"{r.event_id} ({r.type}): {r.detail}")
-            activity.heartbeat({"next": i + 1, "result": result.model_dump(mode="json")})
+        cp = resume(ProcessPageCheckpoint, ProcessPageCheckpoint())
+        result = cp.result
+        async with Heartbeater(cp) as hb:
+            for i in range(cp.next, len(inp.event_ids)):
+                r = await self.process_one(inp.event_ids[i])
+                if r.already_done:
+                    result.counts.already_processed += 1
+                elif r.status == EventStatus.PROCESSED:
+                    result.counts.replayed += 1
+                elif r.status == EventStatus.IGNORED:
+                    result.counts.ignored += 1
+                else:
+                    result.counts.failed += 1
+                    if len(result.failures) < MAX_REPORTED_FAILURES:
+                        result.failures.append(f"{r.event_id} ({r.type}): {r.detail}")
+                cp.next = i + 1
+                hb.record(cp)
         return result
 
 

@@ -127,6 +127,13 @@ class ProcessPageResult(BaseModel):
     failures: list[str] = Field(default_factory=list)  # "evt_...: error", capped
 
 
+class ProcessPageCheckpoint(BaseModel):
+    """Heartbeat of `process_page`: the events before `next` are done, with this result."""
+
+    next: int = 0  # index into ProcessPageInput.event_ids
+    result: ProcessPageResult = Field(default_factory=lambda: ProcessPageResult(counts=ReplayCounts()))
+
+
 class ReplayProgress(BaseModel):
     phase: str = "starting"  # listing | processing | done
     counts: ReplayCounts = Field(default_factory=ReplayCounts)
