@@ -5,9 +5,11 @@ Workflows build these: no default factories that read clocks or randomness."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel
 
+from common.audit import AuditAction, AuditInput
 from common.types import Mode
 
 STRIPE_PAGE_MAX = 100  # Stripe's largest list page
@@ -53,6 +55,16 @@ class PagedRunContext(BaseModel):
     reason: str
     # An explicit operator action (`subscriptions sync`): proceeds while auto-healing is paused.
     manual: bool = False
+
+    def audit_entry(
+        self, action: AuditAction, *, entity_type: str, entity_id: str, idempotency_key: str,
+        customer_id: str | None, before: dict[str, Any] | None, after: dict[str, Any] | None,
+    ) -> AuditInput:
+        """The audit row of one of this run's writes: its actor, reason and workflow ids."""
+        return AuditInput(actor=self.actor, action=action, entity_type=entity_type, entity_id=entity_id,
+                          reason=self.reason, before=before, after=after, workflow_id=self.run_id,
+                          run_id=self.workflow_run_id, idempotency_key=idempotency_key,
+                          customer_id=customer_id)
 
 
 class ContextInput(BaseModel):

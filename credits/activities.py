@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from billing.periods import billing_period
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
+from common.audit import AuditAction, write_audit
 from common.heartbeat import Heartbeater, resume
 from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope
 from common.types import Mode
@@ -40,7 +41,7 @@ from credits.types import (
     UsageCheckInput,
     UsageCheckResult,
 )
-from resync.activities import SEEN_CHECKOUT, audit, mark_seen, may_write, sample
+from resync.activities import SEEN_CHECKOUT, mark_seen, may_write, sample
 from webhooks.activities import PermanentEventError, StripeEventActivities, lock_object
 
 log = logging.getLogger("billing.credits")
@@ -255,10 +256,10 @@ class CreditActivities:
                     customer_id, ledger)
             except asyncpg.CheckViolationError as e:
                 raise negative_balance_error(customer_id, ledger) from e
-            await audit(conn, ctx, action="credits.balance_repair", entity_type="credit_balance",
-                        entity_id=customer_id, before={"balance": before},
-                        after={"balance": ledger, "ledger_sum": ledger},
-                        idempotency_key=f"balance-repair:{ctx.run_id}:{customer_id}")
+            await write_audit(conn, ctx.audit_entry(
+                AuditAction.CREDITS_BALANCE_REPAIR, entity_type="credit_balance", entity_id=customer_id,
+                before={"balance": before}, after={"balance": ledger, "ledger_sum": ledger},
+                idempotency_key=f"balance-repair:{ctx.run_id}:{customer_id}", customer_id=customer_id))
             return True
 
     @activity.defn(name="credits.paid_invoices_page")
@@ -364,10 +365,10 @@ class CreditActivities:
             ctx = PagedRunContext(run_id=inp.workflow_id, workflow_run_id=inp.workflow_run_id,
                              scope=RunScope(customer_id=req.customer), mode=Mode.APPLY, actor=req.actor,
                              reason=req.reason, manual=True)
-            await audit(conn, ctx, action="credits.adjust", entity_type="credit_balance", entity_id=req.customer,
-                        before={"balance": before},
-                        after={"balance": after, "amount": req.amount, "ledger_source": source},
-                        idempotency_key=f"credits-adjust:{inp.workflow_id}")
+            await write_audit(conn, ctx.audit_entry(
+                AuditAction.CREDITS_ADJUST, entity_type="credit_balance", entity_id=req.customer,
+                before={"balance": before}, after={"balance": after, "amount": req.amount, "ledger_source": source},
+                idempotency_key=f"credits-adjust:{inp.workflow_id}", customer_id=req.customer))
         return AdjustCreditsResult(
             workflow_id=inp.workflow_id, customer=req.customer, amount=req.amount, balance_before=before,
             balance_after=after, source=source, ledger_id=ledger_id, actor=req.actor, reason=req.reason)

@@ -81,12 +81,12 @@ class ReconcileUsage:
         # observe-only. Safe at any instant: every write is recorded in the outbox first.
         if self._corrective_page is not None:
             self._corrective_page.cancel()
-        await self._audit(req.actor, "pause_auto_healing", req.reason)
+        await self._audit(req.actor, "run.pause", req.reason)
 
     @workflow.signal(name="resume")
     async def resume(self, req: PauseRequest) -> None:
         self._paused = False
-        await self._audit(req.actor, "resume_auto_healing", req.reason)
+        await self._audit(req.actor, "run.resume", req.reason)
 
     @workflow.update(name="approve")
     async def approve(self, decision: ApprovalDecision) -> ApprovalResult:

@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from autoheal import switch
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
+from common.audit import AuditAction, write_audit
 from common.heartbeat import Heartbeater, resume
 from common.paged import (
     MAX_SAMPLE,
@@ -82,26 +83,6 @@ async def may_write(conn: asyncpg.Connection, ctx: PagedRunContext) -> tuple[boo
         return True, False
     paused = await switch.paused(conn)
     return not paused, paused
-
-
-async def audit(
-    conn: asyncpg.Connection, ctx: PagedRunContext, *, action: str, entity_type: str, entity_id: str,
-    before: dict[str, Any] | None, after: dict[str, Any] | None, idempotency_key: str,
-    reason: str | None = None, customer_id: str | None = None,
-) -> bool:
-    """One audit row per corrective write; the key makes a retried activity audit once."""
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO billing.audit_log
-            (actor, action, entity_type, entity_id, before, after, reason, workflow_id, run_id,
-             correlation_id, idempotency_key, customer_id)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $8, $10, $11)
-        ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
-        """,
-        ctx.actor, action, entity_type, entity_id, before, after, reason or ctx.reason, ctx.run_id,
-        ctx.workflow_run_id, idempotency_key,
-        customer_id or (entity_id if entity_type == "credit_balance" else None))
-    return inserted is not None
 
 
 async def mark_seen(conn: asyncpg.Connection, run_id: str, kind: str, keys: list[str]) -> set[str]:
@@ -254,12 +235,12 @@ class ResyncActivities:
                 if customer_id is None:
                     customer_id = await self.events.ensure_customer(conn, row.stripe_customer_id)
                 await upsert_subscription(conn, row, customer_id, raw)
-                await audit(
-                    conn, ctx, action="subscription.create" if before is None else "subscription.resync",
+                await write_audit(conn, ctx.audit_entry(
+                    AuditAction.SUBSCRIPTION_CREATE if before is None else AuditAction.SUBSCRIPTION_RESYNC,
                     entity_type="subscription", entity_id=sid,
                     before={k: before[k] for k in changed} if before is not None else None,
                     after={k: after[k] for k in changed},
-                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id)
+                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id))
                 return True
         except PermanentEventError as e:  # e.g. a customer-id conflict: report, go on
             log.warning("subscription %s not fixed: %s", sid, e)

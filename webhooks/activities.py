@@ -35,6 +35,7 @@ from billing.stripe_objects import (
     subscription_row,
     ts,
 )
+from common.audit import AuditAction, AuditInput, write_audit
 from common.heartbeat import Heartbeater, resume
 from webhooks.types import (
     EVENT_NOT_IN_INBOX,
@@ -258,17 +259,12 @@ class StripeEventActivities:
                 SET balance = billing.credit_balances.balance + EXCLUDED.balance, updated_at = now()
             RETURNING balance
             """, customer_id, grant.amount)
-        await conn.execute(
-            """
-            INSERT INTO billing.audit_log
-                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, run_id,
-                 correlation_id, idempotency_key, customer_id)
-            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7, $6, $8, $2)
-            ON CONFLICT (idempotency_key) DO NOTHING
-            """,
-            actor, customer_id, {"balance": balance - grant.amount}, {"balance": balance, "granted": grant.amount},
-            f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
-            workflow_id, run_id, f"credit-grant:{grant.source}")
+        await write_audit(conn, AuditInput(
+            actor=actor, action=AuditAction.CREDITS_GRANT, entity_type="credit_balance", entity_id=customer_id,
+            before={"balance": balance - grant.amount}, after={"balance": balance, "granted": grant.amount},
+            reason=f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
+            workflow_id=workflow_id, run_id=run_id, idempotency_key=f"credit-grant:{grant.source}",
+            customer_id=customer_id))
         return f"checkout {grant.checkout_session_id}: granted {grant.amount} to {customer_id}"
 
     async def _sync_subscription(self, conn: asyncpg.Connection, sub_id: str) -> str:
