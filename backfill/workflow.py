@@ -18,6 +18,7 @@ from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
+from common.failures import failure_message
 from common.options import short_step
 
 with workflow.unsafe.imports_passed_through():
@@ -140,9 +141,7 @@ class CatchUpBackfill:
             return DayResult(day=day, run_id=run_id, outcome=DayOutcome.RUNNING_ELSEWHERE,
                              error="a run with this id is open or completed elsewhere")
         except ChildWorkflowError as e:
-            cause = e.cause
-            return DayResult(day=day, run_id=run_id, outcome=DayOutcome.FAILED,
-                             error=getattr(cause, "message", None) or str(cause or e))
+            return DayResult(day=day, run_id=run_id, outcome=DayOutcome.FAILED, error=failure_message(e))
         if result.observe_only:
             return DayResult(day=day, run_id=run_id, outcome=DayOutcome.OBSERVE_ONLY, counts=result.counts,
                              error="auto-healing was paused for the whole run: reported, not corrected; "
@@ -165,7 +164,7 @@ class CatchUpBackfill:
         except WorkflowAlreadyStartedError:
             return {"skipped": f"{child_id} already ran"}
         except ChildWorkflowError as e:
-            return {"failed": getattr(e.cause, "message", None) or str(e.cause or e)}
+            return {"failed": failure_message(e)}
         return r.model_dump(mode="json")
 
     async def _resync(self, inp: CatchUpBackfillInput) -> dict:
@@ -178,5 +177,5 @@ class CatchUpBackfill:
         except WorkflowAlreadyStartedError:
             return {"skipped": f"{child_id} already ran"}
         except ChildWorkflowError as e:
-            return {"failed": getattr(e.cause, "message", None) or str(e.cause or e)}
+            return {"failed": failure_message(e)}
         return r

@@ -11,6 +11,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from common.failures import failure_message, failure_type, permanent_failure
 from common.options import short_step, webhook_event
 
 with workflow.unsafe.imports_passed_through():
@@ -37,10 +38,9 @@ class ProcessStripeEvent:
             result = await workflow.execute_activity_method(
                 StripeEventActivities.process, inp, **webhook_event(EVENT_NOT_IN_INBOX))
         except ActivityError as e:
-            cause = e.cause
-            message = getattr(cause, "message", None) or str(cause)
-            if isinstance(cause, ApplicationError) and cause.type == EVENT_NOT_IN_INBOX:
-                raise ApplicationError(message, type=EVENT_NOT_IN_INBOX, non_retryable=True) from e
+            if failure_type(e) == EVENT_NOT_IN_INBOX:
+                raise permanent_failure(e, EVENT_NOT_IN_INBOX) from e
+            message = failure_message(e)
             await workflow.execute_activity_method(
                 StripeEventActivities.mark_failed,
                 EventMarkFailedInput(event_id=inp.event_id, error=f"gave up after retries: {message}"),
