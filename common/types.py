@@ -11,13 +11,19 @@ from pydantic import BaseModel, Field
 
 from common.audit import AuditInput
 
-__all__ = ["AuditInput", "Mode", "PauseRequest", "RunStatus", "STRIPE_EVENT_RETENTION_DAYS"]
+__all__ = ["AuditInput", "Mode", "PauseRequest", "RunStatus", "STRIPE_EVENT_RETENTION_DAYS", "refuse_plan_mode"]
 
 
 class Mode(StrEnum):
     DRY_RUN = "dry-run"  # plan and report; no corrective write anywhere
     APPLY = "apply"  # plan and apply (over-reporting beyond epsilon is held for approval)
     PLAN = "plan"  # store the plan, wait for approve/reject, apply exactly that plan
+
+
+def refuse_plan_mode(mode: Mode, what: str) -> None:
+    """For the jobs that only observe or apply: plan mode is bad input."""
+    if mode == Mode.PLAN:
+        raise ValueError(f"{what} supports dry-run and apply, not plan")
 
 
 class RunStatus(StrEnum):

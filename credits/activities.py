@@ -22,7 +22,8 @@ from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
 from common.audit import AuditAction, write_audit
 from common.heartbeat import Heartbeater, resume
-from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope
+from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope, sample
+from common.paged_activities import mark_seen, may_write
 from common.types import Mode
 from credits.types import (
     AdjustActivityInput,
@@ -41,13 +42,13 @@ from credits.types import (
     UsageCheckInput,
     UsageCheckResult,
 )
-from resync.activities import SEEN_CHECKOUT, mark_seen, may_write, sample
 from webhooks.activities import PermanentEventError, StripeEventActivities, lock_object
 
 log = logging.getLogger("billing.credits")
 
 # The events that complete a credit purchase (the webhook handler grants on both).
 CHECKOUT_EVENT_TYPES = ["checkout.session.completed", "checkout.session.async_payment_succeeded"]
+SEEN_CHECKOUT = "checkout"  # billing.run_seen kind
 CHECKOUT_SOURCE_PREFIX = "checkout:"
 MANUAL_SOURCE_PREFIX = "manual:"
 PAID = "paid"

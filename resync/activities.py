@@ -1,5 +1,5 @@
-"""ResyncSubscriptions' activities (Stripe + Postgres), and what the resync family shares: the
-run's scope and context, the pause check, the run's scratch rows and the audit row.
+"""ResyncSubscriptions' activities (Stripe + Postgres). What every paged run shares (its start
+and cleanup, scope, pause check and scratch rows) is in common/paged_activities.py.
 
 A subscription is compared through the same mapping as the webhook handler
 (`subscription_row(...).compared()`), and written through the same upsert, so the resync and the
@@ -17,20 +17,12 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from autoheal import switch
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
 from common.audit import AuditAction, write_audit
 from common.heartbeat import Heartbeater, resume
-from common.paged import (
-    MAX_SAMPLE,
-    CleanupInput,
-    ContextInput,
-    ErrorType,
-    PagedRunContext,
-    RunScope,
-)
-from common.types import Mode
+from common.paged import PagedRunContext, sample
+from common.paged_activities import mark_seen, may_write
 from resync.types import (
     CountActiveInput,
     CountActiveResult,
@@ -51,53 +43,11 @@ from webhooks.activities import (
 
 log = logging.getLogger("billing.resync")
 
-SEEN_SUBSCRIPTION = "subscription"
-SEEN_CHECKOUT = "checkout"
+SEEN_SUBSCRIPTION = "subscription"  # billing.run_seen kind
 ACTIVE = "active"
 
 
-# ---------------------------------------------------------------------------- shared helpers
-
-
-async def resolve_scope(conn: asyncpg.Connection | asyncpg.Pool, customer: str | None) -> RunScope:
-    """Our customer id -> its Stripe id; an unknown customer is a permanent error."""
-    if customer is None:
-        return RunScope()
-    row = await conn.fetchrow(
-        "SELECT stripe_customer_id FROM billing.customers WHERE customer_id = $1", customer)
-    if row is None:
-        raise ApplicationError(f"unknown customer: {customer}", type=ErrorType.UNKNOWN_CUSTOMER.value,
-                               non_retryable=True)
-    if not row["stripe_customer_id"]:
-        raise ApplicationError(f"customer {customer} has no Stripe customer id",
-                               type=ErrorType.UNKNOWN_CUSTOMER.value, non_retryable=True)
-    return RunScope(customer_id=customer, stripe_customer_id=row["stripe_customer_id"])
-
-
-async def may_write(conn: asyncpg.Connection, ctx: PagedRunContext) -> tuple[bool, bool]:
-    """(write, paused): corrective writes only in apply mode, and while auto-healing is paused
-    only for an operator's explicit action. Read before each batch of writes."""
-    if ctx.mode != Mode.APPLY:
-        return False, False
-    if ctx.manual:
-        return True, False
-    paused = await switch.paused(conn)
-    return not paused, paused
-
-
-async def mark_seen(conn: asyncpg.Connection, run_id: str, kind: str, keys: list[str]) -> set[str]:
-    """Record keys as seen by the run; returns those seen for the first time."""
-    rows = await conn.fetch(
-        """
-        INSERT INTO billing.run_seen (run_id, kind, key) SELECT $1, $2, unnest($3::text[])
-        ON CONFLICT DO NOTHING RETURNING key
-        """, run_id, kind, keys)
-    return {r["key"] for r in rows}
-
-
-def sample(target: list[str], value: str) -> None:
-    if len(target) < MAX_SAMPLE:
-        target.append(value)
+# ---------------------------------------------------------------------------- helpers
 
 
 def _iso(v: datetime | None) -> str | None:
@@ -126,19 +76,6 @@ class ResyncActivities:
         self.pool = pool
         self.stripe = stripe_gateway
         self.events = events  # the webhook handlers' shared writes (customers, grants)
-
-    @activity.defn(name="resync.start")
-    async def start(self, inp: ContextInput) -> PagedRunContext:
-        async with self.pool.acquire() as conn:
-            scope = await resolve_scope(conn, inp.customer)
-            await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
-        return PagedRunContext(run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, scope=scope,
-                          mode=inp.mode, actor=inp.actor, reason=inp.reason, manual=inp.manual)
-
-    @activity.defn(name="resync.cleanup")
-    async def cleanup(self, inp: CleanupInput) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
 
     @activity.defn(name="resync.count_active")
     async def count_active(self, inp: CountActiveInput) -> CountActiveResult:
