@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
-from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
+from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, refuse_plan_mode
 
 # The ApplicationError type of an event id the inbox does not hold: retrying cannot help.
 EVENT_NOT_IN_INBOX = "EventNotInInbox"
@@ -49,8 +49,7 @@ class ReplayWebhooksInput(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ReplayWebhooksInput:
-        if self.mode == Mode.PLAN:
-            raise ValueError("replay supports dry-run and apply, not plan")
+        refuse_plan_mode(self.mode, "replay")
         if len(self.types) > 1 and any("*" in t for t in self.types):
             raise ValueError("a `*` wildcard works only with a single type (Stripe's rule)")
         for t in (self.since, self.until):

@@ -31,7 +31,7 @@ from tests.integration.test_cli_reconcile import cli
 from tests.unit.test_deploy import deploy_metric_names
 
 from .recon_helpers import inject_all_drift, run, seed_world
-from .test_worker_crash import _spawn_worker, _stop
+from .worker_process import spawn_worker, stop_worker
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ async def test_metrics_after_a_drift_run_and_after_a_worker_restart(
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "worker.log"
-    worker = _spawn_worker(env, log)
+    worker = spawn_worker(env, log)
     client = temporal_env.client
     try:
         await wait_scrape(address, lambda s: value(s, metrics.COLLECTOR_REFRESH) is not None, log)
@@ -159,14 +159,14 @@ async def test_metrics_after_a_drift_run_and_after_a_worker_restart(
         assert {(r["run_id"], r["correlation_id"]) for r in json.loads(out)} >= {(heal.run_id, cid)}
 
         # Restart the worker: the Postgres-derived figures come back unchanged.
-        _stop(worker)
-        worker = _spawn_worker(env, log)
+        stop_worker(worker)
+        worker = spawn_worker(env, log)
         s = await wait_scrape(address, lambda s: value(s, metrics.COLLECTOR_REFRESH) is not None, log)
         assert value(s, metrics.LAST_SUCCESS, kind="usage") == pytest.approx(finished, abs=1e-3)
         self_check_postgres_figures(s, heal)
         assert value(s, "billing_reconciliation_runs_total") is None  # a new process counts anew
     finally:
-        _stop(worker)
+        stop_worker(worker)
 
 
 def self_check_postgres_figures(s, heal) -> None:

@@ -14,12 +14,10 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -27,29 +25,12 @@ from common.types import Mode, RunStatus
 from reconcile.types import ReconcileResult
 
 from .recon_helpers import assert_stripe_equals_ledger, ledger_by_key, seed_world, start
+from .worker_process import spawn_worker, stop_worker
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 N_CUSTOMERS = 60  # x 1 meter x 3 days = 180 keys to push, in pages of 20 customers
 RATE_LIMIT = 15
-
-
-def _spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=fh, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_worker_killed_mid_apply_pushes_every_correction_exactly_once(
@@ -71,7 +52,7 @@ async def test_worker_killed_mid_apply_pushes_every_correction_exactly_once(
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "worker.log"
-    first = _spawn_worker(env, log)
+    first = spawn_worker(env, log)
     second: subprocess.Popen[bytes] | None = None
     try:
         handle = await start(temporal_env.client, task_queue, world.request(mode=Mode.APPLY, settle_seconds=2),
@@ -92,12 +73,12 @@ async def test_worker_killed_mid_apply_pushes_every_correction_exactly_once(
         outbox_at_kill = dict(await clean_db.fetch(
             "SELECT status, count(*) FROM billing.stripe_usage_pushes GROUP BY status"))
 
-        second = _spawn_worker(env, log)
+        second = spawn_worker(env, log)
         result: ReconcileResult = await asyncio.wait_for(handle.result(), 80)
     finally:
         for p in (first, second):
             if p is not None:
-                _stop(p)
+                stop_worker(p)
 
     assert result.status == RunStatus.COMPLETED, result
     assert result.counts.reconcile_failures == 0

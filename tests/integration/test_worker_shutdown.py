@@ -14,7 +14,7 @@ from common.types import Mode, RunStatus
 from reconcile.types import ReconcileResult
 
 from .recon_helpers import assert_stripe_equals_ledger, seed_world, start
-from .test_worker_crash import _spawn_worker, _stop
+from .worker_process import spawn_worker, stop_worker
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ async def test_sigterm_lets_the_running_page_finish_and_exits_cleanly(
         "RECON_SETTLE_SECONDS": "1", "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "worker.log"
-    first = _spawn_worker(env, log)
+    first = spawn_worker(env, log)
     second = None
     try:
         handle = await start(temporal_env.client, task_queue, world.request(mode=Mode.APPLY, settle_seconds=1),
@@ -45,7 +45,7 @@ async def test_sigterm_lets_the_running_page_finish_and_exits_cleanly(
         assert code == 0, log.read_text()[-2000:]
         assert "shutting down" in log.read_text()
 
-        second = _spawn_worker(env, log)
+        second = spawn_worker(env, log)
         result: ReconcileResult = await asyncio.wait_for(handle.result(), 90)
         assert result.status == RunStatus.COMPLETED
 
@@ -56,6 +56,6 @@ async def test_sigterm_lets_the_running_page_finish_and_exits_cleanly(
         assert retried == []
         await assert_stripe_equals_ledger(clean_db, stripe_client, world)
     finally:
-        _stop(first)
+        stop_worker(first)
         if second is not None:
-            _stop(second)
+            stop_worker(second)
