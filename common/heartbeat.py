@@ -9,9 +9,11 @@ seconds. Modelled on PostHog's `posthog/temporal/common/heartbeat.py`.
 
     cp = resume(PageCheckpoint, PageCheckpoint(cursor=inp.cursor))
     async with Heartbeater(cp) as hb:
-        while ...:
-            ...  # one page, updating cp
+        for item in items_after(cp.cursor):
+            ...  # one unit of work, updating cp
             hb.record(cp)
+
+or, for a listing paged by a cursor (Stripe's lists), `heartbeat_pages(cp, one_page, max_pages=n)`.
 
 What is heartbeated is a JSON snapshot taken when `record` is called: a checkpoint mutated in
 place while a page is half done is never sent half done."""
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -82,3 +85,20 @@ class Heartbeater(Generic[C]):
             # Not awaited: awaiting it could swallow a cancellation of the activity itself.
             self._task.cancel()
             self._task = None
+
+
+async def heartbeat_pages(checkpoint: C, one_page: Callable[[], Awaitable[bool]], *,
+                          max_pages: int | None = None, every: float = HEARTBEAT_EVERY_SECONDS) -> bool:
+    """Page through a listing: `one_page()` does one page, advancing `checkpoint` (its cursor,
+    counts), and says whether more pages follow; the checkpoint is recorded after each page.
+    At most `max_pages` pages (None: to the end). True when the listing is exhausted, False
+    when `max_pages` stopped it (the checkpoint's cursor is where the next activity goes on)."""
+    async with Heartbeater(checkpoint, every=every) as hb:
+        pages = 0
+        while max_pages is None or pages < max_pages:
+            more = await one_page()
+            pages += 1
+            hb.record(checkpoint)
+            if not more:
+                return True
+    return False

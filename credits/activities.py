@@ -21,7 +21,7 @@ from billing.periods import billing_period
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
 from common.audit import AuditAction, write_audit
-from common.heartbeat import Heartbeater, resume
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope, sample
 from common.paged_activities import mark_seen, may_write
 from common.types import Mode
@@ -77,27 +77,24 @@ class CreditActivities:
         inbox (oldest first, any age): each paid credit purchase must have a grant; a missing one
         is granted in apply mode. Heartbeats its cursor after each page."""
         cp = resume(CreditCheckpoint, CreditCheckpoint(cursor=inp.cursor))
-        result_cursor = cp.cursor
-        async with Heartbeater(cp) as hb:
-            while cp.pages < inp.max_pages:
-                if inp.source == CheckoutSource.STRIPE:
-                    events, has_more = await self.stripe.list_events_page(
-                        created_gte=inp.since_ts, created_lt=inp.until_ts, types=CHECKOUT_EVENT_TYPES,
-                        starting_after=cp.cursor, limit=inp.page_size)
-                    next_cursor = events[-1]["id"] if events else None
-                else:
-                    events, next_cursor = await self._inbox_page(inp, cp.cursor)
-                    has_more = next_cursor is not None
-                cp.counts.checkout_events += len(events)
-                await self._examine(inp.context, events, cp)
-                cp.cursor = next_cursor or cp.cursor
-                cp.pages += 1
-                hb.record(cp)
-                result_cursor = cp.cursor
-                if not has_more or not events:
-                    result_cursor = None
-                    break
-        return CreditPageResult(next_cursor=result_cursor, counts=cp.counts, findings=cp.findings,
+
+        async def one_page() -> bool:
+            if inp.source == CheckoutSource.STRIPE:
+                events, has_more = await self.stripe.list_events_page(
+                    created_gte=inp.since_ts, created_lt=inp.until_ts, types=CHECKOUT_EVENT_TYPES,
+                    starting_after=cp.cursor, limit=inp.page_size)
+                next_cursor = events[-1]["id"] if events else None
+            else:
+                events, next_cursor = await self._inbox_page(inp, cp.cursor)
+                has_more = next_cursor is not None
+            cp.counts.checkout_events += len(events)
+            await self._examine(inp.context, events, cp)
+            cp.cursor = next_cursor or cp.cursor
+            cp.pages += 1
+            return has_more and bool(events)
+
+        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages - cp.pages)
+        return CreditPageResult(next_cursor=None if done else cp.cursor, counts=cp.counts, findings=cp.findings,
                                 paused=cp.paused)
 
     async def _inbox_page(self, inp: CheckoutPageInput, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -267,28 +264,25 @@ class CreditActivities:
     async def paid_invoices_page(self, inp: InvoiceCheckInput) -> InvoiceCheckResult:
         """Paid invoices in Stripe without a local `billing.invoices` row (reported)."""
         cp = resume(InvoiceCheckpoint, InvoiceCheckpoint(cursor=inp.starting_after))
-        next_cursor = cp.cursor
-        async with Heartbeater(cp) as hb:
-            for _ in range(inp.max_pages):
-                invoices, has_more = await self.stripe.list_invoices_page(
-                    status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cp.cursor,
-                    limit=inp.page_size)
-                ids = [i["id"] for i in invoices]
-                async with self.pool.acquire() as conn:
-                    known = {r["stripe_invoice_id"] for r in await conn.fetch(
-                        "SELECT stripe_invoice_id FROM billing.invoices WHERE stripe_invoice_id = ANY($1)", ids)}
-                cp.checked += len(ids)
-                for i in ids:
-                    if i not in known:
-                        cp.missing += 1
-                        sample(cp.sample, i)
-                cp.cursor = ids[-1] if ids else cp.cursor
-                hb.record(cp)
-                next_cursor = cp.cursor
-                if not has_more or not ids:
-                    next_cursor = None
-                    break
-        return InvoiceCheckResult(next_cursor=next_cursor, checked=cp.checked, missing=cp.missing,
+
+        async def one_page() -> bool:
+            invoices, has_more = await self.stripe.list_invoices_page(
+                status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cp.cursor,
+                limit=inp.page_size)
+            ids = [i["id"] for i in invoices]
+            async with self.pool.acquire() as conn:
+                known = {r["stripe_invoice_id"] for r in await conn.fetch(
+                    "SELECT stripe_invoice_id FROM billing.invoices WHERE stripe_invoice_id = ANY($1)", ids)}
+            cp.checked += len(ids)
+            for i in ids:
+                if i not in known:
+                    cp.missing += 1
+                    sample(cp.sample, i)
+            cp.cursor = ids[-1] if ids else cp.cursor
+            return has_more and bool(ids)
+
+        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages)
+        return InvoiceCheckResult(next_cursor=None if done else cp.cursor, checked=cp.checked, missing=cp.missing,
                                   sample=cp.sample)
 
     @activity.defn(name="credits.unpushed_usage")

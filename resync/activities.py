@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
 from common.audit import AuditAction, write_audit
-from common.heartbeat import Heartbeater, resume
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from common.paged import PagedRunContext, sample
 from common.paged_activities import mark_seen, may_write
 from resync.types import (
@@ -92,26 +92,22 @@ class ResyncActivities:
         every page and resumes from it."""
         cp = resume(ResyncCheckpoint, ResyncCheckpoint(starting_after=inp.starting_after))
         ctx = inp.context
-        next_cursor = cp.starting_after
-        async with Heartbeater(cp) as hb:
-            while cp.pages < inp.max_pages:
-                async with self.pool.acquire() as conn:
-                    # Postgres' clock: a local row synced after this moment is fresher than the page.
-                    listed_at = await conn.fetchval("SELECT clock_timestamp()")
-                subs, has_more = await self.stripe.list_subscriptions_page(
-                    customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after,
-                    limit=inp.page_size)
-                if subs:
-                    await self._compare_page(ctx, subs, listed_at, cp)
-                    cp.starting_after = subs[-1]["id"]
-                cp.pages += 1
-                hb.record(cp)
-                next_cursor = cp.starting_after
-                if not has_more or not subs:
-                    next_cursor = None
-                    break
-        return ResyncPageResult(next_cursor=next_cursor, pages=cp.pages, counts=cp.counts,
-                                findings=cp.findings, paused=cp.paused)
+
+        async def one_page() -> bool:
+            async with self.pool.acquire() as conn:
+                # Postgres' clock: a local row synced after this moment is fresher than the page.
+                listed_at = await conn.fetchval("SELECT clock_timestamp()")
+            subs, has_more = await self.stripe.list_subscriptions_page(
+                customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after, limit=inp.page_size)
+            if subs:
+                await self._compare_page(ctx, subs, listed_at, cp)
+                cp.starting_after = subs[-1]["id"]
+            cp.pages += 1
+            return has_more and bool(subs)
+
+        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages - cp.pages)
+        return ResyncPageResult(next_cursor=None if done else cp.starting_after, pages=cp.pages,
+                                counts=cp.counts, findings=cp.findings, paused=cp.paused)
 
     async def _compare_page(self, ctx: PagedRunContext, subs: list[dict[str, Any]], listed_at: datetime,
                             cp: ResyncCheckpoint) -> None:

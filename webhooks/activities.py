@@ -36,7 +36,7 @@ from billing.stripe_objects import (
     ts,
 )
 from common.audit import AuditAction, AuditInput, write_audit
-from common.heartbeat import Heartbeater, resume
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from webhooks.types import (
     EVENT_NOT_IN_INBOX,
     EventStatus,
@@ -324,17 +324,17 @@ class StripeEventActivities:
         w = inp.window
         # Stripe's `created` is whole seconds: an event of the window's last second is included.
         gte, lt = math.floor(w.since.timestamp()), math.ceil(w.until.timestamp())
-        async with Heartbeater(cp) as hb:
-            while True:
-                events, has_more = await self.stripe.list_events_page(
-                    created_gte=gte, created_lt=lt, types=w.types, starting_after=cp.starting_after,
-                    limit=inp.page_size)
-                if events:
-                    await self._store_missing(events, inp, cp)
-                    cp.starting_after = events[-1]["id"]
-                hb.record(cp)
-                if not has_more or not events:
-                    break
+
+        async def one_page() -> bool:
+            events, has_more = await self.stripe.list_events_page(
+                created_gte=gte, created_lt=lt, types=w.types, starting_after=cp.starting_after,
+                limit=inp.page_size)
+            if events:
+                await self._store_missing(events, inp, cp)
+                cp.starting_after = events[-1]["id"]
+            return has_more and bool(events)
+
+        await heartbeat_pages(cp, one_page)
         async with self.pool.acquire() as conn:
             # Everything left to process in the window, whether Stripe still lists it or not:
             # the never-received rows just stored plus rows stuck in received/failed.

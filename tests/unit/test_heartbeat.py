@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio.testing import ActivityEnvironment
 
-from common.heartbeat import Heartbeater, resume
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
 
 
 class Checkpoint(BaseModel):
@@ -94,3 +94,26 @@ async def test_heartbeats_stop_when_the_block_ends():
 
     n = await env.run(work)
     assert n >= 1 and len(beats) == n
+
+
+async def test_heartbeat_pages_records_each_page_and_stops_at_the_end_or_the_limit():
+    listing = {None: ("p1", True), "p1": ("p2", True), "p2": ("p3", False)}
+
+    async def pages(max_pages: int | None) -> tuple[bool, Checkpoint, list[Any]]:
+        env, beats = env_with()
+        cp = Checkpoint()
+
+        async def one_page() -> bool:
+            cp.cursor, more = listing[cp.cursor]
+            cp.pages += 1
+            return more
+
+        done = await env.run(heartbeat_pages, cp, one_page, max_pages=max_pages, every=3600)
+        return done, cp, beats
+
+    done, cp, beats = await pages(None)
+    assert done and cp.pages == 3
+    assert [b["cursor"] for b in beats if b["pages"]] == ["p1", "p2", "p3"]
+    done, cp, beats = await pages(2)
+    assert not done and (cp.cursor, cp.pages) == ("p2", 2)
+    assert beats[-1] == {"cursor": "p2", "pages": 2, "seen": []}
