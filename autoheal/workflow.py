@@ -9,19 +9,15 @@ the current state in the Temporal UI; its history is the record of who paused wh
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+
+from common.options import heartbeat_page, short_step
 
 with workflow.unsafe.imports_passed_through():
     from autoheal.activities import AutohealActivities
     from autoheal.types import AutohealControlInput, AutohealView, BroadcastInput, SetAutohealInput
     from common.types import PauseRequest
 
-TIMEOUT = timedelta(minutes=1)
-BROADCAST_TIMEOUT = timedelta(minutes=5)
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Runs that honour the pause/resume signals.
 PAUSABLE_WORKFLOWS = ["ReconcileUsage", "CatchUpBackfill"]
 SIGNALS_PER_RUN = 200  # continue-as-new after this many, to keep the history short
@@ -48,7 +44,7 @@ class AutoHealControl:
     @workflow.run
     async def run(self, inp: AutohealControlInput) -> None:
         self._state = await workflow.execute_activity_method(
-            AutohealActivities.get_autoheal, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            AutohealActivities.get_autoheal, **short_step())
         self._show()
         handled = 0
         while True:
@@ -60,13 +56,13 @@ class AutoHealControl:
                     AutohealActivities.set_autoheal,
                     SetAutohealInput(paused=paused, actor=req.actor, reason=req.reason,
                                      workflow_id=info.workflow_id, run_id=info.run_id),
-                    start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+                    **short_step())
                 self._show()
                 await workflow.execute_activity_method(
                     AutohealActivities.broadcast,
                     BroadcastInput(signal="pause" if paused else "resume", request=req,
                                    workflow_types=PAUSABLE_WORKFLOWS),
-                    start_to_close_timeout=BROADCAST_TIMEOUT, heartbeat_timeout=TIMEOUT, retry_policy=RETRY)
+                    **heartbeat_page())
                 handled += 1
             if handled >= SIGNALS_PER_RUN or workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)

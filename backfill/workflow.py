@@ -15,8 +15,11 @@ import hashlib
 from datetime import UTC, date, datetime, time, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+
+from common.failures import failure_message
+from common.options import short_step
 
 with workflow.unsafe.imports_passed_through():
     from autoheal.activities import AutohealActivities
@@ -33,8 +36,6 @@ with workflow.unsafe.imports_passed_through():
     from reconcile.types import Counts, ReconcileResult, ReconcileUsageInput
     from webhooks.types import ReplayResult, ReplayWebhooksInput
 
-SHORT_TIMEOUT = timedelta(minutes=1)
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Temporal remembers a closed child's id only for the namespace's retention; the completed-run
 # check in Postgres is what makes "already done" durable.
 CHILD_ID_REUSE = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
@@ -85,13 +86,13 @@ class CatchUpBackfill:
         p.phase, p.days_total = "days", len(days)
         if inp.mode == Mode.APPLY and workflow.patched("backfill-honours-pause"):
             state = await workflow.execute_activity_method(
-                AutohealActivities.get_autoheal, start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                AutohealActivities.get_autoheal, **short_step())
             self._paused = p.paused = self._paused or state.paused
 
         done = set((await workflow.execute_activity_method(
             BackfillActivities.completed_runs,
             CompletedRunsInput(run_ids=[day_run_id(d, inp.mode, inp.customers, inp.meters) for d in days]),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)).completed)
+            **short_step())).completed)
         gate = asyncio.Semaphore(inp.max_concurrent_days)
 
         async def one(day: date) -> DayResult:
@@ -140,9 +141,7 @@ class CatchUpBackfill:
             return DayResult(day=day, run_id=run_id, outcome=DayOutcome.RUNNING_ELSEWHERE,
                              error="a run with this id is open or completed elsewhere")
         except ChildWorkflowError as e:
-            cause = e.cause
-            return DayResult(day=day, run_id=run_id, outcome=DayOutcome.FAILED,
-                             error=getattr(cause, "message", None) or str(cause or e))
+            return DayResult(day=day, run_id=run_id, outcome=DayOutcome.FAILED, error=failure_message(e))
         if result.observe_only:
             return DayResult(day=day, run_id=run_id, outcome=DayOutcome.OBSERVE_ONLY, counts=result.counts,
                              error="auto-healing was paused for the whole run: reported, not corrected; "
@@ -165,7 +164,7 @@ class CatchUpBackfill:
         except WorkflowAlreadyStartedError:
             return {"skipped": f"{child_id} already ran"}
         except ChildWorkflowError as e:
-            return {"failed": getattr(e.cause, "message", None) or str(e.cause or e)}
+            return {"failed": failure_message(e)}
         return r.model_dump(mode="json")
 
     async def _resync(self, inp: CatchUpBackfillInput) -> dict:
@@ -178,5 +177,5 @@ class CatchUpBackfill:
         except WorkflowAlreadyStartedError:
             return {"skipped": f"{child_id} already ran"}
         except ChildWorkflowError as e:
-            return {"failed": getattr(e.cause, "message", None) or str(e.cause or e)}
+            return {"failed": failure_message(e)}
         return r

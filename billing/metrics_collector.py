@@ -18,6 +18,7 @@ import asyncpg
 
 from billing import metrics
 from billing.settings import Settings
+from common.audit import AuditAction
 from common.types import RunStatus
 from reconcile.types import Counts
 
@@ -28,7 +29,7 @@ RUN_KINDS = ("usage",)  # every kind gets its gauges even before its first run
 HEALING_MODES = ["apply", "plan"]
 OPEN_STATUSES = [s.value for s in (RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL,
                                    RunStatus.APPLYING, RunStatus.VERIFYING)]
-PAUSE_ACTIONS = ["pause_auto_healing", "resume_auto_healing"]
+PAUSE_ACTIONS = [AuditAction.RUN_PAUSE.value, AuditAction.RUN_RESUME.value]
 
 _LAST_SUCCESS_SQL = """
 SELECT kind, extract(epoch FROM max(finished_at))::float8 AS ts
@@ -76,7 +77,7 @@ WITH runs AS (
              WHERE action = ANY($1) AND workflow_id IS NOT NULL
              ORDER BY workflow_id, at DESC, id DESC) p
       JOIN billing.reconciliation_runs r ON r.run_id = p.workflow_id
-     WHERE p.action = 'pause_auto_healing' AND r.finished_at IS NULL
+     WHERE p.action = $2 AND r.finished_at IS NULL
 ), g AS (SELECT since FROM billing.autoheal_state WHERE paused)
 SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM g) AS n,
        extract(epoch FROM least((SELECT min(at) FROM runs), (SELECT min(since) FROM g)))::float8 AS since
@@ -99,7 +100,7 @@ class MetricsCollector:
             diffs = {r["kind"]: await conn.fetch(_DIFFS_SQL, r["run_id"]) for r in last_runs}
             open_runs = await conn.fetch(_OPEN_RUNS_SQL, OPEN_STATUSES)
             backlog = await conn.fetch(_BACKLOG_SQL)
-            paused = await conn.fetchrow(_PAUSED_SQL, PAUSE_ACTIONS)
+            paused = await conn.fetchrow(_PAUSED_SQL, PAUSE_ACTIONS, AuditAction.RUN_PAUSE.value)
         self._publish(last_success, last_runs, diffs, open_runs, backlog, paused)
 
     def _publish(self, last_success, last_runs, diffs, open_runs, backlog, paused) -> None:

@@ -1,17 +1,33 @@
-"""How a workflow of this project fails when an activity has failed for good: with the
-activity's own message and error type (e.g. UnknownCustomer, NegativeBalance), non-retryably,
-so the starter, the CLI and the UI show the cause instead of "activity task failed"."""
+"""How a workflow of this project reports what failed underneath it: an activity's or a child
+workflow's own message and error type (e.g. UnknownCustomer, NegativeBalance), not "activity
+task failed" or "child workflow execution failed", so the starter, the CLI and the UI show the
+cause. `permanent_failure` fails the workflow with them, non-retryably."""
 
 from __future__ import annotations
 
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+# An activity's failure, or a child workflow's: both wrap the cause that matters.
+Underneath = ActivityError | ChildWorkflowError
 
 
-def activity_message(e: ActivityError) -> str:
+def failure_message(e: Underneath) -> str:
+    """The message of what failed underneath `e` (its cause's own message)."""
     cause = e.cause
     return getattr(cause, "message", None) or str(cause or e)
 
 
-def permanent_failure(e: ActivityError, default_type: str) -> ApplicationError:
-    return ApplicationError(activity_message(e), type=getattr(e.cause, "type", None) or default_type,
-                            non_retryable=True)
+def failure_type(e: Underneath) -> str | None:
+    """The `ApplicationError.type` of what failed underneath `e`, if it has one."""
+    cause = e.cause
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
+def activity_message(e: ActivityError) -> str:
+    """`failure_message` of an activity (the name reconcile/ uses)."""
+    return failure_message(e)
+
+
+def permanent_failure(e: Underneath, default_type: str) -> ApplicationError:
+    """Fail the workflow with the cause's message and type (else `default_type`), for good."""
+    return ApplicationError(failure_message(e), type=failure_type(e) or default_type, non_retryable=True)

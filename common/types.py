@@ -1,4 +1,5 @@
-"""Types every job shares: the run mode, run status, audit rows and pause requests.
+"""Types every job shares: the run mode, run status and pause requests (and, re-exported for
+reconcile/, the audit row `common.audit.AuditInput`).
 
 Workflows build these: no default factories that read clocks or randomness."""
 
@@ -8,11 +9,21 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from common.audit import AuditInput
+
+__all__ = ["AuditInput", "Mode", "PauseRequest", "RunStatus", "STRIPE_EVENT_RETENTION_DAYS", "refuse_plan_mode"]
+
 
 class Mode(StrEnum):
     DRY_RUN = "dry-run"  # plan and report; no corrective write anywhere
     APPLY = "apply"  # plan and apply (over-reporting beyond epsilon is held for approval)
     PLAN = "plan"  # store the plan, wait for approve/reject, apply exactly that plan
+
+
+def refuse_plan_mode(mode: Mode, what: str) -> None:
+    """For the jobs that only observe or apply: plan mode is bad input."""
+    if mode == Mode.PLAN:
+        raise ValueError(f"{what} supports dry-run and apply, not plan")
 
 
 class RunStatus(StrEnum):
@@ -28,20 +39,6 @@ class RunStatus(StrEnum):
 class PauseRequest(BaseModel):
     actor: str = Field(min_length=1)
     reason: str | None = None
-
-
-class AuditInput(BaseModel):
-    actor: str
-    action: str
-    entity_type: str
-    entity_id: str
-    reason: str | None = None
-    after: dict | None = None
-    workflow_id: str | None = None
-    run_id: str | None = None
-    idempotency_key: str | None = None
-    customer_id: str | None = None  # the customer the write touched, for `audit --customer`
-    before: dict | None = None
 
 
 STRIPE_EVENT_RETENTION_DAYS = 30  # GET /v1/events only returns the last 30 days

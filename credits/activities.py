@@ -20,7 +20,10 @@ from temporalio.exceptions import ApplicationError
 from billing.periods import billing_period
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
-from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope
+from common.audit import AuditAction, write_audit
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
+from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope, sample
+from common.paged_activities import mark_seen, may_write
 from common.types import Mode
 from credits.types import (
     AdjustActivityInput,
@@ -34,17 +37,18 @@ from credits.types import (
     CreditPageResult,
     DuplicatesInput,
     InvoiceCheckInput,
+    InvoiceCheckpoint,
     InvoiceCheckResult,
     UsageCheckInput,
     UsageCheckResult,
 )
-from resync.activities import SEEN_CHECKOUT, audit, mark_seen, may_write, sample
 from webhooks.activities import PermanentEventError, StripeEventActivities, lock_object
 
 log = logging.getLogger("billing.credits")
 
 # The events that complete a credit purchase (the webhook handler grants on both).
 CHECKOUT_EVENT_TYPES = ["checkout.session.completed", "checkout.session.async_payment_succeeded"]
+SEEN_CHECKOUT = "checkout"  # billing.run_seen kind
 CHECKOUT_SOURCE_PREFIX = "checkout:"
 MANUAL_SOURCE_PREFIX = "manual:"
 PAID = "paid"
@@ -72,11 +76,9 @@ class CreditActivities:
         """Completed checkouts from Stripe's events (newest first, within retention) or from the
         inbox (oldest first, any age): each paid credit purchase must have a grant; a missing one
         is granted in apply mode. Heartbeats its cursor after each page."""
-        cp = CreditCheckpoint(cursor=inp.cursor)
-        details = activity.info().heartbeat_details
-        if details:
-            cp = CreditCheckpoint.model_validate(details[0])
-        while cp.pages < inp.max_pages:
+        cp = resume(CreditCheckpoint, CreditCheckpoint(cursor=inp.cursor))
+
+        async def one_page() -> bool:
             if inp.source == CheckoutSource.STRIPE:
                 events, has_more = await self.stripe.list_events_page(
                     created_gte=inp.since_ts, created_lt=inp.until_ts, types=CHECKOUT_EVENT_TYPES,
@@ -89,11 +91,10 @@ class CreditActivities:
             await self._examine(inp.context, events, cp)
             cp.cursor = next_cursor or cp.cursor
             cp.pages += 1
-            activity.heartbeat(cp.model_dump(mode="json"))
-            if not has_more or not events:
-                return CreditPageResult(next_cursor=None, counts=cp.counts, findings=cp.findings,
-                                        paused=cp.paused)
-        return CreditPageResult(next_cursor=cp.cursor, counts=cp.counts, findings=cp.findings,
+            return has_more and bool(events)
+
+        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages - cp.pages)
+        return CreditPageResult(next_cursor=None if done else cp.cursor, counts=cp.counts, findings=cp.findings,
                                 paused=cp.paused)
 
     async def _inbox_page(self, inp: CheckoutPageInput, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -201,8 +202,8 @@ class CreditActivities:
     async def balances_page(self, inp: BalancePageInput) -> CreditPageResult:
         """credit_balances must equal the ledger's sum per customer; repaired in apply mode."""
         ctx = inp.context
-        result = CreditPageResult(next_cursor=None, counts=CreditCounts(), findings=CreditFindings())
-        c, f = result.counts, result.findings
+        cp = resume(CreditCheckpoint, CreditCheckpoint(cursor=inp.after))
+        c, f = cp.counts, cp.findings
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 """
@@ -212,22 +213,25 @@ class CreditActivities:
                 FROM billing.customers c LEFT JOIN billing.credit_balances b USING (customer_id)
                 WHERE ($1::text IS NULL OR c.customer_id > $1) AND ($2::text IS NULL OR c.customer_id = $2)
                 ORDER BY c.customer_id LIMIT $3
-                """, inp.after, ctx.scope.customer_id, inp.limit)
+                """, cp.cursor, ctx.scope.customer_id, inp.limit - c.customers_checked)
             write, paused = await may_write(conn, ctx)
-            result.paused = paused
-            for r in rows:
-                c.customers_checked += 1
-                if r["balance"] == r["ledger"]:
-                    continue
-                c.balance_mismatches += 1
-                sample(f.balance_mismatches, f"{r['customer_id']}: balance {r['balance']}, ledger {r['ledger']}")
-                if r["ledger"] < 0:
-                    c.negative_ledger += 1
-                if write and await self._repair_balance(conn, ctx, r["customer_id"]):
-                    c.balances_repaired += 1
-        if len(rows) == inp.limit:
-            result.next_cursor = rows[-1]["customer_id"]
-        return result
+            cp.paused = cp.paused or paused
+            async with Heartbeater(cp) as hb:
+                for r in rows:
+                    c.customers_checked += 1
+                    if r["balance"] != r["ledger"]:
+                        c.balance_mismatches += 1
+                        sample(f.balance_mismatches,
+                               f"{r['customer_id']}: balance {r['balance']}, ledger {r['ledger']}")
+                        if r["ledger"] < 0:
+                            c.negative_ledger += 1
+                        if write and await self._repair_balance(conn, ctx, r["customer_id"]):
+                            c.balances_repaired += 1
+                    cp.cursor = r["customer_id"]
+                    hb.record(cp)
+        # A full page (this attempt's rows and an earlier attempt's) means there may be more.
+        next_cursor = cp.cursor if c.customers_checked >= inp.limit else None
+        return CreditPageResult(next_cursor=next_cursor, counts=c, findings=f, paused=cp.paused)
 
     async def _repair_balance(self, conn: asyncpg.Connection, ctx: PagedRunContext, customer_id: str) -> bool:
         async with conn.transaction():
@@ -250,40 +254,36 @@ class CreditActivities:
                     customer_id, ledger)
             except asyncpg.CheckViolationError as e:
                 raise negative_balance_error(customer_id, ledger) from e
-            await audit(conn, ctx, action="credits.balance_repair", entity_type="credit_balance",
-                        entity_id=customer_id, before={"balance": before},
-                        after={"balance": ledger, "ledger_sum": ledger},
-                        idempotency_key=f"balance-repair:{ctx.run_id}:{customer_id}")
+            await write_audit(conn, ctx.audit_entry(
+                AuditAction.CREDITS_BALANCE_REPAIR, entity_type="credit_balance", entity_id=customer_id,
+                before={"balance": before}, after={"balance": ledger, "ledger_sum": ledger},
+                idempotency_key=f"balance-repair:{ctx.run_id}:{customer_id}", customer_id=customer_id))
             return True
 
     @activity.defn(name="credits.paid_invoices_page")
     async def paid_invoices_page(self, inp: InvoiceCheckInput) -> InvoiceCheckResult:
         """Paid invoices in Stripe without a local `billing.invoices` row (reported)."""
-        cursor = inp.starting_after
-        checked, missing = 0, 0
-        found: list[str] = []
-        details = activity.info().heartbeat_details
-        if details:
-            cursor, checked, missing, found = (details[0]["cursor"], details[0]["checked"],
-                                               details[0]["missing"], details[0]["sample"])
-        for _ in range(inp.max_pages):
+        cp = resume(InvoiceCheckpoint, InvoiceCheckpoint(cursor=inp.starting_after))
+
+        async def one_page() -> bool:
             invoices, has_more = await self.stripe.list_invoices_page(
-                status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cursor,
+                status=PAID, customer=inp.context.scope.stripe_customer_id, starting_after=cp.cursor,
                 limit=inp.page_size)
             ids = [i["id"] for i in invoices]
             async with self.pool.acquire() as conn:
                 known = {r["stripe_invoice_id"] for r in await conn.fetch(
                     "SELECT stripe_invoice_id FROM billing.invoices WHERE stripe_invoice_id = ANY($1)", ids)}
-            checked += len(ids)
+            cp.checked += len(ids)
             for i in ids:
                 if i not in known:
-                    missing += 1
-                    sample(found, i)
-            cursor = ids[-1] if ids else cursor
-            activity.heartbeat({"cursor": cursor, "checked": checked, "missing": missing, "sample": found})
-            if not has_more or not ids:
-                return InvoiceCheckResult(next_cursor=None, checked=checked, missing=missing, sample=found)
-        return InvoiceCheckResult(next_cursor=cursor, checked=checked, missing=missing, sample=found)
+                    cp.missing += 1
+                    sample(cp.sample, i)
+            cp.cursor = ids[-1] if ids else cp.cursor
+            return has_more and bool(ids)
+
+        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages)
+        return InvoiceCheckResult(next_cursor=None if done else cp.cursor, checked=cp.checked, missing=cp.missing,
+                                  sample=cp.sample)
 
     @activity.defn(name="credits.unpushed_usage")
     async def unpushed_usage(self, inp: UsageCheckInput) -> UsageCheckResult:
@@ -360,10 +360,10 @@ class CreditActivities:
             ctx = PagedRunContext(run_id=inp.workflow_id, workflow_run_id=inp.workflow_run_id,
                              scope=RunScope(customer_id=req.customer), mode=Mode.APPLY, actor=req.actor,
                              reason=req.reason, manual=True)
-            await audit(conn, ctx, action="credits.adjust", entity_type="credit_balance", entity_id=req.customer,
-                        before={"balance": before},
-                        after={"balance": after, "amount": req.amount, "ledger_source": source},
-                        idempotency_key=f"credits-adjust:{inp.workflow_id}")
+            await write_audit(conn, ctx.audit_entry(
+                AuditAction.CREDITS_ADJUST, entity_type="credit_balance", entity_id=req.customer,
+                before={"balance": before}, after={"balance": after, "amount": req.amount, "ledger_source": source},
+                idempotency_key=f"credits-adjust:{inp.workflow_id}", customer_id=req.customer))
         return AdjustCreditsResult(
             workflow_id=inp.workflow_id, customer=req.customer, amount=req.amount, balance_before=before,
             balance_after=after, source=source, ledger_id=ledger_id, actor=req.actor, reason=req.reason)

@@ -8,25 +8,21 @@ the actor and the reason too."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from common.failures import permanent_failure
+from common.options import short_step
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.paged import ErrorType
+    from common.paged import PERMANENT_ERRORS
     from credits.activities import CreditActivities
     from credits.types import AdjustActivityInput, AdjustCreditsInput, AdjustCreditsResult
 
-ADJUST_TIMEOUT = timedelta(minutes=1)
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=[ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.NEGATIVE_BALANCE.value])
+# One transaction: a short step.
+ADJUST = short_step(*PERMANENT_ERRORS)
 
 
 @workflow.defn(name="AdjustCredits", failure_exception_types=[ValidationError])
@@ -38,6 +34,6 @@ class AdjustCredits:
             return await workflow.execute_activity_method(
                 CreditActivities.adjust,
                 AdjustActivityInput(request=inp, workflow_id=info.workflow_id, workflow_run_id=info.run_id),
-                start_to_close_timeout=ADJUST_TIMEOUT, retry_policy=RETRY)
+                **ADJUST)
         except ActivityError as e:
             raise permanent_failure(e, "AdjustFailed") from e

@@ -17,15 +17,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
 
-from common.failures import permanent_failure
+from common.paged_run import PAGE, QUERY, PagedRun
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.paged import MAX_SAMPLE, CleanupInput, ContextInput, ErrorType
+    from common.paged import MAX_SAMPLE, PagedRunContext
     from credits.activities import CreditActivities
     from credits.types import (
         BalancePageInput,
@@ -41,31 +39,22 @@ with workflow.unsafe.imports_passed_through():
         RepairResult,
         UsageCheckInput,
     )
-    from resync.activities import ResyncActivities
 
-SHORT_TIMEOUT = timedelta(minutes=2)
-PAGE_TIMEOUT = timedelta(minutes=30)
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 BALANCE_PAGE_LIMIT = 500
-DEFAULT_REASON = "credit repair"
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.NEGATIVE_BALANCE.value])
-
-NEXT_PHASE = {
-    RepairPhase.STRIPE_EVENTS: RepairPhase.INBOX,
-    RepairPhase.INBOX: RepairPhase.DUPLICATES,
-    RepairPhase.DUPLICATES: RepairPhase.BALANCES,
-    RepairPhase.BALANCES: RepairPhase.INVOICES,
-    RepairPhase.INVOICES: RepairPhase.USAGE,
-    RepairPhase.USAGE: RepairPhase.DONE,
-}
 
 
 @workflow.defn(name="RepairCredits", failure_exception_types=[ValidationError])
-class RepairCredits:
-    def __init__(self) -> None:
-        self._state: RepairCarry | None = None
+class RepairCredits(PagedRun[RepairCreditsInput, RepairCarry, RepairResult]):
+    FAILURE_TYPE = "RepairFailed"
+    DEFAULT_REASON = "credit repair"
+    NEXT_PHASE = {
+        RepairPhase.STRIPE_EVENTS: RepairPhase.INBOX,
+        RepairPhase.INBOX: RepairPhase.DUPLICATES,
+        RepairPhase.DUPLICATES: RepairPhase.BALANCES,
+        RepairPhase.BALANCES: RepairPhase.INVOICES,
+        RepairPhase.INVOICES: RepairPhase.USAGE,
+        RepairPhase.USAGE: RepairPhase.DONE,
+    }
 
     @workflow.query(name="progress")
     def progress(self) -> RepairProgress | None:
@@ -77,46 +66,14 @@ class RepairCredits:
 
     @workflow.run
     async def run(self, inp: RepairCreditsInput) -> RepairResult:
-        try:
-            return await self._run(inp)
-        except ActivityError as e:
-            raise permanent_failure(e, "RepairFailed") from e
+        return await self.run_pages(inp)
 
-    async def _run(self, inp: RepairCreditsInput) -> RepairResult:
-        info = workflow.info()
-        if inp.carried is not None:
-            self._state = inp.carried
-        else:
-            ctx = await workflow.execute_activity_method(
-                ResyncActivities.start,
-                ContextInput(run_id=info.workflow_id, workflow_run_id=info.run_id, customer=inp.customer,
-                             mode=inp.mode, actor=inp.actor, reason=inp.reason or DEFAULT_REASON),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-            now = workflow.now()
-            self._state = RepairCarry(context=ctx, since_ts=int((now - timedelta(days=inp.days)).timestamp()),
-                                      until_ts=int(now.timestamp()) + 1)
-        s = self._state
-        ctx = s.context
+    def new_state(self, inp: RepairCreditsInput, ctx: PagedRunContext) -> RepairCarry:
+        now = workflow.now()
+        return RepairCarry(context=ctx, since_ts=int((now - timedelta(days=inp.days)).timestamp()),
+                           until_ts=int(now.timestamp()) + 1)
 
-        while s.phase != RepairPhase.DONE:
-            done = await self._step(inp, s)
-            if done:
-                s.phase = NEXT_PHASE[s.phase]
-                s.cursor = None
-            await self._maybe_continue_as_new(inp)
-
-        await workflow.execute_activity_method(
-            ResyncActivities.cleanup, CleanupInput(run_id=ctx.run_id),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-        # Purchases still without a grant: all of them unless this run granted them.
-        s.checks.checkouts_without_ledger_entry = s.counts.missing_grants - s.counts.grants_made
-        s.checks.checkout_sample = s.findings.missing_grants[:MAX_SAMPLE] \
-            if s.checks.checkouts_without_ledger_entry else []
-        return RepairResult(run_id=ctx.run_id, mode=ctx.mode, customer=ctx.scope.customer_id, actor=ctx.actor,
-                            counts=s.counts, checks=s.checks, findings=s.findings, paused=s.paused)
-
-    async def _step(self, inp: RepairCreditsInput, s: RepairCarry) -> bool:
-        """One activity of the current phase; True when the phase is finished."""
+    async def step(self, inp: RepairCreditsInput, s: RepairCarry) -> bool:
         ctx = s.context
         if s.phase in (RepairPhase.STRIPE_EVENTS, RepairPhase.INBOX):
             source = CheckoutSource.STRIPE if s.phase == RepairPhase.STRIPE_EVENTS else CheckoutSource.INBOX
@@ -124,29 +81,23 @@ class RepairCredits:
                 CreditActivities.checkout_page,
                 CheckoutPageInput(context=ctx, source=source, cursor=s.cursor, since_ts=s.since_ts,
                                   until_ts=s.until_ts, page_size=inp.page_size, max_pages=inp.pages_per_activity),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
-            self._add(s, page)
-            s.cursor = page.next_cursor
-            return s.cursor is None
+                **PAGE)
+            return self._add(s, page)
         if s.phase == RepairPhase.DUPLICATES:
             page = await workflow.execute_activity_method(
-                CreditActivities.duplicates, DuplicatesInput(context=ctx),
-                start_to_close_timeout=PAGE_TIMEOUT, retry_policy=RETRY)
-            self._add(s, page)
-            return True
+                CreditActivities.duplicates, DuplicatesInput(context=ctx), **QUERY)
+            return self._add(s, page)
         if s.phase == RepairPhase.BALANCES:
             page = await workflow.execute_activity_method(
                 CreditActivities.balances_page, BalancePageInput(context=ctx, after=s.cursor, limit=BALANCE_PAGE_LIMIT),
-                start_to_close_timeout=PAGE_TIMEOUT, retry_policy=RETRY)
-            self._add(s, page)
-            s.cursor = page.next_cursor
-            return s.cursor is None
+                **PAGE)
+            return self._add(s, page)
         if s.phase == RepairPhase.INVOICES:
             inv = await workflow.execute_activity_method(
                 CreditActivities.paid_invoices_page,
                 InvoiceCheckInput(context=ctx, starting_after=s.cursor, page_size=inp.page_size,
                                   max_pages=inp.pages_per_activity),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                **PAGE)
             s.checks.paid_invoices_checked += inv.checked
             s.checks.paid_invoices_missing_locally += inv.missing
             s.checks.invoice_sample = (s.checks.invoice_sample + inv.sample)[:MAX_SAMPLE]
@@ -154,20 +105,25 @@ class RepairCredits:
             return s.cursor is None
         usage = await workflow.execute_activity_method(
             CreditActivities.unpushed_usage,
-            UsageCheckInput(context=ctx, today_iso=workflow.now().date().isoformat()),
-            start_to_close_timeout=PAGE_TIMEOUT, retry_policy=RETRY)
+            UsageCheckInput(context=ctx, today_iso=workflow.now().date().isoformat()), **QUERY)
         s.checks.unpushed_usage_keys = usage.keys
         s.checks.usage_sample = usage.sample
         return True
 
+    def result(self, s: RepairCarry) -> RepairResult:
+        # Purchases still without a grant: all of them unless this run granted them.
+        s.checks.checkouts_without_ledger_entry = s.counts.missing_grants - s.counts.grants_made
+        s.checks.checkout_sample = s.findings.missing_grants[:MAX_SAMPLE] \
+            if s.checks.checkouts_without_ledger_entry else []
+        ctx = s.context
+        return RepairResult(run_id=ctx.run_id, mode=ctx.mode, customer=ctx.scope.customer_id, actor=ctx.actor,
+                            counts=s.counts, checks=s.checks, findings=s.findings, paused=s.paused)
+
     @staticmethod
-    def _add(s: RepairCarry, page: CreditPageResult) -> None:
+    def _add(s: RepairCarry, page: CreditPageResult) -> bool:
+        """Add a page's counts and findings; True when its phase is finished."""
         s.counts = s.counts.add(page.counts)
         s.findings = s.findings.merge(page.findings)
         s.paused = s.paused or page.paused
-
-    async def _maybe_continue_as_new(self, inp: RepairCreditsInput) -> None:
-        if not workflow.info().is_continue_as_new_suggested():
-            return
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(inp.model_copy(update={"carried": self._state}))
+        s.cursor = page.next_cursor
+        return s.cursor is None

@@ -8,26 +8,17 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
-from common.paged import MAX_SAMPLE, STRIPE_PAGE_MAX, PagedRunContext, refuse_plan_mode
+from common.paged import MAX_SAMPLE, STRIPE_PAGE_MAX, PagedCarry, PagedRunContext, PagedRunInput
 from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
 
 
-class RepairCreditsInput(BaseModel):
+class RepairCreditsInput(PagedRunInput):
     """Input of RepairCredits (also the JSON for `temporal workflow start`)."""
 
-    customer: str | None = None
-    mode: Mode = Mode.DRY_RUN
-    actor: str = Field(default="system", min_length=1)
-    reason: str | None = None
-    days: int = Field(default=STRIPE_EVENT_RETENTION_DAYS, ge=1, le=STRIPE_EVENT_RETENTION_DAYS)
-    page_size: int = Field(default=STRIPE_PAGE_MAX, ge=1, le=STRIPE_PAGE_MAX)
-    pages_per_activity: int = Field(default=10, ge=1, le=1000)
-    carried: RepairCarry | None = None
+    RUN_NAME = "credit repair"
 
-    @model_validator(mode="after")
-    def _check(self) -> RepairCreditsInput:
-        refuse_plan_mode(self.mode, "credit repair")
-        return self
+    days: int = Field(default=STRIPE_EVENT_RETENTION_DAYS, ge=1, le=STRIPE_EVENT_RETENTION_DAYS)
+    carried: RepairCarry | None = None  # continue-as-new state; callers leave it empty
 
 
 class CreditCounts(BaseModel):
@@ -80,16 +71,13 @@ class RepairPhase(StrEnum):
     DONE = "done"
 
 
-class RepairCarry(BaseModel):
-    context: PagedRunContext
+class RepairCarry(PagedCarry):
+    phase: RepairPhase = RepairPhase.STRIPE_EVENTS
     since_ts: int  # Stripe event window, unix seconds
     until_ts: int
-    phase: RepairPhase = RepairPhase.STRIPE_EVENTS
-    cursor: str | None = None
     counts: CreditCounts = Field(default_factory=CreditCounts)
     checks: LedgerChecks = Field(default_factory=LedgerChecks)
     findings: CreditFindings = Field(default_factory=CreditFindings)
-    paused: bool = False
 
 
 class CheckoutSource(StrEnum):
@@ -115,6 +103,9 @@ class CreditPageResult(BaseModel):
 
 
 class CreditCheckpoint(BaseModel):
+    """Heartbeat of a credits page activity: done through `cursor` (balances: the customers
+    through `cursor`, `counts.customers_checked` of them)."""
+
     cursor: str | None = None
     pages: int = 0
     counts: CreditCounts = Field(default_factory=CreditCounts)
@@ -143,6 +134,15 @@ class InvoiceCheckResult(BaseModel):
     next_cursor: str | None
     checked: int
     missing: int
+    sample: list[str] = Field(default_factory=list)
+
+
+class InvoiceCheckpoint(BaseModel):
+    """Heartbeat of `paid_invoices_page`: Stripe's pages through `cursor` are checked."""
+
+    cursor: str | None = None
+    checked: int = 0
+    missing: int = 0
     sample: list[str] = Field(default_factory=list)
 
 

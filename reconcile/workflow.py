@@ -13,9 +13,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from common import options
 from common.failures import activity_message, permanent_failure
 
 with workflow.unsafe.imports_passed_through():
@@ -43,21 +43,15 @@ with workflow.unsafe.imports_passed_through():
         page_write_mode,
     )
 
-SHORT_TIMEOUT = timedelta(minutes=2)
+# Activity options from the shared kit (common/options.py).
+SHORT_TIMEOUT = options.SHORT_STEP_TIMEOUT
 # A cancelled page is awaited until it has really stopped writing.
 WAIT_FOR_CANCEL = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-PAGE_TIMEOUT = timedelta(minutes=30)
+PAGE_TIMEOUT = options.PAGE_TIMEOUT
 # A killed worker's page is retried elsewhere after at most this long.
-PAGE_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[
-        Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
-        Permanent.UNSUPPORTED_METER,
-    ],
-)
+PAGE_HEARTBEAT_TIMEOUT = options.HEARTBEAT_TIMEOUT
+RETRY = options.retry_policy(
+    Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER, Permanent.UNSUPPORTED_METER)
 
 
 # Malformed input (e.g. JSON from `temporal workflow start` with end_date before start_date)
@@ -90,12 +84,12 @@ class ReconcileUsage:
         # observe-only. Safe at any instant: every write is recorded in the outbox first.
         if self._corrective_page is not None:
             self._corrective_page.cancel()
-        await self._audit(req.actor, "pause_auto_healing", req.reason)
+        await self._audit(req.actor, "run.pause", req.reason)
 
     @workflow.signal(name="resume")
     async def resume(self, req: PauseRequest) -> None:
         self._paused = False
-        await self._audit(req.actor, "resume_auto_healing", req.reason)
+        await self._audit(req.actor, "run.resume", req.reason)
 
     @workflow.update(name="approve")
     async def approve(self, decision: ApprovalDecision) -> ApprovalResult:

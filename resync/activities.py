@@ -1,5 +1,5 @@
-"""ResyncSubscriptions' activities (Stripe + Postgres), and what the resync family shares: the
-run's scope and context, the pause check, the run's scratch rows and the audit row.
+"""ResyncSubscriptions' activities (Stripe + Postgres). What every paged run shares (its start
+and cleanup, scope, pause check and scratch rows) is in common/paged_activities.py.
 
 A subscription is compared through the same mapping as the webhook handler
 (`subscription_row(...).compared()`), and written through the same upsert, so the resync and the
@@ -17,21 +17,16 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from autoheal import switch
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
-from common.paged import (
-    MAX_SAMPLE,
-    CleanupInput,
-    ContextInput,
-    ErrorType,
-    PagedRunContext,
-    RunScope,
-)
-from common.types import Mode
+from common.audit import AuditAction, write_audit
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
+from common.paged import PagedRunContext, sample
+from common.paged_activities import mark_seen, may_write
 from resync.types import (
     CountActiveInput,
     CountActiveResult,
+    LocalCheckpoint,
     LocalPageInput,
     LocalPageResult,
     ResyncCheckpoint,
@@ -48,73 +43,11 @@ from webhooks.activities import (
 
 log = logging.getLogger("billing.resync")
 
-SEEN_SUBSCRIPTION = "subscription"
-SEEN_CHECKOUT = "checkout"
+SEEN_SUBSCRIPTION = "subscription"  # billing.run_seen kind
 ACTIVE = "active"
 
 
-# ---------------------------------------------------------------------------- shared helpers
-
-
-async def resolve_scope(conn: asyncpg.Connection | asyncpg.Pool, customer: str | None) -> RunScope:
-    """Our customer id -> its Stripe id; an unknown customer is a permanent error."""
-    if customer is None:
-        return RunScope()
-    row = await conn.fetchrow(
-        "SELECT stripe_customer_id FROM billing.customers WHERE customer_id = $1", customer)
-    if row is None:
-        raise ApplicationError(f"unknown customer: {customer}", type=ErrorType.UNKNOWN_CUSTOMER.value,
-                               non_retryable=True)
-    if not row["stripe_customer_id"]:
-        raise ApplicationError(f"customer {customer} has no Stripe customer id",
-                               type=ErrorType.UNKNOWN_CUSTOMER.value, non_retryable=True)
-    return RunScope(customer_id=customer, stripe_customer_id=row["stripe_customer_id"])
-
-
-async def may_write(conn: asyncpg.Connection, ctx: PagedRunContext) -> tuple[bool, bool]:
-    """(write, paused): corrective writes only in apply mode, and while auto-healing is paused
-    only for an operator's explicit action. Read before each batch of writes."""
-    if ctx.mode != Mode.APPLY:
-        return False, False
-    if ctx.manual:
-        return True, False
-    paused = await switch.paused(conn)
-    return not paused, paused
-
-
-async def audit(
-    conn: asyncpg.Connection, ctx: PagedRunContext, *, action: str, entity_type: str, entity_id: str,
-    before: dict[str, Any] | None, after: dict[str, Any] | None, idempotency_key: str,
-    reason: str | None = None, customer_id: str | None = None,
-) -> bool:
-    """One audit row per corrective write; the key makes a retried activity audit once."""
-    inserted = await conn.fetchval(
-        """
-        INSERT INTO billing.audit_log
-            (actor, action, entity_type, entity_id, before, after, reason, workflow_id, run_id,
-             correlation_id, idempotency_key, customer_id)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $8, $10, $11)
-        ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
-        """,
-        ctx.actor, action, entity_type, entity_id, before, after, reason or ctx.reason, ctx.run_id,
-        ctx.workflow_run_id, idempotency_key,
-        customer_id or (entity_id if entity_type == "credit_balance" else None))
-    return inserted is not None
-
-
-async def mark_seen(conn: asyncpg.Connection, run_id: str, kind: str, keys: list[str]) -> set[str]:
-    """Record keys as seen by the run; returns those seen for the first time."""
-    rows = await conn.fetch(
-        """
-        INSERT INTO billing.run_seen (run_id, kind, key) SELECT $1, $2, unnest($3::text[])
-        ON CONFLICT DO NOTHING RETURNING key
-        """, run_id, kind, keys)
-    return {r["key"] for r in rows}
-
-
-def sample(target: list[str], value: str) -> None:
-    if len(target) < MAX_SAMPLE:
-        target.append(value)
+# ---------------------------------------------------------------------------- helpers
 
 
 def _iso(v: datetime | None) -> str | None:
@@ -144,19 +77,6 @@ class ResyncActivities:
         self.stripe = stripe_gateway
         self.events = events  # the webhook handlers' shared writes (customers, grants)
 
-    @activity.defn(name="resync.start")
-    async def start(self, inp: ContextInput) -> PagedRunContext:
-        async with self.pool.acquire() as conn:
-            scope = await resolve_scope(conn, inp.customer)
-            await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
-        return PagedRunContext(run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, scope=scope,
-                          mode=inp.mode, actor=inp.actor, reason=inp.reason, manual=inp.manual)
-
-    @activity.defn(name="resync.cleanup")
-    async def cleanup(self, inp: CleanupInput) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1", inp.run_id)
-
     @activity.defn(name="resync.count_active")
     async def count_active(self, inp: CountActiveInput) -> CountActiveResult:
         async with self.pool.acquire() as conn:
@@ -170,28 +90,24 @@ class ResyncActivities:
         """Up to `max_pages` pages of Stripe's subscriptions (every status) from the cursor:
         compare each with the local row and, in apply mode, fix it. Heartbeats the cursor after
         every page and resumes from it."""
-        cp = ResyncCheckpoint(starting_after=inp.starting_after)
-        details = activity.info().heartbeat_details
-        if details:
-            cp = ResyncCheckpoint.model_validate(details[0])
+        cp = resume(ResyncCheckpoint, ResyncCheckpoint(starting_after=inp.starting_after))
         ctx = inp.context
-        while cp.pages < inp.max_pages:
+
+        async def one_page() -> bool:
             async with self.pool.acquire() as conn:
                 # Postgres' clock: a local row synced after this moment is fresher than the page.
                 listed_at = await conn.fetchval("SELECT clock_timestamp()")
             subs, has_more = await self.stripe.list_subscriptions_page(
-                customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after,
-                limit=inp.page_size)
+                customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after, limit=inp.page_size)
             if subs:
                 await self._compare_page(ctx, subs, listed_at, cp)
                 cp.starting_after = subs[-1]["id"]
             cp.pages += 1
-            activity.heartbeat(cp.model_dump(mode="json"))
-            if not has_more or not subs:
-                return ResyncPageResult(next_cursor=None, pages=cp.pages, counts=cp.counts,
-                                        findings=cp.findings, paused=cp.paused)
-        return ResyncPageResult(next_cursor=cp.starting_after, pages=cp.pages, counts=cp.counts,
-                                findings=cp.findings, paused=cp.paused)
+            return has_more and bool(subs)
+
+        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages - cp.pages)
+        return ResyncPageResult(next_cursor=None if done else cp.starting_after, pages=cp.pages,
+                                counts=cp.counts, findings=cp.findings, paused=cp.paused)
 
     async def _compare_page(self, ctx: PagedRunContext, subs: list[dict[str, Any]], listed_at: datetime,
                             cp: ResyncCheckpoint) -> None:
@@ -252,12 +168,12 @@ class ResyncActivities:
                 if customer_id is None:
                     customer_id = await self.events.ensure_customer(conn, row.stripe_customer_id)
                 await upsert_subscription(conn, row, customer_id, raw)
-                await audit(
-                    conn, ctx, action="subscription.create" if before is None else "subscription.resync",
+                await write_audit(conn, ctx.audit_entry(
+                    AuditAction.SUBSCRIPTION_CREATE if before is None else AuditAction.SUBSCRIPTION_RESYNC,
                     entity_type="subscription", entity_id=sid,
                     before={k: before[k] for k in changed} if before is not None else None,
                     after={k: after[k] for k in changed},
-                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id)
+                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id))
                 return True
         except PermanentEventError as e:  # e.g. a customer-id conflict: report, go on
             log.warning("subscription %s not fixed: %s", sid, e)
@@ -270,6 +186,7 @@ class ResyncActivities:
         with a read (a subscription created after the listing began is not missing). Reported,
         never deleted."""
         ctx = inp.context
+        cp = resume(LocalCheckpoint, LocalCheckpoint(done_through=inp.after))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 f"""
@@ -279,17 +196,20 @@ class ResyncActivities:
                                   AND r.key = s.stripe_subscription_id)
                   {_scope_clause(5)}
                 ORDER BY s.stripe_subscription_id LIMIT $4
-                """, inp.after, ctx.run_id, SEEN_SUBSCRIPTION, inp.limit, ctx.scope.stripe_customer_id,
-                ctx.scope.customer_id)
-        missing: list[str] = []
-        for i, r in enumerate(rows):
-            sid = r["stripe_subscription_id"]
-            if await self.stripe.retrieve("subscription", sid) is None:
-                missing.append(sid)
-            activity.heartbeat(i)
-        next_cursor = rows[-1]["stripe_subscription_id"] if len(rows) == inp.limit else None
-        return LocalPageResult(next_cursor=next_cursor, missing_in_stripe=len(missing),
-                               sample=missing[:MAX_SAMPLE])
+                """, cp.done_through, ctx.run_id, SEEN_SUBSCRIPTION, inp.limit - cp.checked,
+                ctx.scope.stripe_customer_id, ctx.scope.customer_id)
+        async with Heartbeater(cp) as hb:
+            for r in rows:
+                sid = r["stripe_subscription_id"]
+                if await self.stripe.retrieve("subscription", sid) is None:
+                    cp.missing_in_stripe += 1
+                    sample(cp.sample, sid)
+                cp.done_through, cp.checked = sid, cp.checked + 1
+                hb.record(cp)
+        # A full page (this attempt's rows and an earlier attempt's) means there may be more.
+        next_cursor = cp.done_through if cp.checked >= inp.limit else None
+        return LocalPageResult(next_cursor=next_cursor, missing_in_stripe=cp.missing_in_stripe,
+                               sample=cp.sample)
 
 
 def _scope_clause(first_param: int) -> str:

@@ -8,25 +8,28 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
-from common.paged import MAX_SAMPLE, STRIPE_PAGE_MAX, PagedRunContext, RunScope, refuse_plan_mode
+from common.paged import (
+    MAX_SAMPLE,
+    STRIPE_PAGE_MAX,
+    PagedCarry,
+    PagedRunContext,
+    PagedRunInput,
+    RunScope,
+)
 from common.types import Mode
 
 
-class ResyncSubscriptionsInput(BaseModel):
-    """Input of ResyncSubscriptions (also the JSON for `temporal workflow start`)."""
+class ResyncSubscriptionsInput(PagedRunInput):
+    """Input of ResyncSubscriptions (also the JSON for `temporal workflow start`). `customer`:
+    None = every subscription in Stripe."""
 
-    customer: str | None = None  # our customer id; None = every subscription in Stripe
-    mode: Mode = Mode.DRY_RUN
-    actor: str = Field(default="system", min_length=1)
-    reason: str | None = None  # recorded in every audit row
+    RUN_NAME = "resync"
+
     manual: bool = False  # an operator's explicit sync: runs while auto-healing is paused
-    page_size: int = Field(default=STRIPE_PAGE_MAX, ge=1, le=STRIPE_PAGE_MAX)
-    pages_per_activity: int = Field(default=10, ge=1, le=1000)
     carried: ResyncCarry | None = None  # continue-as-new state; callers leave it empty
 
     @model_validator(mode="after")
     def _check(self) -> ResyncSubscriptionsInput:
-        refuse_plan_mode(self.mode, "resync")
         if self.manual and not self.customer:
             raise ValueError("a manual subscription sync needs a customer")
         return self
@@ -75,14 +78,11 @@ class ResyncPhase(StrEnum):
     DONE = "done"
 
 
-class ResyncCarry(BaseModel):
-    context: PagedRunContext
+class ResyncCarry(PagedCarry):
     phase: ResyncPhase = ResyncPhase.STRIPE
-    cursor: str | None = None
     pages_done: int = 0
     counts: ResyncCounts = Field(default_factory=ResyncCounts)
     findings: ResyncFindings = Field(default_factory=ResyncFindings)
-    paused: bool = False  # an apply page found auto-healing paused and wrote nothing
 
 
 class ResyncPageInput(BaseModel):
@@ -114,6 +114,15 @@ class LocalPageInput(BaseModel):
     context: PagedRunContext
     after: str | None = None  # keyset cursor on stripe_subscription_id
     limit: int = 500
+
+
+class LocalCheckpoint(BaseModel):
+    """Heartbeat of `local_page`: the rows through `done_through` are checked."""
+
+    done_through: str | None = None
+    checked: int = 0
+    missing_in_stripe: int = 0
+    sample: list[str] = Field(default_factory=list)
 
 
 class LocalPageResult(BaseModel):

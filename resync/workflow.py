@@ -12,18 +12,14 @@ except a manual sync (`billing-recon subscriptions sync`), which is an operator'
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
 
-from common.failures import permanent_failure
+from common.paged_run import PAGE, STEP, PagedRun
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.paged import MAX_SAMPLE, CleanupInput, ContextInput, ErrorType
+    from common.paged import MAX_SAMPLE, ContextInput, PagedRunContext
     from resync.activities import ResyncActivities
     from resync.types import (
         CountActiveInput,
@@ -37,20 +33,14 @@ with workflow.unsafe.imports_passed_through():
         ResyncSubscriptionsInput,
     )
 
-SHORT_TIMEOUT = timedelta(minutes=2)
-PAGE_TIMEOUT = timedelta(minutes=30)
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 LOCAL_PAGE_LIMIT = 500
-DEFAULT_REASON = "resync from Stripe"
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[ErrorType.UNKNOWN_CUSTOMER.value])
 
 
 @workflow.defn(name="ResyncSubscriptions", failure_exception_types=[ValidationError])
-class ResyncSubscriptions:
-    def __init__(self) -> None:
-        self._state: ResyncCarry | None = None
+class ResyncSubscriptions(PagedRun[ResyncSubscriptionsInput, ResyncCarry, ResyncResult]):
+    FAILURE_TYPE = "ResyncFailed"
+    DEFAULT_REASON = "resync from Stripe"
+    NEXT_PHASE = {ResyncPhase.STRIPE: ResyncPhase.LOCAL, ResyncPhase.LOCAL: ResyncPhase.DONE}
 
     @workflow.query(name="progress")
     def progress(self) -> ResyncProgress | None:
@@ -62,65 +52,44 @@ class ResyncSubscriptions:
 
     @workflow.run
     async def run(self, inp: ResyncSubscriptionsInput) -> ResyncResult:
-        try:
-            return await self._run(inp)
-        except ActivityError as e:
-            raise permanent_failure(e, "ResyncFailed") from e
+        return await self.run_pages(inp)
 
-    async def _run(self, inp: ResyncSubscriptionsInput) -> ResyncResult:
-        info = workflow.info()
-        if inp.carried is not None:
-            self._state = inp.carried
-        else:
-            ctx = await workflow.execute_activity_method(
-                ResyncActivities.start,
-                ContextInput(run_id=info.workflow_id, workflow_run_id=info.run_id, customer=inp.customer,
-                             mode=inp.mode, actor=inp.actor, reason=inp.reason or DEFAULT_REASON,
-                             manual=inp.manual),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-            self._state = ResyncCarry(context=ctx)
-            before = await workflow.execute_activity_method(
-                ResyncActivities.count_active, CountActiveInput(scope=ctx.scope),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-            self._state.counts.active_local_before = before.active
-        s = self._state
+    def context_input(self, inp: ResyncSubscriptionsInput) -> ContextInput:
+        return super().context_input(inp).model_copy(update={"manual": inp.manual})
+
+    def new_state(self, inp: ResyncSubscriptionsInput, ctx: PagedRunContext) -> ResyncCarry:
+        return ResyncCarry(context=ctx)
+
+    async def started(self, inp: ResyncSubscriptionsInput, s: ResyncCarry) -> None:
+        s.counts.active_local_before = await self._count_active(s)
+
+    async def step(self, inp: ResyncSubscriptionsInput, s: ResyncCarry) -> bool:
         ctx = s.context
-
-        while s.phase == ResyncPhase.STRIPE:
+        if s.phase == ResyncPhase.STRIPE:
             page = await workflow.execute_activity_method(
                 ResyncActivities.subscriptions_page,
                 ResyncPageInput(context=ctx, starting_after=s.cursor, page_size=inp.page_size,
                                 max_pages=inp.pages_per_activity),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                **PAGE)
             s.counts = s.counts.add(page.counts)
             s.findings = s.findings.merge(page.findings)
             s.paused = s.paused or page.paused
             s.pages_done += page.pages
             s.cursor = page.next_cursor
-            if s.cursor is None:
-                s.phase = ResyncPhase.LOCAL
-            await self._maybe_continue_as_new(inp)
+            return s.cursor is None
+        local = await workflow.execute_activity_method(
+            ResyncActivities.local_page, LocalPageInput(context=ctx, after=s.cursor, limit=LOCAL_PAGE_LIMIT),
+            **PAGE)
+        s.counts.missing_in_stripe += local.missing_in_stripe
+        s.findings.missing_in_stripe = (s.findings.missing_in_stripe + local.sample)[:MAX_SAMPLE]
+        s.cursor = local.next_cursor
+        return s.cursor is None
 
-        while s.phase == ResyncPhase.LOCAL:
-            local = await workflow.execute_activity_method(
-                ResyncActivities.local_page,
-                LocalPageInput(context=ctx, after=s.cursor, limit=LOCAL_PAGE_LIMIT),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
-            s.counts.missing_in_stripe += local.missing_in_stripe
-            s.findings.missing_in_stripe = (s.findings.missing_in_stripe + local.sample)[:MAX_SAMPLE]
-            s.cursor = local.next_cursor
-            if s.cursor is None:
-                s.phase = ResyncPhase.DONE
-            await self._maybe_continue_as_new(inp)
+    async def finishing(self, inp: ResyncSubscriptionsInput, s: ResyncCarry) -> None:
+        s.counts.active_local_after = await self._count_active(s)
 
-        after = await workflow.execute_activity_method(
-            ResyncActivities.count_active, CountActiveInput(scope=ctx.scope),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-        s.counts.active_local_after = after.active
-        await workflow.execute_activity_method(
-            ResyncActivities.cleanup, CleanupInput(run_id=ctx.run_id),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-        c = s.counts
+    def result(self, s: ResyncCarry) -> ResyncResult:
+        ctx, c = s.context, s.counts
         return ResyncResult(
             run_id=ctx.run_id, mode=ctx.mode, customer=ctx.scope.customer_id, actor=ctx.actor, counts=c,
             findings=s.findings, paused=s.paused,
@@ -128,8 +97,7 @@ class ResyncSubscriptions:
                                    active_local_after=c.active_local_after, active_stripe=c.active_stripe,
                                    matches=c.active_local_after == c.active_stripe))
 
-    async def _maybe_continue_as_new(self, inp: ResyncSubscriptionsInput) -> None:
-        if not workflow.info().is_continue_as_new_suggested():
-            return
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(inp.model_copy(update={"carried": self._state}))
+    async def _count_active(self, s: ResyncCarry) -> int:
+        counted = await workflow.execute_activity_method(
+            ResyncActivities.count_active, CountActiveInput(scope=s.context.scope), **STEP)
+        return counted.active

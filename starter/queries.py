@@ -45,12 +45,12 @@ async def report(conn: asyncpg.Connection, run: str) -> dict[str, Any] | None:
 RUNS_SQL = """
 SELECT r.run_id, r.kind, r.mode, r.status, r.window_start, r.window_end, r.started_at,
        r.finished_at, r.correlation_id, r.error,
-       p.action = 'pause_auto_healing' AS paused, p.at AS paused_at, p.actor AS paused_by,
+       p.action = 'run.pause' AS paused, p.at AS paused_at, p.actor AS paused_by,
        p.reason AS pause_reason
   FROM billing.reconciliation_runs r
   LEFT JOIN LATERAL (
         SELECT action, at, actor, reason FROM billing.audit_log a
-         WHERE a.workflow_id = r.run_id AND a.action IN ('pause_auto_healing', 'resume_auto_healing')
+         WHERE a.workflow_id = r.run_id AND a.action IN ('run.pause', 'run.resume')
          ORDER BY at DESC, id DESC LIMIT 1) p ON true
  WHERE NOT $1 OR r.finished_at IS NULL
  ORDER BY r.started_at DESC

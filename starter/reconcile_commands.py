@@ -141,7 +141,7 @@ def reject(run_id: str = typer.Argument(..., metavar="RUN", help="Run id (workfl
 
 
 async def _decide(run_id: str, *, approved: bool, decision: ApprovalDecision) -> None:
-    handle = (await temporal()).get_workflow_handle_for(ReconcileUsage.run, run_id)
+    handle: WorkflowHandle[Any, Any] = (await temporal()).get_workflow_handle(run_id)
     verb = "approve" if approved else "reject"
     try:
         res = await decide(handle, decision, approved=approved)
@@ -150,7 +150,7 @@ async def _decide(run_id: str, *, approved: bool, decision: ApprovalDecision) ->
     console.print(f"{run_id}: {verb}d by {decision.actor} -> {res.status.value}")
 
 
-async def decide(handle: WorkflowHandle[ReconcileUsage, Any], decision: ApprovalDecision, *,
+async def decide(handle: WorkflowHandle[Any, Any], decision: ApprovalDecision, *,
                  approved: bool) -> ApprovalResult:
     """Approve or reject a run's stored plan (ReconcileUsage's `approve`/`reject` updates)."""
     update = ReconcileUsage.approve if approved else ReconcileUsage.reject

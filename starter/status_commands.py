@@ -72,13 +72,13 @@ async def running_workflows(client: Client) -> list[dict[str, Any]]:
                                "link": run_link(wf.id, wf.run_id)}
         try:
             if wf.workflow_type == workflow_type(ReconcileUsage):
-                p = await client.get_workflow_handle_for(ReconcileUsage.run, wf.id, run_id=wf.run_id).query(
+                p = await client.get_workflow_handle(wf.id, run_id=wf.run_id).query(
                     ReconcileUsage.progress)
                 if p is not None:
                     row["progress"] = f"{p.phase.value}{' (paused)' if p.paused else ''}: " \
                                       f"{p.customers_scanned} customers, {p.counts.drift_count} drift"
             elif wf.workflow_type == workflow_type(CatchUpBackfill):
-                b = await client.get_workflow_handle_for(CatchUpBackfill.run, wf.id, run_id=wf.run_id).query(
+                b = await client.get_workflow_handle(wf.id, run_id=wf.run_id).query(
                     CatchUpBackfill.progress)
                 row["progress"] = f"{b.phase}: {b.days_done}/{b.days_total} days, {len(b.days_failed)} failed"
         except RPCError:

@@ -35,16 +35,19 @@ from billing.stripe_objects import (
     subscription_row,
     ts,
 )
+from common.audit import AuditAction, AuditInput, write_audit
+from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from webhooks.types import (
+    EVENT_NOT_IN_INBOX,
     EventStatus,
     PendingCursor,
     PendingPageInput,
     PendingPageResult,
     ProcessEventInput,
     ProcessEventResult,
+    ProcessPageCheckpoint,
     ProcessPageInput,
     ProcessPageResult,
-    ReplayCounts,
     SyncInboxCheckpoint,
     SyncInboxInput,
     SyncInboxResult,
@@ -138,7 +141,7 @@ class StripeEventActivities:
                         event_id)
                     if row is None:
                         raise ApplicationError(
-                            f"event {event_id} is not in the inbox", type="EventNotInInbox", non_retryable=True)
+                            f"event {event_id} is not in the inbox", type=EVENT_NOT_IN_INBOX, non_retryable=True)
                     if row["status"] in DONE:
                         return ProcessEventResult(event_id=event_id, type=row["type"],
                                                   status=EventStatus(row["status"]), already_done=True)
@@ -152,7 +155,7 @@ class StripeEventActivities:
                     return ProcessEventResult(event_id=event_id, type=row["type"],
                                               status=EventStatus.PROCESSED, detail=detail)
             except (PermanentEventError, StripeObjectError, stripe.StripeError, ApplicationError) as e:
-                if isinstance(e, ApplicationError) and e.type == "EventNotInInbox":
+                if isinstance(e, ApplicationError) and e.type == EVENT_NOT_IN_INBOX:
                     raise
                 if isinstance(e, stripe.StripeError | ApplicationError) and not _is_permanent_stripe_error(e):
                     raise  # transient: Temporal retries the activity
@@ -256,17 +259,12 @@ class StripeEventActivities:
                 SET balance = billing.credit_balances.balance + EXCLUDED.balance, updated_at = now()
             RETURNING balance
             """, customer_id, grant.amount)
-        await conn.execute(
-            """
-            INSERT INTO billing.audit_log
-                (actor, action, entity_type, entity_id, before, after, reason, workflow_id, run_id,
-                 correlation_id, idempotency_key, customer_id)
-            VALUES ($1, 'credits.grant', 'credit_balance', $2, $3::jsonb, $4::jsonb, $5, $6, $7, $6, $8, $2)
-            ON CONFLICT (idempotency_key) DO NOTHING
-            """,
-            actor, customer_id, {"balance": balance - grant.amount}, {"balance": balance, "granted": grant.amount},
-            f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
-            workflow_id, run_id, f"credit-grant:{grant.source}")
+        await write_audit(conn, AuditInput(
+            actor=actor, action=AuditAction.CREDITS_GRANT, entity_type="credit_balance", entity_id=customer_id,
+            before={"balance": balance - grant.amount}, after={"balance": balance, "granted": grant.amount},
+            reason=f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
+            workflow_id=workflow_id, run_id=run_id, idempotency_key=f"credit-grant:{grant.source}",
+            customer_id=customer_id))
         return f"checkout {grant.checkout_session_id}: granted {grant.amount} to {customer_id}"
 
     async def _sync_subscription(self, conn: asyncpg.Connection, sub_id: str) -> str:
@@ -322,39 +320,21 @@ class StripeEventActivities:
     async def sync_inbox(self, inp: SyncInboxInput) -> SyncInboxResult:
         """Page Stripe's event list over the window; every event missing from the inbox is
         stored (apply) or listed (dry-run). Heartbeats its cursor and resumes from it."""
-        cp = SyncInboxCheckpoint()
-        details = activity.info().heartbeat_details
-        if details:
-            cp = SyncInboxCheckpoint.model_validate(details[0])
+        cp = resume(SyncInboxCheckpoint, SyncInboxCheckpoint())
         w = inp.window
         # Stripe's `created` is whole seconds: an event of the window's last second is included.
         gte, lt = math.floor(w.since.timestamp()), math.ceil(w.until.timestamp())
-        while True:
+
+        async def one_page() -> bool:
             events, has_more = await self.stripe.list_events_page(
                 created_gte=gte, created_lt=lt, types=w.types, starting_after=cp.starting_after,
                 limit=inp.page_size)
             if events:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    known = {r["event_id"]: r["status"] for r in await conn.fetch(
-                        "SELECT event_id, status FROM billing.stripe_events WHERE event_id = ANY($1)",
-                        [e["id"] for e in events])}
-                    for e in events:
-                        status = known.get(e["id"])
-                        cp.counts.seen += 1
-                        if status is None:
-                            cp.counts.never_received += 1
-                            if inp.dry_run:
-                                _sample(cp, inp, e["id"])
-                            else:
-                                await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
-                        elif status in DONE:
-                            cp.counts.already_processed += 1
-                        elif inp.dry_run:
-                            _sample(cp, inp, e["id"])
+                await self._store_missing(events, inp, cp)
                 cp.starting_after = events[-1]["id"]
-            activity.heartbeat(cp.model_dump(mode="json"))
-            if not has_more or not events:
-                break
+            return has_more and bool(events)
+
+        await heartbeat_pages(cp, one_page)
         async with self.pool.acquire() as conn:
             # Everything left to process in the window, whether Stripe still lists it or not:
             # the never-received rows just stored plus rows stuck in received/failed.
@@ -366,6 +346,28 @@ class StripeEventActivities:
             if inp.dry_run:
                 cp.counts.pending += cp.counts.never_received  # nothing was stored
         return SyncInboxResult(counts=cp.counts, sample=cp.sample)
+
+    async def _store_missing(self, events: list[dict[str, Any]], inp: SyncInboxInput,
+                             cp: SyncInboxCheckpoint) -> None:
+        """Count one page of Stripe's events against the inbox; store the missing ones (apply)
+        or sample them (dry-run)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            known = {r["event_id"]: r["status"] for r in await conn.fetch(
+                "SELECT event_id, status FROM billing.stripe_events WHERE event_id = ANY($1)",
+                [e["id"] for e in events])}
+            for e in events:
+                status = known.get(e["id"])
+                cp.counts.seen += 1
+                if status is None:
+                    cp.counts.never_received += 1
+                    if inp.dry_run:
+                        _sample(cp, inp, e["id"])
+                    else:
+                        await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
+                elif status in DONE:
+                    cp.counts.already_processed += 1
+                elif inp.dry_run:
+                    _sample(cp, inp, e["id"])
 
     @activity.defn(name="stripe_events.pending_page")
     async def pending_page(self, inp: PendingPageInput) -> PendingPageResult:
@@ -397,25 +399,23 @@ class StripeEventActivities:
     async def process_page(self, inp: ProcessPageInput) -> ProcessPageResult:
         """The same handler as a live delivery, one event at a time in the given (creation)
         order; heartbeats how far it got."""
-        start = 0
-        result = ProcessPageResult(counts=ReplayCounts())
-        details = activity.info().heartbeat_details
-        if details:
-            start, saved = details[0]["next"], details[0]["result"]
-            result = ProcessPageResult.model_validate(saved)
-        for i in range(start, len(inp.event_ids)):
-            r = await self.process_one(inp.event_ids[i])
-            if r.already_done:
-                result.counts.already_processed += 1
-            elif r.status == EventStatus.PROCESSED:
-                result.counts.replayed += 1
-            elif r.status == EventStatus.IGNORED:
-                result.counts.ignored += 1
-            else:
-                result.counts.failed += 1
-                if len(result.failures) < MAX_REPORTED_FAILURES:
-                    result.failures.append(f"{r.event_id} ({r.type}): {r.detail}")
-            activity.heartbeat({"next": i + 1, "result": result.model_dump(mode="json")})
+        cp = resume(ProcessPageCheckpoint, ProcessPageCheckpoint())
+        result = cp.result
+        async with Heartbeater(cp) as hb:
+            for i in range(cp.next, len(inp.event_ids)):
+                r = await self.process_one(inp.event_ids[i])
+                if r.already_done:
+                    result.counts.already_processed += 1
+                elif r.status == EventStatus.PROCESSED:
+                    result.counts.replayed += 1
+                elif r.status == EventStatus.IGNORED:
+                    result.counts.ignored += 1
+                else:
+                    result.counts.failed += 1
+                    if len(result.failures) < MAX_REPORTED_FAILURES:
+                        result.failures.append(f"{r.event_id} ({r.type}): {r.detail}")
+                cp.next = i + 1
+                hb.record(cp)
         return result
 
 

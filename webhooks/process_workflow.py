@@ -8,27 +8,22 @@ event is neither lost nor hidden: replay retries it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from common.failures import failure_message, failure_type, permanent_failure
+from common.options import short_step, webhook_event
 
 with workflow.unsafe.imports_passed_through():
     from webhooks.activities import EventMarkFailedInput, StripeEventActivities
-    from webhooks.types import EventStatus, ProcessEventInput, ProcessEventResult
+    from webhooks.types import (
+        EVENT_NOT_IN_INBOX,
+        EventStatus,
+        ProcessEventInput,
+        ProcessEventResult,
+    )
 
 WORKFLOW_ID_PREFIX = "stripe-event-"
-PROCESS_TIMEOUT = timedelta(minutes=1)
-# About 10 minutes of retries for a Stripe or Postgres outage; after that the replay sweep owns it.
-PROCESS_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=10,
-    non_retryable_error_types=["EventNotInInbox"],
-)
-MARK_FAILED_TIMEOUT = timedelta(seconds=30)
 
 
 def workflow_id_for(event_id: str) -> str:
@@ -41,17 +36,15 @@ class ProcessStripeEvent:
     async def run(self, inp: ProcessEventInput) -> ProcessEventResult:
         try:
             result = await workflow.execute_activity_method(
-                StripeEventActivities.process, inp,
-                start_to_close_timeout=PROCESS_TIMEOUT, retry_policy=PROCESS_RETRY)
+                StripeEventActivities.process, inp, **webhook_event(EVENT_NOT_IN_INBOX))
         except ActivityError as e:
-            cause = e.cause
-            message = getattr(cause, "message", None) or str(cause)
-            if isinstance(cause, ApplicationError) and cause.type == "EventNotInInbox":
-                raise ApplicationError(message, type="EventNotInInbox", non_retryable=True) from e
+            if failure_type(e) == EVENT_NOT_IN_INBOX:
+                raise permanent_failure(e, EVENT_NOT_IN_INBOX) from e
+            message = failure_message(e)
             await workflow.execute_activity_method(
                 StripeEventActivities.mark_failed,
                 EventMarkFailedInput(event_id=inp.event_id, error=f"gave up after retries: {message}"),
-                start_to_close_timeout=MARK_FAILED_TIMEOUT)
+                **short_step())
             raise ApplicationError(
                 f"event {inp.event_id}: gave up after retries: {message}", type="EventProcessingFailed",
                 non_retryable=True) from e

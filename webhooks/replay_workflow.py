@@ -13,7 +13,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+
+from common.options import heartbeat_listing, heartbeat_page, short_step
 
 with workflow.unsafe.imports_passed_through():
     from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
@@ -29,11 +30,6 @@ with workflow.unsafe.imports_passed_through():
         SyncInboxInput,
     )
 
-LIST_TIMEOUT = timedelta(hours=1)
-PAGE_TIMEOUT = timedelta(minutes=30)
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
-SHORT_TIMEOUT = timedelta(minutes=1)
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
 
 @workflow.defn(name="ReplayWebhooks")
@@ -66,7 +62,7 @@ class ReplayWebhooks:
             StripeEventActivities.sync_inbox,
             SyncInboxInput(window=ReplayWindow(since=list_since, until=until, types=inp.types),
                            dry_run=inp.mode == Mode.DRY_RUN, page_size=inp.page_size, sweep_since=since),
-            start_to_close_timeout=LIST_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+            **heartbeat_listing())
         counts = synced.counts
         self._progress.counts = counts
         failures: list[str] = []
@@ -80,14 +76,13 @@ class ReplayWebhooks:
                     StripeEventActivities.pending_page,
                     PendingPageInput(window=window, after=cursor, limit=inp.page_size,
                                      received_before=received_before),
-                    start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                    **short_step())
                 if not page.event_ids:
                     break
                 done = await workflow.execute_activity_method(
                     StripeEventActivities.process_page,
                     ProcessPageInput(event_ids=page.event_ids, workflow_id=workflow.info().workflow_id),
-                    start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=RETRY)
+                    **heartbeat_page())
                 counts = counts.add(ReplayCounts(replayed=done.counts.replayed, ignored=done.counts.ignored,
                                                  failed=done.counts.failed))
                 failures.extend(done.failures[: MAX_REPORTED_FAILURES - len(failures)])

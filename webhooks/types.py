@@ -9,7 +9,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
 
-from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode
+from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, refuse_plan_mode
+
+# The ApplicationError type of an event id the inbox does not hold: retrying cannot help.
+EVENT_NOT_IN_INBOX = "EventNotInInbox"
 
 
 class EventStatus(StrEnum):
@@ -46,8 +49,7 @@ class ReplayWebhooksInput(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ReplayWebhooksInput:
-        if self.mode == Mode.PLAN:
-            raise ValueError("replay supports dry-run and apply, not plan")
+        refuse_plan_mode(self.mode, "replay")
         if len(self.types) > 1 and any("*" in t for t in self.types):
             raise ValueError("a `*` wildcard works only with a single type (Stripe's rule)")
         for t in (self.since, self.until):
@@ -122,6 +124,13 @@ class ProcessPageInput(BaseModel):
 class ProcessPageResult(BaseModel):
     counts: ReplayCounts
     failures: list[str] = Field(default_factory=list)  # "evt_...: error", capped
+
+
+class ProcessPageCheckpoint(BaseModel):
+    """Heartbeat of `process_page`: the events before `next` are done, with this result."""
+
+    next: int = 0  # index into ProcessPageInput.event_ids
+    result: ProcessPageResult = Field(default_factory=lambda: ProcessPageResult(counts=ReplayCounts()))
 
 
 class ReplayProgress(BaseModel):

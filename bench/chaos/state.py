@@ -54,7 +54,7 @@ async def capture(pool: asyncpg.Pool, admin: EmulatorAdmin) -> dict[str, Any]:
     # Corrective writes are audited exactly once: a duplicate would show here.
     st["audit_log"] = sorted(Counter(
         r["action"] for r in await pool.fetch(
-            "SELECT action FROM billing.audit_log WHERE action NOT IN ('pause_auto_healing', 'resume_auto_healing')")
+            "SELECT action FROM billing.audit_log WHERE action NOT IN ('run.pause', 'run.resume')")
     ).items())
     events = await admin.meter_events()
     st["stripe_meter_events"] = sorted(

@@ -59,6 +59,7 @@ from billing.stripe_gateway import (
     make_limiter,
     make_stripe_client,
 )
+from common.audit import AuditAction, AuditInput, write_audit
 from reconcile import store
 
 ACTOR = "baseline-script"
@@ -214,15 +215,14 @@ class Baseline:
                 if res.endswith(" 0"):
                     continue
                 self.counts["counter_repairs"] += 1
-                await self.audit(conn, "set_usage_counter", "usage_counter", f"{c}|{m}|{pstart}",
+                await self.audit(conn, AuditAction.USAGE_SET_COUNTER, "usage_counter", f"{c}|{m}|{pstart}",
                                  {"before": str(row["value"]) if row else None, "after": str(value)})
 
-    async def audit(self, conn: asyncpg.Connection, action: str, entity_type: str, entity_id: str,
+    async def audit(self, conn: asyncpg.Connection, action: AuditAction, entity_type: str, entity_id: str,
                     after: dict[str, Any]) -> None:
-        await conn.execute(
-            "INSERT INTO billing.audit_log (actor, action, entity_type, entity_id, after, workflow_id, idempotency_key) "
-            "VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7) ON CONFLICT (idempotency_key) DO NOTHING",
-            ACTOR, action, entity_type, entity_id, json.dumps(after), self.run_id, f"{action}|{entity_id}")
+        await write_audit(conn, AuditInput(
+            actor=ACTOR, action=action, entity_type=entity_type, entity_id=entity_id, after=after,
+            workflow_id=self.run_id, idempotency_key=f"{action}|{entity_id}"))
 
     async def fix_stripe(self, fixes: list[tuple[str, str, str, date, Any]]) -> None:
         # Outbox rows and their audit rows first (one transaction), then the sends.
@@ -264,8 +264,9 @@ class Baseline:
                 """, [(p.identifier, c, sc, m, day, p.value, p.event_timestamp, p.kind, p.replaces, self.run_id)
                       for c, sc, m, day, p in planned])
             for c, _, m, day, p in planned:
-                await self.audit(conn, f"push_meter_event:{p.kind}", "meter_event", p.identifier,
-                                 {"customer_id": c, "meter": m, "day": day.isoformat(), "value": str(p.value)})
+                await self.audit(conn, AuditAction.USAGE_PUSH_METER_EVENT, "meter_event", p.identifier,
+                                 {"customer_id": c, "meter": m, "day": day.isoformat(), "value": str(p.value),
+                                  "kind": p.kind})
         sent: list[tuple[str, datetime]] = []
 
         async def push(c: str, sc: str, m: str, day: date, p: Any) -> None:

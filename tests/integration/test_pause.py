@@ -60,4 +60,4 @@ async def test_pause_stops_writes_mid_page_and_resume_completes_exactly_once(
     actions = [r["action"] for r in await clean_db.fetch(
         "SELECT action FROM billing.audit_log WHERE workflow_id = $1 AND entity_type = 'reconciliation_run' "
         "ORDER BY id", result.run_id)]
-    assert actions == ["pause_auto_healing", "resume_auto_healing"]
+    assert actions == ["run.pause", "run.resume"]

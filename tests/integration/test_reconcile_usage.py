@@ -126,20 +126,24 @@ async def test_apply_repairs_every_drift_kind(clean_db, stripe_client, emulator_
 
     # Audit: every corrective write, attributed to this run (workflow id).
     audit = await clean_db.fetch("SELECT * FROM billing.audit_log WHERE workflow_id = $1", run_id)
-    actions = Counter(a["action"] for a in audit)
-    assert actions["set_usage_counter"] == 4
+    def action(a) -> str:  # a push's kind is in its `after`
+        after = json.loads(a["after"]) if isinstance(a["after"], str) else a["after"]
+        return f"{a['action']}:{after['kind']}" if a["action"] == "usage.push_meter_event" else a["action"]
+
+    actions = Counter(action(a) for a in audit)
+    assert actions["usage.set_counter"] == 4
     # the lost push and the late usage
-    assert actions["push_meter_event:repush"] + actions["push_meter_event:delta"] >= 2
-    assert actions["cancel_meter_event"] + actions["push_meter_event:compensation"] >= 1  # the double
-    assert actions["approve_plan"] == 1
-    approve = next(a for a in audit if a["action"] == "approve_plan")
+    assert actions["usage.push_meter_event:repush"] + actions["usage.push_meter_event:delta"] >= 2
+    assert actions["usage.cancel_meter_event"] + actions["usage.push_meter_event:compensation"] >= 1  # the double
+    assert actions["run.approve"] == 1
+    approve = next(a for a in audit if a["action"] == "run.approve")
     assert approve["actor"] == "ops@example.com"
-    entities = {a["entity_id"] for a in audit if a["action"] == "set_usage_counter"}
+    entities = {a["entity_id"] for a in audit if a["action"] == "usage.set_counter"}
     for name in ("corrupted", "orphan", "quota"):
         n = notes[name]
         assert f"{n['customer_id']}|{n['meter']}|{n['period_start']}" in entities
     q = notes["quota"]
-    quota_audit = [a for a in audit if a["action"] == "set_usage_counter"
+    quota_audit = [a for a in audit if a["action"] == "usage.set_counter"
                    and a["entity_id"] == f"{q['customer_id']}|{q['meter']}|{q['period_start']}"]
     after = quota_audit[0]["after"]
     after = json.loads(after) if isinstance(after, str) else after
@@ -320,7 +324,7 @@ async def test_plan_waits_for_approval_and_applies_exactly_the_plan(clean_db, st
     assert statuses == {"applied": len(plan)}
     # Audit attributes the pushes to the approver.
     actors = {r["actor"] for r in await clean_db.fetch(
-        "SELECT actor FROM billing.audit_log WHERE workflow_id = $1 AND action LIKE 'push_meter_event%'",
+        "SELECT actor FROM billing.audit_log WHERE workflow_id = $1 AND action = 'usage.push_meter_event'",
         f"plan-{world.tag}")}
     assert actors == {"alice"}
 
@@ -369,7 +373,7 @@ async def test_approve_refused_when_not_awaiting_approval(clean_db, stripe_clien
                 await handle.execute_update("approve", ApprovalDecision(actor="mallory"))
             assert "not awaiting approval" in str(err.value.cause)
             assert await clean_db.fetchval(
-                "SELECT count(*) FROM billing.audit_log WHERE action = 'approve_plan'") == 0
+                "SELECT count(*) FROM billing.audit_log WHERE action = 'run.approve'") == 0
         finally:
             await handle.terminate("test over")
 

@@ -339,3 +339,34 @@ async def test_page_activity_resumes_from_its_heartbeat(postgres_dsn, emulator, 
     resumed = await env.run(acts.subscriptions_page, ResyncPageInput(context=ctx, page_size=1, max_pages=5))
     assert resumed.next_cursor is None and resumed.pages == 3
     assert resumed.counts.missing_local == 3 and sorted(resumed.findings.missing_local) == sorted(subs)
+
+
+async def test_balance_page_resumes_from_its_heartbeat(clean_db):
+    """A retried balances page checks only the customers after its checkpoint, with the counts
+    it had, and still reports a full page (so the workflow asks for the next one)."""
+    import dataclasses
+
+    from temporalio.testing import ActivityEnvironment
+
+    from common.paged import PagedRunContext, RunScope
+    from credits.activities import CreditActivities
+    from credits.types import BalancePageInput
+
+    for cid in ("bal-a", "bal-b", "bal-c"):
+        await clean_db.execute("INSERT INTO billing.customers (customer_id) VALUES ($1)", cid)
+        await clean_db.execute("INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 5)", cid)
+    acts = CreditActivities(clean_db, None, None)  # type: ignore[arg-type]  # no Stripe call here
+    ctx = PagedRunContext(run_id="balances-resume", workflow_run_id="r1", scope=RunScope(), mode=Mode.DRY_RUN,
+                          actor="test", reason="test")
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    full = await env.run(acts.balances_page, BalancePageInput(context=ctx, limit=2))
+    assert (full.next_cursor, full.counts.customers_checked, full.counts.balance_mismatches) == ("bal-b", 2, 2)
+
+    after_first = next(b for b in beats if b["cursor"] == "bal-a")
+    # Changed since it was checked: a resumed page does not look at it again.
+    await clean_db.execute("UPDATE billing.credit_balances SET balance = 0 WHERE customer_id = 'bal-a'")
+    env.info = dataclasses.replace(env.info, heartbeat_details=[after_first])
+    resumed = await env.run(acts.balances_page, BalancePageInput(context=ctx, limit=2))
+    assert resumed == full

@@ -8,19 +8,17 @@ extra activity call) so that the real workflow stays as it is."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
 from temporalio.worker import Replayer, Worker
 
 from common.client import data_converter
+from common.options import smoke_check
 from health.types import SmokeCheck
 
 from .test_replay import HISTORIES, load
 
-TIMEOUT = timedelta(seconds=30)
-RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+STEP = smoke_check()  # the real Smoke's options
 PATCH_ID = "smoke-check-stripe-twice"
 
 
@@ -31,12 +29,12 @@ class SmokePatched:
     @workflow.run
     async def run(self, check: SmokeCheck) -> SmokeCheck:
         check = await workflow.execute_activity(
-            "health.postgres", check, result_type=SmokeCheck, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            "health.postgres", check, result_type=SmokeCheck, **STEP)
         check = await workflow.execute_activity(
-            "health.stripe", check, result_type=SmokeCheck, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            "health.stripe", check, result_type=SmokeCheck, **STEP)
         if workflow.patched(PATCH_ID):
             check = await workflow.execute_activity(
-                "health.stripe", check, result_type=SmokeCheck, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+                "health.stripe", check, result_type=SmokeCheck, **STEP)
         return check
 
 
@@ -47,11 +45,11 @@ class SmokeUnguarded:
     @workflow.run
     async def run(self, check: SmokeCheck) -> SmokeCheck:
         check = await workflow.execute_activity(
-            "health.postgres", check, result_type=SmokeCheck, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            "health.postgres", check, result_type=SmokeCheck, **STEP)
         check = await workflow.execute_activity(
-            "health.stripe", check, result_type=SmokeCheck, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            "health.stripe", check, result_type=SmokeCheck, **STEP)
         return await workflow.execute_activity(
-            "health.stripe", check, result_type=SmokeCheck, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
+            "health.stripe", check, result_type=SmokeCheck, **STEP)
 
 
 async def _replay(workflow_cls: type, history) -> BaseException | None:

@@ -266,7 +266,7 @@ async def test_plan_waits_for_approve_then_applies(time_skipping_env, task_queue
     verify = [c for c in s.page_calls if c.verify]
     assert len(verify) == 1 and verify[0].observe_only is True
     assert result.verify_counts == Counts(customers_scanned=1)
-    assert [a.action for a in s.audits] == ["approve_plan"]
+    assert [a.action for a in s.audits] == ["run.approve"]
     assert s.audits[0].actor == "alice" and s.audits[0].entity_id == handle.id
 
 
@@ -303,7 +303,7 @@ async def test_reject_ends_rejected_without_applying(time_skipping_env, task_que
     assert s.statuses[-1].status == RunStatus.REJECTED
     assert s.statuses[-1].rejected_by == "bob" and s.statuses[-1].reason == "too big"
     assert [f.status for f in s.finished] == [RunStatus.REJECTED]
-    assert [a.action for a in s.audits] == ["reject_plan"]
+    assert [a.action for a in s.audits] == ["run.reject"]
 
 
 async def test_approval_times_out_as_rejected(time_skipping_env, task_queue):
@@ -375,12 +375,12 @@ async def test_pause_makes_pages_observe_only_and_resume_restores(time_skipping_
         handle = await start(time_skipping_env, task_queue, request(Mode.APPLY))
         await until(lambda: None in s.entered, "page 1")
         await handle.signal(ReconcileUsage.pause, PauseRequest(actor="ops", reason="incident"))
-        await until(lambda: any(a.action == "pause_auto_healing" for a in s.audits), "the pause audit")
+        await until(lambda: any(a.action == "run.pause" for a in s.audits), "the pause audit")
         assert (await handle.query(ReconcileUsage.progress)).paused is True
         g1.set()
         await until(lambda: "c2" in s.entered, "page 2")
         await handle.signal(ReconcileUsage.resume, PauseRequest(actor="ops"))
-        await until(lambda: any(a.action == "resume_auto_healing" for a in s.audits), "the resume audit")
+        await until(lambda: any(a.action == "run.resume" for a in s.audits), "the resume audit")
         g2.set()
         result = await handle.result()
     # The page scanned while paused was only observed: once resumed, the scan runs again,
@@ -389,7 +389,7 @@ async def test_pause_makes_pages_observe_only_and_resume_restores(time_skipping_
         (None, False), ("c2", True), ("c4", False), (None, False), ("c2", False), ("c4", False)]
     assert result.status == RunStatus.COMPLETED and result.observe_only is False
     assert [(a.actor, a.action, a.reason) for a in s.audits] == [
-        ("ops", "pause_auto_healing", "incident"), ("ops", "resume_auto_healing", None)]
+        ("ops", "run.pause", "incident"), ("ops", "run.resume", None)]
     # Audit keys are unique per message (the same actor may pause twice).
     assert len({a.idempotency_key for a in s.audits}) == 2
 
@@ -519,7 +519,7 @@ async def test_run_started_while_paused_and_resumed_rescans_correctively(time_sk
         handle = await start(time_skipping_env, task_queue, request(Mode.APPLY))
         await until(lambda: "c2" in s.entered, "page 2")
         await handle.signal(ReconcileUsage.resume, PauseRequest(actor="ops"))
-        await until(lambda: any(a.action == "resume_auto_healing" for a in s.audits), "the resume audit")
+        await until(lambda: any(a.action == "run.resume" for a in s.audits), "the resume audit")
         gate.set()
         result = await handle.result()
     assert [(c.cursor, c.observe_only) for c in s.page_calls] == [
