@@ -78,7 +78,10 @@ def _run(coro):
 
 def migrate() -> None:
     """Apply the SQL migrations of the billing schema (idempotent)."""
-    applied = asyncio.run(db.migrate(_database_url()))
+    try:
+        applied = asyncio.run(db.migrate(_database_url()))
+    except db.MigrationError as e:
+        raise SystemExit(f"error: {e}") from None  # one unwrapped line on stderr, exit 1
     console.print(f"applied: {', '.join(applied)}" if applied else "schema up to date")
 
 

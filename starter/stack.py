@@ -782,9 +782,12 @@ def up(
             say("postgres: external (DATABASE_URL)")
         else:
             database_url = ensure(POSTGRES, lambda: _start_postgres(config)).address
-        from billing.db import migrate
+        from billing.db import MigrationError, migrate
 
-        applied = _run_sync(lambda: migrate(database_url))
+        try:
+            applied = _run_sync(lambda: migrate(database_url))
+        except MigrationError as e:
+            raise StackError(str(e)) from None
         if applied:
             say(f"postgres: applied migrations {', '.join(applied)}")
 
