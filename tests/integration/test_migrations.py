@@ -5,6 +5,7 @@ the first run after the upgrade)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -106,8 +107,8 @@ async def test_cli_migrate_names_the_edited_migration_in_one_line(postgres_dsn):
         finally:
             await conn.close()
         cli = str(Path(sys.executable).parent / "billing-recon")
-        res = subprocess.run([cli, "migrate"], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "DATABASE_URL": dsn})
+        res = await asyncio.to_thread(subprocess.run, [cli, "migrate"], capture_output=True, text=True,
+                                      timeout=120, env={**os.environ, "DATABASE_URL": dsn})
         assert res.returncode == 1, res.stdout + res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1, res.stderr
