@@ -49,8 +49,17 @@ class Settings(BaseSettings):
     webhook_port: int = Field(default=8088, alias="WEBHOOK_PORT")
     # Stripe's SDK default: a signature older than this is refused (replayed or stale delivery).
     webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
-    # Stripe's events are a few KiB; anything this large is not an event.
-    webhook_max_body_bytes: int = Field(default=1_048_576, alias="WEBHOOK_MAX_BODY_BYTES")
+    # Stripe's events are a few KiB; anything this large is not an event. Refused while the body
+    # streams in (413), whatever Content-Length says.
+    webhook_max_body_bytes: int = Field(default=1_048_576, gt=0, alias="WEBHOOK_MAX_BODY_BYTES")
+    # The request head, and then the body, must each arrive within this (else the connection
+    # is closed, or 408 for the body): a slow client cannot hold a connection open.
+    webhook_read_timeout_seconds: float = Field(default=10.0, gt=0, alias="WEBHOOK_READ_TIMEOUT_SECONDS")
+    # Open connections (idle keep-alive ones included) and requests in progress, at most; beyond
+    # it uvicorn answers 503 and closes (Stripe retries). Bounds memory to about this many bodies.
+    webhook_max_connections: int = Field(default=64, gt=0, alias="WEBHOOK_MAX_CONNECTIONS")
+    # An idle keep-alive connection is closed after this many seconds (uvicorn's default).
+    webhook_keep_alive_seconds: int = Field(default=5, gt=0, alias="WEBHOOK_KEEP_ALIVE_SECONDS")
     # How long the receiver waits for Temporal before answering anyway (the event is stored).
     webhook_start_timeout_seconds: float = Field(default=5.0, alias="WEBHOOK_START_TIMEOUT_SECONDS")
 

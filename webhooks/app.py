@@ -1,6 +1,8 @@
 """The Stripe webhook receiver: verify, store durably, start processing, then answer.
 
 Order matters, and is the point of this module:
+0. The body is read within limits (`webhooks.limits`): too large (413) or too slow (408) is
+   refused while it streams in, and the connection is closed.
 1. `Stripe-Signature` is verified by the SDK (tolerance 300 s) before anything is stored: a
    forged, stale or missing signature gets 400 and leaves no row.
 2. The raw event goes into `billing.stripe_events` (insert-if-absent). If Postgres is down the
@@ -36,6 +38,7 @@ from billing import correlation, db, metrics
 from billing.models import ProcessEventInput
 from billing.settings import Settings
 from billing.temporal_client import connect
+from webhooks import limits
 from workflows.process_stripe_event import workflow_id_for
 
 log = logging.getLogger("billing.webhooks")
@@ -78,9 +81,12 @@ class Receiver:
         return response
 
     async def _intake(self, request: Request) -> tuple[JSONResponse, str]:
-        body = await request.body()
-        if len(body) > self.settings.webhook_max_body_bytes:
-            return _refuse(413, f"body of {len(body)} bytes exceeds {self.settings.webhook_max_body_bytes}"), "invalid"
+        try:
+            body = await limits.read_body(request, self.settings.webhook_max_body_bytes,
+                                          self.settings.webhook_read_timeout_seconds)
+        except limits.BodyRefused as e:
+            # Closing the connection is what stops uvicorn from reading the rest of the body.
+            return _refuse(e.status, str(e), close=True), "invalid"
         header = request.headers.get("stripe-signature")
         if not header:
             return _refuse(400, "missing Stripe-Signature header"), "bad_signature"
@@ -155,9 +161,10 @@ class Receiver:
         return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 
 
-def _refuse(status: int, message: str) -> JSONResponse:
+def _refuse(status: int, message: str, *, close: bool = False) -> JSONResponse:
     log.info("webhook refused (%d): %s", status, message)
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status,
+                        headers={"Connection": "close"} if close else None)
 
 
 def _parse_event(payload: str) -> dict[str, Any]:
@@ -209,7 +216,8 @@ def serve(settings: Settings, database_url: str, *, host: str | None = None, por
 
     telemetry = init_process(settings, "webhooks")
     try:
-        uvicorn.run(create_app(settings, database_url, runtime=telemetry.runtime), host=host or settings.webhook_host,
-                    port=port or settings.webhook_port, log_level="info", access_log=False, log_config=None)
+        app = create_app(settings, database_url, runtime=telemetry.runtime)
+        uvicorn.Server(limits.uvicorn_config(app, settings, host=host, port=port, log_level="info",
+                                             access_log=False, log_config=None)).run()
     finally:
         telemetry.shutdown()
