@@ -5,8 +5,11 @@ Order matters, and is the point of this module:
    refused while it streams in, and the connection is closed.
 1. `Stripe-Signature` is verified by the SDK (tolerance 300 s) before anything is stored: a
    forged, stale or missing signature gets 400 and leaves no row.
-2. The raw event goes into `billing.stripe_events` (insert-if-absent). If Postgres is down the
-   answer is 503 and Stripe retries: we never answer 2xx for an event we could lose.
+2. The event is checked (`webhooks.events.parse_event`): anything the inbox could never store
+   (a NUL character, a `created` out of range, an oversized id, wrong types, deep nesting) is
+   400 and leaves no row. Then the raw event goes into `billing.stripe_events`
+   (insert-if-absent). If Postgres is down the answer is 503 and Stripe retries: we never
+   answer 2xx for an event we could lose, and never 503 for one no retry can store.
 3. `ProcessStripeEvent` starts with id `stripe-event-<evt id>`; a duplicate delivery finds it
    running (no-op). If Temporal is unreachable the event is still stored and answered 200: the
    replay sweep processes inbox rows stuck in `received`.
@@ -18,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import stripe
@@ -39,6 +40,7 @@ from billing.models import ProcessEventInput
 from billing.settings import Settings
 from billing.temporal_client import connect
 from webhooks import limits
+from webhooks.events import is_permanent_store_error, is_transient_store_error, parse_event
 from workflows.process_stripe_event import workflow_id_for
 
 log = logging.getLogger("billing.webhooks")
@@ -100,7 +102,7 @@ class Receiver:
         except stripe.SignatureVerificationError as e:
             return _refuse(400, f"signature verification failed: {e.user_message or e}"), "bad_signature"
         try:
-            event = _parse_event(payload)
+            event = parse_event(payload)
         except ValueError as e:
             return _refuse(400, f"malformed event: {e}"), "invalid"
 
@@ -108,7 +110,12 @@ class Receiver:
         try:
             async with self.pool.acquire() as conn:
                 row = await conn.fetchrow(store_event_sql(), *store_event_args(event, "webhook"))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except Exception as e:
+            if is_permanent_store_error(e):
+                # No retry can store it: say so rather than have Stripe retry for 3 days.
+                return _refuse(400, f"event refused by the database: {_first_line(e)}"), "invalid"
+            if not is_transient_store_error(e):
+                raise
             log.error("event %s not stored, answering 503 so Stripe retries: %s", event["id"], e)
             return JSONResponse({"error": "event store unavailable"}, status_code=503), "error"
 
@@ -161,29 +168,14 @@ class Receiver:
         return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().split("\n", 1)[0][:300]
+
+
 def _refuse(status: int, message: str, *, close: bool = False) -> JSONResponse:
     log.info("webhook refused (%d): %s", status, message)
     return JSONResponse({"error": message}, status_code=status,
                         headers={"Connection": "close"} if close else None)
-
-
-def _parse_event(payload: str) -> dict[str, Any]:
-    try:
-        event = json.loads(payload)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON ({e.msg} at {e.pos})") from None
-    if not isinstance(event, dict) or event.get("object") != "event":
-        raise ValueError("not a Stripe event object")
-    if not isinstance(event.get("id"), str) or not event["id"].startswith("evt_"):
-        raise ValueError("missing or invalid id")
-    if not isinstance(event.get("type"), str) or not event["type"]:
-        raise ValueError("missing type")
-    if not isinstance(event.get("created"), int):
-        raise ValueError("missing created")
-    data = event.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
-        raise ValueError("missing data.object")
-    return event
 
 
 def create_app(settings: Settings, database_url: str, *, client: Client | None = None,

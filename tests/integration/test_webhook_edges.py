@@ -2,27 +2,35 @@
 sockets where an HTTP client would not misbehave enough) against a real Postgres:
 
 - bodies refused while they stream (413), slow heads and bodies cut off (408 or close), the
-  connection limit (503).
+  connection limit (503);
+- validly signed events the inbox can never store: 400 and no row; Postgres down: 503, then
+  stored once it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import asyncpg
 import httpx
 import pytest
 
+from activities.stripe_events import store_event_args, store_event_sql
+from billing import db
 from billing.settings import Settings
 from tests.integration.edge_helpers import (
     RawConnection,
     chunk,
+    connections_refused,
     event_body,
+    private_database,
     signed,
 )
 from tests.integration.webhook_helpers import receiver
+from webhooks.events import is_permanent_store_error, is_transient_store_error
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +165,124 @@ async def test_connections_beyond_the_limit_get_503(postgres_dsn, webhook_secret
                 break
             await asyncio.sleep(0.1)
         assert r.status_code == 200
+
+
+# ------------------------------------------------------------------- permanent vs transient
+
+
+def _nested(depth: int) -> object:
+    value: object = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _ev(**fields: object) -> str:
+    return event_body(**fields)
+
+
+def _with_object(**fields: object) -> str:
+    return event_body(data={"object": {"id": "cus_edges", "object": "customer", **fields}})
+
+
+# (signed body, what the 400's message says). Each is one a Stripe account could sign only by
+# mistake, and none can ever be stored: retrying is pointless, so 4xx and no row.
+UNSTORABLE = {
+    "NUL in a value": (_with_object(name="a\x00b"), "a NUL character at data.object.name"),
+    "NUL in a key": (_with_object(**{"na\x00me": 1}), "a NUL character at data.object.na\\x00me"),
+    "unpaired surrogate": (_with_object(name="\ud800"), "an unpaired UTF-16 surrogate at data.object.name"),
+    "created beyond year 9999": (_ev(created=10**15), "created 1000000000000000 is out of range"),
+    "created negative": (_ev(created=-1), "created -1 is out of range"),
+    "created true": (_ev(created=True), "invalid created True"),
+    "created 1.5": (_ev(created=1.5), "invalid created 1.5"),
+    "created a string": (_ev(created="1700000000"), "invalid created '1700000000'"),
+    "3 kB event id": (_ev(id="evt_" + "a" * 3000), "invalid id 'evt_aaaa"),
+    "id with spaces": (_ev(id="evt_ x"), "invalid id 'evt_ x'"),
+    "3 kB type": (_ev(type="customer." + "x" * 3000), "invalid type"),
+    "3 kB object id": (_with_object(id="cus_" + "x" * 3000), "invalid data.object.id"),
+    "numeric object id": (_with_object(id=42), "invalid data.object.id 42"),
+    "NaN": (_ev(created=0).replace('"livemode": false', '"livemode": NaN'), "NaN is not JSON"),
+    "1e999": (_ev().replace('"livemode": false', '"livemode": 1e999'), "number out of range at livemode"),
+    "5000-digit integer": (_ev().replace('"livemode": false', '"livemode": ' + "9" * 5000), "invalid JSON"),
+    "nested 100 deep": (_with_object(metadata=_nested(100)), "JSON nested 103 levels deep (at most 64)"),
+    "nested 100000 deep": ("[" * 100_000 + "]" * 100_000, "JSON nested 100000 levels deep"),
+}
+
+
+async def test_unstorable_events_are_400_and_leave_no_row(temporal_env, postgres_dsn, webhook_secret,
+                                                          task_queue, clean_db):
+    settings = edge_settings(postgres_dsn, webhook_secret, BILLING_TASK_QUEUE=task_queue)
+    async with receiver(settings, temporal_env.client) as url, httpx.AsyncClient() as http:
+        for name, (body, message) in UNSTORABLE.items():
+            r = await http.post(url + "/webhooks/stripe", content=body, headers=signed(body, webhook_secret))
+            assert r.status_code == 400, (name, r.text)
+            assert message in r.json()["error"], (name, r.json()["error"])
+        assert await inbox_count(clean_db) == 0
+        # The receiver is fine afterwards: a good event is stored.
+        good = event_body()
+        r = await http.post(url + "/webhooks/stripe", content=good, headers=signed(good, webhook_secret))
+        assert r.status_code == 200 and r.json()["status"] == "stored", r.text
+    assert await inbox_count(clean_db) == 1
+
+
+async def test_database_refusals_are_permanent_and_outages_transient(postgres_dsn, clean_db):
+    """The backstop behind `parse_event`, with Postgres's real errors: what the inbox itself
+    refuses is permanent; a database refusing connections is transient."""
+    good: dict = json.loads(event_body())
+
+    async def store(event: dict) -> Exception:
+        with pytest.raises(Exception) as caught:
+            async with clean_db.acquire() as conn:
+                await conn.fetchrow(store_event_sql(), *store_event_args(event, "webhook"))
+        return caught.value
+
+    refused = {
+        "NUL in jsonb": {**good, "data": {"object": {"id": "cus_1", "name": "a\x00b"}}},
+        "created out of range": {**good, "created": 10**15},
+        # Random CJK: incompressible, so no TOAST compression brings it under the index row limit.
+        "9 kB id (index row too large)": {**good, "id": "evt_" + "".join(
+            chr(0x4E00 + b % 0x5000) for b in os.urandom(3000))},
+        "numeric object id": {**good, "data": {"object": {"id": 42}}},
+    }
+    for name, event in refused.items():
+        e = await store(event)
+        assert is_permanent_store_error(e), (name, type(e), e)
+    assert await inbox_count(clean_db) == 0
+
+    async with private_database(postgres_dsn) as dsn:
+        await db.migrate(dsn)
+        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with connections_refused(postgres_dsn, dsn):
+                with pytest.raises(Exception) as caught:
+                    async with pool.acquire() as conn:
+                        await conn.fetchrow(store_event_sql(), *store_event_args(good, "webhook"))
+        finally:
+            pool.terminate()
+    assert is_transient_store_error(caught.value) and not is_permanent_store_error(caught.value), caught.value
+
+
+async def test_postgres_down_is_503_then_the_retry_is_stored(temporal_env, postgres_dsn, webhook_secret,
+                                                             task_queue):
+    body = event_body()
+    event_id = json.loads(body)["id"]
+    async with private_database(postgres_dsn) as dsn:
+        await db.migrate(dsn)
+        settings = edge_settings(dsn, webhook_secret, BILLING_TASK_QUEUE=task_queue)
+        async with receiver(settings, temporal_env.client) as url, httpx.AsyncClient() as http:
+            async with connections_refused(postgres_dsn, dsn):
+                r = await http.post(url + "/webhooks/stripe", content=body, headers=signed(body, webhook_secret))
+                assert r.status_code == 503 and r.json() == {"error": "event store unavailable"}
+                ready = await http.get(url + "/health/ready")
+                assert ready.status_code == 503
+                assert ready.json()["ready"] is False and ready.json()["postgres"].startswith("unavailable: ")
+            # Stripe's retry, once Postgres is back.
+            r = await http.post(url + "/webhooks/stripe", content=body, headers=signed(body, webhook_secret))
+            assert r.status_code == 200 and r.json()["status"] == "stored", r.text
+            assert (await http.get(url + "/health/ready")).json()["postgres"] == "ok"
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM billing.stripe_events WHERE event_id = $1",
+                                       event_id) == 1
+        finally:
+            await conn.close()
