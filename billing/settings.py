@@ -11,7 +11,7 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
@@ -47,8 +47,10 @@ class Settings(BaseSettings):
     # Webhook receiver (`billing-recon webhooks serve`).
     webhook_host: str = Field(default="127.0.0.1", alias="WEBHOOK_HOST")
     webhook_port: int = Field(default=8088, alias="WEBHOOK_PORT")
-    # Stripe's SDK default: a signature older than this is refused (replayed or stale delivery).
-    webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
+    # Stripe's SDK default: a signature older than this is refused (replayed or stale delivery),
+    # and so is one dated more than this in the future. 0 would turn replay protection off, so
+    # it must be > 0; more than an hour is not clock skew any more.
+    webhook_tolerance_seconds: int = Field(default=300, gt=0, le=3600, alias="WEBHOOK_TOLERANCE_SECONDS")
     # Stripe's events are a few KiB; anything this large is not an event. Refused while the body
     # streams in (413), whatever Content-Length says.
     webhook_max_body_bytes: int = Field(default=1_048_576, gt=0, alias="WEBHOOK_MAX_BODY_BYTES")
@@ -96,6 +98,30 @@ class Settings(BaseSettings):
     otel_service_name: str = Field(default="billing-recon", alias="OTEL_SERVICE_NAME")
 
 
+class InvalidSettings(SystemExit):
+    """The environment does not make valid Settings. A SystemExit carrying one line: every entry
+    point (the CLI, `python -m worker`, `python -m webhooks`) prints it and exits 1, without a
+    traceback."""
+
+
+def settings_error_line(error: ValidationError) -> str:
+    """One line naming every invalid variable and why (secret values are never echoed)."""
+    aliases = {name: (f.alias or name).upper() for name, f in Settings.model_fields.items()}
+    parts = []
+    for e in error.errors():
+        message = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:
+            parts.append(message)
+            continue
+        name = aliases.get(str(e["loc"][0]), str(e["loc"][0]))
+        secret = any(word in name for word in ("KEY", "SECRET", "URL", "PASSWORD"))
+        parts.append(f"{name}: {message}" + ("" if secret else f" (got {e['input']!r})"))
+    return "invalid settings: " + "; ".join(parts)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InvalidSettings(settings_error_line(e)) from None

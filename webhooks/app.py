@@ -4,7 +4,7 @@ Order matters, and is the point of this module:
 0. The body is read within limits (`webhooks.limits`): too large (413) or too slow (408) is
    refused while it streams in, and the connection is closed.
 1. `Stripe-Signature` is verified by the SDK (tolerance 300 s) before anything is stored: a
-   forged, stale or missing signature gets 400 and leaves no row.
+   forged, stale, future-dated or missing signature gets 400 and leaves no row.
 2. The event is checked (`webhooks.events.parse_event`): anything the inbox could never store
    (a NUL character, a `created` out of range, an oversized id, wrong types, deep nesting) is
    400 and leaves no row. Then the raw event goes into `billing.stripe_events`
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -40,7 +41,12 @@ from billing.models import ProcessEventInput
 from billing.settings import Settings
 from billing.temporal_client import connect
 from webhooks import limits
-from webhooks.events import is_permanent_store_error, is_transient_store_error, parse_event
+from webhooks.events import (
+    is_permanent_store_error,
+    is_transient_store_error,
+    parse_event,
+    signature_timestamp,
+)
 from workflows.process_stripe_event import workflow_id_for
 
 log = logging.getLogger("billing.webhooks")
@@ -92,15 +98,21 @@ class Receiver:
         header = request.headers.get("stripe-signature")
         if not header:
             return _refuse(400, "missing Stripe-Signature header"), "bad_signature"
+        tolerance = self.settings.webhook_tolerance_seconds
         try:
             payload = body.decode("utf-8")
             stripe.WebhookSignature.verify_header(
-                payload, header, self.settings.stripe_webhook_secret,
-                tolerance=self.settings.webhook_tolerance_seconds)
+                payload, header, self.settings.stripe_webhook_secret, tolerance=tolerance)
         except UnicodeDecodeError:
             return _refuse(400, "body is not UTF-8"), "invalid"
         except stripe.SignatureVerificationError as e:
             return _refuse(400, f"signature verification failed: {e.user_message or e}"), "bad_signature"
+        # The SDK refuses only timestamps in the past; one far in the future would keep a
+        # captured delivery replayable until then.
+        ahead = (signature_timestamp(header) or 0) - int(time.time())
+        if ahead > tolerance:
+            return _refuse(400, f"signature timestamp is {ahead} s in the future "
+                                f"(tolerance {tolerance} s)"), "bad_signature"
         try:
             event = parse_event(payload)
         except ValueError as e:

@@ -4,7 +4,8 @@ sockets where an HTTP client would not misbehave enough) against a real Postgres
 - bodies refused while they stream (413), slow heads and bodies cut off (408 or close), the
   connection limit (503);
 - validly signed events the inbox can never store: 400 and no row; Postgres down: 503, then
-  stored once it is back.
+  stored once it is back;
+- signatures dated in the future refused.
 """
 
 from __future__ import annotations
@@ -286,3 +287,24 @@ async def test_postgres_down_is_503_then_the_retry_is_stored(temporal_env, postg
                                        event_id) == 1
         finally:
             await conn.close()
+
+
+# ------------------------------------------------------------------------- signatures
+
+
+async def test_future_dated_signatures_are_refused(temporal_env, postgres_dsn, webhook_secret, task_queue,
+                                                   clean_db):
+    settings = edge_settings(postgres_dsn, webhook_secret, BILLING_TASK_QUEUE=task_queue)
+    tolerance = settings.webhook_tolerance_seconds
+    far, near = event_body(), event_body()
+    async with receiver(settings, temporal_env.client) as url, httpx.AsyncClient() as http:
+        now = int(time.time())
+        r = await http.post(url + "/webhooks/stripe", content=far,
+                            headers=signed(far, webhook_secret, at=now + tolerance + 60))
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("signature timestamp is ") and \
+            f"s in the future (tolerance {tolerance} s)" in r.json()["error"]
+        # Within the tolerance (clock skew): accepted.
+        r = await http.post(url + "/webhooks/stripe", content=near, headers=signed(near, webhook_secret, at=now + 30))
+        assert r.status_code == 200, r.text
+    assert await clean_db.fetchval("SELECT array_agg(event_id) FROM billing.stripe_events") == [json.loads(near)["id"]]
