@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     webhook_max_connections: int = Field(default=64, gt=0, alias="WEBHOOK_MAX_CONNECTIONS")
     # An idle keep-alive connection is closed after this many seconds (uvicorn's default).
     webhook_keep_alive_seconds: int = Field(default=5, gt=0, alias="WEBHOOK_KEEP_ALIVE_SECONDS")
+    # Each dependency check of GET /health/ready (Postgres query, Temporal gRPC call) gets this long.
+    webhook_health_timeout_seconds: float = Field(default=2.0, gt=0, alias="WEBHOOK_HEALTH_TIMEOUT_SECONDS")
     # How long the receiver waits for Temporal before answering anyway (the event is stored).
     webhook_start_timeout_seconds: float = Field(default=5.0, alias="WEBHOOK_START_TIMEOUT_SECONDS")
 

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
 
 import asyncpg
 import stripe
@@ -31,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.runtime import Runtime
@@ -161,23 +163,39 @@ class Receiver:
             return "deferred"
 
     async def ready(self, request: Request) -> JSONResponse:
-        checks: dict[str, str] = {}
-        ok = True
-        try:
-            assert self.pool is not None
-            async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1 FROM billing.stripe_events LIMIT 1")
-            checks["postgres"] = "ok"
-        except Exception as e:
-            checks["postgres"] = f"unavailable: {e}"
-            ok = False
-        # Temporal is reported, not required: intake works without it.
-        try:
-            await self.temporal()
-            checks["temporal"] = "ok"
-        except Exception as e:
-            checks["temporal"] = f"unreachable: {e or type(e).__name__}"
-        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+        """Each dependency really checked, each within WEBHOOK_HEALTH_TIMEOUT_SECONDS: Postgres
+        with a query on the inbox, Temporal with a gRPC call (GetSystemInfo, the call the
+        client's own connect makes). Ready means intake works: Postgres is required; Temporal is
+        reported, not required (an event stored while it is down is swept by the replay)."""
+        timeout = self.settings.webhook_health_timeout_seconds
+        postgres, temporal = await asyncio.gather(
+            _check(self._check_postgres(), timeout, "unavailable"),
+            _check(self._check_temporal(), timeout, "unreachable"))
+        ok = postgres == "ok"
+        return JSONResponse({"ready": ok, "postgres": postgres, "temporal": temporal},
+                            status_code=200 if ok else 503)
+
+    async def _check_postgres(self) -> None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1 FROM billing.stripe_events LIMIT 1")
+
+    async def _check_temporal(self) -> None:
+        client = await self.temporal()
+        await client.workflow_service.get_system_info(
+            GetSystemInfoRequest(), retry=False,
+            timeout=timedelta(seconds=self.settings.webhook_health_timeout_seconds))
+
+
+async def _check(check: Awaitable[None], seconds: float, failed: str) -> str:
+    """"ok", or `failed` and why (the first line of the error)."""
+    try:
+        await asyncio.wait_for(check, seconds)
+    except TimeoutError:
+        return f"{failed}: no answer within {seconds:g} s"
+    except Exception as e:
+        return f"{failed}: {_first_line(e) or type(e).__name__}"
+    return "ok"
 
 
 def _first_line(e: BaseException) -> str:

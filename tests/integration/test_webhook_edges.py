@@ -5,7 +5,8 @@ sockets where an HTTP client would not misbehave enough) against a real Postgres
   connection limit (503);
 - validly signed events the inbox can never store: 400 and no row; Postgres down: 503, then
   stored once it is back;
-- signatures dated in the future refused.
+- signatures dated in the future refused;
+- /health/ready checks Postgres and Temporal for real, each time.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import time
 import asyncpg
 import httpx
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from activities.stripe_events import store_event_args, store_event_sql
 from billing import db
 from billing.settings import Settings
+from billing.temporal_client import data_converter
+from starter.stack import find_temporal_binary
 from tests.integration.edge_helpers import (
     RawConnection,
     chunk,
@@ -308,3 +312,29 @@ async def test_future_dated_signatures_are_refused(temporal_env, postgres_dsn, w
         r = await http.post(url + "/webhooks/stripe", content=near, headers=signed(near, webhook_secret, at=now + 30))
         assert r.status_code == 200, r.text
     assert await clean_db.fetchval("SELECT array_agg(event_id) FROM billing.stripe_events") == [json.loads(near)["id"]]
+
+
+# ------------------------------------------------------------------------- readiness
+
+
+async def test_ready_checks_temporal_every_time(postgres_dsn, webhook_secret, clean_db):
+    """Once connected, the receiver used to say Temporal was ok forever. A private dev server,
+    stopped while the receiver runs."""
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=find_temporal_binary(),
+                                                data_converter=data_converter, ui=False,
+                                                dev_server_log_level="warn")
+    stopped = False
+    try:
+        settings = edge_settings(postgres_dsn, webhook_secret, WEBHOOK_HEALTH_TIMEOUT_SECONDS=2)
+        async with receiver(settings, env.client) as url, httpx.AsyncClient() as http:
+            r = await http.get(url + "/health/ready")
+            assert (r.status_code, r.json()) == (200, {"ready": True, "postgres": "ok", "temporal": "ok"})
+            await env.shutdown()
+            stopped = True
+            r = await http.get(url + "/health/ready")
+            # Intake still works without Temporal (the replay sweeps), so still ready; but said.
+            assert r.status_code == 200 and r.json()["postgres"] == "ok"
+            assert r.json()["temporal"].startswith("unreachable: "), r.json()
+    finally:
+        if not stopped:
+            await env.shutdown()
