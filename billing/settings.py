@@ -7,15 +7,44 @@ The Temporal connection is *not* configured here: it comes from Temporal's own e
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
 DEFAULT_STATE_DIR = Path(".state")
+
+# Secrets written in this repository (defaults, the old docker-compose.yml, tests, benches, docs):
+# anyone can read them, so they are accepted only when STRIPE_API_BASE is a Stripe emulator on
+# this machine (a loopback address). tests/unit/test_settings_edges.py checks that every
+# `sk_test_...`/`whsec_...` literal in the repository is listed here.
+PUBLISHED_SECRETS = frozenset({
+    "sk_test_emulator", "whsec_emulator",  # the defaults below and of `dev up`
+    "whsec_test_emulator", "sk_test_123", "sk_test_stack", "whsec_not_the_secret",  # tests
+    "sk_test_emulator_contract", "sk_test_other", "sk_test_x", "whsec_conformance",
+    "whsec_test_contract_secret", "whsec_wrong", "whsec_x",  # tests/emulator
+    "whsec_chaos", "sk_test_chaos", "sk_test_bench",  # bench/
+    "whsec_dev", "sk_test_anything",  # docs/emulator.md
+})
+# Postgres passwords written in this repository (docker-compose.yml before it required one).
+PUBLISHED_DATABASE_PASSWORDS = frozenset({"billing"})
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url`'s host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -98,6 +127,25 @@ class Settings(BaseSettings):
     # OpenTelemetry: spans are exported over OTLP/HTTP only when OTEL_EXPORTER_OTLP_ENDPOINT (or
     # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise nothing is recorded or sent.
     otel_service_name: str = Field(default="billing-recon", alias="OTEL_SERVICE_NAME")
+
+    @model_validator(mode="after")
+    def _no_published_secret_outside_the_local_stack(self) -> Self:
+        if is_loopback_url(self.stripe_api_base):
+            return self  # the local stack: the emulator on this machine
+        published = []
+        if self.stripe_api_key in PUBLISHED_SECRETS:
+            published.append("STRIPE_API_KEY")
+        if self.stripe_webhook_secret in PUBLISHED_SECRETS:
+            published.append("STRIPE_WEBHOOK_SECRET")
+        if self.database_url and urllib.parse.urlsplit(self.database_url).password in PUBLISHED_DATABASE_PASSWORDS:
+            published.append("the DATABASE_URL password")
+        if published:
+            names = " and ".join([", ".join(published[:-1]), published[-1]] if len(published) > 1 else published)
+            raise ValueError(
+                f"{names} {'is a' if len(published) == 1 else 'are'} published default "
+                f"secret{'s' * (len(published) > 1)}, accepted only with a local Stripe emulator "
+                f"(STRIPE_API_BASE on a loopback address, not {self.stripe_api_base}): set your own")
+        return self
 
 
 class InvalidSettings(SystemExit):
