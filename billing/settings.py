@@ -8,15 +8,44 @@ The Temporal connection is *not* configured here: it comes from Temporal's own e
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
 DEFAULT_STATE_DIR = Path(".state")
+
+# Secrets written in this repository (defaults, the old docker-compose.yml, tests, benches, docs):
+# anyone can read them, so they are accepted only when STRIPE_API_BASE is a Stripe emulator on
+# this machine (a loopback address). tests/unit/test_settings_edges.py checks that every
+# `sk_test_...`/`whsec_...` literal in the repository is listed here.
+PUBLISHED_SECRETS = frozenset({
+    "sk_test_emulator", "whsec_emulator",  # the defaults below and of `dev up`
+    "whsec_test_emulator", "sk_test_123", "sk_test_stack", "whsec_not_the_secret",  # tests
+    "sk_test_emulator_contract", "sk_test_other", "sk_test_x", "whsec_conformance",
+    "whsec_test_contract_secret", "whsec_wrong", "whsec_x",  # tests/emulator
+    "whsec_chaos", "sk_test_chaos", "sk_test_bench",  # bench/
+    "whsec_dev", "sk_test_anything",  # docs/emulator.md
+})
+# Postgres passwords written in this repository (docker-compose.yml before it required one).
+PUBLISHED_DATABASE_PASSWORDS = frozenset({"billing"})
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url`'s host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -48,10 +77,23 @@ class Settings(BaseSettings):
     # Webhook receiver (`billing-recon webhooks serve`).
     webhook_host: str = Field(default="127.0.0.1", alias="WEBHOOK_HOST")
     webhook_port: int = Field(default=8088, alias="WEBHOOK_PORT")
-    # Stripe's SDK default: a signature older than this is refused (replayed or stale delivery).
-    webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
-    # Stripe's events are a few KiB; anything this large is not an event.
-    webhook_max_body_bytes: int = Field(default=1_048_576, alias="WEBHOOK_MAX_BODY_BYTES")
+    # Stripe's SDK default: a signature older than this is refused (replayed or stale delivery),
+    # and so is one dated more than this in the future. 0 would turn replay protection off, so
+    # it must be > 0; more than an hour is not clock skew any more.
+    webhook_tolerance_seconds: int = Field(default=300, gt=0, le=3600, alias="WEBHOOK_TOLERANCE_SECONDS")
+    # Stripe's events are a few KiB; anything this large is not an event. Refused while the body
+    # streams in (413), whatever Content-Length says.
+    webhook_max_body_bytes: int = Field(default=1_048_576, gt=0, alias="WEBHOOK_MAX_BODY_BYTES")
+    # The request head, and then the body, must each arrive within this (else the connection
+    # is closed, or 408 for the body): a slow client cannot hold a connection open.
+    webhook_read_timeout_seconds: float = Field(default=10.0, gt=0, alias="WEBHOOK_READ_TIMEOUT_SECONDS")
+    # Open connections (idle keep-alive ones included) and requests in progress, at most; beyond
+    # it uvicorn answers 503 and closes (Stripe retries). Bounds memory to about this many bodies.
+    webhook_max_connections: int = Field(default=64, gt=0, alias="WEBHOOK_MAX_CONNECTIONS")
+    # An idle keep-alive connection is closed after this many seconds (uvicorn's default).
+    webhook_keep_alive_seconds: int = Field(default=5, gt=0, alias="WEBHOOK_KEEP_ALIVE_SECONDS")
+    # Each dependency check of GET /health/ready (Postgres query, Temporal gRPC call) gets this long.
+    webhook_health_timeout_seconds: float = Field(default=2.0, gt=0, alias="WEBHOOK_HEALTH_TIMEOUT_SECONDS")
     # How long the receiver waits for Temporal before answering anyway (the event is stored).
     webhook_start_timeout_seconds: float = Field(default=5.0, alias="WEBHOOK_START_TIMEOUT_SECONDS")
 
@@ -134,7 +176,50 @@ class Settings(BaseSettings):
         """METRICS_BIND_ADDRESS was given (even empty: no endpoint), not just defaulted."""
         return "metrics_bind_address" in self.model_fields_set
 
+    @model_validator(mode="after")
+    def _no_published_secret_outside_the_local_stack(self) -> Self:
+        if is_loopback_url(self.stripe_api_base):
+            return self  # the local stack: the emulator on this machine
+        published = []
+        if self.stripe_api_key in PUBLISHED_SECRETS:
+            published.append("STRIPE_API_KEY")
+        if self.stripe_webhook_secret in PUBLISHED_SECRETS:
+            published.append("STRIPE_WEBHOOK_SECRET")
+        if self.database_url and urllib.parse.urlsplit(self.database_url).password in PUBLISHED_DATABASE_PASSWORDS:
+            published.append("the DATABASE_URL password")
+        if published:
+            names = " and ".join([", ".join(published[:-1]), published[-1]] if len(published) > 1 else published)
+            raise ValueError(
+                f"{names} {'is a' if len(published) == 1 else 'are'} published default "
+                f"secret{'s' * (len(published) > 1)}, accepted only with a local Stripe emulator "
+                f"(STRIPE_API_BASE on a loopback address, not {self.stripe_api_base}): set your own")
+        return self
+
+
+class InvalidSettings(SystemExit):
+    """The environment does not make valid Settings. A SystemExit carrying one line: every entry
+    point (the CLI, `python -m worker`, `python -m webhooks`) prints it and exits 1, without a
+    traceback."""
+
+
+def settings_error_line(error: ValidationError) -> str:
+    """One line naming every invalid variable and why (secret values are never echoed)."""
+    aliases = {name: (f.alias or name).upper() for name, f in Settings.model_fields.items()}
+    parts = []
+    for e in error.errors():
+        message = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:
+            parts.append(message)
+            continue
+        name = aliases.get(str(e["loc"][0]), str(e["loc"][0]))
+        secret = any(word in name for word in ("KEY", "SECRET", "URL", "PASSWORD"))
+        parts.append(f"{name}: {message}" + ("" if secret else f" (got {e['input']!r})"))
+    return "invalid settings: " + "; ".join(parts)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InvalidSettings(settings_error_line(e)) from None

@@ -110,9 +110,12 @@ def up(config: StackConfig | None = None, *, worker: bool = True, log: Say | Non
             if exported and exported != database_url:
                 say(f"postgres: now at {database_url}; DATABASE_URL here is stale: "
                     f'run eval "$(billing-recon dev env)" again')  # fmt: skip
-        from billing.db import migrate
+        from billing.db import MigrationError, migrate
 
-        applied = run_sync(lambda: migrate(database_url))
+        try:
+            applied = run_sync(lambda: migrate(database_url))
+        except MigrationError as e:
+            raise StackError(str(e)) from None
         if applied:
             say(f"postgres: applied migrations {', '.join(applied)}")
         # From here on CLI commands find the database (billing.database_url reads this key).

@@ -109,19 +109,11 @@ async def temporal(address: str | None = None) -> Client:
         raise Unreachable(f"Temporal at {target} did not answer: {e}") from e
 
 
-# Moved as-is from the former starter/commands.py (the devstack change edits these lines).
-def _database_url() -> str:
-    settings = get_settings()
-    if settings.database_url:
-        return settings.database_url
+def database_url() -> str:
+    """DATABASE_URL, else the local stack's database (billing.database_url)."""
     from billing.database_url import resolve_database_url
 
-    return resolve_database_url(settings)
-
-
-def database_url() -> str:
-    """DATABASE_URL, else the local stack's database."""
-    return _database_url()
+    return resolve_database_url(get_settings())
 
 
 @asynccontextmanager

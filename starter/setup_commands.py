@@ -22,7 +22,10 @@ LISTED_INVALID = 50
 
 def migrate() -> None:
     """Apply the SQL migrations of the billing schema (idempotent)."""
-    applied = run(db.migrate(database_url()))
+    try:
+        applied = run(db.migrate(database_url()))
+    except db.MigrationError as e:
+        raise fail(str(e)) from None  # one unwrapped line on stderr, exit 1
     console.print(f"applied: {', '.join(applied)}" if applied else "schema up to date")
 
 

@@ -1,10 +1,15 @@
 """The Stripe webhook receiver: verify, store durably, start processing, then answer.
 
 Order matters, and is the point of this module:
+0. The body is read within limits (`webhooks.limits`): too large (413) or too slow (408) is
+   refused while it streams in, and the connection is closed.
 1. `Stripe-Signature` is verified by the SDK (tolerance 300 s) before anything is stored: a
-   forged, stale or missing signature gets 400 and leaves no row.
-2. The raw event goes into `billing.stripe_events` (insert-if-absent). If Postgres is down the
-   answer is 503 and Stripe retries: we never answer 2xx for an event we could lose.
+   forged, stale, future-dated or missing signature gets 400 and leaves no row.
+2. The event is checked (`webhooks.events.parse_event`): anything the inbox could never store
+   (a NUL character, a `created` out of range, an oversized id, wrong types, deep nesting) is
+   400 and leaves no row. Then the raw event goes into `billing.stripe_events`
+   (insert-if-absent). If Postgres is down the answer is 503 and Stripe retries: we never
+   answer 2xx for an event we could lose, and never 503 for one no retry can store.
 3. `ProcessStripeEvent` starts with id `stripe-event-<evt id>`; a duplicate delivery finds it
    running (no-op). If Temporal is unreachable the event is still stored and answered 200: the
    replay sweep processes inbox rows stuck in `received`.
@@ -16,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
 
 import asyncpg
 import stripe
@@ -27,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.runtime import Runtime
@@ -34,7 +40,14 @@ from temporalio.runtime import Runtime
 from billing import correlation, db, metrics
 from billing.settings import Settings
 from common.client import connect
+from webhooks import limits
 from webhooks.activities import DONE, store_event_args, store_event_sql
+from webhooks.events import (
+    is_permanent_store_error,
+    is_transient_store_error,
+    parse_event,
+    signature_timestamp,
+)
 from webhooks.process_workflow import workflow_id_for
 from webhooks.types import ProcessEventInput
 
@@ -78,23 +91,32 @@ class Receiver:
         return response
 
     async def _intake(self, request: Request) -> tuple[JSONResponse, str]:
-        body = await request.body()
-        if len(body) > self.settings.webhook_max_body_bytes:
-            return _refuse(413, f"body of {len(body)} bytes exceeds {self.settings.webhook_max_body_bytes}"), "invalid"
+        try:
+            body = await limits.read_body(request, self.settings.webhook_max_body_bytes,
+                                          self.settings.webhook_read_timeout_seconds)
+        except limits.BodyRefused as e:
+            # Closing the connection is what stops uvicorn from reading the rest of the body.
+            return _refuse(e.status, str(e), close=True), "invalid"
         header = request.headers.get("stripe-signature")
         if not header:
             return _refuse(400, "missing Stripe-Signature header"), "bad_signature"
+        tolerance = self.settings.webhook_tolerance_seconds
         try:
             payload = body.decode("utf-8")
             stripe.WebhookSignature.verify_header(
-                payload, header, self.settings.stripe_webhook_secret,
-                tolerance=self.settings.webhook_tolerance_seconds)
+                payload, header, self.settings.stripe_webhook_secret, tolerance=tolerance)
         except UnicodeDecodeError:
             return _refuse(400, "body is not UTF-8"), "invalid"
         except stripe.SignatureVerificationError as e:
             return _refuse(400, f"signature verification failed: {e.user_message or e}"), "bad_signature"
+        # The SDK refuses only timestamps in the past; one far in the future would keep a
+        # captured delivery replayable until then.
+        ahead = (signature_timestamp(header) or 0) - int(time.time())
+        if ahead > tolerance:
+            return _refuse(400, f"signature timestamp is {ahead} s in the future "
+                                f"(tolerance {tolerance} s)"), "bad_signature"
         try:
-            event = _parse_event(payload)
+            event = parse_event(payload)
         except ValueError as e:
             return _refuse(400, f"malformed event: {e}"), "invalid"
 
@@ -102,7 +124,12 @@ class Receiver:
         try:
             async with self.pool.acquire() as conn:
                 row = await conn.fetchrow(store_event_sql(), *store_event_args(event, "webhook"))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except Exception as e:
+            if is_permanent_store_error(e):
+                # No retry can store it: say so rather than have Stripe retry for 3 days.
+                return _refuse(400, f"event refused by the database: {_first_line(e)}"), "invalid"
+            if not is_transient_store_error(e):
+                raise
             log.error("event %s not stored, answering 503 so Stripe retries: %s", event["id"], e)
             return JSONResponse({"error": "event store unavailable"}, status_code=503), "error"
 
@@ -136,47 +163,49 @@ class Receiver:
             return "deferred"
 
     async def ready(self, request: Request) -> JSONResponse:
-        checks: dict[str, str] = {}
-        ok = True
-        try:
-            assert self.pool is not None
-            async with self.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1 FROM billing.stripe_events LIMIT 1")
-            checks["postgres"] = "ok"
-        except Exception as e:
-            checks["postgres"] = f"unavailable: {e}"
-            ok = False
-        # Temporal is reported, not required: intake works without it.
-        try:
-            await self.temporal()
-            checks["temporal"] = "ok"
-        except Exception as e:
-            checks["temporal"] = f"unreachable: {e or type(e).__name__}"
-        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+        """Each dependency really checked, each within WEBHOOK_HEALTH_TIMEOUT_SECONDS: Postgres
+        with a query on the inbox, Temporal with a gRPC call (GetSystemInfo, the call the
+        client's own connect makes). Ready means intake works: Postgres is required; Temporal is
+        reported, not required (an event stored while it is down is swept by the replay)."""
+        timeout = self.settings.webhook_health_timeout_seconds
+        postgres, temporal = await asyncio.gather(
+            _check(self._check_postgres(), timeout, "unavailable"),
+            _check(self._check_temporal(), timeout, "unreachable"))
+        ok = postgres == "ok"
+        return JSONResponse({"ready": ok, "postgres": postgres, "temporal": temporal},
+                            status_code=200 if ok else 503)
+
+    async def _check_postgres(self) -> None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1 FROM billing.stripe_events LIMIT 1")
+
+    async def _check_temporal(self) -> None:
+        client = await self.temporal()
+        await client.workflow_service.get_system_info(
+            GetSystemInfoRequest(), retry=False,
+            timeout=timedelta(seconds=self.settings.webhook_health_timeout_seconds))
 
 
-def _refuse(status: int, message: str) -> JSONResponse:
-    log.info("webhook refused (%d): %s", status, message)
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _parse_event(payload: str) -> dict[str, Any]:
+async def _check(check: Awaitable[None], seconds: float, failed: str) -> str:
+    """"ok", or `failed` and why (the first line of the error)."""
     try:
-        event = json.loads(payload)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON ({e.msg} at {e.pos})") from None
-    if not isinstance(event, dict) or event.get("object") != "event":
-        raise ValueError("not a Stripe event object")
-    if not isinstance(event.get("id"), str) or not event["id"].startswith("evt_"):
-        raise ValueError("missing or invalid id")
-    if not isinstance(event.get("type"), str) or not event["type"]:
-        raise ValueError("missing type")
-    if not isinstance(event.get("created"), int):
-        raise ValueError("missing created")
-    data = event.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
-        raise ValueError("missing data.object")
-    return event
+        await asyncio.wait_for(check, seconds)
+    except TimeoutError:
+        return f"{failed}: no answer within {seconds:g} s"
+    except Exception as e:
+        return f"{failed}: {_first_line(e) or type(e).__name__}"
+    return "ok"
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().split("\n", 1)[0][:300]
+
+
+def _refuse(status: int, message: str, *, close: bool = False) -> JSONResponse:
+    log.info("webhook refused (%d): %s", status, message)
+    return JSONResponse({"error": message}, status_code=status,
+                        headers={"Connection": "close"} if close else None)
 
 
 def create_app(settings: Settings, database_url: str, *, client: Client | None = None,
@@ -209,7 +238,8 @@ def serve(settings: Settings, database_url: str, *, host: str | None = None, por
 
     telemetry = init_process(settings, "webhooks")
     try:
-        uvicorn.run(create_app(settings, database_url, runtime=telemetry.runtime), host=host or settings.webhook_host,
-                    port=port or settings.webhook_port, log_level="info", access_log=False, log_config=None)
+        app = create_app(settings, database_url, runtime=telemetry.runtime)
+        uvicorn.Server(limits.uvicorn_config(app, settings, host=host, port=port, log_level="info",
+                                             access_log=False, log_config=None)).run()
     finally:
         telemetry.shutdown()

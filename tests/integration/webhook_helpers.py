@@ -26,6 +26,7 @@ from stripe_emulator.admin import EmulatorAdmin
 from stripe_emulator.webhooks import sign
 from tests.integration.recon_helpers import make_settings, running_worker
 from webhooks.app import PATH, create_app
+from webhooks.limits import uvicorn_config
 
 ALL_EVENTS = ["*"]
 
@@ -60,7 +61,8 @@ async def receiver(settings: Settings, client: Client | None) -> AsyncIterator[s
     port = free_port()
     assert settings.database_url
     app = create_app(settings, settings.database_url, client=client)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # The production server configuration (limits included), on a free port.
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

@@ -127,8 +127,11 @@ def test_dashboard_is_grafana_json() -> None:
 
 def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
     compose = _tool("docker-compose", "docker-compose")
+    # The compose file has no default secrets (tests/unit/test_compose_security.py).
+    secrets = {name: f"test-{name.lower()}" for name in
+               ("POSTGRES_PASSWORD", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "GRAFANA_ADMIN_PASSWORD")}
     res = subprocess.run([compose, "-f", str(COMPOSE), "config"], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+                         timeout=60, cwd=ROOT, env={**os.environ, **secrets})
     assert res.returncode == 0, res.stdout + res.stderr
     config = yaml.safe_load(res.stdout)
     services = config["services"]
