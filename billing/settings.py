@@ -32,7 +32,6 @@ PUBLISHED_SECRETS = frozenset({
     "whsec_test_contract_secret", "whsec_wrong", "whsec_x",  # tests/emulator
     "whsec_chaos", "sk_test_chaos", "sk_test_bench",  # bench/
     "whsec_dev", "sk_test_anything",  # docs/emulator.md
-    "whsec_8be6acf0db9c2ab9dbb4df3c57dbad0abda04dcd69e20ebf",  # an endpoint in tests/emulator/fixtures/*.pickle
 })
 # Postgres passwords written in this repository (docker-compose.yml before it required one).
 PUBLISHED_DATABASE_PASSWORDS = frozenset({"billing"})
