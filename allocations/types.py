@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator
 
+from common.audit import AuditAction
 from common.types import Mode
 
 MAX_SAMPLE = 50  # findings listed in a result
@@ -236,9 +237,12 @@ class ApprovalResult(BaseModel):
 
 
 class AuditDecisionInput(BaseModel):
+    """The run's plan approved or rejected, audited."""
+
     context: RunContext
     actor: str
-    action: str
+    # A run.* action; an older run's name (allocations.approve_plan) is mapped by AuditInput.
+    action: AuditAction | str
     reason: str | None = None
 
 

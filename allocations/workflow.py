@@ -13,15 +13,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from common.failures import permanent_failure
+from common.options import heartbeat_page, short_step
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from allocations.activities import AllocationActivities, ErrorType
+    from allocations.activities import AllocationActivities
     from allocations.types import (
         MAX_SAMPLE,
         AllocationsCarry,
@@ -36,15 +36,13 @@ with workflow.unsafe.imports_passed_through():
         RunOutcome,
         StartInput,
     )
+    from common.audit import AuditAction
+    from common.paged import ErrorType
     from common.types import Mode
 
-SHORT_TIMEOUT = timedelta(minutes=2)
-PAGE_TIMEOUT = timedelta(minutes=30)
-# A killed worker's page is retried elsewhere after at most this long.
-PAGE_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=[ErrorType.UNKNOWN_CUSTOMER.value])
+# Activity options from the shared kit (common/options.py): an unknown customer never retries.
+STEP = short_step(ErrorType.UNKNOWN_CUSTOMER.value)
+PAGE = heartbeat_page(ErrorType.UNKNOWN_CUSTOMER.value)
 NEXT_PHASE = {Phase.ALLOCATIONS: Phase.PAYMENTS, Phase.PAYMENTS: Phase.DONE}
 
 
@@ -52,6 +50,8 @@ NEXT_PHASE = {Phase.ALLOCATIONS: Phase.PAYMENTS, Phase.PAYMENTS: Phase.DONE}
 class ReconcileAllocations:
     def __init__(self) -> None:
         self._state: AllocationsCarry | None = None
+
+    # ------------------------------------------------------------------ messages
 
     @workflow.query(name="progress")
     def progress(self) -> AllocationsProgress | None:
@@ -89,13 +89,18 @@ class ReconcileAllocations:
         s = self._state
         assert s is not None
         s.decision, s.approved = decision, approved
+        await self._audit(decision.actor, AuditAction.RUN_APPROVE if approved else AuditAction.RUN_REJECT,
+                          decision.reason)
+        return ApprovalResult(run_id=s.context.run_id, accepted=True, approved=approved)
+
+    async def _audit(self, actor: str, action: AuditAction, reason: str | None) -> None:
+        s = self._state
+        assert s is not None
         await workflow.execute_activity_method(
             AllocationActivities.audit_decision,
-            AuditDecisionInput(context=s.context, actor=decision.actor,
-                               action="allocations.approve_plan" if approved else "allocations.reject_plan",
-                               reason=decision.reason),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
-        return ApprovalResult(run_id=s.context.run_id, accepted=True, approved=approved)
+            AuditDecisionInput(context=s.context, actor=actor, action=action, reason=reason), **STEP)
+
+    # ------------------------------------------------------------------ main
 
     @workflow.run
     async def run(self, inp: ReconcileAllocationsInput) -> AllocationsResult:
@@ -112,8 +117,7 @@ class ReconcileAllocations:
             as_of = (inp.as_of or workflow.now()).replace(microsecond=0)
             ctx = await workflow.execute_activity_method(
                 AllocationActivities.start,
-                StartInput(run_id=info.workflow_id, workflow_run_id=info.run_id, request=inp, as_of=as_of),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                StartInput(run_id=info.workflow_id, workflow_run_id=info.run_id, request=inp, as_of=as_of), **STEP)
             self._state = AllocationsCarry(context=ctx)
         s = self._state
 
@@ -143,8 +147,7 @@ class ReconcileAllocations:
             page = await workflow.execute_activity_method(
                 AllocationActivities.page,
                 PageInput(context=ctx, phase=s.phase, cursor=s.cursor, page_size=inp.page_size,
-                          apply_planned_only=s.applying),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT, retry_policy=RETRY)
+                          apply_planned_only=s.applying), **PAGE)
             if s.applying:
                 s.applied_counts = s.applied_counts.add(page.counts)
             else:

@@ -191,7 +191,10 @@ async def test_plan_waits_for_approval_and_applies_exactly_the_plan(
     assert result.applied is not None and result.applied.fixes_applied == 6, result.applied
     assert not await clean_db.fetchval(
         "SELECT count(*) FROM billing.duration_usage WHERE allocation_id = $1", f"late-{ids['customer']}")
-    assert (await audit_actions(clean_db))["allocations.approve_plan"] == 1
+    decisions = await clean_db.fetch(
+        "SELECT action, actor, reason FROM billing.audit_log WHERE workflow_id = $1 AND entity_type = 'allocations_run'",
+        handle.id)
+    assert [tuple(r.values()) for r in decisions] == [("run.approve", "alice", "checked")]
 
 
 async def test_thirty_day_allocation_across_a_period_boundary_is_billed_to_the_second(
