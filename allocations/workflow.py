@@ -44,6 +44,9 @@ with workflow.unsafe.imports_passed_through():
 STEP = short_step(ErrorType.UNKNOWN_CUSTOMER.value)
 PAGE = heartbeat_page(ErrorType.UNKNOWN_CUSTOMER.value)
 NEXT_PHASE = {Phase.ALLOCATIONS: Phase.PAYMENTS, Phase.PAYMENTS: Phase.DONE}
+# Runs that ended without waiting for their handlers (a `reject` ended the run before its audit
+# and its reply) replay as they ran.
+HANDLERS_FINISHED_PATCH = "allocations-handlers-finished"
 
 
 @workflow.defn(name="ReconcileAllocations", failure_exception_types=[ValidationError])
@@ -134,11 +137,13 @@ class ReconcileAllocations:
                 pass
             if not s.approved:
                 s.phase = Phase.DONE
+                await self._handlers_finished()
                 return self._result(s, RunOutcome.REJECTED)
             s.applying, s.phase, s.cursor = True, Phase.ALLOCATIONS, None
             await self._pages(inp, s)
 
         s.phase = Phase.DONE
+        await self._handlers_finished()
         return self._result(s, RunOutcome.OBSERVE_ONLY if s.paused else RunOutcome.COMPLETED)
 
     async def _pages(self, inp: ReconcileAllocationsInput, s: AllocationsCarry) -> None:
@@ -162,6 +167,12 @@ class ReconcileAllocations:
                 workflow.continue_as_new(inp.model_copy(update={"carried": s}))
         if s.applying:
             s.phase = Phase.DONE
+
+    async def _handlers_finished(self) -> None:
+        """A decision (or a message) that came at the end is audited and answered before the run
+        ends: the `reject` that ends a plan's run first of all."""
+        if workflow.patched(HANDLERS_FINISHED_PATCH):
+            await workflow.wait_condition(workflow.all_handlers_finished)
 
     @staticmethod
     def _result(s: AllocationsCarry, outcome: RunOutcome) -> AllocationsResult:

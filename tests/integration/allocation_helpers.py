@@ -71,17 +71,22 @@ async def start(client: Client, task_queue: str, inp: ReconcileAllocationsInput,
         result_type=AllocationsResult)
 
 
+async def wait_for_phase(handle: WorkflowHandle, phase: Phase, limit: float = 60.0) -> AllocationsProgress:
+    """Poll the run's progress until it is in `phase`."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        p = await handle.query("progress", result_type=AllocationsProgress)
+        if p is not None and p.phase == phase:
+            return p
+        assert asyncio.get_running_loop().time() < deadline, f"never reached {phase}: {p}"
+        await asyncio.sleep(0.1)
+
+
 async def run(client: Client, task_queue: str, inp: ReconcileAllocationsInput, workflow_id: str | None = None,
               approver: str | None = None, limit: float = 60.0) -> AllocationsResult:
     handle = await start(client, task_queue, inp, workflow_id)
     if approver is not None:
-        deadline = asyncio.get_running_loop().time() + limit
-        while True:
-            p = await handle.query("progress", result_type=AllocationsProgress)
-            if p is not None and p.phase == Phase.AWAITING_APPROVAL:
-                break
-            assert asyncio.get_running_loop().time() < deadline, f"never awaited approval: {p}"
-            await asyncio.sleep(0.1)
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL, limit)
         await handle.execute_update("approve", ApprovalDecision(actor=approver, reason="pytest"))
     return await asyncio.wait_for(handle.result(), limit)
 

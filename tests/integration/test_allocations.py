@@ -36,6 +36,7 @@ from .allocation_helpers import (
     run,
     snapshot,
     start,
+    wait_for_phase,
 )
 from .recon_helpers import make_settings, running_worker
 
@@ -173,10 +174,7 @@ async def test_plan_waits_for_approval_and_applies_exactly_the_plan(
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         before = await snapshot(clean_db)
         handle = await start(client, task_queue, request("plan", AS_OF))
-        while True:
-            p = await handle.query("progress")
-            if p is not None and p["phase"] == Phase.AWAITING_APPROVAL.value:
-                break
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
         assert await snapshot(clean_db) == before, "a plan wrote before approval"
         # Drift that appears after the plan is not applied by it.
         await add_allocation(clean_db, f"late-{ids['customer']}", ids["customer"], "active",
@@ -195,6 +193,29 @@ async def test_plan_waits_for_approval_and_applies_exactly_the_plan(
         "SELECT action, actor, reason FROM billing.audit_log WHERE workflow_id = $1 AND entity_type = 'allocations_run'",
         handle.id)
     assert [tuple(r.values()) for r in decisions] == [("run.approve", "alice", "checked")]
+
+
+async def test_a_rejected_plan_writes_nothing_and_the_reject_is_answered_and_audited(
+        clean_db, temporal_env, task_queue, postgres_dsn, emulator, stripe_client, emulator_admin):
+    from allocations.types import ApprovalDecision, ApprovalResult
+
+    await _seed_four_drifts(clean_db, stripe_client, emulator_admin)
+    client = temporal_env.client
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        before = await snapshot(clean_db)
+        handle = await start(client, task_queue, request("plan", AS_OF))
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        # The reject ends the run: its reply and its audit row come first.
+        res = await handle.execute_update("reject", ApprovalDecision(actor="bob", reason="not now"),
+                                          result_type=ApprovalResult)
+        result = await handle.result()
+    assert res.accepted and not res.approved
+    assert result.outcome == RunOutcome.REJECTED and result.decided_by == "bob" and result.applied is None
+    decisions = await clean_db.fetch(
+        "SELECT action, actor, reason FROM billing.audit_log WHERE workflow_id = $1", handle.id)
+    assert [tuple(r.values()) for r in decisions] == [("run.reject", "bob", "not now")]
+    assert await snapshot(clean_db, excluded=("allocation_findings", "audit_log")) == {
+        k: v for k, v in before.items() if k != "audit_log"}
 
 
 async def test_thirty_day_allocation_across_a_period_boundary_is_billed_to_the_second(
