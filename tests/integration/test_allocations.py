@@ -479,6 +479,18 @@ async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgr
         assert code == 0, err
         dry = json.loads(out)
         assert dry["mode"] == "dry-run" and dry["counts"]["missing_open_usage"] == 1, dry
+        # --plan stops following once the plan is stored; the plan is decided by update.
+        code, out, err = await _cli(env, "allocations", "reconcile", "--plan", "--as-of", AS_OF.isoformat(), "--json")
+        assert code == 0, err
+        planned = json.loads(out)
+        assert planned["status"] == "awaiting_approval" and planned["counts"]["fixable"] == 6, planned
+        code, out, err = await _cli(env, "allocations", "reject", planned["workflow_id"], "--actor", "bob")
+        assert code == 0 and "rejected by bob" in out, (out, err)
+        code, out, err = await _cli(env, "allocations", "approve", planned["workflow_id"], "--actor", "bob")
+        assert code == 1 and "already completed" in err, (out, err)  # the reject ended it
+        for blank in (["--actor", " "], ["--reason", ""]):
+            code, out, err = await _cli(env, "allocations", "reconcile", "--apply", *blank)
+            assert code == 2 and "must not be blank" in err, (out, err)
         code, out, err = await _cli(env, "allocations", "reconcile", "--apply", "--as-of", AS_OF.isoformat(),
                                     "--customer", ids["customer"], "--actor", "alice", "--reason", "ticket 9",
                                     "--json")
@@ -497,7 +509,7 @@ async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgr
     code, out, err = await _cli(env, "allocations", "show", ids["orphan"])
     assert code == 0 and "allocations.post_debits" in out, err
     code, _, err = await _cli(env, "allocations", "show", "no-such-allocation")
-    assert code == 2 and "unknown allocation" in err
+    assert code == 1 and "unknown allocation" in err  # not found, like `report` of an unknown run
 
 
 async def test_a_fix_the_database_refuses_is_reported_and_the_run_goes_on(
