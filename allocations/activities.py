@@ -4,11 +4,14 @@ A page activity walks allocations (or payment drift candidates) by a (customer, 
 cursor and heartbeats a checkpoint after every entity (`common.heartbeat`), so a retried page
 resumes after the last one done. What one entity's check and fix does is `allocations.fixes`.
 
-A page writes only in apply mode, and not while auto-healing is paused (autoheal/switch.py,
-read at the start of every page and every PAUSE_CHECK_EVERY entities): then it is observe-only."""
+A page writes only in apply mode, and neither while auto-healing is paused (autoheal/switch.py,
+read at the start of every page and every PAUSE_CHECK_EVERY entities) nor while its run is
+paused (the run's `pause` signal): then it is observe-only. A page the run cancels (its `pause`
+signal) finishes the entity in hand, stops, and returns what it did, `interrupted`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -46,7 +49,7 @@ log = logging.getLogger("billing.allocations")
 
 PAUSE_CHECK_EVERY = 25
 DEFAULT_REASON = "allocations reconciliation"
-RUN_ENTITY_TYPE = "allocations_run"  # the entity of the run's own audit rows (its plan decisions)
+RUN_ENTITY_TYPE = "allocations_run"  # the entity of the run's own audit rows (decisions, pauses)
 
 
 class AllocationActivities:
@@ -68,13 +71,15 @@ class AllocationActivities:
         return RunContext(run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, customer_id=req.customer,
                           mode=req.mode, actor=req.actor, reason=req.reason or DEFAULT_REASON, as_of=inp.as_of)
 
+    # The name it was first recorded under: it audits the run's pauses too now.
     @activity.defn(name="allocations.audit_decision")
     async def audit_decision(self, inp: AuditDecisionInput) -> None:
-        """The run's plan approved or rejected (the workflow's update handlers), audited once."""
+        """One of the run's own messages, audited once: its plan approved or rejected (the update
+        handlers), the run paused or resumed (the signal handlers)."""
         ctx = inp.context
         entry = AuditInput(actor=inp.actor, action=inp.action, entity_type=RUN_ENTITY_TYPE, entity_id=ctx.run_id,
                            reason=inp.reason or ctx.reason, workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
-                           idempotency_key=f"{ctx.run_id}|{inp.action}", customer_id=ctx.customer_id)
+                           idempotency_key=inp.key or f"{ctx.run_id}|{inp.action}", customer_id=ctx.customer_id)
         entry.after = {"decision": str(entry.action)}
         async with self.pool.acquire() as conn:
             await write_audit(conn, entry)
@@ -83,7 +88,14 @@ class AllocationActivities:
     async def page(self, inp: PageInput) -> PageResult:
         cp = resume(PageCheckpoint, PageCheckpoint(cursor=inp.cursor))
         async with self.pool.acquire() as conn, Heartbeater(cp) as hb:
-            await self._entities(conn, inp, cp, hb)
+            try:
+                await self._entities(conn, inp, cp, hb)
+            except asyncio.CancelledError:
+                # The run was paused (or the worker is stopping): the entity in hand was finished,
+                # and the page stops there, saying how far it got.
+                log.info("allocations: page cancelled after %d entities", cp.done)
+                return PageResult(next_cursor=cp.cursor, counts=cp.counts, sample=cp.sample, paused=cp.paused,
+                                  interrupted=True)
         more = cp.done >= inp.page_size
         return PageResult(next_cursor=cp.cursor if more else None, counts=cp.counts, sample=cp.sample,
                           paused=cp.paused)
@@ -97,21 +109,33 @@ class AllocationActivities:
             if n % PAUSE_CHECK_EVERY == 0:
                 e.write, paused = await _may_write(conn, inp)
                 cp.paused = cp.paused or paused
-            entity = r["allocation_id"] if inp.phase == Phase.ALLOCATIONS else r["session_id"]
+            # A cancellation never lands inside an entity: its check and fix finish (commit or roll
+            # back as a whole, a few statements), are recorded, and only then does the page stop.
+            one = asyncio.ensure_future(self._entity(conn, inp, r, e))
             try:
-                if inp.phase == Phase.ALLOCATIONS:
-                    await check_allocation(conn, r, e)
-                else:
-                    await check_payment(conn, self.stripe, payment_row(r), e)
-            except asyncpg.IntegrityConstraintViolationError as err:
-                # Deterministic: the database refuses this fix (its transaction rolled back).
-                # Reported, and the run goes on; retrying the page could not succeed.
-                log.warning("allocations: fix of %s refused by the database: %s", entity, err)
-                cp.counts.fix_errors += 1
-                sample(cp.sample, f"[fix_error] {entity}: {type(err).__name__}: {err}", MAX_SAMPLE)
-            cp.cursor = Cursor(customer_id=r["customer_id"], entity_id=entity)
-            cp.done += 1
+                await asyncio.shield(one)
+            except asyncio.CancelledError:
+                await one
+                hb.record(cp)
+                raise
             hb.record(cp)
+
+    async def _entity(self, conn: asyncpg.Connection, inp: PageInput, r: asyncpg.Record, e: Entity) -> None:
+        cp = e.cp
+        entity = r["allocation_id"] if inp.phase == Phase.ALLOCATIONS else r["session_id"]
+        try:
+            if inp.phase == Phase.ALLOCATIONS:
+                await check_allocation(conn, r, e)
+            else:
+                await check_payment(conn, self.stripe, payment_row(r), e)
+        except asyncpg.IntegrityConstraintViolationError as err:
+            # Deterministic: the database refuses this fix (its transaction rolled back).
+            # Reported, and the run goes on; retrying the page could not succeed.
+            log.warning("allocations: fix of %s refused by the database: %s", entity, err)
+            cp.counts.fix_errors += 1
+            sample(cp.sample, f"[fix_error] {entity}: {type(err).__name__}: {err}", MAX_SAMPLE)
+        cp.cursor = Cursor(customer_id=r["customer_id"], entity_id=entity)
+        cp.done += 1
 
 
 async def _rows(conn: asyncpg.Connection, inp: PageInput, cp: PageCheckpoint) -> list[asyncpg.Record]:
@@ -143,8 +167,9 @@ async def _plan_keys(conn: asyncpg.Connection, inp: PageInput) -> set[str]:
 
 
 async def _may_write(conn: asyncpg.Connection, inp: PageInput) -> tuple[bool, bool]:
-    """(write, paused): corrective writes only in apply mode and while auto-healing is not paused."""
+    """(write, paused): corrective writes only in apply mode, and neither while the run is paused
+    nor while auto-healing is."""
     if inp.context.mode != Mode.APPLY:
         return False, False
-    paused = await switch.paused(conn)
+    paused = inp.run_paused or await switch.paused(conn)
     return not paused, paused

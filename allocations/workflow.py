@@ -5,15 +5,19 @@ Deterministic orchestration only. Phases: `allocations` pages (by customer/alloc
 -> `payments` pages (drift candidates, by customer/session cursor) -> in plan mode: wait for an
 `approve`/`reject` update, then `applying` (the same pages again in apply mode, fixing only the
 approved findings, each re-checked) -> done. The whole state is one model (`AllocationsCarry`),
-cursors only, continue-as-new when Temporal suggests it. Pause-aware: while auto-healing is
-paused the page activities are observe-only and the run says so."""
+cursors only, continue-as-new when Temporal suggests it.
+
+Pause-aware: while auto-healing is paused, or this run is (its `pause` signal, which
+AutoHealControl also broadcasts), the pages are observe-only and the run says so. A `pause`
+cancels the page that may be writing: it stops after the entity in hand, and the phase goes on
+observe-only from there; `resume` lets the next pages write again."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from common.failures import permanent_failure
 from common.options import heartbeat_page, short_step
@@ -31,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalResult,
         AuditDecisionInput,
         PageInput,
+        PageResult,
         Phase,
         ReconcileAllocationsInput,
         RunOutcome,
@@ -38,21 +43,30 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.audit import AuditAction
     from common.paged import ErrorType
-    from common.types import Mode
+    from common.types import Mode, PauseRequest
 
 # Activity options from the shared kit (common/options.py): an unknown customer never retries.
 STEP = short_step(ErrorType.UNKNOWN_CUSTOMER.value)
 PAGE = heartbeat_page(ErrorType.UNKNOWN_CUSTOMER.value)
+# A cancelled page (a pause) is awaited until it has stopped and said how far it got.
+WAIT_FOR_CANCEL = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 NEXT_PHASE = {Phase.ALLOCATIONS: Phase.PAYMENTS, Phase.PAYMENTS: Phase.DONE}
 # Runs that ended without waiting for their handlers (a `reject` ended the run before its audit
 # and its reply) replay as they ran.
 HANDLERS_FINISHED_PATCH = "allocations-handlers-finished"
+# Runs started before the pause/resume signals existed ignored them (no handler): so do they
+# when replayed.
+RUN_PAUSE_PATCH = "allocations-run-pause"
 
 
 @workflow.defn(name="ReconcileAllocations", failure_exception_types=[ValidationError])
 class ReconcileAllocations:
     def __init__(self) -> None:
         self._state: AllocationsCarry | None = None
+        self._paused = False  # this run's own pause (signals); the global switch is read by the pages
+        # The page in flight that may write; a pause cancels it (see `pause`).
+        self._writing_page: workflow.ActivityHandle[PageResult] | None = None
+        self._cancelled_page = False
 
     # ------------------------------------------------------------------ messages
 
@@ -63,7 +77,27 @@ class ReconcileAllocations:
             return None
         phase = Phase.APPLYING if s.applying and s.phase != Phase.DONE else s.phase
         return AllocationsProgress(run_id=s.context.run_id, mode=s.context.mode, phase=phase,
-                                   counts=s.counts, paused=s.paused)
+                                   counts=s.counts, paused=s.paused or self._paused)
+
+    @workflow.signal(name="pause")
+    async def pause(self, req: PauseRequest) -> None:
+        """Observe-only from now on: the page that may be writing is cancelled (it finishes the
+        entity in hand and stops, within about a heartbeat) and the next pages only report."""
+        if not workflow.patched(RUN_PAUSE_PATCH):
+            return
+        self._paused = True
+        if self._writing_page is not None:
+            self._writing_page.cancel()
+            self._cancelled_page = True
+        await self._audit(req.actor, AuditAction.RUN_PAUSE, req.reason, unique=True)
+
+    @workflow.signal(name="resume")
+    async def resume(self, req: PauseRequest) -> None:
+        """The next pages write again (what was observed while paused is fixed by the next run)."""
+        if not workflow.patched(RUN_PAUSE_PATCH):
+            return
+        self._paused = False
+        await self._audit(req.actor, AuditAction.RUN_RESUME, req.reason, unique=True)
 
     @workflow.update(name="approve")
     async def approve(self, decision: ApprovalDecision) -> ApprovalResult:
@@ -96,12 +130,17 @@ class ReconcileAllocations:
                           decision.reason)
         return ApprovalResult(run_id=s.context.run_id, accepted=True, approved=approved)
 
-    async def _audit(self, actor: str, action: AuditAction, reason: str | None) -> None:
+    async def _audit(self, actor: str, action: AuditAction, reason: str | None, *, unique: bool = False) -> None:
+        """A decision is made once (keyed by the run); a pause or resume may come many times."""
         s = self._state
-        assert s is not None
+        if s is None:  # a signal before the run has started: audited with what is known so far
+            await workflow.wait_condition(lambda: self._state is not None)
+            s = self._state
+            assert s is not None
+        key = f"{s.context.run_id}|{action}|{workflow.uuid4()}" if unique else None
         await workflow.execute_activity_method(
             AllocationActivities.audit_decision,
-            AuditDecisionInput(context=s.context, actor=actor, action=action, reason=reason), **STEP)
+            AuditDecisionInput(context=s.context, actor=actor, action=action, reason=reason, key=key), **STEP)
 
     # ------------------------------------------------------------------ main
 
@@ -116,6 +155,7 @@ class ReconcileAllocations:
         info = workflow.info()
         if inp.carried is not None:
             self._state = inp.carried
+            self._paused = self._paused or inp.carried.run_paused
         else:
             as_of = (inp.as_of or workflow.now()).replace(microsecond=0)
             ctx = await workflow.execute_activity_method(
@@ -149,24 +189,45 @@ class ReconcileAllocations:
     async def _pages(self, inp: ReconcileAllocationsInput, s: AllocationsCarry) -> None:
         ctx = s.context.model_copy(update={"mode": Mode.APPLY}) if s.applying else s.context
         while s.phase in (Phase.ALLOCATIONS, Phase.PAYMENTS):
-            page = await workflow.execute_activity_method(
+            page = workflow.start_activity_method(
                 AllocationActivities.page,
                 PageInput(context=ctx, phase=s.phase, cursor=s.cursor, page_size=inp.page_size,
-                          apply_planned_only=s.applying), **PAGE)
+                          apply_planned_only=s.applying, run_paused=self._paused),
+                cancellation_type=WAIT_FOR_CANCEL, **PAGE)
+            res = await (self._writing(page) if ctx.mode == Mode.APPLY and not self._paused else page)
+            if res is None:
+                continue
             if s.applying:
-                s.applied_counts = s.applied_counts.add(page.counts)
+                s.applied_counts = s.applied_counts.add(res.counts)
             else:
-                s.counts = s.counts.add(page.counts)
-            s.sample = (s.sample + page.sample)[:MAX_SAMPLE]
-            s.paused = s.paused or page.paused
-            s.cursor = page.next_cursor
-            if s.cursor is None:
+                s.counts = s.counts.add(res.counts)
+            s.sample = (s.sample + res.sample)[:MAX_SAMPLE]
+            s.paused = s.paused or res.paused
+            s.cursor = res.next_cursor
+            if res.interrupted:
+                s.paused = s.paused or self._paused  # the rest of the phase goes on observe-only
+            elif s.cursor is None:
                 s.phase = NEXT_PHASE[s.phase]
             if s.phase != Phase.DONE and workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                s.run_paused = self._paused
                 workflow.continue_as_new(inp.model_copy(update={"carried": s}))
         if s.applying:
             s.phase = Phase.DONE
+
+    async def _writing(self, page: workflow.ActivityHandle[PageResult]) -> PageResult | None:
+        """Await a page that may write. A `pause` meanwhile cancels it: it returns what it did,
+        `interrupted`, or None when it did not get to say so (cancelled before it started): the
+        same page then runs again, observe-only."""
+        self._writing_page, self._cancelled_page = page, False
+        try:
+            return await page
+        except ActivityError as e:
+            if self._cancelled_page and isinstance(e.cause, CancelledError):
+                return None
+            raise
+        finally:
+            self._writing_page = None
 
     async def _handlers_finished(self) -> None:
         """A decision (or a message) that came at the end is audited and answered before the run

@@ -5,11 +5,15 @@ worker on the dev server, with an embedded Postgres and the Stripe emulator.
 
 Not collected by a plain `pytest` run (the file name does not match test_*.py); kept apart from
 record_histories.py so that job packages record their own. tests/workflow/test_replay.py
-replays every file."""
+replays every file.
+
+A history that exists is kept (it is what runs started by an older build look like, and
+replaying it proves the patches): RECORD_OVERWRITE=1 records it again."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +29,7 @@ from allocations.types import (
     ReconcileAllocationsInput,
     RunOutcome,
 )
-from common.types import Mode
+from common.types import Mode, PauseRequest
 from tests.workflow.record_histories import HISTORIES, settings_for
 
 AS_OF = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -54,8 +58,19 @@ async def _seed(pool, tag: str) -> None:
 
 async def _save(handle: WorkflowHandle, name: str) -> Path:
     path = HISTORIES / f"{name}.json"
+    if path.exists() and os.environ.get("RECORD_OVERWRITE") != "1":
+        return path
     path.write_text((await handle.fetch_history()).to_json())
     return path
+
+
+async def _await_phase(handle: WorkflowHandle, phase: Phase) -> None:
+    for _ in range(300):
+        p = await handle.query("progress", result_type=AllocationsProgress)
+        if p is not None and p.phase == phase:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never reached {phase}")
 
 
 async def test_record_allocation_histories(temporal_env, postgres_dsn, clean_db, emulator, task_queue):
@@ -76,14 +91,71 @@ async def test_record_allocation_histories(temporal_env, postgres_dsn, clean_db,
             inp = ReconcileAllocationsInput(mode=Mode.PLAN, as_of=AS_OF, page_size=2, actor="recorder")
             handle = await client.start_workflow("ReconcileAllocations", inp, id=f"{tag}-plan",
                                                  task_queue=task_queue, result_type=AllocationsResult)
-            for _ in range(300):
-                p = await handle.query("progress", result_type=AllocationsProgress)
-                if p is not None and p.phase == Phase.AWAITING_APPROVAL:
-                    break
-                await asyncio.sleep(0.1)
+            await _await_phase(handle, Phase.AWAITING_APPROVAL)
             await handle.execute_update("approve", ApprovalDecision(actor="recorder", reason="recording"))
             res = await asyncio.wait_for(handle.result(), 60)
             assert res.outcome == RunOutcome.COMPLETED and res.applied and res.applied.fixes_applied > 0, res
             print(await _save(handle, "reconcile_allocations_plan_approve"))
+    finally:
+        await close()
+
+
+async def test_record_allocation_message_histories(temporal_env, postgres_dsn, clean_db, emulator, task_queue):
+    """The run's messages: a plan rejected (the run waits for the handler), and an apply paused
+    mid-page (its page cancelled and interrupted) and resumed."""
+    client = temporal_env.client
+    w, close = await worker_module.build_worker(client, settings_for(postgres_dsn, emulator), task_queue=task_queue)
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    pause = PauseRequest(actor="recorder", reason="recording")
+    try:
+        async with w:
+            await _seed(clean_db, tag)
+            inp = ReconcileAllocationsInput(mode=Mode.PLAN, as_of=AS_OF, page_size=2, actor="recorder")
+            handle = await client.start_workflow("ReconcileAllocations", inp, id=f"{tag}-reject",
+                                                 task_queue=task_queue, result_type=AllocationsResult)
+            await _await_phase(handle, Phase.AWAITING_APPROVAL)
+            await handle.execute_update("reject", ApprovalDecision(actor="recorder", reason="recording"))
+            res = await asyncio.wait_for(handle.result(), 60)
+            assert res.outcome == RunOutcome.REJECTED, res
+            print(await _save(handle, "reconcile_allocations_plan_reject"))
+
+            # Records that take a while to bill (a slow trigger), so that the pause lands mid-page.
+            for i in range(40):
+                a = f"{tag}-slow{i:02d}"
+                await clean_db.execute(
+                    "INSERT INTO billing.allocations (allocation_id, customer_id, resource_class, status, "
+                    "activated_at, released_at, status_changed_at) VALUES ($1, $2, 'gpu', 'released', $3, $4, $4)",
+                    a, f"{tag}-c", AS_OF - timedelta(days=5), AS_OF - timedelta(hours=1))
+                await clean_db.execute(
+                    "INSERT INTO billing.duration_usage (usage_id, allocation_id, start_time, end_time) "
+                    "VALUES ($1, $2, $3, $4)", f"{a}-u", a, AS_OF - timedelta(days=5), AS_OF - timedelta(hours=1))
+            await clean_db.execute("""
+                CREATE FUNCTION billing.rec_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$;
+                CREATE TRIGGER rec_slow BEFORE INSERT ON billing.duration_ledger
+                    FOR EACH ROW EXECUTE FUNCTION billing.rec_slow();
+            """)
+            try:
+                inp = ReconcileAllocationsInput(mode=Mode.APPLY, as_of=AS_OF, page_size=30, actor="recorder")
+                handle = await client.start_workflow("ReconcileAllocations", inp, id=f"{tag}-pause",
+                                                     task_queue=task_queue, result_type=AllocationsResult)
+                for _ in range(600):
+                    if await clean_db.fetchval("SELECT count(*) FROM billing.duration_ledger"):
+                        break
+                    await asyncio.sleep(0.05)
+                await handle.signal("pause", pause)
+                for _ in range(100):
+                    p = await handle.query("progress", result_type=AllocationsProgress)
+                    if p is not None and p.paused:
+                        break
+                    await asyncio.sleep(0.1)
+                await handle.signal("resume", pause)
+                res = await asyncio.wait_for(handle.result(), 120)
+            finally:
+                await clean_db.execute("DROP TRIGGER rec_slow ON billing.duration_ledger; DROP FUNCTION billing.rec_slow()")
+            assert res.counts.fixes_applied > 0, res
+            history = await handle.fetch_history()
+            assert "ACTIVITY_TASK_CANCEL_REQUESTED" in history.to_json(), "no page was cancelled"
+            print(await _save(handle, "reconcile_allocations_pause_resume"))
     finally:
         await close()
