@@ -207,3 +207,19 @@ async def counters_by_key(conn: asyncpg.Connection, customer_ids: list[str]) -> 
         "SELECT customer_id, meter, sum(value) AS value FROM billing.usage_counters WHERE customer_id = ANY($1) "
         "GROUP BY 1, 2", customer_ids)
     return {(r["customer_id"], r["meter"]): r["value"] for r in rows}
+
+
+async def duration_rows(conn: asyncpg.Connection, customer_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    """A customer's duration usage as rows: allocations, usage records, ledger, payment sessions,
+    usage events and audit rows (to tell that a dry-run wrote nothing)."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for table, where in (
+            ("allocations", "customer_id = $1"),
+            ("duration_usage", "allocation_id IN (SELECT allocation_id FROM billing.allocations WHERE customer_id = $1)"),
+            ("duration_ledger", "customer_id = $1"),
+            ("payment_sessions", "customer_id = $1"),
+            ("usage_events", "customer_id = $1"),
+            ("audit_log", "customer_id = $1")):
+        rows = await conn.fetch(f"SELECT * FROM billing.{table} WHERE {where}", customer_id)
+        out[table] = sorted((tuple(r.values()) for r in rows), key=repr)
+    return out
