@@ -4,7 +4,9 @@ ReconcileAllocations on a test worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 
@@ -20,6 +22,7 @@ from allocations.types import (
     ReconcileAllocationsInput,
     TimeUnit,
 )
+from allocations.workflow import ReconcileAllocations
 
 GPU = "gpu.a100"
 METER = "gpu_minutes"
@@ -65,10 +68,9 @@ def request(mode: str, as_of: datetime, **kw: object) -> ReconcileAllocationsInp
 
 
 async def start(client: Client, task_queue: str, inp: ReconcileAllocationsInput,
-                workflow_id: str | None = None) -> WorkflowHandle:
+                workflow_id: str | None = None) -> WorkflowHandle[ReconcileAllocations, AllocationsResult]:
     return await client.start_workflow(
-        "ReconcileAllocations", inp, id=workflow_id or f"alloc-{uuid.uuid4().hex[:10]}", task_queue=task_queue,
-        result_type=AllocationsResult)
+        ReconcileAllocations.run, inp, id=workflow_id or f"alloc-{uuid.uuid4().hex[:10]}", task_queue=task_queue)
 
 
 async def wait_for_phase(handle: WorkflowHandle, phase: Phase, limit: float = 60.0) -> AllocationsProgress:
@@ -107,3 +109,19 @@ async def audit_actions(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch(
         "SELECT action, count(*) AS n FROM billing.audit_log WHERE action LIKE 'allocations.%' GROUP BY action")
     return {r["action"]: r["n"] for r in rows}
+
+
+@contextlib.asynccontextmanager
+async def slow_debits(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[None]:
+    """Every ledger insert sleeps `seconds` meanwhile (a trigger): billing takes long enough for a
+    pause to land in the middle of a page."""
+    await pool.execute(f"""
+        CREATE FUNCTION billing.test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep({float(seconds)}); RETURN NEW; END $$;
+        CREATE TRIGGER test_slow BEFORE INSERT ON billing.duration_ledger
+            FOR EACH ROW EXECUTE FUNCTION billing.test_slow();
+    """)
+    try:
+        yield
+    finally:
+        await pool.execute("DROP TRIGGER test_slow ON billing.duration_ledger; DROP FUNCTION billing.test_slow()")

@@ -20,6 +20,7 @@ from .allocation_helpers import (
     add_usage,
     request,
     run,
+    slow_debits,
     start,
     wait_for_phase,
 )
@@ -52,25 +53,17 @@ async def test_pause_mid_page_stops_after_the_entity_in_hand_and_counts_exactly(
         await add_allocation(clean_db, a, "pause-co", "released", t0 + timedelta(minutes=i),
                              released_at=t0 + timedelta(days=20, minutes=2 * i))
         await add_usage(clean_db, f"u-{a}", a, t0 + timedelta(minutes=i), t0 + timedelta(days=20, minutes=2 * i))
-    await clean_db.execute(f"""
-        CREATE FUNCTION billing.test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep({SLOW_INSERT_SECONDS}); RETURN NEW; END $$;
-        CREATE TRIGGER test_slow BEFORE INSERT ON billing.duration_ledger
-            FOR EACH ROW EXECUTE FUNCTION billing.test_slow();
-    """)
     billed_sql = "SELECT count(DISTINCT usage_id) FROM billing.duration_ledger"
     client = temporal_env.client
-    try:
-        async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
-            handle = await start(client, task_queue, request("apply", AS_OF, page_size=500))
-            deadline = asyncio.get_running_loop().time() + 60
-            while await clean_db.fetchval(billed_sql) < 3:
-                assert asyncio.get_running_loop().time() < deadline, "no record was billed"
-                await asyncio.sleep(0.05)
-            await handle.signal(ReconcileAllocations.pause, PauseRequest(actor="alice", reason="incident 42"))
-            result = await asyncio.wait_for(handle.result(), 60)
-    finally:
-        await clean_db.execute("DROP TRIGGER test_slow ON billing.duration_ledger; DROP FUNCTION billing.test_slow()")
+    async with slow_debits(clean_db, SLOW_INSERT_SECONDS), running_worker(
+            client, make_settings(postgres_dsn, emulator), task_queue):
+        handle = await start(client, task_queue, request("apply", AS_OF, page_size=500))
+        deadline = asyncio.get_running_loop().time() + 60
+        while await clean_db.fetchval(billed_sql) < 3:
+            assert asyncio.get_running_loop().time() < deadline, "no record was billed"
+            await asyncio.sleep(0.05)
+        await handle.signal(ReconcileAllocations.pause, PauseRequest(actor="alice", reason="incident 42"))
+        result = await asyncio.wait_for(handle.result(), 60)
 
     billed = await clean_db.fetchval(billed_sql)
     assert result.outcome == RunOutcome.OBSERVE_ONLY and result.paused
