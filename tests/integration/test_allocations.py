@@ -479,6 +479,9 @@ async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgr
         assert code == 0, err
         dry = json.loads(out)
         assert dry["mode"] == "dry-run" and dry["counts"]["missing_open_usage"] == 1, dry
+        code, out, err = await _cli(env, "allocations", "reconcile", "--as-of", AS_OF.isoformat())
+        assert code == 0 and "dry-run completed" in out and "missing_open_usage" in out, (out, err)
+        assert f"[observed] missing_open_usage {ids['missing']}" in out, out
         # --plan stops following once the plan is stored; the plan is decided by update.
         code, out, err = await _cli(env, "allocations", "reconcile", "--plan", "--as-of", AS_OF.isoformat(), "--json")
         assert code == 0, err
