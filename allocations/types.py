@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator
 
+from common.audit import AuditAction
 from common.types import Mode
 
 MAX_SAMPLE = 50  # findings listed in a result
@@ -192,6 +193,7 @@ class PageInput(BaseModel):
     cursor: Cursor | None = None
     page_size: int = DEFAULT_PAGE_SIZE
     apply_planned_only: bool = False  # plan mode after approval: fix only the stored plan
+    run_paused: bool = False  # this run is paused (its `pause` signal): observe-only
 
 
 class PageCheckpoint(BaseModel):
@@ -209,6 +211,9 @@ class PageResult(BaseModel):
     counts: Counts
     sample: list[str] = Field(default_factory=list)
     paused: bool = False
+    # Cancelled part-way (the run was paused): what it did is counted, and the phase goes on
+    # after `next_cursor` (None: from the phase's start), not to the next phase.
+    interrupted: bool = False
 
 
 class AllocationsCarry(BaseModel):
@@ -219,7 +224,8 @@ class AllocationsCarry(BaseModel):
     counts: Counts = Field(default_factory=Counts)
     applied_counts: Counts = Field(default_factory=Counts)
     sample: list[str] = Field(default_factory=list)
-    paused: bool = False
+    paused: bool = False  # some page was observe-only because auto-healing or the run was paused
+    run_paused: bool = False  # the run's own pause (signals), carried across continue-as-new
     decision: ApprovalDecision | None = None
     approved: bool | None = None
 
@@ -236,10 +242,14 @@ class ApprovalResult(BaseModel):
 
 
 class AuditDecisionInput(BaseModel):
+    """One of the run's own messages, audited: approve/reject of its plan, pause/resume."""
+
     context: RunContext
     actor: str
-    action: str
+    # A run.* action; an older run's name (allocations.approve_plan) is mapped by AuditInput.
+    action: AuditAction | str
     reason: str | None = None
+    key: str | None = None  # idempotency key; default `<run id>|<action>` (a decision is made once)
 
 
 class AllocationsProgress(BaseModel):

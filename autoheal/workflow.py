@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from common.types import PauseRequest
 
 # Runs that honour the pause/resume signals.
-PAUSABLE_WORKFLOWS = ["ReconcileUsage", "CatchUpBackfill"]
+PAUSABLE_WORKFLOWS = ["ReconcileUsage", "CatchUpBackfill", "ReconcileAllocations"]
 SIGNALS_PER_RUN = 200  # continue-as-new after this many, to keep the history short
 
 

@@ -29,6 +29,7 @@ from temporalio.client import (
 )
 from temporalio.workflow import _Definition
 
+from allocations.workflow import ReconcileAllocations
 from backfill.workflow import CatchUpBackfill
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
@@ -48,7 +49,8 @@ OVERLAP = {
 # class's run method, which starts it.
 KNOWN_WORKFLOWS: dict[str, Callable[..., Awaitable[Any]]] = {
     _Definition.must_from_class(wf).name or wf.__name__: wf.run
-    for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, RepairCredits, CatchUpBackfill)
+    for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, RepairCredits, CatchUpBackfill,
+               ReconcileAllocations)
 }
 
 

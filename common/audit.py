@@ -45,6 +45,12 @@ class AuditAction(StrEnum):
     # Subscriptions (ResyncSubscriptions).
     SUBSCRIPTION_RESYNC = "subscription.resync"
     SUBSCRIPTION_CREATE = "subscription.create"
+    # Duration usage (ReconcileAllocations); its plan decisions and pauses are run.* above.
+    ALLOCATIONS_OPEN_USAGE = "allocations.open_usage"
+    ALLOCATIONS_CLOSE_USAGE = "allocations.close_usage"
+    ALLOCATIONS_POST_DEBITS = "allocations.post_debits"  # the debits (and usage events) of a record's slices
+    ALLOCATIONS_CREDIT_PAYMENT = "allocations.credit_payment"  # a payment's ledger credit created and linked
+    ALLOCATIONS_LINK_CREDIT = "allocations.link_credit"  # a payment's existing ledger credit linked
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).
@@ -55,6 +61,10 @@ LEGACY_ACTIONS: dict[str, AuditAction] = {
     "reject_plan": AuditAction.RUN_REJECT,
     "set_usage_counter": AuditAction.USAGE_SET_COUNTER,
     "cancel_meter_event": AuditAction.USAGE_CANCEL_METER_EVENT,
+    # ReconcileAllocations' plan decisions before they joined the run.* actions (an activity an
+    # older run scheduled still sends them; rows written under them keep their names).
+    "allocations.approve_plan": AuditAction.RUN_APPROVE,
+    "allocations.reject_plan": AuditAction.RUN_REJECT,
 }
 LEGACY_PUSH_PREFIX = "push_meter_event:"  # push_meter_event:<kind> -> usage.push_meter_event
 

@@ -26,6 +26,7 @@ app = typer.Typer(
 def _mount() -> None:
     # Imported here so that `billing-recon --help` stays fast and modules stay independent.
     from starter import (
+        allocations_commands,
         autoheal_commands,
         backfill_commands,
         credits_commands,
@@ -52,7 +53,7 @@ def _mount() -> None:
     resync_commands.register(app)
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
-    app.add_typer(__import__("allocations.cli", fromlist=["app"]).app, name="allocations")
+    allocations_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

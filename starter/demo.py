@@ -3,7 +3,10 @@
 Brings the local stack up, seeds customers, meters and a few thousand usage events, syncs usage
 to the Stripe emulator, injects every kind of drift (lost push, double push, late usage,
 corrupted counter, orphan counter, quota crossing), runs a dry-run and then an apply, and prints
-a before/after report with the Temporal UI link of each run. Stops the stack unless --keep.
+a before/after report with the Temporal UI link of each run. Then duration usage: a few
+allocations with one of each of its four drifts (missing and orphan usage records, unbilled
+closed usage, a payment without its credit), found by a dry-run and fixed by an apply
+(ReconcileAllocations). Stops the stack unless --keep.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ import typer
 from rich.table import Table
 from temporalio.client import Client
 
+from allocations import contract
+from allocations.types import (
+    AllocationsResult,
+    AllocationStatus,
+    PaymentStatus,
+    ReconcileAllocationsInput,
+    TimeUnit,
+)
+from allocations.workflow import ReconcileAllocations
 from billing import db
 from billing.ingest import UsageEvent, ingest
 from billing.settings import get_settings
@@ -32,11 +44,16 @@ from reconcile.types import (
 from reconcile.workflow import ReconcileUsage
 from starter import queries
 from starter.follow import follow, start
-from starter.kit import console, run
+from starter.kit import console, counts_table, run
 from starter.reconcile_commands import decide, print_report
 
 METERS = {"api_requests": "API requests", "storage_gb_hours": "Storage (GB-hours)"}
 DAYS = 6  # today and the 5 days before: all inside one window, none near the 35-day edge
+# Duration usage: a GPU class billed per minute, and the drifts ReconcileAllocations fixes.
+GPU_CLASS = "gpu.demo"
+GPU_RATE_PER_MINUTE = 6  # minor units
+GPU_METER = "gpu_minutes"
+ALLOCATION_DRIFTS = ("missing_open_usage", "orphan_open_usage", "unbilled_closed_usage", "payment_drift")
 
 
 def demo(
@@ -48,9 +65,10 @@ def demo(
     """Run the main job end to end on embedded defaults, with a before/after report.
 
     Brings the local stack up, seeds customers and usage, injects every kind of drift, runs a
-    dry-run and then an apply, and prints before/after with each run's Temporal UI link; stops
-    the stack unless --keep. Exit code 1 if a key still disagrees afterwards or the dry-run
-    changed anything."""
+    dry-run and then an apply, and prints before/after with each run's Temporal UI link; then
+    the same for duration usage (allocations); stops the stack unless --keep. Exit code 1 if a
+    key still disagrees afterwards, a dry-run changed anything, or an allocation drift was not
+    found or is not fixed."""
     import devstack as stack
 
     console.rule("local stack")
@@ -148,9 +166,85 @@ async def _demo(info, n_customers: int, n_events: int, seed: int) -> bool:
             print_report(report, limit=12)
         console.print(f"full report: billing-recon report {applied.run_id} --export-discrepancies drift.csv")
         console.print(f"Temporal UI: {ui}/namespaces/default/workflows/{applied.run_id}")
-        return not mismatches and after_dry == before
+        allocations_ok = await _allocations(client, settings, ui, conn, tag)
+        return not mismatches and after_dry == before and allocations_ok
     finally:
         await conn.close()
+
+
+async def _allocations(client: Client, settings, ui: str, conn, tag: str) -> bool:
+    """Duration usage: one of each of the four drifts, found by a dry-run that writes nothing,
+    fixed by an apply, and a last dry-run that finds nothing left to fix."""
+    customer = f"demo-{tag}-gpu"
+    as_of = datetime.now(UTC).replace(microsecond=0)  # every run reconciles as of the same instant
+    console.rule("duration usage: inject drift")
+    for line in await _inject_allocation_drift(conn, customer, tag, as_of):
+        console.print(f"  - {line}")
+    before = await queries.duration_rows(conn, customer)
+
+    async def reconcile(mode: Mode, name: str) -> AllocationsResult:
+        workflow_id = f"demo-{tag}-allocations-{name}"
+        console.print(f"run {workflow_id}: {ui}/namespaces/default/workflows/{workflow_id}")
+        handle = await start(ReconcileAllocations.run, ReconcileAllocationsInput(
+            mode=mode, customer=customer, actor="demo", reason="demo", as_of=as_of), workflow_id,
+            client=client, task_queue=settings.task_queue)
+        return await handle.result()
+
+    console.rule("allocations dry-run")
+    dry = await reconcile(Mode.DRY_RUN, "dry-run")
+    console.print(counts_table("allocations dry-run found", dry.counts, skip_zero=True))
+    missed = [k for k in ALLOCATION_DRIFTS if not getattr(dry.counts, k)]
+    unchanged = await queries.duration_rows(conn, customer) == before
+    console.print("every drift found: " + ("[green]yes[/green]" if not missed else f"[red]NO[/red] {missed}"))
+    console.print("dry-run changed nothing: " + ("[green]yes[/green]" if unchanged else "[red]NO[/red]"))
+
+    console.rule("allocations apply")
+    applied = await reconcile(Mode.APPLY, "apply")
+    console.print(counts_table("allocations apply", applied.counts, skip_zero=True))
+    check = await reconcile(Mode.DRY_RUN, "check")
+    fixed = applied.counts.fix_errors == 0 and check.counts.fixable == 0
+    console.print("nothing left to fix: " + ("[green]yes[/green]" if fixed else
+                                             f"[red]NO[/red]: {check.counts.fixable} fixable"))
+    for line in check.findings:
+        console.print(f"  {line}", highlight=False, markup=False)
+    console.print(f"one allocation's story: billing-recon allocations show demo-{tag}-gpu-orphan")
+    return not missed and unchanged and fixed
+
+
+async def _inject_allocation_drift(conn, customer: str, tag: str, as_of: datetime) -> list[str]:
+    """A GPU customer's allocations as the application would have written them, each broken the
+    way ReconcileAllocations repairs: a lost usage record, a record never closed, a closed record
+    never billed, a paid session never credited."""
+    h = timedelta(hours=1)
+    await conn.execute("INSERT INTO billing.customers (customer_id, name) VALUES ($1, 'Demo GPU customer')", customer)
+    await contract.upsert_rate(conn, contract.Rate(
+        resource_class=GPU_CLASS, effective_from=datetime(2020, 1, 1, tzinfo=UTC), rate_minor=Decimal(GPU_RATE_PER_MINUTE),
+        unit=TimeUnit.MINUTE, meter=GPU_METER))
+    missing, orphan, unbilled = (f"demo-{tag}-gpu-{k}" for k in ("missing", "orphan", "unbilled"))
+    # 1. missing open usage: active for 3 h, its usage record lost.
+    await contract.activate(conn, contract.Allocation(
+        allocation_id=missing, customer_id=customer, resource_class=GPU_CLASS, activated_at=as_of - 3 * h),
+        f"u-{missing}")
+    await conn.execute("DELETE FROM billing.duration_usage WHERE usage_id = $1", f"u-{missing}")
+    # 2. orphan open usage: released an hour ago, its record never closed.
+    await contract.activate(conn, contract.Allocation(
+        allocation_id=orphan, customer_id=customer, resource_class=GPU_CLASS, activated_at=as_of - 4 * h),
+        f"u-{orphan}")
+    await contract.set_status(conn, orphan, AllocationStatus.RELEASED, as_of - h)
+    # 3. unbilled closed usage: 3 h, closed with its cost, never debited.
+    await contract.activate(conn, contract.Allocation(
+        allocation_id=unbilled, customer_id=customer, resource_class=GPU_CLASS, activated_at=as_of - 5 * h),
+        f"u-{unbilled}")
+    await contract.set_status(conn, unbilled, AllocationStatus.RELEASED, as_of - 2 * h)
+    await contract.close_usage(conn, f"u-{unbilled}", as_of - 2 * h, accrued_cost_minor=180 * GPU_RATE_PER_MINUTE)
+    # 4. payment drift: a completed payment whose ledger credit was never booked.
+    await contract.record_payment(conn, contract.PaymentSession(
+        session_id=f"demo-{tag}-ps", customer_id=customer, amount_minor=2500,
+        status=PaymentStatus.COMPLETED))
+    return [f"missing usage: {missing} active for 3 h, no open usage record",
+            f"orphan usage: {orphan} released 1 h ago, its record still open",
+            f"unbilled usage: {unbilled} ran 3 h, record closed, never debited ({180 * GPU_RATE_PER_MINUTE} minor units)",
+            f"payment drift: demo-{tag}-ps completed (2500 minor units), no ledger credit"]
 
 
 async def _ensure_meters(stripe) -> dict[str, str]:

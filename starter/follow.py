@@ -86,21 +86,44 @@ def live(label: str, *, total: int | None = None, quiet: bool = False) -> Iterat
 
 
 @dataclass(frozen=True)
+class Until(Generic[P]):
+    """Where a command stops following a workflow that goes on without it (e.g. a stored plan
+    awaiting approval): the first `progress` answer that `holds` is shown (`show`, or with --json
+    the one object `to_json`) and the command exits 0."""
+
+    holds: Callable[[P], bool]
+    show: Callable[[P], None]
+    to_json: Callable[[P], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Watch(Generic[P]):
     """What a waiting command shows while its workflow runs: the `progress` query's answers,
-    each described as a Step, under `label` (a bar when `total` is known)."""
+    each described as a Step, under `label` (a bar when `total` is known); `until`: where it
+    stops waiting before the result."""
 
     progress_type: type[P]
     label: str
     describe: Callable[[P], Step]
     total: int | None = None
     interval: float = POLL_SECONDS
+    until: Until[P] | None = None
+
+
+class StoppedFollowing(Exception, Generic[P]):
+    """`follow` stopped before the result: `progress` satisfied its `until`."""
+
+    def __init__(self, progress: P) -> None:
+        super().__init__("stopped following")
+        self.progress = progress
 
 
 async def follow(handle: WorkflowHandle[Any, R], progress_type: type[P],
-                 on_progress: Callable[[P], Any], interval: float = POLL_SECONDS) -> R:
+                 on_progress: Callable[[P], Any], interval: float = POLL_SECONDS, *,
+                 until: Callable[[P], bool] | None = None) -> R:
     """Await a workflow's result, handing each answer of its `progress` query to `on_progress`
-    (which may be async) meanwhile. Raises what the result raises (WorkflowFailureError)."""
+    (which may be async) meanwhile. Raises what the result raises (WorkflowFailureError), or
+    StoppedFollowing at the first answer that satisfies `until` (the workflow goes on)."""
     result_task = asyncio.ensure_future(handle.result())
     while not result_task.done():
         try:
@@ -111,6 +134,9 @@ async def follow(handle: WorkflowHandle[Any, R], progress_type: type[P],
             shown = on_progress(p)
             if inspect.isawaitable(shown):
                 await shown
+            if until is not None and until(p):
+                result_task.cancel()
+                raise StoppedFollowing(p)
         await asyncio.wait({result_task}, timeout=interval)
     return result_task.result()
 
@@ -157,7 +183,8 @@ async def start_and_follow(
     With `wait`: follow it to its result (progress on stderr per `watch`, none with --json),
     then print the result: `show(result)`, or with --json one JSON object (`to_json(result)`,
     default the result model). The code is `outcome(result)` (default 0). A failed workflow is
-    reported by `report_failure`, whose code it is. Without `wait`: say it started (`started`,
+    reported by `report_failure`, whose code it is. Where `watch.until` stops it first, that
+    progress is printed instead, 0. Without `wait`: say it started (`started`,
     or one JSON object), 0. `id_key`/`extra` name the id and add fields to the JSON."""
     handle = await start(run_method, request, workflow_id, id_conflict_policy=id_conflict_policy,
                          id_reuse_policy=id_reuse_policy)
@@ -174,9 +201,17 @@ async def start_and_follow(
         else:
             with live(watch.label, total=watch.total, quiet=as_json) as step:
                 describe = watch.describe
-                result = await follow(handle, watch.progress_type, lambda p: step(describe(p)), watch.interval)
+                result = await follow(handle, watch.progress_type, lambda p: step(describe(p)), watch.interval,
+                                      until=watch.until.holds if watch.until else None)
     except WorkflowFailureError as e:
         return report_failure(workflow_id, e, as_json=as_json, id_key=id_key, **extra)
+    except StoppedFollowing as stopped:
+        assert watch is not None and watch.until is not None
+        if as_json:
+            print(json.dumps({id_key: workflow_id, **extra, **watch.until.to_json(stopped.progress)}))
+        else:
+            watch.until.show(stopped.progress)
+        return EXIT_OK
     if not as_json:
         show(result)
     elif to_json is not None:

@@ -238,15 +238,15 @@ def run_link(workflow_id: str | None, run_id: str | None = None) -> str | None:
     return f"{get_settings().ui_url()}/namespaces/{ns}/workflows/{workflow_id}{tail}/history"
 
 
-def counts_table(title: str, counts: BaseModel) -> Table:
-    """A result's counts, one row each (dicts joined, lists left out)."""
+def counts_table(title: str, counts: BaseModel, *, skip_zero: bool = False) -> Table:
+    """A result's counts, one row each (dicts joined, lists left out; zeros too with `skip_zero`)."""
     t = Table(title=title)
     t.add_column("count")
     t.add_column("value", justify="right")
     for name, value in counts.model_dump().items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        elif isinstance(value, list):
+        elif isinstance(value, list) or (skip_zero and not value):
             continue
         t.add_row(name, str(value))
     return t

@@ -132,6 +132,51 @@ async def oldest_waiting_event(conn: asyncpg.Connection) -> datetime | None:
     return await conn.fetchval("SELECT min(received_at) FROM billing.stripe_events WHERE status = 'received'")
 
 
+# ---------------------------------------------------------------------------- duration usage (allocations)
+
+
+async def allocation(conn: asyncpg.Connection, allocation_id: str) -> dict[str, Any] | None:
+    """One allocation (`allocations show`): its row, timeline (status changes in time order), usage
+    records, ledger debits, usage events (with their Stripe push status), its last 20 findings and
+    its audit rows. None: no such allocation."""
+    a = await conn.fetchrow("SELECT * FROM billing.allocations WHERE allocation_id = $1", allocation_id)
+    if a is None:
+        return None
+    usage = await conn.fetch(
+        "SELECT usage_id, start_time, end_time, last_billed_at, billed_cost_minor, accrued_cost_minor, opened_by, "
+        "closed_by, close_flag FROM billing.duration_usage WHERE allocation_id = $1 ORDER BY start_time",
+        allocation_id)
+    ids = [u["usage_id"] for u in usage]
+    debits = await conn.fetch(
+        "SELECT usage_id, slice_index, slice_start, slice_end, amount_minor, source, actor, created_at "
+        "FROM billing.duration_ledger WHERE kind = 'debit' AND usage_id = ANY($1) ORDER BY usage_id, slice_index",
+        ids)
+    events = await conn.fetch(
+        """
+        SELECT e.request_id, e.meter, e.quantity, e.occurred_at,
+               (SELECT string_agg(DISTINCT p.status, ',') FROM billing.stripe_usage_pushes p
+                 WHERE p.customer_id = e.customer_id AND p.meter = e.meter
+                   AND p.usage_day = (e.occurred_at AT TIME ZONE 'UTC')::date) AS stripe_push_status
+          FROM billing.usage_events e
+         WHERE e.request_id LIKE ANY($1) ORDER BY e.occurred_at
+        """, [f"dur:{u}:%" for u in ids])
+    audit_rows = await conn.fetch(
+        """
+        SELECT at, actor, action, entity_id, reason, correlation_id, workflow_id FROM billing.audit_log
+         WHERE (entity_type = 'duration_usage' AND entity_id = ANY($1)) OR after->>'allocation_id' = $2
+         ORDER BY at, id
+        """, ids, allocation_id)
+    findings = await conn.fetch(
+        "SELECT run_id, kind, status, detail, updated_at FROM billing.allocation_findings "
+        "WHERE allocation_id = $1 ORDER BY updated_at DESC LIMIT 20", allocation_id)
+    timeline = [{"event": k.removesuffix("_at"), "at": a[k]}
+                for k in ("activated_at", "releasing_at", "release_failed_at", "released_at") if a[k] is not None]
+    timeline.sort(key=lambda r: r["at"])
+    return {"allocation": dict(a), "timeline": timeline, "usage": [dict(r) for r in usage],
+            "debits": [dict(r) for r in debits], "events": [dict(r) for r in events],
+            "audit": [dict(r) for r in audit_rows], "findings": [dict(r) for r in findings]}
+
+
 # ---------------------------------------------------------------------------- demo
 
 
@@ -162,3 +207,19 @@ async def counters_by_key(conn: asyncpg.Connection, customer_ids: list[str]) -> 
         "SELECT customer_id, meter, sum(value) AS value FROM billing.usage_counters WHERE customer_id = ANY($1) "
         "GROUP BY 1, 2", customer_ids)
     return {(r["customer_id"], r["meter"]): r["value"] for r in rows}
+
+
+async def duration_rows(conn: asyncpg.Connection, customer_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    """A customer's duration usage as rows: allocations, usage records, ledger, payment sessions,
+    usage events and audit rows (to tell that a dry-run wrote nothing)."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for table, where in (
+            ("allocations", "customer_id = $1"),
+            ("duration_usage", "allocation_id IN (SELECT allocation_id FROM billing.allocations WHERE customer_id = $1)"),
+            ("duration_ledger", "customer_id = $1"),
+            ("payment_sessions", "customer_id = $1"),
+            ("usage_events", "customer_id = $1"),
+            ("audit_log", "customer_id = $1")):
+        rows = await conn.fetch(f"SELECT * FROM billing.{table} WHERE {where}", customer_id)
+        out[table] = sorted((tuple(r.values()) for r in rows), key=repr)
+    return out

@@ -4,7 +4,9 @@ ReconcileAllocations on a test worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 
@@ -20,6 +22,7 @@ from allocations.types import (
     ReconcileAllocationsInput,
     TimeUnit,
 )
+from allocations.workflow import ReconcileAllocations
 
 GPU = "gpu.a100"
 METER = "gpu_minutes"
@@ -65,23 +68,27 @@ def request(mode: str, as_of: datetime, **kw: object) -> ReconcileAllocationsInp
 
 
 async def start(client: Client, task_queue: str, inp: ReconcileAllocationsInput,
-                workflow_id: str | None = None) -> WorkflowHandle:
+                workflow_id: str | None = None) -> WorkflowHandle[ReconcileAllocations, AllocationsResult]:
     return await client.start_workflow(
-        "ReconcileAllocations", inp, id=workflow_id or f"alloc-{uuid.uuid4().hex[:10]}", task_queue=task_queue,
-        result_type=AllocationsResult)
+        ReconcileAllocations.run, inp, id=workflow_id or f"alloc-{uuid.uuid4().hex[:10]}", task_queue=task_queue)
+
+
+async def wait_for_phase(handle: WorkflowHandle, phase: Phase, limit: float = 60.0) -> AllocationsProgress:
+    """Poll the run's progress until it is in `phase`."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        p = await handle.query("progress", result_type=AllocationsProgress)
+        if p is not None and p.phase == phase:
+            return p
+        assert asyncio.get_running_loop().time() < deadline, f"never reached {phase}: {p}"
+        await asyncio.sleep(0.1)
 
 
 async def run(client: Client, task_queue: str, inp: ReconcileAllocationsInput, workflow_id: str | None = None,
               approver: str | None = None, limit: float = 60.0) -> AllocationsResult:
     handle = await start(client, task_queue, inp, workflow_id)
     if approver is not None:
-        deadline = asyncio.get_running_loop().time() + limit
-        while True:
-            p = await handle.query("progress", result_type=AllocationsProgress)
-            if p is not None and p.phase == Phase.AWAITING_APPROVAL:
-                break
-            assert asyncio.get_running_loop().time() < deadline, f"never awaited approval: {p}"
-            await asyncio.sleep(0.1)
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL, limit)
         await handle.execute_update("approve", ApprovalDecision(actor=approver, reason="pytest"))
     return await asyncio.wait_for(handle.result(), limit)
 
@@ -102,3 +109,19 @@ async def audit_actions(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch(
         "SELECT action, count(*) AS n FROM billing.audit_log WHERE action LIKE 'allocations.%' GROUP BY action")
     return {r["action"]: r["n"] for r in rows}
+
+
+@contextlib.asynccontextmanager
+async def slow_debits(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[None]:
+    """Every ledger insert sleeps `seconds` meanwhile (a trigger): billing takes long enough for a
+    pause to land in the middle of a page."""
+    await pool.execute(f"""
+        CREATE FUNCTION billing.test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep({float(seconds)}); RETURN NEW; END $$;
+        CREATE TRIGGER test_slow BEFORE INSERT ON billing.duration_ledger
+            FOR EACH ROW EXECUTE FUNCTION billing.test_slow();
+    """)
+    try:
+        yield
+    finally:
+        await pool.execute("DROP TRIGGER test_slow ON billing.duration_ledger; DROP FUNCTION billing.test_slow()")

@@ -36,6 +36,7 @@ from .allocation_helpers import (
     run,
     snapshot,
     start,
+    wait_for_phase,
 )
 from .recon_helpers import make_settings, running_worker
 
@@ -173,10 +174,7 @@ async def test_plan_waits_for_approval_and_applies_exactly_the_plan(
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         before = await snapshot(clean_db)
         handle = await start(client, task_queue, request("plan", AS_OF))
-        while True:
-            p = await handle.query("progress")
-            if p is not None and p["phase"] == Phase.AWAITING_APPROVAL.value:
-                break
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
         assert await snapshot(clean_db) == before, "a plan wrote before approval"
         # Drift that appears after the plan is not applied by it.
         await add_allocation(clean_db, f"late-{ids['customer']}", ids["customer"], "active",
@@ -191,7 +189,33 @@ async def test_plan_waits_for_approval_and_applies_exactly_the_plan(
     assert result.applied is not None and result.applied.fixes_applied == 6, result.applied
     assert not await clean_db.fetchval(
         "SELECT count(*) FROM billing.duration_usage WHERE allocation_id = $1", f"late-{ids['customer']}")
-    assert (await audit_actions(clean_db))["allocations.approve_plan"] == 1
+    decisions = await clean_db.fetch(
+        "SELECT action, actor, reason FROM billing.audit_log WHERE workflow_id = $1 AND entity_type = 'allocations_run'",
+        handle.id)
+    assert [tuple(r.values()) for r in decisions] == [("run.approve", "alice", "checked")]
+
+
+async def test_a_rejected_plan_writes_nothing_and_the_reject_is_answered_and_audited(
+        clean_db, temporal_env, task_queue, postgres_dsn, emulator, stripe_client, emulator_admin):
+    from allocations.types import ApprovalDecision, ApprovalResult
+
+    await _seed_four_drifts(clean_db, stripe_client, emulator_admin)
+    client = temporal_env.client
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        before = await snapshot(clean_db)
+        handle = await start(client, task_queue, request("plan", AS_OF))
+        await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+        # The reject ends the run: its reply and its audit row come first.
+        res = await handle.execute_update("reject", ApprovalDecision(actor="bob", reason="not now"),
+                                          result_type=ApprovalResult)
+        result = await handle.result()
+    assert res.accepted and not res.approved
+    assert result.outcome == RunOutcome.REJECTED and result.decided_by == "bob" and result.applied is None
+    decisions = await clean_db.fetch(
+        "SELECT action, actor, reason FROM billing.audit_log WHERE workflow_id = $1", handle.id)
+    assert [tuple(r.values()) for r in decisions] == [("run.reject", "bob", "not now")]
+    assert await snapshot(clean_db, excluded=("allocation_findings", "audit_log")) == {
+        k: v for k, v in before.items() if k != "audit_log"}
 
 
 async def test_thirty_day_allocation_across_a_period_boundary_is_billed_to_the_second(
@@ -455,6 +479,21 @@ async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgr
         assert code == 0, err
         dry = json.loads(out)
         assert dry["mode"] == "dry-run" and dry["counts"]["missing_open_usage"] == 1, dry
+        code, out, err = await _cli(env, "allocations", "reconcile", "--as-of", AS_OF.isoformat())
+        assert code == 0 and "dry-run completed" in out and "missing_open_usage" in out, (out, err)
+        assert f"[observed] missing_open_usage {ids['missing']}" in out, out
+        # --plan stops following once the plan is stored; the plan is decided by update.
+        code, out, err = await _cli(env, "allocations", "reconcile", "--plan", "--as-of", AS_OF.isoformat(), "--json")
+        assert code == 0, err
+        planned = json.loads(out)
+        assert planned["status"] == "awaiting_approval" and planned["counts"]["fixable"] == 6, planned
+        code, out, err = await _cli(env, "allocations", "reject", planned["workflow_id"], "--actor", "bob")
+        assert code == 0 and "rejected by bob" in out, (out, err)
+        code, out, err = await _cli(env, "allocations", "approve", planned["workflow_id"], "--actor", "bob")
+        assert code == 1 and "already completed" in err, (out, err)  # the reject ended it
+        for blank in (["--actor", " "], ["--reason", ""]):
+            code, out, err = await _cli(env, "allocations", "reconcile", "--apply", *blank)
+            assert code == 2 and "must not be blank" in err, (out, err)
         code, out, err = await _cli(env, "allocations", "reconcile", "--apply", "--as-of", AS_OF.isoformat(),
                                     "--customer", ids["customer"], "--actor", "alice", "--reason", "ticket 9",
                                     "--json")
@@ -473,7 +512,7 @@ async def test_cli_reconcile_and_show(clean_db, temporal_env, task_queue, postgr
     code, out, err = await _cli(env, "allocations", "show", ids["orphan"])
     assert code == 0 and "allocations.post_debits" in out, err
     code, _, err = await _cli(env, "allocations", "show", "no-such-allocation")
-    assert code == 2 and "unknown allocation" in err
+    assert code == 1 and "unknown allocation" in err  # not found, like `report` of an unknown run
 
 
 async def test_a_fix_the_database_refuses_is_reported_and_the_run_goes_on(

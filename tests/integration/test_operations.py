@@ -11,14 +11,14 @@ from datetime import timedelta
 
 import pytest
 from temporalio.client import ScheduleOverlapPolicy
-from temporalio.common import WorkflowIDConflictPolicy
 
-from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealControlInput, AutohealView
+from autoheal.types import AUTOHEAL_WORKFLOW_ID
 from backfill.types import BackfillResult, CatchUpBackfillInput, DayOutcome
 from billing import schedules
-from common.types import Mode, PauseRequest, RunStatus
+from common.types import Mode, RunStatus
 from reconcile.types import ReconcileProgress
 
+from .autoheal_helpers import set_global
 from .recon_helpers import (
     assert_counters_equal_ledger,
     assert_stripe_equals_ledger,
@@ -101,19 +101,6 @@ def test_backfill_input_is_validated():
 
 
 
-async def set_global(client, task_queue: str, signal: str, actor: str, reason: str | None) -> AutohealView:
-    handle = await client.start_workflow(
-        "AutoHealControl", AutohealControlInput(), id=AUTOHEAL_WORKFLOW_ID, task_queue=task_queue,
-        start_signal=signal, start_signal_args=[PauseRequest(actor=actor, reason=reason)],
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
-    for _ in range(150):
-        state = await handle.query("state", result_type=AutohealView)
-        if state.paused == (signal == "pause"):
-            return state
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{signal} was not applied")
-
-
 async def test_global_pause_stops_running_and_new_runs_and_resume_completes_exactly_once(
         clean_db, stripe_client, emulator, emulator_admin, postgres_dsn, temporal_env, task_queue):
     world = await seed_world(clean_db, stripe_client, n_customers=40, events_per_key=1,
@@ -177,7 +164,7 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
     client = temporal_env.client
     defs = schedules.load()
     assert {d.name for d in defs} == {"usage-sync", "full-reconciliation", "webhook-replay",
-                                      "subscription-resync", "credit-repair"}
+                                      "subscription-resync", "credit-repair", "allocations-reconcile"}
     tag = uuid.uuid4().hex[:6]
     for d in defs:  # private ids: the dev server is shared by the whole test session
         d.name = f"{d.name}-{tag}"

@@ -1,0 +1,31 @@
+"""The declared schedules (billing/schedules.toml) start workflows `schedules apply` knows, with
+inputs those workflows accept: a bad input would only show as a failed run every tick."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import BaseModel
+from temporalio.client import ScheduleOverlapPolicy
+from temporalio.workflow import _Definition
+
+from billing import schedules
+from common.types import Mode
+
+DEFS = schedules.load()
+
+
+@pytest.mark.parametrize("d", DEFS, ids=[d.name for d in DEFS])
+def test_every_schedule_input_is_valid_for_its_workflow(d: schedules.ScheduleDef):
+    [input_type] = _Definition.from_run_fn(schedules.KNOWN_WORKFLOWS[d.workflow]).arg_types
+    assert isinstance(input_type, type) and issubclass(input_type, BaseModel)
+    input_type.model_validate(d.input)
+
+
+def test_allocations_are_reconciled_hourly_in_apply_mode():
+    d = next(d for d in DEFS if d.name == "allocations-reconcile")
+    assert d.workflow == "ReconcileAllocations" and d.input["mode"] == Mode.APPLY.value
+    s = d.to_schedule("q")
+    assert s.spec.intervals[0].every == timedelta(hours=1)
+    assert s.policy.overlap == ScheduleOverlapPolicy.SKIP and s.policy.catchup_window == timedelta(minutes=10)
