@@ -21,6 +21,10 @@ TOLERANCE = Decimal("0.000001")
 # Stripe accepts cancellations for events received within 24 h; keep a margin.
 CANCEL_WINDOW = timedelta(hours=23)
 
+# Bounds of the reconciliation settings (RECON_*) and of the same fields of a run's input:
+# checked where they enter (billing/settings.py, reconcile/types.py), never at use.
+MAX_PAGE_SIZE = 5000  # customers per page activity
+MAX_SETTLE_SECONDS = 7 * 24 * 3600  # a run waits at most a week before verifying its pushes
 
 
 class PushStatus(StrEnum):

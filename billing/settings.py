@@ -12,8 +12,10 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billing.policy import MAX_PAGE_SIZE, MAX_SETTLE_SECONDS
 
 # Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
 DEFAULT_STATE_DIR = Path(".state")
@@ -36,14 +38,16 @@ class Settings(BaseSettings):
     stripe_max_network_retries: int = Field(default=2, alias="STRIPE_MAX_NETWORK_RETRIES")
     stripe_timeout_seconds: float = Field(default=30.0, alias="STRIPE_TIMEOUT_SECONDS")
 
-    # Reconciliation policy.
-    recon_epsilon: Decimal = Field(default=Decimal("0.005"), alias="RECON_EPSILON")
-    recon_settle_seconds: int = Field(default=600, alias="RECON_SETTLE_SECONDS")
+    # Reconciliation policy. Bounded here, where the values enter: a page size of 0 would
+    # "complete" having scanned nobody, -1 would fail every page attempt forever.
+    recon_epsilon: Decimal = Field(default=Decimal("0.005"), ge=0, lt=1, alias="RECON_EPSILON")
+    recon_settle_seconds: int = Field(
+        default=600, ge=0, le=MAX_SETTLE_SECONDS, alias="RECON_SETTLE_SECONDS")
     recon_auto_approve_over_reporting: bool = Field(
         default=False, alias="RECON_AUTO_APPROVE_OVER_REPORTING"
     )
-    recon_page_size: int = Field(default=500, alias="RECON_PAGE_SIZE")
-    recon_stripe_concurrency: int = Field(default=8, alias="RECON_STRIPE_CONCURRENCY")
+    recon_page_size: int = Field(default=500, ge=1, le=MAX_PAGE_SIZE, alias="RECON_PAGE_SIZE")
+    recon_stripe_concurrency: int = Field(default=8, ge=1, alias="RECON_STRIPE_CONCURRENCY")
 
     # Webhook receiver (`billing-recon webhooks serve`).
     webhook_host: str = Field(default="127.0.0.1", alias="WEBHOOK_HOST")
@@ -135,6 +139,24 @@ class Settings(BaseSettings):
         return "metrics_bind_address" in self.model_fields_set
 
 
+class InvalidSettings(ValueError):
+    """The environment gives a value a setting refuses; the message is one line naming each
+    variable, the value given and the bound (the CLI and the worker print it and exit 2)."""
+
+
+def describe_invalid(e: ValidationError) -> str:
+    def one(x: dict) -> str:
+        name = ".".join(map(str, x["loc"]))
+        secret = any(w in name.upper() for w in ("KEY", "SECRET", "URL"))
+        given = "" if secret else "=" + " ".join(str(x.get("input")).split())
+        return f"{name}{given}: {x['msg']}"
+
+    return "invalid setting(s): " + "; ".join(one(dict(x)) for x in e.errors())
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InvalidSettings(describe_invalid(e)) from None

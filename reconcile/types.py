@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from billing.policy import FindingKind, PlannedPush
+from billing.policy import MAX_PAGE_SIZE, MAX_SETTLE_SECONDS, FindingKind, PlannedPush
 from common.types import Mode, RunStatus
 
 
@@ -115,11 +115,13 @@ class ReconcileUsageInput(BaseModel):
     # Without start_date: reconcile the last N UTC days up to today instead of the current
     # billing period (what a schedule uses: its input is fixed, its "today" is not).
     lookback_days: int | None = Field(default=None, ge=1, le=400)
-    # Policy overrides; None = the worker's settings.
-    epsilon: Decimal | None = None
-    settle_seconds: int | None = None
+    # Policy overrides; None = the worker's settings. The same bounds as the settings
+    # (RECON_*): raw JSON from `temporal workflow start` outside them fails the run at once
+    # (a non-retryable ValidationError), before anything is read or written.
+    epsilon: Decimal | None = Field(default=None, ge=0, lt=1)
+    settle_seconds: int | None = Field(default=None, ge=0, le=MAX_SETTLE_SECONDS)
     auto_approve_over_reporting: bool | None = None
-    page_size: int | None = Field(default=None, ge=1, le=5000)
+    page_size: int | None = Field(default=None, ge=1, le=MAX_PAGE_SIZE)
     approval_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     # Carried across continue-as-new; callers leave it empty.
     carried: ReconcileCarry | None = None
@@ -137,10 +139,12 @@ class MeterInfo(BaseModel):
 
 
 class Policy(BaseModel):
-    epsilon: Decimal
-    settle_seconds: int
+    """The run's resolved policy (input overrides, else the settings): bounded like both."""
+
+    epsilon: Decimal = Field(ge=0, lt=1)
+    settle_seconds: int = Field(ge=0, le=MAX_SETTLE_SECONDS)
     auto_approve_over_reporting: bool
-    page_size: int
+    page_size: int = Field(ge=1, le=MAX_PAGE_SIZE)
 
 
 class RunContext(BaseModel):

@@ -15,6 +15,7 @@ from rich.table import Table
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from billing import correlation
+from billing.policy import MAX_SETTLE_SECONDS
 from reconcile.types import (
     ApprovalDecision,
     ApprovalResult,
@@ -43,8 +44,6 @@ from starter.kit import (
     temporal,
 )
 
-# --settle-seconds: a run waits at most a week before verifying its pushes.
-MAX_SETTLE_SECONDS = 7 * 24 * 3600
 JSON_HELP = "Print one JSON object instead of tables"
 
 # ---------------------------------------------------------------------------- reconcile
