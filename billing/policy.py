@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Any
@@ -25,6 +25,41 @@ CANCEL_WINDOW = timedelta(hours=23)
 # checked where they enter (billing/settings.py, reconcile/types.py), never at use.
 MAX_PAGE_SIZE = 5000  # customers per page activity
 MAX_SETTLE_SECONDS = 7 * 24 * 3600  # a run waits at most a week before verifying its pushes
+
+# The usage ingestion contract (README "Ingestion contract"; the CHECK constraints of migration
+# 0010_usage_checks.sql say the same): a quantity is a finite number in [0, MAX_QUANTITY) and an
+# event happened between EARLIEST_USAGE and USAGE_AHEAD after now. 1e15 keeps every quantity,
+# and any realistic day's sum, an exact integer in Stripe's float64 aggregation (2^53 ~ 9e15).
+MAX_QUANTITY = Decimal("1e15")
+EARLIEST_USAGE = datetime(2000, 1, 1, tzinfo=UTC)
+USAGE_AHEAD = timedelta(days=1)
+
+
+def quantity_refusal(q: Decimal) -> str | None:
+    """Why the ingestion contract refuses a usage quantity; None: it does not."""
+    if not q.is_finite():
+        return "quantity must be a finite number"
+    if q < 0:
+        return "quantity must not be negative (usage is consumption; a wrong row is corrected, not offset)"
+    if q >= MAX_QUANTITY:
+        return f"quantity must be below {MAX_QUANTITY:E} (billing.policy.MAX_QUANTITY)"
+    return None
+
+
+def occurred_at_refusal(at: datetime, now: datetime) -> str | None:
+    """Why the ingestion contract refuses a usage event's time; None: it does not."""
+    if at < EARLIEST_USAGE:
+        return f"occurred_at {at.isoformat()} is before {EARLIEST_USAGE.date()}"
+    if at >= now + USAGE_AHEAD:
+        return f"occurred_at {at.isoformat()} is more than a day in the future"
+    return None
+
+
+def reconcilable_quantity(q: Decimal) -> bool:
+    """A stored quantity reconciliation can use. Rows from before the contract's constraints
+    may be anything: non-finite or absurd ones (|q| >= MAX_QUANTITY) poison their key, which is
+    reported as `invalid_usage` and skipped. Negative finite rows (allowed before) are summed."""
+    return q.is_finite() and abs(q) < MAX_QUANTITY
 
 
 class PushStatus(StrEnum):
