@@ -96,6 +96,10 @@ class FindingKind(StrEnum):
     UNMAPPED_CUSTOMER = "unmapped_customer"  # usage but no Stripe customer id
     STRIPE_READ_FAILED = "stripe_read_failed"  # Stripe refused the summary read (4xx)
     UNMETERED_USAGE = "unmetered_usage"  # usage under an event name no active meter has
+    # The key's data cannot be reconciled: ledger rows that are not finite or absurd
+    # (|q| >= MAX_QUANTITY, from before the contract's constraints), or a value that breaks the
+    # arithmetic. Reported with the request ids and skipped; never fails or wedges a run.
+    INVALID_USAGE = "invalid_usage"
 
 
 def normalize(d: Decimal) -> Decimal:
@@ -310,7 +314,11 @@ class CounterFinding:
 
 def classify_counter(ledger: Decimal, counter: Decimal | None, quota: Decimal | None,
                      has_events: bool) -> CounterFinding:
-    if counter is not None and not has_events and counter != 0:
+    if quota is not None and quota.is_nan():
+        quota = None  # the application's counter row is corrupt there: no quota to cross
+    if counter is not None and counter.is_nan():
+        kind = FindingKind.ORPHAN_COUNTER if not has_events else FindingKind.COUNTER_DRIFT
+    elif counter is not None and not has_events and counter != 0:
         kind = FindingKind.ORPHAN_COUNTER
     elif counter is None and ledger == 0:
         kind = FindingKind.OK
@@ -320,7 +328,7 @@ def classify_counter(ledger: Decimal, counter: Decimal | None, quota: Decimal | 
         kind = FindingKind.OK
     transition = False
     if kind != FindingKind.OK and quota is not None:
-        before = (counter or Decimal(0)) > quota
+        before = (Decimal(0) if counter is None or counter.is_nan() else counter) > quota
         after = ledger > quota
         transition = before != after
     return CounterFinding(kind, ledger, counter, quota, transition)

@@ -31,7 +31,7 @@ from billing.policy import (
 from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
 from common.types import AuditInput
 from reconcile import store
-from reconcile.runs import audit
+from reconcile.runs import audit, is_data_error
 from reconcile.types import (
     CounterCorrection,
     Counts,
@@ -121,7 +121,17 @@ class CorrectionWriter:
         async def one(f: Finding) -> None:
             c = Counts()
             async with sem:
-                await self._apply(ctx, f, c)
+                try:
+                    await self._apply(ctx, f, c)
+                except Exception as e:
+                    if not is_data_error(e):
+                        raise  # transient: the activity retries
+                    # This key's data breaks the write (e.g. a value Postgres cannot store):
+                    # reported on the key, the other corrections go on.
+                    c = Counts(reconcile_failures=1)
+                    await store.set_finding_status(
+                        self.pool, ctx.run_id, f.key, DiscrepancyStatus.FAILED,
+                        f"could not apply: {type(e).__name__}: {e}"[:500])
             subs.append(c)
 
         # A TaskGroup: if one correction fails, the others stop instead of writing on after

@@ -49,6 +49,20 @@ def _fail(message: str, type_: str) -> ApplicationError:
     return ApplicationError(message, type=type_, non_retryable=True)
 
 
+# Deterministic data errors: the same data raises them again on every retry (SQLSTATE class 22
+# from Postgres: a numeric overflow, a bad cast; a NaN compared or a value too long to quantize
+# in Python; a value a model refuses). They are isolated to the key or customer they come from
+# and reported; where they cannot be, they fail non-retryably (`Permanent.INVALID_DATA`).
+DATA_ERRORS = (asyncpg.DataError, ArithmeticError, ValueError)
+
+
+def is_data_error(e: BaseException) -> bool:
+    """`e` (or every exception of a TaskGroup's group) is a deterministic data error."""
+    if isinstance(e, BaseExceptionGroup):
+        return all(is_data_error(x) for x in e.exceptions)
+    return isinstance(e, DATA_ERRORS)
+
+
 # --------------------------------------------------------------------------- shared kit (local)
 
 

@@ -13,7 +13,15 @@ from typing import Any
 import asyncpg
 
 from billing.periods import day_start, periods_overlapping
-from billing.policy import LIVE_STATUSES, FindingKind, Push, PushKind, PushStatus, diff_pct
+from billing.policy import (
+    LIVE_STATUSES,
+    MAX_QUANTITY,
+    FindingKind,
+    Push,
+    PushKind,
+    PushStatus,
+    diff_pct,
+)
 from reconcile.scan import BatchRows, CounterRow, Customer, LedgerDay, OutboxRow
 from reconcile.types import (
     AWAITING_APPROVAL,
@@ -24,6 +32,9 @@ from reconcile.types import (
     plan_from_json,
     plan_to_json,
 )
+
+# How many request ids of a day's unusable usage rows an `invalid_usage` finding names.
+LISTED_INVALID_IDS = 5
 
 
 async def customers_page(
@@ -63,7 +74,8 @@ async def read_batch(pool: asyncpg.Pool, ctx: RunContext, customers: list[Custom
     return BatchRows(
         customers=customers,
         ledger_days=[LedgerDay(r["customer_id"], r["meter"], r["day"], _dec(r["total"]),
-                               int(r["dupes"] or 0)) for r in day_rows],
+                               int(r["dupes"] or 0), int(r["invalid"]), tuple(r["invalid_ids"] or ()))
+                     for r in day_rows],
         counters=[CounterRow(r["customer_id"], r["meter"], r["period_start"], r["period_end"],
                              _dec(r["value"]), r["quota"]) for r in counter_rows],
         pushes=[OutboxRow(r["customer_id"], r["meter"], r["usage_day"], Push(
@@ -82,17 +94,28 @@ async def ledger_days(
     unmetered usage. A customer's events are scattered over the table (they arrive in time
     order), so every pass costs about one heap page per event: at 10M events / 100k customers
     one pass over a page of 500 customers read 40k pages (~0.4 s); this used to be two passes
-    (three without a meter filter)."""
+    (three without a meter filter).
+
+    Rows reconciliation cannot use (NaN, +-Infinity, |quantity| >= MAX_QUANTITY: stored before
+    the contract's constraints) are never summed, so no sum can be poisoned or overflow; they
+    are counted per day with a few request ids (`billing.policy.reconcilable_quantity`; NaN
+    sorts above every number in Postgres, so it fails `< bound`)."""
     return await conn.fetch(
         """
         SELECT customer_id, meter, (occurred_at AT TIME ZONE 'UTC')::date AS day,
-               sum(quantity) AS total, sum(dedupe_count) AS dupes
+               sum(quantity) FILTER (WHERE quantity > -$5::numeric AND quantity < $5::numeric) AS total,
+               sum(dedupe_count) AS dupes,
+               count(*) FILTER (WHERE NOT (quantity > -$5::numeric AND quantity < $5::numeric)) AS invalid,
+               (array_agg(request_id ORDER BY request_id)
+                  FILTER (WHERE NOT (quantity > -$5::numeric AND quantity < $5::numeric)))[1:$6::int]
+                 AS invalid_ids
           FROM billing.usage_events
          WHERE customer_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
            AND (cardinality($4::text[]) = 0 OR meter = ANY($4))
          GROUP BY 1, 2, 3
         """,
-        customers, day_start(periods[0][0]), day_start(periods[-1][1]), meters,
+        customers, day_start(periods[0][0]), day_start(periods[-1][1]), meters, MAX_QUANTITY,
+        LISTED_INVALID_IDS,
     )
 
 
@@ -181,8 +204,11 @@ async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Findin
         )
 
 
-async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | None, limit: int) -> list[Finding]:
-    """A page of the run's stored plan (proposed and held findings), in key order."""
+async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | None,
+                            limit: int) -> tuple[list[Finding], str | None]:
+    """A page of the run's stored plan (proposed and held findings), in key order, and the
+    cursor of the next page (None: this was the last). A row that no longer reads back as a
+    plan (edited by hand, say) is marked `failed`, never retried."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             """
@@ -192,13 +218,22 @@ async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | Non
              ORDER BY discrepancy_key LIMIT $3
             """,
             run_id, after, limit, list(AWAITING_APPROVAL))
-    return [Finding(
-        key=r["discrepancy_key"], kind=FindingKind(r["kind"]), customer_id=r["customer_id"],
-        stripe_customer_id=r["stripe_customer_id"], meter=r["meter"], usage_day=r["usage_day"],
-        period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
-        pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
-        plan=plan_from_json(r["action_params"]), status=DiscrepancyStatus(r["status"]),
-        detail=r["detail"] or "") for r in rows]
+        out: list[Finding] = []
+        for r in rows:
+            try:
+                out.append(Finding(
+                    key=r["discrepancy_key"], kind=FindingKind(r["kind"]), customer_id=r["customer_id"],
+                    stripe_customer_id=r["stripe_customer_id"], meter=r["meter"], usage_day=r["usage_day"],
+                    period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
+                    pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
+                    plan=plan_from_json(r["action_params"]), status=DiscrepancyStatus(r["status"]),
+                    detail=r["detail"] or ""))
+            except ValueError as e:  # a pydantic ValidationError, an unknown kind or status
+                await conn.execute(
+                    "UPDATE billing.discrepancies SET status = $3, detail = $4, updated_at = now() "
+                    "WHERE run_id = $1 AND discrepancy_key = $2", run_id, r["discrepancy_key"],
+                    DiscrepancyStatus.FAILED, f"the stored plan does not read back: {e}"[:500])
+    return out, rows[-1]["discrepancy_key"] if len(rows) == limit else None
 
 
 async def set_finding_status(pool: asyncpg.Pool, run_id: str, key: str, status: DiscrepancyStatus,

@@ -32,6 +32,9 @@ class Permanent:
     UNKNOWN_CUSTOMER = "UnknownCustomer"
     UNKNOWN_METER = "UnknownMeter"
     UNSUPPORTED_METER = "UnsupportedMeter"
+    # Every customer of a batch failed on a deterministic data error: not one customer's data
+    # but something shared (raised with non_retryable=True: retrying the same data cannot help).
+    INVALID_DATA = "InvalidData"
 
 
 class WriteMode(StrEnum):
@@ -96,6 +99,9 @@ class Counts(BaseModel):
     needs_invoice_adjustment: int = 0
     stale_skipped: int = 0  # planned actions skipped because the state changed since the plan
     unmetered_usage: int = 0  # (customer, meter) with usage but no active Stripe meter: never billed
+    # Keys skipped because their data cannot be reconciled (non-finite or absurd ledger rows):
+    # also counted in reconcile_failures.
+    invalid_usage: int = 0
     reconcile_failures: int = 0
     stripe_writes: int = 0
 
@@ -298,9 +304,11 @@ class CounterRepair(BaseModel):
 
     period_start: date
     period_end: date
-    expected_before: Decimal | None  # the value read (None: no counter row); changed since = skip
+    # The value read (None: no counter row); changed since = stale. A corrupt counter (NaN,
+    # Infinity: the application's row) is repaired like any other: compare-and-set on it.
+    expected_before: Decimal | None = Field(allow_inf_nan=True)
     value: Decimal  # the ledger total L
-    quota: Decimal | None = None
+    quota: Decimal | None = Field(default=None, allow_inf_nan=True)
 
 
 class CounterCorrection(BaseModel):
