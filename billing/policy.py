@@ -96,6 +96,9 @@ class FindingKind(StrEnum):
     UNMAPPED_CUSTOMER = "unmapped_customer"  # usage but no Stripe customer id
     STRIPE_READ_FAILED = "stripe_read_failed"  # Stripe refused the summary read (4xx)
     UNMETERED_USAGE = "unmetered_usage"  # usage under an event name no active meter has
+    # Usage under a meter that does not aggregate with `sum` (count, last): Stripe bills it,
+    # but delta corrections cannot reconcile it. Reported; the run goes on for everything else.
+    UNSUPPORTED_METER = "unsupported_meter"
     # The key's data cannot be reconciled: ledger rows that are not finite or absurd
     # (|q| >= MAX_QUANTITY, from before the contract's constraints), or a value that breaks the
     # arithmetic. Reported with the request ids and skipped; never fails or wedges a run.

@@ -142,15 +142,19 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
 
     meters = await stripe.list_meters()
     by_name = {m.event_name: m for m in meters if m.status == "active"}
-    wanted = req.meters or sorted(by_name)
-    missing = [m for m in wanted if m not in by_name]
+    missing = [m for m in req.meters if m not in by_name]
     if missing:
         raise _fail(f"no active Stripe meter for event name(s): {', '.join(missing)}", Permanent.UNKNOWN_METER)
-    unsupported = [m for m in wanted if by_name[m].formula != "sum"]
+    unsupported = [m for m in req.meters if by_name[m].formula != "sum"]
     if unsupported:
+        # Asked for by name: bad input (exit 2), never retried.
         raise _fail(
             f"meter(s) {', '.join(unsupported)} do not aggregate with 'sum'; only sum meters "
             "can be reconciled with delta corrections", Permanent.UNSUPPORTED_METER)
+    # The default scope (every meter) leaves non-sum meters out and says so: one count or last
+    # meter in the account must not fail every run (the schedules' included).
+    wanted = req.meters or sorted(n for n, m in by_name.items() if m.formula == "sum")
+    skipped = {} if req.meters else {n: m.formula for n, m in by_name.items() if m.formula != "sum"}
 
     s = settings
     policy = Policy(
@@ -165,7 +169,7 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
         run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,
         window_start=start, window_end=end, customers=sorted(set(req.customers)),
         meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
-        meter_filter=sorted(set(req.meters)), policy=policy, actor=req.actor,
+        meter_filter=sorted(set(req.meters)), unsupported_meters=skipped, policy=policy, actor=req.actor,
         globally_paused=await switch.paused(pool),
     )
     async with pool.acquire() as conn:
@@ -237,7 +241,8 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> None:
             """,
             inp.context.run_id, inp.status.value,
             {**inp.counts.model_dump(),
-             "verify": inp.verify_counts.model_dump() if inp.verify_counts else None},
+             "verify": inp.verify_counts.model_dump() if inp.verify_counts else None,
+             "warnings": inp.context.warnings()},
             inp.error, inp.observe_only,
         )
         findings = await conn.fetch(

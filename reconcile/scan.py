@@ -108,12 +108,15 @@ class ScanPolicy:
     write_mode: WriteMode
     now: datetime
     verify: bool = False  # the verify pass: keys are recorded under "verify|..."
+    # Active meters left out of scope because they do not aggregate with sum: name -> formula.
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_page(cls, ctx: RunContext, write_mode: WriteMode, *, verify: bool, now: datetime) -> ScanPolicy:
         return cls(
             window_start=ctx.window_start, window_end=ctx.window_end,
             meters=tuple(m.event_name for m in ctx.meters), meter_filter=tuple(ctx.meter_filter),
+            unsupported=dict(ctx.unsupported_meters),
             epsilon=ctx.policy.epsilon, settle=timedelta(seconds=ctx.policy.settle_seconds),
             auto_approve_over_reporting=ctx.policy.auto_approve_over_reporting,
             write_mode=write_mode, now=now, verify=verify)
@@ -161,6 +164,15 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
             f"{prefix}usage|{cust}|{meter}|{day}", cust, sids.get(cust), meter, day,
             f"{what}: this day and its period's counter are skipped until they are fixed"))
     for (cust, meter), total in sorted(unmetered.items()):
+        formula = policy.unsupported.get(meter)
+        if formula is not None:
+            findings.append(Finding(
+                key=f"{prefix}stripe|{cust}|{meter}|unsupported", kind=FindingKind.UNSUPPORTED_METER,
+                customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
+                status=DiscrepancyStatus.OBSERVED,
+                detail=f"the Stripe meter aggregates with '{formula}': only sum meters are reconciled; "
+                       "this usage is billed by Stripe but not checked"))
+            continue
         findings.append(Finding(
             key=f"{prefix}stripe|{cust}|{meter}|unmetered", kind=FindingKind.UNMETERED_USAGE,
             customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
@@ -234,6 +246,9 @@ def tally(findings: list[Finding]) -> Counts:
     for f in findings:
         if f.kind == FindingKind.UNMETERED_USAGE:
             c.unmetered_usage += 1
+            continue
+        if f.kind == FindingKind.UNSUPPORTED_METER:
+            c.unsupported_meter += 1
             continue
         if f.kind in _UNREADABLE:
             c.reconcile_failures += 1

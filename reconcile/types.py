@@ -102,6 +102,8 @@ class Counts(BaseModel):
     # Keys skipped because their data cannot be reconciled (non-finite or absurd ledger rows):
     # also counted in reconcile_failures.
     invalid_usage: int = 0
+    # (customer, meter) with usage under a meter that does not aggregate with `sum`: not reconciled.
+    unsupported_meter: int = 0
     reconcile_failures: int = 0
     stripe_writes: int = 0
 
@@ -162,10 +164,19 @@ class RunContext(BaseModel):
     customers: list[str] = Field(default_factory=list)
     meters: list[MeterInfo] = Field(default_factory=list)  # Stripe meters in scope
     meter_filter: list[str] = Field(default_factory=list)  # as asked; empty = every meter
+    # Active meters of the account left out of the default scope because they do not aggregate
+    # with `sum`: event name -> formula (count, last). Named with --meter, they are refused.
+    unsupported_meters: dict[str, str] = Field(default_factory=dict)
     policy: Policy
     actor: str = "system"
     # Auto-healing was paused (billing-recon pause) when the run started: it starts observe-only.
     globally_paused: bool = False
+
+    def warnings(self) -> list[str]:
+        """Run-level warnings: what the run left out and why (in its result and report)."""
+        return [f"meter {name} aggregates with '{formula}': only sum meters can be reconciled with "
+                "delta corrections; its usage is reported (unsupported_meter), not reconciled"
+                for name, formula in sorted(self.unsupported_meters.items())]
 
 
 class StartRunInput(BaseModel):
@@ -297,6 +308,8 @@ class ReconcileResult(BaseModel):
     # An apply run that auto-healing's pause kept observe-only from start to end: it detected
     # and reported, corrected nothing, and does not count as a successful reconciliation.
     observe_only: bool = False
+    # What the run left out and why (RunContext.warnings), e.g. meters that are not sum meters.
+    warnings: list[str] = Field(default_factory=list)
 
 
 class CounterRepair(BaseModel):

@@ -339,4 +339,4 @@ class ReconcileUsage:
             run_id=s.context.run_id, status=status, mode=s.context.mode,
             window_start=s.context.window_start, window_end=s.context.window_end,
             counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now(),
-            observe_only=s.observe_only)
+            observe_only=s.observe_only, warnings=s.context.warnings())

@@ -385,3 +385,18 @@ def test_no_value_of_one_key_can_fail_the_batch(states: list):
             assert f.status == S.FAILED and f.plan is None
         stored = plan_to_json(f.plan)  # NaN != NaN: compare the stored forms
         assert plan_to_json(plan_from_json(stored)) == stored
+
+
+def test_usage_under_a_non_sum_meter_is_reported_as_unsupported_not_unmetered():
+    p = replace(policy(), unsupported={"seats": "last"})
+    rows = BatchRows([C1], [usage("10"), usage("4", meter="seats"), usage("2", meter="gpu")], [counter("10")])
+    plan = plan_batch(rows, Summaries(stripe("10")), p)
+    assert [(f.kind, f.meter, f.ledger, f.status) for f in plan.findings] == [
+        (FindingKind.UNMETERED_USAGE, "gpu", D(2), S.OBSERVED),
+        (FindingKind.UNSUPPORTED_METER, "seats", D(4), S.OBSERVED),
+        # counters are still checked for every meter (there is none for these two)
+        (FindingKind.COUNTER_DRIFT, "gpu", D(2), S.APPROVED),
+        (FindingKind.COUNTER_DRIFT, "seats", D(4), S.APPROVED),
+    ]
+    assert "aggregates with 'last'" in plan.findings[1].detail
+    assert (plan.counts.unsupported_meter, plan.counts.unmetered_usage) == (1, 1)
