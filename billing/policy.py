@@ -302,6 +302,69 @@ def classify_stripe_key(
                    needs_approval=beyond and not auto_approve_over_reporting, cancel=cancel, push=push)
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """What of a planned Stripe correction is still right, judged at apply time against the
+    key's state then (`recheck_correction`). Only these parts are applied."""
+
+    cancel: list[str]
+    mark_failed: list[str]
+    push: bool
+    stale: str = ""  # why a part was dropped ("" = the whole plan is still right)
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.cancel or self.mark_failed or self.push)
+
+
+def recheck_correction(
+    *, cancel: list[str], mark_failed: list[str], push: Decimal | None, fresh: StripeFinding,
+    pushes: list[Push],
+) -> Recheck:
+    """DESIGN.md "Plans are re-checked at apply time": a plan made from (L, S, P) earlier is
+    applied only as far as it is still right for the key now. `fresh` is the policy's own
+    classification of the key now (`classify_stripe_key` over the ledger, our outbox and a fresh
+    Stripe summary); `pushes` is the key's outbox now.
+
+    A part is still right when applying it moves Stripe toward the ledger *without crossing it*
+    under the fresh reading, so that the rest is found again and corrected by the next scan:
+    - a positive push of v: the key is still under-reported by at least v (fresh push >= v);
+    - marking a push failed: the fresh reading finds that push lost too;
+    - cancels and a compensation (over-reporting): the key is still over-reported, and each part,
+      in the plan's order, still fits in the fresh excess S - L; a cancel only of a push of ours
+      that is still live.
+    Anything else (pending writes in flight, in agreement, the other direction, outside Stripe's
+    window) keeps nothing. A plan checked against the very state it came from is kept whole."""
+    tol = _tolerance(fresh.ledger)
+    now_kind = (f"the key is now {fresh.kind.value} (ledger {fresh.ledger}, Stripe {fresh.stripe}, "
+                f"ours {fresh.pushed})")
+    if push is not None and push > 0:
+        keep_push = (fresh.kind in (FindingKind.UNDER_REPORTED, FindingKind.LOST_PUSH)
+                     and fresh.push is not None and fresh.push.value >= push - tol)
+        keep_failed = [i for i in mark_failed if i in fresh.mark_failed]
+        dropped = [] if keep_push else [f"push of {push}"]
+        dropped += [f"marking {i} failed" for i in mark_failed if i not in keep_failed]
+        return Recheck([], keep_failed, keep_push, f"{now_kind}: dropped {', '.join(dropped)}" if dropped else "")
+
+    # Over-reporting: remove at most the excess that is still there, part by part.
+    room = -fresh.diff if fresh.kind == FindingKind.OVER_REPORTED else Decimal(0)
+    live = {p.identifier: p.value for p in pushes
+            if p.status in (PushStatus.SENT, PushStatus.CONFIRMED) and p.value > 0}
+    kept: list[str] = []
+    dropped = []
+    for ident in cancel:
+        value = live.get(ident)
+        if value is not None and value <= room + tol:
+            kept.append(ident)
+            room -= value
+        else:
+            dropped.append(f"cancel of {ident}")
+    keep_push = push is not None and -push <= room + tol
+    if push is not None and not keep_push:
+        dropped.append(f"compensation of {push}")
+    return Recheck(kept, [], keep_push, f"{now_kind}: dropped {', '.join(dropped)}" if dropped else "")
+
+
 @dataclass
 class CounterFinding:
     kind: FindingKind

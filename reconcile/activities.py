@@ -152,6 +152,7 @@ class UsageActivities:
             await self.writer.flush_planned([c.customer_id for c in batch], now, counts)
 
         rows = await store.read_batch(self.pool, ctx, batch)
+        read_at = datetime.now(UTC)
         summaries = await self._read_summaries(ctx, batch)
         plan = plan_batch(rows, summaries, ScanPolicy.for_page(ctx, inp.write_mode, verify=inp.verify, now=now))
         if applying and plan.confirm:
@@ -160,7 +161,7 @@ class UsageActivities:
         counts = counts.add(plan.counts)
         if applying:
             approved = [f for f in plan.findings if f.status == DiscrepancyStatus.APPROVED]
-            counts = counts.add(await self.writer.apply_all(ctx, approved))
+            counts = counts.add(await self.writer.apply_all(ctx, approved, stripe_read_at=read_at))
         return counts
 
     async def _read_summaries(self, ctx: RunContext, batch: list[Customer]) -> Summaries:

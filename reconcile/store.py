@@ -14,7 +14,6 @@ import asyncpg
 
 from billing.periods import day_start, periods_overlapping
 from billing.policy import (
-    LIVE_STATUSES,
     MAX_QUANTITY,
     FindingKind,
     Push,
@@ -78,9 +77,7 @@ async def read_batch(pool: asyncpg.Pool, ctx: RunContext, customers: list[Custom
                      for r in day_rows],
         counters=[CounterRow(r["customer_id"], r["meter"], r["period_start"], r["period_end"],
                              _dec(r["value"]), r["quota"]) for r in counter_rows],
-        pushes=[OutboxRow(r["customer_id"], r["meter"], r["usage_day"], Push(
-            r["identifier"], _dec(r["value"]), PushStatus(r["status"]), PushKind(r["kind"]),
-            r["planned_at"], r["sent_at"], r["cancelled_at"])) for r in push_rows],
+        pushes=[OutboxRow(r["customer_id"], r["meter"], r["usage_day"], _push(r)) for r in push_rows],
     )
 
 
@@ -160,16 +157,31 @@ async def planned_pushes(conn: asyncpg.Connection, customers: list[str]) -> list
     )
 
 
-async def pushed_total(conn: asyncpg.Connection, customer_id: str, meter: str, day: date) -> Decimal:
-    v = await conn.fetchval(
+async def key_ledger(conn: asyncpg.Connection, customer_id: str, meter: str, start: date,
+                     end: date) -> tuple[Decimal, int]:
+    """The ledger of one customer and meter over [start, end) now (the apply-time re-check):
+    the sum of the usable rows and how many rows are unusable (see `ledger_days`)."""
+    row = await conn.fetchrow(
         """
-        SELECT coalesce(sum(value), 0) FROM billing.stripe_usage_pushes
-         WHERE customer_id = $1 AND meter = $2 AND usage_day = $3
-           AND status = ANY($4::text[])
+        SELECT coalesce(sum(quantity) FILTER (WHERE quantity > -$5::numeric AND quantity < $5::numeric), 0) AS total,
+               count(*) FILTER (WHERE NOT (quantity > -$5::numeric AND quantity < $5::numeric)) AS invalid
+          FROM billing.usage_events
+         WHERE customer_id = $1 AND meter = $2 AND occurred_at >= $3 AND occurred_at < $4
         """,
-        customer_id, meter, day, list(LIVE_STATUSES),
-    )
-    return Decimal(v)
+        customer_id, meter, day_start(start), day_start(end), MAX_QUANTITY)
+    return Decimal(row["total"]), int(row["invalid"])
+
+
+async def key_pushes(conn: asyncpg.Connection, customer_id: str, meter: str, day: date) -> list[Push]:
+    """Our outbox rows of one key now, every status (the apply-time re-check)."""
+    rows = await conn.fetch(
+        """
+        SELECT identifier, value, status, kind, planned_at, sent_at, cancelled_at
+          FROM billing.stripe_usage_pushes
+         WHERE customer_id = $1 AND meter = $2 AND usage_day = $3
+        """,
+        customer_id, meter, day)
+    return [_push(r) for r in rows]
 
 
 async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Finding]) -> None:
@@ -246,4 +258,9 @@ async def set_finding_status(pool: asyncpg.Pool, run_id: str, key: str, status: 
 
 def _dec(v: Any) -> Decimal:
     return Decimal(v) if v is not None else Decimal(0)
+
+
+def _push(r: asyncpg.Record) -> Push:
+    return Push(r["identifier"], _dec(r["value"]), PushStatus(r["status"]), PushKind(r["kind"]),
+                r["planned_at"], r["sent_at"], r["cancelled_at"])
 

@@ -69,7 +69,10 @@ class DiscrepancyStatus(StrEnum):
     APPROVED = "approved"  # to be applied now; becomes applied / skipped / failed / unfixable
     APPLIED = "applied"
     PENDING = "pending"  # writes in flight: the verify pass re-checks
-    SKIPPED = "skipped"  # the key changed since it was planned: the next run re-plans
+    SKIPPED = "skipped"  # already handled earlier (another attempt or run sent it)
+    # The key changed since it was planned (ledger, outbox or Stripe): the parts of the plan
+    # that were no longer right were not applied; the next scan re-plans the key.
+    STALE = "stale"
     REJECTED = "rejected"
     FAILED = "failed"
     UNFIXABLE = "unfixable"  # outside Stripe's 35-day meter event window
@@ -77,8 +80,10 @@ class DiscrepancyStatus(StrEnum):
 
 # What an approved plan applies.
 AWAITING_APPROVAL = (DiscrepancyStatus.PROPOSED, DiscrepancyStatus.HELD)
-# The customers a verify pass re-checks: those whose keys this run corrected or saw in flight.
-TOUCHED = (DiscrepancyStatus.APPLIED, DiscrepancyStatus.PENDING, DiscrepancyStatus.FAILED)
+# The customers a verify pass re-checks: those whose keys this run corrected, saw in flight, or
+# found stale at apply time (the verify pass re-plans them).
+TOUCHED = (DiscrepancyStatus.APPLIED, DiscrepancyStatus.PENDING, DiscrepancyStatus.FAILED,
+           DiscrepancyStatus.STALE)
 
 
 class Counts(BaseModel):
@@ -97,7 +102,7 @@ class Counts(BaseModel):
     beyond_epsilon: int = 0
     held_for_approval: int = 0
     needs_invoice_adjustment: int = 0
-    stale_skipped: int = 0  # planned actions skipped because the state changed since the plan
+    stale_skipped: int = 0  # corrections (or parts) not applied: the key changed since the plan
     unmetered_usage: int = 0  # (customer, meter) with usage but no active Stripe meter: never billed
     # Keys skipped because their data cannot be reconciled (non-finite or absurd ledger rows):
     # also counted in reconcile_failures.
@@ -340,7 +345,7 @@ class StripeCorrection(BaseModel):
     """The corrections of one Stripe key (customer, meter, UTC day), applied in this order:
     cancel our own recent pushes, mark lost pushes failed, push one meter event."""
 
-    expected_pushed: Decimal  # P when planned: applied only while the key's outbox still sums to it
+    expected_pushed: Decimal  # P when planned (the apply-time re-check reads the outbox again)
     needs_approval: bool = False  # over-reporting beyond epsilon without auto-approve
     cancel: list[str] = Field(default_factory=list)  # identifiers of our pushes to cancel
     mark_failed: list[str] = Field(default_factory=list)  # our pushes Stripe lost

@@ -290,7 +290,11 @@ class ReconcileUsage:
         if s.context.mode == Mode.DRY_RUN:
             return False
         c = s.counts
-        return (c.corrections_pushed + c.corrections_cancelled + c.pending) > 0
+        if (c.corrections_pushed + c.corrections_cancelled + c.pending) > 0:
+            return True
+        # Corrections found stale at apply time are re-planned by the verify pass right away
+        # (it re-scans the customers of `stale` findings), not only by the next run.
+        return c.stale_skipped > 0 and workflow.patched("verify-stale-corrections")
 
     def _approved_context(self):
         s = self._state

@@ -20,3 +20,11 @@ ALTER TABLE billing.usage_events
         CHECK (quantity >= 0 AND quantity < 1e15) NOT VALID,
     ADD CONSTRAINT usage_events_occurred_at_sane
         CHECK (occurred_at >= '2000-01-01 00:00:00+00' AND occurred_at < now() + interval '1 day') NOT VALID;
+
+-- A finding whose plan was no longer right when it was to be applied (the key's ledger, our
+-- outbox or Stripe changed since the plan): `stale`, re-planned by the next scan.
+ALTER TABLE billing.discrepancies
+    DROP CONSTRAINT discrepancies_status_check,
+    ADD CONSTRAINT discrepancies_status_check CHECK (status IN (
+        'observed', 'proposed', 'held', 'approved', 'applied', 'pending', 'skipped', 'rejected',
+        'failed', 'unfixable', 'stale'));
