@@ -32,6 +32,7 @@ from reconcile.types import (
     DiscrepancyStatus,
     Finding,
     FinishRunInput,
+    FinishRunResult,
     PageCheckpoint,
     PageInput,
     PageResult,
@@ -77,8 +78,8 @@ class UsageActivities:
         await runs.set_run_status(self.pool, inp)
 
     @activity.defn(name="usage.finish_run")
-    async def finish_run(self, inp: FinishRunInput) -> None:
-        await runs.finish_run(self.pool, inp)
+    async def finish_run(self, inp: FinishRunInput) -> FinishRunResult:
+        return await runs.finish_run(self.pool, inp)
 
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:

@@ -270,6 +270,15 @@ class FinishRunInput(BaseModel):
     observe_only: bool = False
 
 
+class FinishRunResult(BaseModel):
+    """The counts a run reports, as `finish_run` recorded them: its writes and stale findings
+    counted from durable records (outbox, audit log, discrepancies), the rest as the pages
+    tallied them. An attempt killed mid-page loses its tally, never its records."""
+
+    counts: Counts
+    verify_counts: Counts | None = None
+
+
 class ApprovalDecision(BaseModel):
     actor: str = Field(min_length=1)
     reason: str | None = None

@@ -28,3 +28,7 @@ ALTER TABLE billing.discrepancies
     ADD CONSTRAINT discrepancies_status_check CHECK (status IN (
         'observed', 'proposed', 'held', 'approved', 'applied', 'pending', 'skipped', 'rejected',
         'failed', 'unfixable', 'stale'));
+
+-- A run's reported counts of pushes come from the outbox rows it planned (reconcile/runs.py
+-- `recorded_counts`, at the end of every run): found by run id.
+CREATE INDEX stripe_usage_pushes_run_idx ON billing.stripe_usage_pushes (run_id);
