@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -20,7 +19,7 @@ from temporalio.worker import Interceptor, Worker
 from activities import all_activities
 from billing import correlation, db
 from billing.metrics_collector import MetricsCollector
-from billing.settings import InvalidSettings, Settings, get_settings
+from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.telemetry import init_process
 from common.client import connect, default_interceptors, exit_skipping_finalization
@@ -103,12 +102,7 @@ async def run(settings: Settings | None = None) -> None:
 
 
 def main() -> None:
-    try:
-        settings = get_settings()
-    except InvalidSettings as e:  # e.g. RECON_PAGE_SIZE=0: one line, exit 2 (bad input)
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    asyncio.run(run(settings))
+    asyncio.run(run())
     exit_skipping_finalization(0)
 
 

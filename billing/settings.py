@@ -139,19 +139,25 @@ class Settings(BaseSettings):
         return "metrics_bind_address" in self.model_fields_set
 
 
-class InvalidSettings(ValueError):
-    """The environment gives a value a setting refuses; the message is one line naming each
-    variable, the value given and the bound (the CLI and the worker print it and exit 2)."""
+class InvalidSettings(SystemExit):
+    """The environment does not make valid Settings. A SystemExit carrying one line: every entry
+    point (the CLI, `python -m worker`, `python -m webhooks`) prints it and exits 1, without a
+    traceback."""
 
 
-def describe_invalid(e: ValidationError) -> str:
-    def one(x: dict) -> str:
-        name = ".".join(map(str, x["loc"]))
-        secret = any(w in name.upper() for w in ("KEY", "SECRET", "URL"))
-        given = "" if secret else "=" + " ".join(str(x.get("input")).split())
-        return f"{name}{given}: {x['msg']}"
-
-    return "invalid setting(s): " + "; ".join(one(dict(x)) for x in e.errors())
+def settings_error_line(error: ValidationError) -> str:
+    """One line naming every invalid variable and why (secret values are never echoed)."""
+    aliases = {name: (f.alias or name).upper() for name, f in Settings.model_fields.items()}
+    parts = []
+    for e in error.errors():
+        message = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:
+            parts.append(message)
+            continue
+        name = aliases.get(str(e["loc"][0]), str(e["loc"][0]))
+        secret = any(word in name for word in ("KEY", "SECRET", "URL", "PASSWORD"))
+        parts.append(f"{name}: {message}" + ("" if secret else f" (got {e['input']!r})"))
+    return "invalid settings: " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)
@@ -159,4 +165,4 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        raise InvalidSettings(describe_invalid(e)) from None
+        raise InvalidSettings(settings_error_line(e)) from None

@@ -62,16 +62,9 @@ def main() -> None:
 
     # One correlation id per command: every workflow, activity and audit row it causes carries
     # it (BILLING_CORRELATION_ID passes a caller's own).
-    from billing.settings import InvalidSettings, get_settings
+    from billing.settings import get_settings
 
-    try:
-        settings = get_settings()
-    except InvalidSettings as e:  # e.g. RECON_PAGE_SIZE=0: one line, bad input
-        from starter.kit import EXIT_BAD_INPUT
-
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
-    correlation.set_current(settings.correlation_id or correlation.new_id())
+    correlation.set_current(get_settings().correlation_id or correlation.new_id())
     from billing import telemetry
 
     # Spans of the client side (StartWorkflow, SignalWorkflow, ...) when OTLP is configured.

@@ -1,6 +1,6 @@
 """Reconciliation settings and a run's policy overrides are bounded where they enter: the
 environment (`RECON_*`, read by the CLI and the worker) and the workflow input (raw JSON from
-`temporal workflow start`). Out of bounds is one line and exit 2, or a run that fails at once,
+`temporal workflow start`). Out of bounds is a one-line startup error, or a run that fails at once,
 non-retryably, before it reads or writes anything: never a run that "completes" having scanned
 nobody (page size 0) or retries forever (page size -1)."""
 
@@ -69,10 +69,11 @@ def _run(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     ("RECON_STRIPE_CONCURRENCY", "0", "greater than or equal to 1"),
 ])
 def test_out_of_bounds_setting_stops_the_cli_and_the_worker_with_one_line(name, value, bound, postgres_dsn):
-    expected = f"error: invalid setting(s): {name}={value}: Input should be {bound}"
+    """Every entry point refuses to start (the one startup error of every invalid setting)."""
+    expected = f"invalid settings: {name}: Input should be {bound} (got '{value}')"
     env = {name: value, "DATABASE_URL": postgres_dsn, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
     cli = _run(env, "-c", "from starter.cli import main; main()", "reconcile", "--apply")
     worker = _run(env, "-m", "worker")
     for res in (cli, worker):
-        assert res.returncode == 2, res
+        assert res.returncode == 1, res
         assert res.stderr == expected + "\n", res.stderr
