@@ -232,7 +232,8 @@ async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
 # (sent_at set: sent, confirmed, or marked lost/cancelled later), its audited cancels and counter
 # sets, and its findings that went stale. Split between the scan (with the approved plan) and
 # the verify pass at the verify pass's first recorded finding: phases run one after the other,
-# and a pass records a key's finding before it corrects the key.
+# and a pass records a key's finding before it corrects the key. Audit actions by both their
+# names: the dotted vocabulary (common/audit.py, migration 0007) and the names before it.
 RECORDED_COUNTS_SQL = """
 WITH boundary AS (
     SELECT coalesce(min(created_at), 'infinity'::timestamptz) AS verify_from
@@ -243,10 +244,12 @@ SELECT 'corrections_pushed' AS figure, p.planned_at >= b.verify_from AS verify, 
  WHERE p.run_id = $1 AND p.workflow_run_id = $2 AND p.sent_at IS NOT NULL
  GROUP BY 1, 2
 UNION ALL
-SELECT CASE a.action WHEN 'cancel_meter_event' THEN 'corrections_cancelled' ELSE 'counter_repairs' END,
+SELECT CASE WHEN a.action IN ('cancel_meter_event', 'usage.cancel_meter_event')
+            THEN 'corrections_cancelled' ELSE 'counter_repairs' END,
        a.at >= b.verify_from, count(*)
   FROM billing.audit_log a, boundary b
- WHERE a.workflow_id = $1 AND a.run_id = $2 AND a.action IN ('cancel_meter_event', 'set_usage_counter')
+ WHERE a.workflow_id = $1 AND a.run_id = $2
+   AND a.action IN ('cancel_meter_event', 'usage.cancel_meter_event', 'set_usage_counter', 'usage.set_counter')
  GROUP BY 1, 2
 UNION ALL
 SELECT 'stale_skipped', discrepancy_key LIKE 'verify|%', count(*)

@@ -115,12 +115,14 @@ async def test_worker_killed_mid_apply_pushes_every_correction_exactly_once(
     run_pushes = await clean_db.fetchval(
         "SELECT count(*) FROM billing.stripe_usage_pushes WHERE run_id = $1 AND sent_at IS NOT NULL", result.run_id)
     audited = await clean_db.fetchval(
-        "SELECT count(*) FROM billing.audit_log WHERE workflow_id = $1 AND action LIKE 'push_meter_event:%'",
+        "SELECT count(*) FROM billing.audit_log WHERE workflow_id = $1 "
+        "AND (action LIKE 'push_meter_event:%' OR action = 'usage.push_meter_event')",
         result.run_id)
     assert result.counts.corrections_pushed == run_pushes == audited == n_keys, (result.counts, run_pushes, audited)
     assert result.verify_counts is not None and result.verify_counts.corrections_pushed == 0
     counters_set = await clean_db.fetchval(
-        "SELECT count(*) FROM billing.audit_log WHERE workflow_id = $1 AND action = 'set_usage_counter'", result.run_id)
+        "SELECT count(*) FROM billing.audit_log WHERE workflow_id = $1 "
+        "AND action IN ('set_usage_counter', 'usage.set_counter')", result.run_id)
     periods = {d.replace(day=1) for d in world.days}
     assert result.counts.counter_repairs == counters_set == len(world.customers) * len(world.meters) * len(periods)
     assert result.counts.stripe_writes >= n_keys
