@@ -1,7 +1,9 @@
 """The ingestion contract for applications: usage goes into `billing.usage_events`, idempotent
 by `request_id`. A duplicate submission bumps `dedupe_count` and is never stored twice.
 
-Plain SQL, for apps that write directly:
+A quantity is a finite number in [0, 1e15) and an event happened between 2000-01-01 UTC and a
+day from now (billing.policy; the CHECK constraints of migration 0010 say the same). Plain SQL,
+for apps that write directly:
 
     INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at)
     VALUES ($1, $2, $3, $4, $5)
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import asyncpg
 from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from billing.policy import occurred_at_refusal, quantity_refusal
 
 INGEST_SQL = """
 WITH input AS (
@@ -52,13 +56,18 @@ class UsageEvent(BaseModel):
     def _aware(cls, v: datetime) -> datetime:
         if v.tzinfo is None:
             raise ValueError("occurred_at needs a timezone (use UTC, e.g. 2026-11-01T12:00:00Z)")
-        return v.astimezone(UTC)
+        v = v.astimezone(UTC)
+        refusal = occurred_at_refusal(v, datetime.now(UTC))
+        if refusal:
+            raise ValueError(refusal)
+        return v
 
     @field_validator("quantity")
     @classmethod
-    def _finite(cls, v: Decimal) -> Decimal:
-        if not v.is_finite():
-            raise ValueError("quantity must be a finite number")
+    def _bounded(cls, v: Decimal) -> Decimal:
+        refusal = quantity_refusal(v)
+        if refusal:
+            raise ValueError(refusal)
         return v
 
 

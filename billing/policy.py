@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Any
@@ -21,6 +21,45 @@ TOLERANCE = Decimal("0.000001")
 # Stripe accepts cancellations for events received within 24 h; keep a margin.
 CANCEL_WINDOW = timedelta(hours=23)
 
+# Bounds of the reconciliation settings (RECON_*) and of the same fields of a run's input:
+# checked where they enter (billing/settings.py, reconcile/types.py), never at use.
+MAX_PAGE_SIZE = 5000  # customers per page activity
+MAX_SETTLE_SECONDS = 7 * 24 * 3600  # a run waits at most a week before verifying its pushes
+
+# The usage ingestion contract (README "Ingestion contract"; the CHECK constraints of migration
+# 0010_usage_checks.sql say the same): a quantity is a finite number in [0, MAX_QUANTITY) and an
+# event happened between EARLIEST_USAGE and USAGE_AHEAD after now. 1e15 keeps every quantity,
+# and any realistic day's sum, an exact integer in Stripe's float64 aggregation (2^53 ~ 9e15).
+MAX_QUANTITY = Decimal("1e15")
+EARLIEST_USAGE = datetime(2000, 1, 1, tzinfo=UTC)
+USAGE_AHEAD = timedelta(days=1)
+
+
+def quantity_refusal(q: Decimal) -> str | None:
+    """Why the ingestion contract refuses a usage quantity; None: it does not."""
+    if not q.is_finite():
+        return "quantity must be a finite number"
+    if q < 0:
+        return "quantity must not be negative (usage is consumption; a wrong row is corrected, not offset)"
+    if q >= MAX_QUANTITY:
+        return f"quantity must be below {MAX_QUANTITY:E} (billing.policy.MAX_QUANTITY)"
+    return None
+
+
+def occurred_at_refusal(at: datetime, now: datetime) -> str | None:
+    """Why the ingestion contract refuses a usage event's time; None: it does not."""
+    if at < EARLIEST_USAGE:
+        return f"occurred_at {at.isoformat()} is before {EARLIEST_USAGE.date()}"
+    if at >= now + USAGE_AHEAD:
+        return f"occurred_at {at.isoformat()} is more than a day in the future"
+    return None
+
+
+def reconcilable_quantity(q: Decimal) -> bool:
+    """A stored quantity reconciliation can use. Rows from before the contract's constraints
+    may be anything: non-finite or absurd ones (|q| >= MAX_QUANTITY) poison their key, which is
+    reported as `invalid_usage` and skipped. Negative finite rows (allowed before) are summed."""
+    return q.is_finite() and abs(q) < MAX_QUANTITY
 
 
 class PushStatus(StrEnum):
@@ -57,6 +96,13 @@ class FindingKind(StrEnum):
     UNMAPPED_CUSTOMER = "unmapped_customer"  # usage but no Stripe customer id
     STRIPE_READ_FAILED = "stripe_read_failed"  # Stripe refused the summary read (4xx)
     UNMETERED_USAGE = "unmetered_usage"  # usage under an event name no active meter has
+    # Usage under a meter that does not aggregate with `sum` (count, last): Stripe bills it,
+    # but delta corrections cannot reconcile it. Reported; the run goes on for everything else.
+    UNSUPPORTED_METER = "unsupported_meter"
+    # The key's data cannot be reconciled: ledger rows that are not finite or absurd
+    # (|q| >= MAX_QUANTITY, from before the contract's constraints), or a value that breaks the
+    # arithmetic. Reported with the request ids and skipped; never fails or wedges a run.
+    INVALID_USAGE = "invalid_usage"
 
 
 def normalize(d: Decimal) -> Decimal:
@@ -256,6 +302,69 @@ def classify_stripe_key(
                    needs_approval=beyond and not auto_approve_over_reporting, cancel=cancel, push=push)
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """What of a planned Stripe correction is still right, judged at apply time against the
+    key's state then (`recheck_correction`). Only these parts are applied."""
+
+    cancel: list[str]
+    mark_failed: list[str]
+    push: bool
+    stale: str = ""  # why a part was dropped ("" = the whole plan is still right)
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.cancel or self.mark_failed or self.push)
+
+
+def recheck_correction(
+    *, cancel: list[str], mark_failed: list[str], push: Decimal | None, fresh: StripeFinding,
+    pushes: list[Push],
+) -> Recheck:
+    """DESIGN.md "Plans are re-checked at apply time": a plan made from (L, S, P) earlier is
+    applied only as far as it is still right for the key now. `fresh` is the policy's own
+    classification of the key now (`classify_stripe_key` over the ledger, our outbox and a fresh
+    Stripe summary); `pushes` is the key's outbox now.
+
+    A part is still right when applying it moves Stripe toward the ledger *without crossing it*
+    under the fresh reading, so that the rest is found again and corrected by the next scan:
+    - a positive push of v: the key is still under-reported by at least v (fresh push >= v);
+    - marking a push failed: the fresh reading finds that push lost too;
+    - cancels and a compensation (over-reporting): the key is still over-reported, and each part,
+      in the plan's order, still fits in the fresh excess S - L; a cancel only of a push of ours
+      that is still live.
+    Anything else (pending writes in flight, in agreement, the other direction, outside Stripe's
+    window) keeps nothing. A plan checked against the very state it came from is kept whole."""
+    tol = _tolerance(fresh.ledger)
+    now_kind = (f"the key is now {fresh.kind.value} (ledger {fresh.ledger}, Stripe {fresh.stripe}, "
+                f"ours {fresh.pushed})")
+    if push is not None and push > 0:
+        keep_push = (fresh.kind in (FindingKind.UNDER_REPORTED, FindingKind.LOST_PUSH)
+                     and fresh.push is not None and fresh.push.value >= push - tol)
+        keep_failed = [i for i in mark_failed if i in fresh.mark_failed]
+        dropped = [] if keep_push else [f"push of {push}"]
+        dropped += [f"marking {i} failed" for i in mark_failed if i not in keep_failed]
+        return Recheck([], keep_failed, keep_push, f"{now_kind}: dropped {', '.join(dropped)}" if dropped else "")
+
+    # Over-reporting: remove at most the excess that is still there, part by part.
+    room = -fresh.diff if fresh.kind == FindingKind.OVER_REPORTED else Decimal(0)
+    live = {p.identifier: p.value for p in pushes
+            if p.status in (PushStatus.SENT, PushStatus.CONFIRMED) and p.value > 0}
+    kept: list[str] = []
+    dropped = []
+    for ident in cancel:
+        value = live.get(ident)
+        if value is not None and value <= room + tol:
+            kept.append(ident)
+            room -= value
+        else:
+            dropped.append(f"cancel of {ident}")
+    keep_push = push is not None and -push <= room + tol
+    if push is not None and not keep_push:
+        dropped.append(f"compensation of {push}")
+    return Recheck(kept, [], keep_push, f"{now_kind}: dropped {', '.join(dropped)}" if dropped else "")
+
+
 @dataclass
 class CounterFinding:
     kind: FindingKind
@@ -271,7 +380,11 @@ class CounterFinding:
 
 def classify_counter(ledger: Decimal, counter: Decimal | None, quota: Decimal | None,
                      has_events: bool) -> CounterFinding:
-    if counter is not None and not has_events and counter != 0:
+    if quota is not None and quota.is_nan():
+        quota = None  # the application's counter row is corrupt there: no quota to cross
+    if counter is not None and counter.is_nan():
+        kind = FindingKind.ORPHAN_COUNTER if not has_events else FindingKind.COUNTER_DRIFT
+    elif counter is not None and not has_events and counter != 0:
         kind = FindingKind.ORPHAN_COUNTER
     elif counter is None and ledger == 0:
         kind = FindingKind.OK
@@ -281,7 +394,7 @@ def classify_counter(ledger: Decimal, counter: Decimal | None, quota: Decimal | 
         kind = FindingKind.OK
     transition = False
     if kind != FindingKind.OK and quota is not None:
-        before = (counter or Decimal(0)) > quota
+        before = (Decimal(0) if counter is None or counter.is_nan() else counter) > quota
         after = ledger > quota
         transition = before != after
     return CounterFinding(kind, ledger, counter, quota, transition)

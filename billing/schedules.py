@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from temporalio.client import (
@@ -73,6 +73,12 @@ class DailyAt(BaseModel):
     minute: int = Field(default=0, ge=0, le=59)
 
 
+def _input_model(run: Callable[..., Awaitable[Any]]) -> type[BaseModel]:
+    """The pydantic model a workflow's run method takes (one argument in)."""
+    hints = get_type_hints(run)
+    return next(t for name, t in hints.items() if name != "return")
+
+
 class ScheduleDef(BaseModel):
     name: str
     workflow: str
@@ -82,6 +88,10 @@ class ScheduleDef(BaseModel):
     at: DailyAt | None = None
     overlap: Literal["skip", "buffer_one", "cancel_other", "allow_all"] = "skip"
     catchup_window: str = "10m"
+    # Every scheduled run is bounded: under overlap `skip` a stuck run (waiting for an approval
+    # nobody gives, an activity that never finishes) would otherwise skip every later tick,
+    # silently. Temporal ends it (TimedOut) after this long and the next tick starts afresh.
+    execution_timeout: str
     paused: bool = False
 
     @field_validator("workflow")
@@ -98,6 +108,15 @@ class ScheduleDef(BaseModel):
         if self.every is not None:
             parse_duration(self.every)
         parse_duration(self.catchup_window)
+        timeout = parse_duration(self.execution_timeout)
+        # The input as the workflow will read it: refused here, not by every tick.
+        inp = _input_model(KNOWN_WORKFLOWS[self.workflow]).model_validate(self.input)
+        wait = getattr(inp, "approval_timeout_seconds", None)
+        if wait is not None and timedelta(seconds=wait) >= timeout:
+            raise ValueError(
+                f"input.approval_timeout_seconds ({wait}) must be shorter than execution_timeout "
+                f"({self.execution_timeout}): a run waiting for an approval must end by itself "
+                "(completing what it did) before Temporal times it out")
         return self
 
     @property
@@ -114,7 +133,8 @@ class ScheduleDef(BaseModel):
                 comment=f"daily {self.at.hour:02d}:{self.at.minute:02d} UTC")])
         return Schedule(
             action=ScheduleActionStartWorkflow(
-                KNOWN_WORKFLOWS[self.workflow], args=[self.input], id=f"sched-{self.name}", task_queue=task_queue),
+                KNOWN_WORKFLOWS[self.workflow], args=[self.input], id=f"sched-{self.name}", task_queue=task_queue,
+                execution_timeout=parse_duration(self.execution_timeout)),
             spec=spec,
             policy=SchedulePolicy(overlap=OVERLAP[self.overlap],
                                   catchup_window=parse_duration(self.catchup_window)),

@@ -18,6 +18,8 @@ from typing import Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from billing.policy import MAX_PAGE_SIZE, MAX_SETTLE_SECONDS
+
 # Where the local stack keeps all of its state (pids, logs, Postgres data, Temporal's SQLite).
 DEFAULT_STATE_DIR = Path(".state")
 
@@ -65,14 +67,16 @@ class Settings(BaseSettings):
     stripe_max_network_retries: int = Field(default=2, alias="STRIPE_MAX_NETWORK_RETRIES")
     stripe_timeout_seconds: float = Field(default=30.0, alias="STRIPE_TIMEOUT_SECONDS")
 
-    # Reconciliation policy.
-    recon_epsilon: Decimal = Field(default=Decimal("0.005"), alias="RECON_EPSILON")
-    recon_settle_seconds: int = Field(default=600, alias="RECON_SETTLE_SECONDS")
+    # Reconciliation policy. Bounded here, where the values enter: a page size of 0 would
+    # "complete" having scanned nobody, -1 would fail every page attempt forever.
+    recon_epsilon: Decimal = Field(default=Decimal("0.005"), ge=0, lt=1, alias="RECON_EPSILON")
+    recon_settle_seconds: int = Field(
+        default=600, ge=0, le=MAX_SETTLE_SECONDS, alias="RECON_SETTLE_SECONDS")
     recon_auto_approve_over_reporting: bool = Field(
         default=False, alias="RECON_AUTO_APPROVE_OVER_REPORTING"
     )
-    recon_page_size: int = Field(default=500, alias="RECON_PAGE_SIZE")
-    recon_stripe_concurrency: int = Field(default=8, alias="RECON_STRIPE_CONCURRENCY")
+    recon_page_size: int = Field(default=500, ge=1, le=MAX_PAGE_SIZE, alias="RECON_PAGE_SIZE")
+    recon_stripe_concurrency: int = Field(default=8, ge=1, alias="RECON_STRIPE_CONCURRENCY")
 
     # Webhook receiver (`billing-recon webhooks serve`).
     webhook_host: str = Field(default="127.0.0.1", alias="WEBHOOK_HOST")

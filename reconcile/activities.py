@@ -10,6 +10,7 @@ Run bookkeeping lives in reconcile/runs.py; the methods here only expose it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 
 import asyncpg
@@ -23,15 +24,19 @@ from billing.stripe_gateway import StripeGateway
 from common.types import AuditInput
 from reconcile import runs, store
 from reconcile.corrections import CorrectionWriter
-from reconcile.scan import Customer, ScanPolicy, Summaries, plan_batch
+from reconcile.runs import is_data_error
+from reconcile.scan import Customer, ScanPolicy, Summaries, invalid_usage, plan_batch, tally
 from reconcile.types import (
     ApplyPlanInput,
     Counts,
     DiscrepancyStatus,
+    Finding,
     FinishRunInput,
+    FinishRunResult,
     PageCheckpoint,
     PageInput,
     PageResult,
+    Permanent,
     RunContext,
     RunStatusUpdate,
     StartRunInput,
@@ -44,6 +49,15 @@ from reconcile.types import (
 # 60 s to 48 s (bench/reconcile, docs/PERFORMANCE.md). A crash redoes at most 250 customers'
 # reads: 20 s at Stripe's test-mode 25 ops/s.
 SUB_BATCH = 250
+
+log = logging.getLogger(__name__)
+
+
+def _leaf(e: BaseException) -> str:
+    """`Type: message` of an error, or of the first one of a TaskGroup's group."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
 
 
 class UsageActivities:
@@ -64,8 +78,8 @@ class UsageActivities:
         await runs.set_run_status(self.pool, inp)
 
     @activity.defn(name="usage.finish_run")
-    async def finish_run(self, inp: FinishRunInput) -> None:
-        await runs.finish_run(self.pool, inp)
+    async def finish_run(self, inp: FinishRunInput) -> FinishRunResult:
+        return await runs.finish_run(self.pool, inp)
 
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:
@@ -90,7 +104,7 @@ class UsageActivities:
         async with runs.heartbeating(checkpoint) as beat:
             for i in range(0, len(customers), SUB_BATCH):
                 batch = customers[i : i + SUB_BATCH]
-                counts = counts.add(await self._reconcile_batch(ctx, batch, inp))
+                counts = counts.add(await self._reconcile_isolating(ctx, batch, inp))
                 beat(PageCheckpoint(done_through=batch[-1].customer_id, counts=counts))
         done = already + len(customers)
         last = customers[-1].customer_id if customers else start_cursor
@@ -98,6 +112,37 @@ class UsageActivities:
         # this page's last batch (then nothing was left to read here).
         next_cursor = last if done >= ctx.policy.page_size else None
         return PageResult(next_cursor=next_cursor, counts=counts)
+
+    async def _reconcile_isolating(self, ctx: RunContext, batch: list[Customer], inp: PageInput) -> Counts:
+        """A batch, and when it fails on a deterministic data error that the per-key checks did
+        not catch, its customers one by one: a customer whose data fails is reported as
+        `invalid_usage` (meter "*") and skipped, so one customer never fails a page for the
+        others (or retries it forever). If every customer of a batch of several fails, it is
+        not one customer's data: the page fails non-retryably with the first error."""
+        try:
+            return await self._reconcile_batch(ctx, batch, inp)
+        except Exception as e:
+            if not is_data_error(e):
+                raise
+            log.warning("batch after %s failed on its data (%s: %s); retrying customer by customer",
+                        inp.cursor, type(e).__name__, e)
+        counts = Counts()
+        failed: list[Finding] = []
+        prefix = "verify|" if inp.verify else ""
+        for c in batch:
+            try:
+                counts = counts.add(await self._reconcile_batch(ctx, [c], inp))
+            except Exception as e:
+                if not is_data_error(e):
+                    raise
+                failed.append(invalid_usage(
+                    f"{prefix}usage|{c.customer_id}|*|data", c.customer_id, c.stripe_customer_id, "*", None,
+                    f"reconciling this customer failed on its data, it is skipped: {_leaf(e)}"))
+        if len(batch) > 1 and len(failed) == len(batch):
+            raise ApplicationError(f"every customer of a batch failed on its data; first: {failed[0].detail}",
+                                   type=Permanent.INVALID_DATA, non_retryable=True)
+        await store.record_findings(self.pool, ctx.run_id, failed)
+        return counts.add(tally(failed)).add(Counts(customers_scanned=len(failed)))
 
     async def _reconcile_batch(self, ctx: RunContext, batch: list[Customer], inp: PageInput) -> Counts:
         applying = inp.write_mode == WriteMode.APPLY
@@ -108,6 +153,7 @@ class UsageActivities:
             await self.writer.flush_planned([c.customer_id for c in batch], now, counts)
 
         rows = await store.read_batch(self.pool, ctx, batch)
+        read_at = datetime.now(UTC)
         summaries = await self._read_summaries(ctx, batch)
         plan = plan_batch(rows, summaries, ScanPolicy.for_page(ctx, inp.write_mode, verify=inp.verify, now=now))
         if applying and plan.confirm:
@@ -116,7 +162,7 @@ class UsageActivities:
         counts = counts.add(plan.counts)
         if applying:
             approved = [f for f in plan.findings if f.status == DiscrepancyStatus.APPROVED]
-            counts = counts.add(await self.writer.apply_all(ctx, approved))
+            counts = counts.add(await self.writer.apply_all(ctx, approved, stripe_read_at=read_at))
         return counts
 
     async def _read_summaries(self, ctx: RunContext, batch: list[Customer]) -> Summaries:
@@ -150,7 +196,7 @@ class UsageActivities:
         ctx = inp.context
         checkpoint = runs.resume_checkpoint()
         counts = checkpoint.counts
-        findings = await store.awaiting_approval(
+        findings, next_cursor = await store.awaiting_approval(
             self.pool, ctx.run_id, after=checkpoint.done_through or inp.cursor,
             limit=ctx.policy.page_size)
         async with runs.heartbeating(checkpoint) as beat:
@@ -160,7 +206,6 @@ class UsageActivities:
                     await self._hold_if_paused()
                     counts = counts.add(await self.writer.apply_all(ctx, batch))
                 beat(PageCheckpoint(done_through=batch[-1].key, counts=counts))
-        next_cursor = findings[-1].key if len(findings) == ctx.policy.page_size else None
         return PageResult(next_cursor=next_cursor, counts=counts)
 
     async def _hold_if_paused(self) -> None:

@@ -5,8 +5,9 @@ deterministic identifier (status `planned`), then sent, then marked `sent`. A cr
 leaves either a `planned` row (sent again under the same identifier before anything else is
 decided; Stripe refuses a second copy within 24 h, which we read as "already sent") or a `sent`
 row (counted in P, so the key is `pending`, never pushed again). Corrections of one key run
-under a Postgres advisory lock on (customer, meter, day), after checking that the key's outbox
-still holds what the plan saw. Counters are set by compare-and-set.
+under a Postgres advisory lock on (customer, meter, day), after re-checking the key against the
+ledger, the outbox and Stripe: only what is still right is applied, the rest is `stale`.
+Counters are set by compare-and-set, after re-checking the period's ledger.
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
+import stripe
 
-from billing.periods import push_timestamp
+from billing.periods import billing_period, push_timestamp
 from billing.policy import (
     PlannedPush,
     PushKind,
     PushStatus,
+    classify_stripe_key,
     fallback_compensation_identifier,
+    recheck_correction,
     to_stripe_value,
 )
 from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
 from common.types import AuditInput
 from reconcile import store
-from reconcile.runs import audit
+from reconcile.runs import audit, is_data_error
 from reconcile.types import (
     CounterCorrection,
     Counts,
@@ -45,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # Stripe dedupes identifiers for at least 24 h: a `planned` row younger than this is re-sent.
 RESEND_WINDOW = timedelta(hours=23)
+# A plan's Stripe value read no longer ago than this is the apply-time re-check's (an apply
+# page's corrections follow their batch's summary reads within seconds); older, or a stored
+# plan applied after its approval, and the key's summary is read again.
+FRESH_SUMMARY = timedelta(seconds=60)
 
 
 def _now() -> datetime:
@@ -113,15 +121,32 @@ class CorrectionWriter:
 
     # ------------------------------------------------------------------ applying findings
 
-    async def apply_all(self, ctx: RunContext, findings: list[Finding]) -> Counts:
-        """Apply the findings' plans (concurrently, bounded) and record each one's outcome."""
+    async def apply_all(self, ctx: RunContext, findings: list[Finding], *,
+                        stripe_read_at: datetime | None = None) -> Counts:
+        """Apply the findings' plans (concurrently, bounded) and record each one's outcome.
+
+        Each key is re-checked first against the ledger, our outbox and Stripe now, and only
+        what is still right is applied (`_correct_key`). `stripe_read_at`: when the findings'
+        Stripe values were read; read again per key when older than FRESH_SUMMARY or unknown
+        (a stored plan applied after its approval)."""
+        fresh_s = stripe_read_at is not None and _now() - stripe_read_at <= FRESH_SUMMARY
         sem = asyncio.Semaphore(self.concurrency)
         subs: list[Counts] = []
 
         async def one(f: Finding) -> None:
             c = Counts()
             async with sem:
-                await self._apply(ctx, f, c)
+                try:
+                    await self._apply(ctx, f, c, reread_stripe=not fresh_s)
+                except Exception as e:
+                    if not is_data_error(e):
+                        raise  # transient: the activity retries
+                    # This key's data breaks the write (e.g. a value Postgres cannot store):
+                    # reported on the key, the other corrections go on.
+                    c = Counts(reconcile_failures=1)
+                    await store.set_finding_status(
+                        self.pool, ctx.run_id, f.key, DiscrepancyStatus.FAILED,
+                        f"could not apply: {type(e).__name__}: {e}"[:500])
             subs.append(c)
 
         # A TaskGroup: if one correction fails, the others stop instead of writing on after
@@ -135,26 +160,34 @@ class CorrectionWriter:
             total = total.add(c)
         return total
 
-    async def _apply(self, ctx: RunContext, f: Finding, counts: Counts) -> None:
+    async def _apply(self, ctx: RunContext, f: Finding, counts: Counts, *, reread_stripe: bool) -> None:
         if isinstance(f.plan, CounterCorrection):
-            if await self._set_counter(ctx, f, f.plan):
+            stale = await self._set_counter(ctx, f, f.plan)
+            if not stale:
                 counts.counter_repairs += 1
                 status, detail = DiscrepancyStatus.APPLIED, f.detail
             else:
-                status = DiscrepancyStatus.SKIPPED
-                detail = "counter changed since it was read; next run re-checks"
+                status, detail = DiscrepancyStatus.STALE, f"{stale}; re-planned by the next scan"
                 counts.stale_skipped += 1
         else:
             assert isinstance(f.plan, StripeCorrection)
-            status, detail = await self._correct_key(ctx, f, f.plan, counts)
+            status, detail = await self._correct_key(ctx, f, f.plan, counts, reread_stripe=reread_stripe)
         await store.set_finding_status(self.pool, ctx.run_id, f.key, status, detail)
 
-    async def _set_counter(self, ctx: RunContext, f: Finding, plan: CounterCorrection) -> bool:
-        """Compare-and-set: the counter is only overwritten if it still holds what we read, so a
-        concurrent increment by the application is never lost."""
+    async def _set_counter(self, ctx: RunContext, f: Finding, plan: CounterCorrection) -> str:
+        """Compare-and-set, after re-checking the ledger: the counter is only overwritten if the
+        period's ledger still sums to the planned value and the counter still holds what we
+        read (a concurrent increment by the application is never lost). Returns why not ("":
+        it was set)."""
         c = plan.counter
         entity = f"{f.customer_id}|{f.meter}|{c.period_start}"
         async with self.pool.acquire() as conn, conn.transaction():
+            # The period the scan summed (calendar months, billing/periods.py).
+            ledger, invalid = await store.key_ledger(conn, f.customer_id, f.meter, c.period_start,
+                                                     billing_period(c.period_start)[1])
+            if invalid or ledger != c.value:
+                return f"the period's ledger changed since it was read ({c.value} -> {ledger})" + (
+                    f", {invalid} unusable row(s)" if invalid else "")
             if c.expected_before is None:
                 res = await conn.execute(
                     """
@@ -176,23 +209,61 @@ class CorrectionWriter:
                            "after": str(c.value), "over_quota_transition": f.over_quota_transition},
                     workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                     idempotency_key=f"counter|{ctx.run_id}|{entity}"))
-            return changed
+            return "" if changed else "the counter changed since it was read"
 
     async def _correct_key(self, ctx: RunContext, f: Finding, plan: StripeCorrection,
-                           counts: Counts) -> tuple[DiscrepancyStatus, str]:
-        """Cancel, mark lost, push: the corrections of one key, under a per-key lock.
+                           counts: Counts, *, reread_stripe: bool) -> tuple[DiscrepancyStatus, str]:
+        """Cancel, mark lost, push: the corrections of one key, under a per-key lock, and only
+        as far as they are still right (DESIGN.md 10: never applied blind).
 
-        The lock and the check that the key's outbox still holds what the plan saw make two
-        overlapping runs (or two attempts of one page) unable to correct the same key twice."""
-        assert f.usage_day is not None and f.stripe_customer_id is not None
+        Under the lock, the key is classified again from the ledger and our outbox now and
+        Stripe's value (read again unless the plan's is a few seconds old), and
+        `billing.policy.recheck_correction` keeps the parts of the plan that still move Stripe
+        toward the ledger without crossing it. A dropped part makes the finding `stale`: the
+        next scan (the run's own verify pass, or the next run) finds the key again. The lock
+        and the re-check make two overlapping runs (or two attempts of one page) unable to
+        correct the same key twice."""
+        day = f.usage_day
+        assert day is not None and f.stripe_customer_id is not None
         async with (self.pool.acquire() as conn,
-                    _key_locked(conn, f.customer_id, f.meter, f.usage_day)):
-            current = await store.pushed_total(conn, f.customer_id, f.meter, f.usage_day)
-            if current != plan.expected_pushed:
+                    _key_locked(conn, f.customer_id, f.meter, day)):
+            ledger, invalid = await store.key_ledger(conn, f.customer_id, f.meter, day, day + timedelta(days=1))
+            if invalid:
                 counts.stale_skipped += 1
-                return (DiscrepancyStatus.SKIPPED,
-                        "the key's outbox changed since this was planned; the next run re-plans")
-            return await self._correct_key_locked(conn, ctx, f, plan, counts)
+                return DiscrepancyStatus.STALE, f"the key now holds {invalid} unusable usage row(s); not applied"
+            pushes = await store.key_pushes(conn, f.customer_id, f.meter, day)
+            stripe_value = f.stripe if f.stripe is not None and not reread_stripe else None
+            if stripe_value is None:
+                try:
+                    stripe_value = await self._stripe_value(ctx, f, day)
+                except stripe.InvalidRequestError as e:
+                    counts.reconcile_failures += 1
+                    return (DiscrepancyStatus.FAILED,
+                            f"Stripe refused the summary read of the apply-time re-check: {e.user_message or e}"[:500])
+            p = ctx.policy
+            fresh = classify_stripe_key(
+                customer_id=f.customer_id, meter=f.meter, day=day, ledger=ledger, stripe=stripe_value,
+                pushes=pushes, now=_now(), settle=timedelta(seconds=p.settle_seconds), epsilon=p.epsilon,
+                auto_approve_over_reporting=p.auto_approve_over_reporting)
+            rc = recheck_correction(cancel=plan.cancel, mark_failed=plan.mark_failed,
+                                    push=plan.push.value if plan.push else None, fresh=fresh, pushes=pushes)
+            if rc.stale:
+                counts.stale_skipped += 1
+            if not rc.anything:
+                return DiscrepancyStatus.STALE, f"{rc.stale}; not applied, re-planned by the next scan"[:500]
+            kept = plan.model_copy(update={"cancel": rc.cancel, "mark_failed": rc.mark_failed,
+                                           "push": plan.push if rc.push else None})
+            status, detail = await self._correct_key_locked(conn, ctx, f, kept, counts)
+            if rc.stale and status == DiscrepancyStatus.APPLIED:
+                return DiscrepancyStatus.STALE, f"applied {kept.action or 'marking lost pushes'} only: {rc.stale}"[:500]
+            return status, detail
+
+    async def _stripe_value(self, ctx: RunContext, f: Finding, day: date) -> Decimal:
+        """Stripe's value of one key now (one summary read of one day)."""
+        meter_id = next(m.stripe_meter_id for m in ctx.meters if m.event_name == f.meter)
+        assert f.stripe_customer_id is not None
+        values = await self.stripe.daily_summaries(meter_id, f.stripe_customer_id, day, day)
+        return values.get(day, Decimal(0))
 
     async def _correct_key_locked(self, conn: asyncpg.Connection, ctx: RunContext, f: Finding,
                                   plan: StripeCorrection, counts: Counts) -> tuple[DiscrepancyStatus, str]:

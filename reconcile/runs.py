@@ -26,8 +26,10 @@ from billing.stripe_gateway import StripeGateway
 from common.types import AuditInput, RunStatus
 from reconcile.types import (
     AWAITING_APPROVAL,
+    Counts,
     DiscrepancyStatus,
     FinishRunInput,
+    FinishRunResult,
     MeterInfo,
     PageCheckpoint,
     Permanent,
@@ -47,6 +49,20 @@ MAX_WINDOW_DAYS = 400
 
 def _fail(message: str, type_: str) -> ApplicationError:
     return ApplicationError(message, type=type_, non_retryable=True)
+
+
+# Deterministic data errors: the same data raises them again on every retry (SQLSTATE class 22
+# from Postgres: a numeric overflow, a bad cast; a NaN compared or a value too long to quantize
+# in Python; a value a model refuses). They are isolated to the key or customer they come from
+# and reported; where they cannot be, they fail non-retryably (`Permanent.INVALID_DATA`).
+DATA_ERRORS = (asyncpg.DataError, ArithmeticError, ValueError)
+
+
+def is_data_error(e: BaseException) -> bool:
+    """`e` (or every exception of a TaskGroup's group) is a deterministic data error."""
+    if isinstance(e, BaseExceptionGroup):
+        return all(is_data_error(x) for x in e.exceptions)
+    return isinstance(e, DATA_ERRORS)
 
 
 # --------------------------------------------------------------------------- shared kit (local)
@@ -128,15 +144,19 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
 
     meters = await stripe.list_meters()
     by_name = {m.event_name: m for m in meters if m.status == "active"}
-    wanted = req.meters or sorted(by_name)
-    missing = [m for m in wanted if m not in by_name]
+    missing = [m for m in req.meters if m not in by_name]
     if missing:
         raise _fail(f"no active Stripe meter for event name(s): {', '.join(missing)}", Permanent.UNKNOWN_METER)
-    unsupported = [m for m in wanted if by_name[m].formula != "sum"]
+    unsupported = [m for m in req.meters if by_name[m].formula != "sum"]
     if unsupported:
+        # Asked for by name: bad input (exit 2), never retried.
         raise _fail(
             f"meter(s) {', '.join(unsupported)} do not aggregate with 'sum'; only sum meters "
             "can be reconciled with delta corrections", Permanent.UNSUPPORTED_METER)
+    # The default scope (every meter) leaves non-sum meters out and says so: one count or last
+    # meter in the account must not fail every run (the schedules' included).
+    wanted = req.meters or sorted(n for n, m in by_name.items() if m.formula == "sum")
+    skipped = {} if req.meters else {n: m.formula for n, m in by_name.items() if m.formula != "sum"}
 
     s = settings
     policy = Policy(
@@ -151,7 +171,7 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
         run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,
         window_start=start, window_end=end, customers=sorted(set(req.customers)),
         meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
-        meter_filter=sorted(set(req.meters)), policy=policy, actor=req.actor,
+        meter_filter=sorted(set(req.meters)), unsupported_meters=skipped, policy=policy, actor=req.actor,
         globally_paused=await switch.paused(pool),
     )
     async with pool.acquire() as conn:
@@ -208,8 +228,59 @@ async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
                 inp.run_id, DiscrepancyStatus.REJECTED, list(AWAITING_APPROVAL))
 
 
-async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> None:
+# What a run wrote, from durable records: our outbox rows it planned and that reached Stripe
+# (sent_at set: sent, confirmed, or marked lost/cancelled later), its audited cancels and counter
+# sets, and its findings that went stale. Split between the scan (with the approved plan) and
+# the verify pass at the verify pass's first recorded finding: phases run one after the other,
+# and a pass records a key's finding before it corrects the key. Audit actions by both their
+# names: the dotted vocabulary (common/audit.py, migration 0007) and the names before it.
+RECORDED_COUNTS_SQL = """
+WITH boundary AS (
+    SELECT coalesce(min(created_at), 'infinity'::timestamptz) AS verify_from
+      FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key LIKE 'verify|%'
+)
+SELECT 'corrections_pushed' AS figure, p.planned_at >= b.verify_from AS verify, count(*) AS n
+  FROM billing.stripe_usage_pushes p, boundary b
+ WHERE p.run_id = $1 AND p.workflow_run_id = $2 AND p.sent_at IS NOT NULL
+ GROUP BY 1, 2
+UNION ALL
+SELECT CASE WHEN a.action IN ('cancel_meter_event', 'usage.cancel_meter_event')
+            THEN 'corrections_cancelled' ELSE 'counter_repairs' END,
+       a.at >= b.verify_from, count(*)
+  FROM billing.audit_log a, boundary b
+ WHERE a.workflow_id = $1 AND a.run_id = $2
+   AND a.action IN ('cancel_meter_event', 'usage.cancel_meter_event', 'set_usage_counter', 'usage.set_counter')
+ GROUP BY 1, 2
+UNION ALL
+SELECT 'stale_skipped', discrepancy_key LIKE 'verify|%', count(*)
+  FROM billing.discrepancies WHERE run_id = $1 AND status = 'stale'
+ GROUP BY 1, 2
+"""
+RECORDED = ("corrections_pushed", "corrections_cancelled", "counter_repairs", "stale_skipped")
+
+
+async def recorded_counts(conn: asyncpg.Connection, inp: FinishRunInput) -> FinishRunResult:
+    """The run's counts with its writes and stale findings taken from durable records (the
+    pages' tally under-counts the work of an attempt killed mid-page: its heartbeat checkpoint
+    predates it). stripe_writes is at least what was pushed and cancelled."""
+    rows = await conn.fetch(RECORDED_COUNTS_SQL, inp.context.run_id, inp.context.workflow_run_id)
+    found = {(r["figure"], r["verify"]): int(r["n"]) for r in rows}
+
+    def merge(tally: Counts, verify: bool) -> Counts:
+        rec = {f: found.get((f, verify), 0) for f in RECORDED}
+        writes = rec["corrections_pushed"] + rec["corrections_cancelled"]
+        return tally.model_copy(update={**rec, "stripe_writes": max(tally.stripe_writes, writes)})
+
+    verify_counts = inp.verify_counts
+    if verify_counts is None and any(v for (_, verify), v in found.items() if verify):
+        verify_counts = Counts()
+    return FinishRunResult(counts=merge(inp.counts, False),
+                           verify_counts=None if verify_counts is None else merge(verify_counts, True))
+
+
+async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult:
     async with pool.acquire() as conn, conn.transaction():
+        final = await recorded_counts(conn, inp)
         row = await conn.fetchrow(
             """
             WITH prev AS (SELECT finished_at FROM billing.reconciliation_runs
@@ -222,8 +293,9 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> None:
                       extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
             """,
             inp.context.run_id, inp.status.value,
-            {**inp.counts.model_dump(),
-             "verify": inp.verify_counts.model_dump() if inp.verify_counts else None},
+            {**final.counts.model_dump(),
+             "verify": final.verify_counts.model_dump() if final.verify_counts else None,
+             "warnings": inp.context.warnings()},
             inp.error, inp.observe_only,
         )
         findings = await conn.fetch(
@@ -231,10 +303,11 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> None:
             "FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key NOT LIKE 'verify|%' "
             "GROUP BY 1, 2", inp.context.run_id)
     log.info("run %s finished: %s (%s)", inp.context.run_id, inp.status.value,
-             ", ".join(f"{k}={v}" for k, v in inp.counts.model_dump().items() if v) or "nothing found")
+             ", ".join(f"{k}={v}" for k, v in final.counts.model_dump().items() if v) or "nothing found")
     # Counted once per run: a retried finish_run (its first answer lost) finds it finished.
     if row is not None and row["first_finish"]:
         metrics.record_run_finished(
             kind=row["kind"], mode=row["mode"], status=inp.status.value, seconds=row["seconds"],
-            counts=inp.counts.model_dump(),
+            counts=final.counts.model_dump(),
             discrepancies=[(r["kind"], r["action"], r["n"]) for r in findings])
+    return final

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from billing.periods import billing_period, days_in, push_timestamp
 from billing.policy import (
+    MAX_QUANTITY,
     FindingKind,
     Push,
     StripeFinding,
@@ -43,13 +44,17 @@ class Customer:
 
 @dataclass(frozen=True, slots=True)
 class LedgerDay:
-    """The usage of one (customer, meter, UTC day): sum of quantities, duplicates absorbed."""
+    """The usage of one (customer, meter, UTC day): sum of quantities, duplicates absorbed.
+    Rows reconciliation cannot use (`billing.policy.reconcilable_quantity`) are not summed but
+    counted in `invalid`, a few of their request ids in `invalid_ids`: they poison the key."""
 
     customer_id: str
     meter: str
     day: date
     total: Decimal
     dupes: int = 0
+    invalid: int = 0
+    invalid_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +108,15 @@ class ScanPolicy:
     write_mode: WriteMode
     now: datetime
     verify: bool = False  # the verify pass: keys are recorded under "verify|..."
+    # Active meters left out of scope because they do not aggregate with sum: name -> formula.
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_page(cls, ctx: RunContext, write_mode: WriteMode, *, verify: bool, now: datetime) -> ScanPolicy:
         return cls(
             window_start=ctx.window_start, window_end=ctx.window_end,
             meters=tuple(m.event_name for m in ctx.meters), meter_filter=tuple(ctx.meter_filter),
+            unsupported=dict(ctx.unsupported_meters),
             epsilon=ctx.policy.epsilon, settle=timedelta(seconds=ctx.policy.settle_seconds),
             auto_approve_over_reporting=ctx.policy.auto_approve_over_reporting,
             write_mode=write_mode, now=now, verify=verify)
@@ -125,7 +133,10 @@ class BatchPlan:
 
 
 # Keys that could not be compared: counted as failures, nothing here can correct them.
-_UNREADABLE = (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED)
+_UNREADABLE = (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED, FindingKind.INVALID_USAGE)
+# What one key's data can raise in the arithmetic (a NaN compared, a value too long to
+# quantize): that key is reported as `invalid_usage`, the batch goes on.
+KEY_DATA_ERRORS = (ArithmeticError, ValueError)
 _STATUS_OF_WRITE_MODE = {
     WriteMode.OBSERVE: DiscrepancyStatus.OBSERVED,
     WriteMode.PLAN: DiscrepancyStatus.PROPOSED,
@@ -137,7 +148,7 @@ _STATUS_OF_WRITE_MODE = {
 def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> BatchPlan:
     """Every finding of a batch, in a stable order: unmetered usage, counters, unreadable
     summaries, then each customer's Stripe keys (meter by meter, day by day)."""
-    ledger, period_totals, unmetered, dedupes = _ledger(rows.ledger_days, policy)
+    ledger, period_totals, unmetered, dedupes, poisoned = _ledger(rows.ledger_days, policy)
     pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
     for o in rows.pushes:
         pushes[(o.customer_id, o.meter, o.usage_day)].append(o.push)
@@ -145,13 +156,30 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
     prefix = "verify|" if policy.verify else ""
 
     findings: list[Finding] = []
+    for (cust, meter, day), d in sorted(poisoned.items()):
+        what = (f"{d.invalid} usage row(s) not finite or beyond +-{MAX_QUANTITY:E} (request ids: "
+                f"{', '.join(d.invalid_ids)}{', ...' if d.invalid > len(d.invalid_ids) else ''})"
+                if d.invalid else f"the day's usage sums to {d.total}")
+        findings.append(invalid_usage(
+            f"{prefix}usage|{cust}|{meter}|{day}", cust, sids.get(cust), meter, day,
+            f"{what}: this day and its period's counter are skipped until they are fixed"))
     for (cust, meter), total in sorted(unmetered.items()):
+        formula = policy.unsupported.get(meter)
+        if formula is not None:
+            findings.append(Finding(
+                key=f"{prefix}stripe|{cust}|{meter}|unsupported", kind=FindingKind.UNSUPPORTED_METER,
+                customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
+                status=DiscrepancyStatus.OBSERVED,
+                detail=f"the Stripe meter aggregates with '{formula}': only sum meters are reconciled; "
+                       "this usage is billed by Stripe but not checked"))
+            continue
         findings.append(Finding(
             key=f"{prefix}stripe|{cust}|{meter}|unmetered", kind=FindingKind.UNMETERED_USAGE,
             customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
             status=DiscrepancyStatus.OBSERVED,
             detail="no active Stripe meter has this event name: this usage is never billed"))
-    findings += _counter_findings(rows.counters, period_totals, sids, policy.write_mode, prefix)
+    findings += _counter_findings(rows.counters, period_totals, sids, policy.write_mode, prefix,
+                                  poisoned={(c, m, d.replace(day=1)) for c, m, d in poisoned})
     for (cust, meter), message in sorted(summaries.unreadable.items()):
         findings.append(Finding(
             key=f"{prefix}stripe|{cust}|{meter}|read", kind=FindingKind.STRIPE_READ_FAILED,
@@ -177,25 +205,39 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
                             status=DiscrepancyStatus.FAILED,
                             detail="customer has usage but no stripe_customer_id"))
                     continue
-                if not readable:
+                if not readable or key in poisoned:
                     continue
                 S = stripe_days.get(day, Decimal(0))
                 key_pushes = pushes.get(key, [])
                 if L == 0 and S == 0 and not key_pushes:
                     continue
                 keys_checked += 1
-                f = classify_stripe_key(
-                    customer_id=c.customer_id, meter=meter, day=day, ledger=L, stripe=S,
-                    pushes=key_pushes, now=policy.now, settle=policy.settle, epsilon=policy.epsilon,
-                    auto_approve_over_reporting=policy.auto_approve_over_reporting)
-                if f.kind == FindingKind.OK:
-                    confirm += f.confirm
-                    continue
-                findings.append(_stripe_finding(c, meter, day, f, policy, prefix))
+                try:
+                    f = classify_stripe_key(
+                        customer_id=c.customer_id, meter=meter, day=day, ledger=L, stripe=S,
+                        pushes=key_pushes, now=policy.now, settle=policy.settle, epsilon=policy.epsilon,
+                        auto_approve_over_reporting=policy.auto_approve_over_reporting)
+                    if f.kind == FindingKind.OK:
+                        confirm += f.confirm
+                        continue
+                    findings.append(_stripe_finding(c, meter, day, f, policy, prefix))
+                except KEY_DATA_ERRORS as e:
+                    findings.append(invalid_usage(
+                        f"{prefix}stripe|{c.customer_id}|{meter}|{day}", c.customer_id,
+                        c.stripe_customer_id, meter, day,
+                        f"cannot reconcile this key (ledger {L}, Stripe {S}): {type(e).__name__}: {e}"))
 
     counts = tally(findings).add(Counts(
         customers_scanned=len(rows.customers), keys_checked=keys_checked, dedupe_count=dedupes))
     return BatchPlan(findings=findings, confirm=confirm, counts=counts)
+
+
+def invalid_usage(key: str, customer_id: str, stripe_customer_id: str | None, meter: str,
+                  day: date | None, detail: str) -> Finding:
+    """A key (or a customer, meter "*") whose data cannot be reconciled: reported, skipped."""
+    return Finding(key=key, kind=FindingKind.INVALID_USAGE, customer_id=customer_id,
+                   stripe_customer_id=stripe_customer_id, meter=meter, usage_day=day,
+                   status=DiscrepancyStatus.FAILED, detail=detail[:500])
 
 
 def tally(findings: list[Finding]) -> Counts:
@@ -205,8 +247,12 @@ def tally(findings: list[Finding]) -> Counts:
         if f.kind == FindingKind.UNMETERED_USAGE:
             c.unmetered_usage += 1
             continue
+        if f.kind == FindingKind.UNSUPPORTED_METER:
+            c.unsupported_meter += 1
+            continue
         if f.kind in _UNREADABLE:
             c.reconcile_failures += 1
+            c.invalid_usage += f.kind == FindingKind.INVALID_USAGE
             continue
         if f.kind == FindingKind.PENDING:
             c.pending += 1
@@ -231,15 +277,20 @@ def _status(kind: FindingKind, needs_approval: bool, mode: WriteMode) -> Discrep
 def _ledger(
     days: list[LedgerDay], policy: ScanPolicy,
 ) -> tuple[dict[tuple[str, str, date], Decimal], dict[tuple[str, str, date], Decimal],
-           dict[tuple[str, str], Decimal], int]:
+           dict[tuple[str, str], Decimal], int, dict[tuple[str, str, date], LedgerDay]]:
     """The window's daily values of metered usage, every period's totals (counters are checked
-    for every meter), the window's unmetered usage and the duplicates absorbed."""
+    for every meter), the window's unmetered usage, the duplicates absorbed, and the days
+    holding rows reconciliation cannot use (of every period read: they poison its counter)."""
     metered = set(policy.meters)
     ledger: dict[tuple[str, str, date], Decimal] = {}
     period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
     unmetered: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    poisoned: dict[tuple[str, str, date], LedgerDay] = {}
     dedupes = 0
     for r in days:
+        if r.invalid or not r.total.is_finite():
+            poisoned[(r.customer_id, r.meter, r.day)] = r
+            continue
         # Billing periods are calendar months (billing/periods.py).
         period_totals[(r.customer_id, r.meter, r.day.replace(day=1))] += r.total
         if not policy.window_start <= r.day <= policy.window_end:
@@ -249,33 +300,42 @@ def _ledger(
             dedupes += r.dupes
         elif not policy.meter_filter:
             unmetered[(r.customer_id, r.meter)] += r.total
-    return ledger, period_totals, unmetered, dedupes
+    return ledger, period_totals, unmetered, dedupes, poisoned
 
 
 def _counter_findings(
     counters: list[CounterRow], period_totals: dict[tuple[str, str, date], Decimal],
     sids: dict[str, str | None], mode: WriteMode, prefix: str,
+    poisoned: set[tuple[str, str, date]],
 ) -> list[Finding]:
     rows = {(r.customer_id, r.meter, r.period_start): r for r in counters}
     out: list[Finding] = []
     for key in sorted(set(period_totals) | set(rows)):
         cust, meter, pstart = key
+        if key in poisoned:
+            continue  # the period's true total is unknown: reported as invalid_usage
         row = rows.get(key)
         L = period_totals.get(key, Decimal(0))
-        cf = classify_counter(L, row.value if row else None, row.quota if row else None,
-                              key in period_totals)
-        if not cf.needs_repair:
-            continue
-        out.append(Finding(
-            key=f"{prefix}counter|{cust}|{meter}|{pstart}",
-            kind=cf.kind, customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter,
-            period_start=pstart, ledger=L, counter=cf.counter,
-            plan=CounterCorrection(counter=CounterRepair(
-                period_start=pstart, period_end=row.period_end if row else billing_period(pstart)[1],
-                expected_before=cf.counter, value=L, quota=cf.quota)),
-            status=_status(cf.kind, False, mode),
-            over_quota_transition=cf.over_quota_transition,
-            detail="counter has no usage behind it" if cf.kind == FindingKind.ORPHAN_COUNTER else ""))
+        try:
+            cf = classify_counter(L, row.value if row else None, row.quota if row else None,
+                                  key in period_totals)
+            if not cf.needs_repair:
+                continue
+            out.append(Finding(
+                key=f"{prefix}counter|{cust}|{meter}|{pstart}",
+                kind=cf.kind, customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter,
+                period_start=pstart, ledger=L, counter=cf.counter,
+                plan=CounterCorrection(counter=CounterRepair(
+                    period_start=pstart, period_end=row.period_end if row else billing_period(pstart)[1],
+                    expected_before=cf.counter, value=L, quota=cf.quota)),
+                status=_status(cf.kind, False, mode),
+                over_quota_transition=cf.over_quota_transition,
+                detail="counter has no usage behind it" if cf.kind == FindingKind.ORPHAN_COUNTER else ""))
+        except KEY_DATA_ERRORS as e:
+            out.append(invalid_usage(
+                f"{prefix}counter|{cust}|{meter}|{pstart}", cust, sids.get(cust), meter, None,
+                f"cannot check this counter (ledger {L}, counter {row.value if row else None}): "
+                f"{type(e).__name__}: {e}"))
     return out
 
 

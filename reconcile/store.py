@@ -13,7 +13,14 @@ from typing import Any
 import asyncpg
 
 from billing.periods import day_start, periods_overlapping
-from billing.policy import LIVE_STATUSES, FindingKind, Push, PushKind, PushStatus, diff_pct
+from billing.policy import (
+    MAX_QUANTITY,
+    FindingKind,
+    Push,
+    PushKind,
+    PushStatus,
+    diff_pct,
+)
 from reconcile.scan import BatchRows, CounterRow, Customer, LedgerDay, OutboxRow
 from reconcile.types import (
     AWAITING_APPROVAL,
@@ -24,6 +31,9 @@ from reconcile.types import (
     plan_from_json,
     plan_to_json,
 )
+
+# How many request ids of a day's unusable usage rows an `invalid_usage` finding names.
+LISTED_INVALID_IDS = 5
 
 
 async def customers_page(
@@ -63,12 +73,11 @@ async def read_batch(pool: asyncpg.Pool, ctx: RunContext, customers: list[Custom
     return BatchRows(
         customers=customers,
         ledger_days=[LedgerDay(r["customer_id"], r["meter"], r["day"], _dec(r["total"]),
-                               int(r["dupes"] or 0)) for r in day_rows],
+                               int(r["dupes"] or 0), int(r["invalid"]), tuple(r["invalid_ids"] or ()))
+                     for r in day_rows],
         counters=[CounterRow(r["customer_id"], r["meter"], r["period_start"], r["period_end"],
                              _dec(r["value"]), r["quota"]) for r in counter_rows],
-        pushes=[OutboxRow(r["customer_id"], r["meter"], r["usage_day"], Push(
-            r["identifier"], _dec(r["value"]), PushStatus(r["status"]), PushKind(r["kind"]),
-            r["planned_at"], r["sent_at"], r["cancelled_at"])) for r in push_rows],
+        pushes=[OutboxRow(r["customer_id"], r["meter"], r["usage_day"], _push(r)) for r in push_rows],
     )
 
 
@@ -82,17 +91,28 @@ async def ledger_days(
     unmetered usage. A customer's events are scattered over the table (they arrive in time
     order), so every pass costs about one heap page per event: at 10M events / 100k customers
     one pass over a page of 500 customers read 40k pages (~0.4 s); this used to be two passes
-    (three without a meter filter)."""
+    (three without a meter filter).
+
+    Rows reconciliation cannot use (NaN, +-Infinity, |quantity| >= MAX_QUANTITY: stored before
+    the contract's constraints) are never summed, so no sum can be poisoned or overflow; they
+    are counted per day with a few request ids (`billing.policy.reconcilable_quantity`; NaN
+    sorts above every number in Postgres, so it fails `< bound`)."""
     return await conn.fetch(
         """
         SELECT customer_id, meter, (occurred_at AT TIME ZONE 'UTC')::date AS day,
-               sum(quantity) AS total, sum(dedupe_count) AS dupes
+               sum(quantity) FILTER (WHERE quantity > -$5::numeric AND quantity < $5::numeric) AS total,
+               sum(dedupe_count) AS dupes,
+               count(*) FILTER (WHERE NOT (quantity > -$5::numeric AND quantity < $5::numeric)) AS invalid,
+               (array_agg(request_id ORDER BY request_id)
+                  FILTER (WHERE NOT (quantity > -$5::numeric AND quantity < $5::numeric)))[1:$6::int]
+                 AS invalid_ids
           FROM billing.usage_events
          WHERE customer_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
            AND (cardinality($4::text[]) = 0 OR meter = ANY($4))
          GROUP BY 1, 2, 3
         """,
-        customers, day_start(periods[0][0]), day_start(periods[-1][1]), meters,
+        customers, day_start(periods[0][0]), day_start(periods[-1][1]), meters, MAX_QUANTITY,
+        LISTED_INVALID_IDS,
     )
 
 
@@ -137,16 +157,31 @@ async def planned_pushes(conn: asyncpg.Connection, customers: list[str]) -> list
     )
 
 
-async def pushed_total(conn: asyncpg.Connection, customer_id: str, meter: str, day: date) -> Decimal:
-    v = await conn.fetchval(
+async def key_ledger(conn: asyncpg.Connection, customer_id: str, meter: str, start: date,
+                     end: date) -> tuple[Decimal, int]:
+    """The ledger of one customer and meter over [start, end) now (the apply-time re-check):
+    the sum of the usable rows and how many rows are unusable (see `ledger_days`)."""
+    row = await conn.fetchrow(
         """
-        SELECT coalesce(sum(value), 0) FROM billing.stripe_usage_pushes
-         WHERE customer_id = $1 AND meter = $2 AND usage_day = $3
-           AND status = ANY($4::text[])
+        SELECT coalesce(sum(quantity) FILTER (WHERE quantity > -$5::numeric AND quantity < $5::numeric), 0) AS total,
+               count(*) FILTER (WHERE NOT (quantity > -$5::numeric AND quantity < $5::numeric)) AS invalid
+          FROM billing.usage_events
+         WHERE customer_id = $1 AND meter = $2 AND occurred_at >= $3 AND occurred_at < $4
         """,
-        customer_id, meter, day, list(LIVE_STATUSES),
-    )
-    return Decimal(v)
+        customer_id, meter, day_start(start), day_start(end), MAX_QUANTITY)
+    return Decimal(row["total"]), int(row["invalid"])
+
+
+async def key_pushes(conn: asyncpg.Connection, customer_id: str, meter: str, day: date) -> list[Push]:
+    """Our outbox rows of one key now, every status (the apply-time re-check)."""
+    rows = await conn.fetch(
+        """
+        SELECT identifier, value, status, kind, planned_at, sent_at, cancelled_at
+          FROM billing.stripe_usage_pushes
+         WHERE customer_id = $1 AND meter = $2 AND usage_day = $3
+        """,
+        customer_id, meter, day)
+    return [_push(r) for r in rows]
 
 
 async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Finding]) -> None:
@@ -181,8 +216,11 @@ async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Findin
         )
 
 
-async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | None, limit: int) -> list[Finding]:
-    """A page of the run's stored plan (proposed and held findings), in key order."""
+async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | None,
+                            limit: int) -> tuple[list[Finding], str | None]:
+    """A page of the run's stored plan (proposed and held findings), in key order, and the
+    cursor of the next page (None: this was the last). A row that no longer reads back as a
+    plan (edited by hand, say) is marked `failed`, never retried."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             """
@@ -192,13 +230,22 @@ async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | Non
              ORDER BY discrepancy_key LIMIT $3
             """,
             run_id, after, limit, list(AWAITING_APPROVAL))
-    return [Finding(
-        key=r["discrepancy_key"], kind=FindingKind(r["kind"]), customer_id=r["customer_id"],
-        stripe_customer_id=r["stripe_customer_id"], meter=r["meter"], usage_day=r["usage_day"],
-        period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
-        pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
-        plan=plan_from_json(r["action_params"]), status=DiscrepancyStatus(r["status"]),
-        detail=r["detail"] or "") for r in rows]
+        out: list[Finding] = []
+        for r in rows:
+            try:
+                out.append(Finding(
+                    key=r["discrepancy_key"], kind=FindingKind(r["kind"]), customer_id=r["customer_id"],
+                    stripe_customer_id=r["stripe_customer_id"], meter=r["meter"], usage_day=r["usage_day"],
+                    period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
+                    pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
+                    plan=plan_from_json(r["action_params"]), status=DiscrepancyStatus(r["status"]),
+                    detail=r["detail"] or ""))
+            except ValueError as e:  # a pydantic ValidationError, an unknown kind or status
+                await conn.execute(
+                    "UPDATE billing.discrepancies SET status = $3, detail = $4, updated_at = now() "
+                    "WHERE run_id = $1 AND discrepancy_key = $2", run_id, r["discrepancy_key"],
+                    DiscrepancyStatus.FAILED, f"the stored plan does not read back: {e}"[:500])
+    return out, rows[-1]["discrepancy_key"] if len(rows) == limit else None
 
 
 async def set_finding_status(pool: asyncpg.Pool, run_id: str, key: str, status: DiscrepancyStatus,
@@ -211,4 +258,9 @@ async def set_finding_status(pool: asyncpg.Pool, run_id: str, key: str, status: 
 
 def _dec(v: Any) -> Decimal:
     return Decimal(v) if v is not None else Decimal(0)
+
+
+def _push(r: asyncpg.Record) -> Push:
+    return Push(r["identifier"], _dec(r["value"]), PushStatus(r["status"]), PushKind(r["kind"]),
+                r["planned_at"], r["sent_at"], r["cancelled_at"])
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from billing.policy import FindingKind, PlannedPush
+from billing.policy import MAX_PAGE_SIZE, MAX_SETTLE_SECONDS, FindingKind, PlannedPush
 from common.types import Mode, RunStatus
 
 
@@ -32,6 +32,9 @@ class Permanent:
     UNKNOWN_CUSTOMER = "UnknownCustomer"
     UNKNOWN_METER = "UnknownMeter"
     UNSUPPORTED_METER = "UnsupportedMeter"
+    # Every customer of a batch failed on a deterministic data error: not one customer's data
+    # but something shared (raised with non_retryable=True: retrying the same data cannot help).
+    INVALID_DATA = "InvalidData"
 
 
 class WriteMode(StrEnum):
@@ -66,7 +69,10 @@ class DiscrepancyStatus(StrEnum):
     APPROVED = "approved"  # to be applied now; becomes applied / skipped / failed / unfixable
     APPLIED = "applied"
     PENDING = "pending"  # writes in flight: the verify pass re-checks
-    SKIPPED = "skipped"  # the key changed since it was planned: the next run re-plans
+    SKIPPED = "skipped"  # already handled earlier (another attempt or run sent it)
+    # The key changed since it was planned (ledger, outbox or Stripe): the parts of the plan
+    # that were no longer right were not applied; the next scan re-plans the key.
+    STALE = "stale"
     REJECTED = "rejected"
     FAILED = "failed"
     UNFIXABLE = "unfixable"  # outside Stripe's 35-day meter event window
@@ -74,8 +80,10 @@ class DiscrepancyStatus(StrEnum):
 
 # What an approved plan applies.
 AWAITING_APPROVAL = (DiscrepancyStatus.PROPOSED, DiscrepancyStatus.HELD)
-# The customers a verify pass re-checks: those whose keys this run corrected or saw in flight.
-TOUCHED = (DiscrepancyStatus.APPLIED, DiscrepancyStatus.PENDING, DiscrepancyStatus.FAILED)
+# The customers a verify pass re-checks: those whose keys this run corrected, saw in flight, or
+# found stale at apply time (the verify pass re-plans them).
+TOUCHED = (DiscrepancyStatus.APPLIED, DiscrepancyStatus.PENDING, DiscrepancyStatus.FAILED,
+           DiscrepancyStatus.STALE)
 
 
 class Counts(BaseModel):
@@ -94,8 +102,13 @@ class Counts(BaseModel):
     beyond_epsilon: int = 0
     held_for_approval: int = 0
     needs_invoice_adjustment: int = 0
-    stale_skipped: int = 0  # planned actions skipped because the state changed since the plan
+    stale_skipped: int = 0  # corrections (or parts) not applied: the key changed since the plan
     unmetered_usage: int = 0  # (customer, meter) with usage but no active Stripe meter: never billed
+    # Keys skipped because their data cannot be reconciled (non-finite or absurd ledger rows):
+    # also counted in reconcile_failures.
+    invalid_usage: int = 0
+    # (customer, meter) with usage under a meter that does not aggregate with `sum`: not reconciled.
+    unsupported_meter: int = 0
     reconcile_failures: int = 0
     stripe_writes: int = 0
 
@@ -115,11 +128,13 @@ class ReconcileUsageInput(BaseModel):
     # Without start_date: reconcile the last N UTC days up to today instead of the current
     # billing period (what a schedule uses: its input is fixed, its "today" is not).
     lookback_days: int | None = Field(default=None, ge=1, le=400)
-    # Policy overrides; None = the worker's settings.
-    epsilon: Decimal | None = None
-    settle_seconds: int | None = None
+    # Policy overrides; None = the worker's settings. The same bounds as the settings
+    # (RECON_*): raw JSON from `temporal workflow start` outside them fails the run at once
+    # (a non-retryable ValidationError), before anything is read or written.
+    epsilon: Decimal | None = Field(default=None, ge=0, lt=1)
+    settle_seconds: int | None = Field(default=None, ge=0, le=MAX_SETTLE_SECONDS)
     auto_approve_over_reporting: bool | None = None
-    page_size: int | None = Field(default=None, ge=1, le=5000)
+    page_size: int | None = Field(default=None, ge=1, le=MAX_PAGE_SIZE)
     approval_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     # Carried across continue-as-new; callers leave it empty.
     carried: ReconcileCarry | None = None
@@ -137,10 +152,12 @@ class MeterInfo(BaseModel):
 
 
 class Policy(BaseModel):
-    epsilon: Decimal
-    settle_seconds: int
+    """The run's resolved policy (input overrides, else the settings): bounded like both."""
+
+    epsilon: Decimal = Field(ge=0, lt=1)
+    settle_seconds: int = Field(ge=0, le=MAX_SETTLE_SECONDS)
     auto_approve_over_reporting: bool
-    page_size: int
+    page_size: int = Field(ge=1, le=MAX_PAGE_SIZE)
 
 
 class RunContext(BaseModel):
@@ -152,10 +169,19 @@ class RunContext(BaseModel):
     customers: list[str] = Field(default_factory=list)
     meters: list[MeterInfo] = Field(default_factory=list)  # Stripe meters in scope
     meter_filter: list[str] = Field(default_factory=list)  # as asked; empty = every meter
+    # Active meters of the account left out of the default scope because they do not aggregate
+    # with `sum`: event name -> formula (count, last). Named with --meter, they are refused.
+    unsupported_meters: dict[str, str] = Field(default_factory=dict)
     policy: Policy
     actor: str = "system"
     # Auto-healing was paused (billing-recon pause) when the run started: it starts observe-only.
     globally_paused: bool = False
+
+    def warnings(self) -> list[str]:
+        """Run-level warnings: what the run left out and why (in its result and report)."""
+        return [f"meter {name} aggregates with '{formula}': only sum meters can be reconciled with "
+                "delta corrections; its usage is reported (unsupported_meter), not reconciled"
+                for name, formula in sorted(self.unsupported_meters.items())]
 
 
 class StartRunInput(BaseModel):
@@ -244,6 +270,15 @@ class FinishRunInput(BaseModel):
     observe_only: bool = False
 
 
+class FinishRunResult(BaseModel):
+    """The counts a run reports, as `finish_run` recorded them: its writes and stale findings
+    counted from durable records (outbox, audit log, discrepancies), the rest as the pages
+    tallied them. An attempt killed mid-page loses its tally, never its records."""
+
+    counts: Counts
+    verify_counts: Counts | None = None
+
+
 class ApprovalDecision(BaseModel):
     actor: str = Field(min_length=1)
     reason: str | None = None
@@ -287,6 +322,8 @@ class ReconcileResult(BaseModel):
     # An apply run that auto-healing's pause kept observe-only from start to end: it detected
     # and reported, corrected nothing, and does not count as a successful reconciliation.
     observe_only: bool = False
+    # What the run left out and why (RunContext.warnings), e.g. meters that are not sum meters.
+    warnings: list[str] = Field(default_factory=list)
 
 
 class CounterRepair(BaseModel):
@@ -294,9 +331,11 @@ class CounterRepair(BaseModel):
 
     period_start: date
     period_end: date
-    expected_before: Decimal | None  # the value read (None: no counter row); changed since = skip
+    # The value read (None: no counter row); changed since = stale. A corrupt counter (NaN,
+    # Infinity: the application's row) is repaired like any other: compare-and-set on it.
+    expected_before: Decimal | None = Field(allow_inf_nan=True)
     value: Decimal  # the ledger total L
-    quota: Decimal | None = None
+    quota: Decimal | None = Field(default=None, allow_inf_nan=True)
 
 
 class CounterCorrection(BaseModel):
@@ -315,7 +354,7 @@ class StripeCorrection(BaseModel):
     """The corrections of one Stripe key (customer, meter, UTC day), applied in this order:
     cancel our own recent pushes, mark lost pushes failed, push one meter event."""
 
-    expected_pushed: Decimal  # P when planned: applied only while the key's outbox still sums to it
+    expected_pushed: Decimal  # P when planned (the apply-time re-check reads the outbox again)
     needs_approval: bool = False  # over-reporting beyond epsilon without auto-approve
     cancel: list[str] = Field(default_factory=list)  # identifiers of our pushes to cancel
     mark_failed: list[str] = Field(default_factory=list)  # our pushes Stripe lost

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalResult,
         Counts,
         FinishRunInput,
+        FinishRunResult,
         PageInput,
         PageResult,
         Permanent,
@@ -284,7 +285,11 @@ class ReconcileUsage:
         if s.context.mode == Mode.DRY_RUN:
             return False
         c = s.counts
-        return (c.corrections_pushed + c.corrections_cancelled + c.pending) > 0
+        if (c.corrections_pushed + c.corrections_cancelled + c.pending) > 0:
+            return True
+        # Corrections found stale at apply time are re-planned by the verify pass right away
+        # (it re-scans the customers of `stale` findings), not only by the next run.
+        return c.stale_skipped > 0 and workflow.patched("verify-stale-corrections")
 
     def _approved_context(self):
         s = self._state
@@ -324,13 +329,16 @@ class ReconcileUsage:
         assert s is not None
         s.phase = Phase.DONE
         await workflow.wait_condition(workflow.all_handlers_finished)
-        await workflow.execute_activity_method(
+        recorded: FinishRunResult | None = await workflow.execute_activity_method(
             UsageActivities.finish_run,
             FinishRunInput(context=s.context, status=status, counts=s.counts,
                            verify_counts=s.verify_counts, error=error, observe_only=s.observe_only),
             start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+        if recorded is not None:  # None: a finish_run from before counts came from records
+            # The writes of a page attempt killed mid-way are in the records, not in the tally.
+            s.counts, s.verify_counts = recorded.counts, recorded.verify_counts
         return ReconcileResult(
             run_id=s.context.run_id, status=status, mode=s.context.mode,
             window_start=s.context.window_start, window_end=s.context.window_end,
             counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now(),
-            observe_only=s.observe_only)
+            observe_only=s.observe_only, warnings=s.context.warnings())

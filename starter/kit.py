@@ -58,6 +58,7 @@ EXIT_INTERRUPTED = 130
 # Workflow failures that are the caller's input, not the run: exit 2 like any bad argument.
 BAD_INPUT_FAILURES = frozenset({
     Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
+    Permanent.UNSUPPORTED_METER,  # a count/last meter named with --meter
     ErrorType.UNKNOWN_CUSTOMER.value,
     "ValidationError",  # the workflow's input model refused it (`failure_exception_types`)
 })

@@ -15,6 +15,7 @@ from rich.table import Table
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from billing import correlation
+from billing.policy import MAX_SETTLE_SECONDS
 from reconcile.types import (
     ApprovalDecision,
     ApprovalResult,
@@ -43,8 +44,6 @@ from starter.kit import (
     temporal,
 )
 
-# --settle-seconds: a run waits at most a week before verifying its pushes.
-MAX_SETTLE_SECONDS = 7 * 24 * 3600
 JSON_HELP = "Print one JSON object instead of tables"
 
 # ---------------------------------------------------------------------------- reconcile
@@ -93,7 +92,8 @@ def _result_json(result: ReconcileResult, correlation_id: str | None) -> dict[st
             "correlation_id": correlation_id,
             "window": [str(result.window_start), str(result.window_end)],
             "counts": result.counts.model_dump(),
-            "verify_counts": result.verify_counts.model_dump() if result.verify_counts else None}
+            "verify_counts": result.verify_counts.model_dump() if result.verify_counts else None,
+            "warnings": result.warnings}
 
 
 def _step(p: ReconcileProgress, total: int) -> Step:
@@ -121,6 +121,8 @@ def _print_result(result: ReconcileResult) -> None:
         vv = getattr(result.verify_counts, name) if result.verify_counts else ""
         table.add_row(name, str(v), str(vv))
     console.print(table)
+    for w in result.warnings:
+        console.print(f"warning: {w}", markup=False)
 
 
 # ---------------------------------------------------------------------------- approve / reject
@@ -195,8 +197,10 @@ def print_report(data: dict[str, Any], limit: int = 25) -> None:
     run_row = data["run"]
     console.print(f"[bold]{data['run_id']}[/bold]  {run_row['mode']}  {run_row['window_start']}..{run_row['window_end']}  "
                   f"status={run_row['status']}")
-    counts = {k: v for k, v in (data["counts"] or {}).items() if k != "verify" and v}
+    counts = {k: v for k, v in (data["counts"] or {}).items() if k not in ("verify", "warnings") and v}
     console.print("counts: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "nothing found"))
+    for w in (data["counts"] or {}).get("warnings") or []:
+        console.print(f"warning: {w}", markup=False)
     by_kind: dict[tuple[str, str], int] = {}
     for d in data["discrepancies"]:
         by_kind[(d["kind"], d["status"])] = by_kind.get((d["kind"], d["status"]), 0) + 1

@@ -371,3 +371,26 @@ async def stable_meter_event_count(emulator_admin, quiet: float, limit: float) -
         if now != last:
             last, since = now, time.monotonic()
     return last
+
+
+# ---------------------------------------------------------------- rows from before the contract
+
+
+async def insert_legacy_usage(pool: asyncpg.Pool, rows: list[tuple[str, str, str, str, datetime]]) -> None:
+    """(request_id, customer_id, meter, quantity as SQL text, occurred_at) rows the ingestion
+    contract refuses (NaN, Infinity, 1e100000): stored as a database from before migration 0010
+    holds them. The constraints are dropped and re-added NOT VALID around the insert, the way
+    the migration left them."""
+    async with pool.acquire() as conn, conn.transaction():
+        defs = await conn.fetch(
+            "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+            "WHERE conrelid = 'billing.usage_events'::regclass AND contype = 'c'")
+        for d in defs:
+            await conn.execute(f'ALTER TABLE billing.usage_events DROP CONSTRAINT "{d["conname"]}"')
+        await conn.executemany(
+            "INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
+            "VALUES ($1, $2, $3, $4::numeric, $5)", rows)
+        for d in defs:
+            definition = d["def"].removesuffix(" NOT VALID")
+            await conn.execute(
+                f'ALTER TABLE billing.usage_events ADD CONSTRAINT "{d["conname"]}" {definition} NOT VALID')

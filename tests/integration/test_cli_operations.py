@@ -57,6 +57,39 @@ async def test_backfill_and_schedules_refuse_bad_input(cli_env, tmp_path):  # no
     code, _, err = await cli(cli_env, "backfill", "--start-date", "yesterday", "--end-date", "2026-11-01")
     assert code == 2 and "'yesterday' is not a day" in err
     bad = tmp_path / "s.toml"
-    bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "often"\n')
+    bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "often"\nexecution_timeout = "1h"\n')
     code, _, err = await cli(cli_env, "schedules", "apply", "--file", str(bad))
     assert code == 2 and "not a duration" in err
+
+
+async def test_schedules_apply_bounds_every_run_and_refuses_an_unbounded_one(cli_env, temporal_env, tmp_path):  # noqa: F811
+    """`schedules apply` as an operator runs it: the execution timeout is on the schedule's
+    action (describe shows it); a schedule without one, or one shorter than the run's approval
+    wait, is refused with exit 2 and nothing is created."""
+    import uuid
+    from datetime import timedelta
+
+    name = f"sync-{uuid.uuid4().hex[:6]}"
+    f = tmp_path / "s.toml"
+    f.write_text(f'[schedules.{name}]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\npaused = true\n'
+                 'execution_timeout = "45m"\ninput = { mode = "apply", approval_timeout_seconds = 600 }\n')
+    code, out, err = await cli(cli_env, "schedules", "apply", "--file", str(f))
+    assert code == 0, err
+    handle = temporal_env.client.get_schedule_handle(f"billing-{name}")
+    try:
+        desc = await handle.describe()
+        assert desc.schedule.action.execution_timeout == timedelta(minutes=45)
+    finally:
+        await handle.delete()
+
+    unbounded = tmp_path / "u.toml"
+    unbounded.write_text(f'[schedules.{name}-u]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\n')
+    code, _, err = await cli(cli_env, "schedules", "apply", "--file", str(unbounded))
+    assert code == 2 and "execution_timeout" in err and err.count("\n") == 1, err
+    waiting = tmp_path / "w.toml"
+    waiting.write_text(f'[schedules.{name}-w]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\n'
+                       'execution_timeout = "1h"\n')
+    code, _, err = await cli(cli_env, "schedules", "apply", "--file", str(waiting))
+    assert code == 2 and "approval_timeout_seconds (604800) must be shorter than execution_timeout (1h)" in err
+    ids = [s.id async for s in await temporal_env.client.list_schedules()]
+    assert f"billing-{name}-u" not in ids and f"billing-{name}-w" not in ids

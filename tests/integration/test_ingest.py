@@ -116,3 +116,84 @@ async def test_missing_file_is_refused(postgres_dsn, tmp_path):
     res = run_ingest(postgres_dsn, tmp_path / "nope.jsonl")
     assert res.returncode != 0
     assert "does not exist" in res.stderr
+
+
+async def test_values_outside_the_contract_are_refused_line_by_line_and_nothing_is_written(db, postgres_dsn, tmp_path):
+    p = write_jsonl(tmp_path / "u.jsonl", [
+        event("ok-1"),
+        event("huge", quantity="1e100000"),
+        event("nan", quantity="NaN"),
+        event("neg", quantity="-3"),
+        event("old", at="1999-06-01T00:00:00Z"),
+        event("ahead", at="2999-06-01T00:00:00Z"),
+    ])
+    res = run_ingest(postgres_dsn, p)
+    assert res.returncode == 1, res
+    lines = res.stderr.splitlines()
+    for n, reason in [(2, "quantity must be below 1E+15"), (3, "finite number"),
+                      (4, "quantity must not be negative"), (5, "is before 2000-01-01"),
+                      (6, "more than a day in the future")]:
+        assert any(line.startswith(f"  line {n}: ") and reason in line for line in lines), (n, res.stderr)
+    assert lines[-1] == f"error: 5 invalid line(s) in {p}; nothing was written (--skip-invalid writes the valid lines)"
+    assert await stored(db) == {}
+
+
+POISON = [("nan", "NaN"), ("inf", "Infinity"), ("neg-inf", "-Infinity"), ("e74", "1e74"), ("neg", "-1"),
+          ("e15", "1e15")]
+
+
+async def test_the_sql_contract_refuses_poison_rows(db):
+    """Applications writing SQL directly (README "Ingestion contract") meet the same bounds."""
+    import asyncpg
+
+    for rid, q in POISON:
+        with pytest.raises(asyncpg.CheckViolationError, match="usage_events_quantity_bounded"):
+            await db.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
+                             "VALUES ($1, 'acme', 'api_requests', $2::numeric, now())", rid, q)
+    for rid, at in [("old", "1999-12-31 23:59:59+00"), ("ahead", "now() + interval '2 days'")]:
+        with pytest.raises(asyncpg.CheckViolationError, match="usage_events_occurred_at_sane"):
+            await db.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
+                             f"VALUES ($1, 'acme', 'api_requests', 1, {at if 'now' in at else repr(at)})", rid)
+    await db.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
+                     "VALUES ('fine', 'acme', 'api_requests', 999999999999999.5, now() + interval '23 hours')")
+    assert set(await stored(db)) == {"fine"}
+
+
+async def test_a_database_already_holding_poison_rows_still_migrates(postgres_dsn):
+    """The constraints are added NOT VALID: old rows stay as they are (reconciliation isolates
+    them), new ones are refused."""
+    import uuid
+
+    import asyncpg
+
+    from billing.db import migrate, migration_files
+    from devstack.postgres import ensure_database, with_database
+
+    name = f"billing_poisoned_{uuid.uuid4().hex[:8]}"
+    await ensure_database(postgres_dsn, name)
+    dsn = with_database(postgres_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        before = [(v, sql) for v, sql in migration_files() if v < "0010"]
+        await conn.execute("CREATE TABLE public.billing_schema_migrations (version text PRIMARY KEY, "
+                           "applied_at timestamptz NOT NULL DEFAULT now())")
+        for version, sql in before:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO public.billing_schema_migrations (version) VALUES ($1)", version)
+        await conn.execute("INSERT INTO billing.customers (customer_id) VALUES ('acme')")
+        for rid, q in POISON:
+            await conn.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
+                               "VALUES ($1, 'acme', 'api_requests', $2::numeric, '1970-01-01')", rid, q)
+        applied = await migrate(dsn)
+        assert "0010_usage_checks" in applied
+        assert await conn.fetchval("SELECT count(*) FROM billing.usage_events") == len(POISON)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
+                               "VALUES ('new-nan', 'acme', 'api_requests', 'NaN', now())")
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(postgres_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

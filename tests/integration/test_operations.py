@@ -178,6 +178,11 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
             assert (a.spec, a.action, a.policy, a.state.note, a.state.paused) == \
                    (b.spec, b.action, b.policy, b.state.note, b.state.paused), name
         sync = second[f"usage-sync-{tag}"].schedule
+        # Every scheduled run is bounded, so a stuck one cannot skip every later tick.
+        timeouts = {d.name.removesuffix(f"-{tag}"): second[d.name].schedule.action.execution_timeout for d in defs}
+        assert timeouts == {"usage-sync": timedelta(hours=1), "full-reconciliation": timedelta(hours=12),
+                            "webhook-replay": timedelta(hours=3), "subscription-resync": timedelta(hours=6),
+                            "credit-repair": timedelta(hours=6)}
         assert sync.policy.overlap == ScheduleOverlapPolicy.SKIP
         assert sync.policy.catchup_window == timedelta(minutes=10)
         assert sync.spec.intervals[0].every == timedelta(minutes=5)
@@ -210,12 +215,27 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
 
 def test_schedule_file_errors_are_precise(tmp_path):
     bad = tmp_path / "s.toml"
-    bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5 minutes"\n')
+    head = '[defaults]\nexecution_timeout = "1h"\n'
+    bad.write_text(head + '[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5 minutes"\n')
     with pytest.raises(schedules.ScheduleConfigError, match="not a duration"):
         schedules.load(bad)
-    bad.write_text('[schedules.x]\nworkflow = "Nope"\nnote = "n"\nevery = "5m"\n')
+    bad.write_text(head + '[schedules.x]\nworkflow = "Nope"\nnote = "n"\nevery = "5m"\n')
     with pytest.raises(schedules.ScheduleConfigError, match="unknown workflow"):
         schedules.load(bad)
-    bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\nat = {hour = 1}\n')
+    bad.write_text(head + '[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\nat = {hour = 1}\n')
     with pytest.raises(schedules.ScheduleConfigError, match="exactly one of"):
+        schedules.load(bad)
+    # Every schedule is bounded...
+    bad.write_text('[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\n')
+    with pytest.raises(schedules.ScheduleConfigError, match="execution_timeout"):
+        schedules.load(bad)
+    # ...longer than a run may wait for an approval (7 days unless the input says less)...
+    bad.write_text(head + '[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\n')
+    with pytest.raises(schedules.ScheduleConfigError,
+                       match=r"input.approval_timeout_seconds \(604800\) must be shorter than execution_timeout \(1h\)"):
+        schedules.load(bad)
+    # ...and its input is the workflow's, checked before any tick runs it.
+    bad.write_text(head + '[schedules.x]\nworkflow = "ReconcileUsage"\nnote = "n"\nevery = "5m"\n'
+                   'input = { mode = "apply", settle_seconds = -5, approval_timeout_seconds = 60 }\n')
+    with pytest.raises(schedules.ScheduleConfigError, match="settle_seconds"):
         schedules.load(bad)

@@ -149,3 +149,41 @@ def test_unknown_customers_message_is_precise_and_bounded():
     many = UnknownCustomers([f"c{i}" for i in range(25)])
     assert str(many).endswith("c19 ...")
     assert many.ids[-1] == "c24"
+
+
+def test_quantities_and_times_outside_the_contract_are_refused_with_their_line(tmp_path):
+    """The bounds of README "Ingestion contract" (and of the CHECK constraints of migration
+    0010): a finite quantity in [0, 1e15), a time from 2000-01-01 to a day from now."""
+    p = jsonl(tmp_path, [
+        ev(1, quantity="1e100000"),  # finite for Decimal, absurd for billing
+        '{"request_id": "r2", "customer_id": "c1", "meter": "m", "quantity": 1e100000, '
+        '"occurred_at": "2026-11-01T00:00:00Z"}',  # a JSON number that large is a float infinity
+        ev(3, quantity="-1"),
+        ev(4, quantity="1e15"),
+        ev(5, quantity="999999999999999.999999"),  # just below the bound: accepted
+        ev(6, quantity="0"),
+        ev(7, occurred_at="1999-12-31T23:59:59Z"),
+        ev(8, occurred_at="2999-01-01T00:00:00Z"),
+        ev(9, quantity="-Infinity"),
+    ])
+    events, report = parse(p)
+    assert [e.request_id for e in events] == ["r5", "r6"]
+    lines = {int(x.split(":")[0].removeprefix("line ")): x for x in report.invalid}
+    assert sorted(lines) == [1, 2, 3, 4, 7, 8, 9]
+    assert all("\n" not in x for x in report.invalid)
+    assert "quantity must be below 1E+15" in lines[1] and "quantity must be below 1E+15" in lines[4]
+    assert "finite" in lines[2] and "finite" in lines[9]
+    assert "must not be negative" in lines[3]
+    assert "occurred_at 1999-12-31T23:59:59+00:00 is before 2000-01-01" in lines[7]
+    assert "more than a day in the future" in lines[8]
+
+
+def test_csv_quantity_beyond_the_bound_is_refused(tmp_path):
+    p = tmp_path / "usage.csv"
+    p.write_text("request_id,customer_id,meter,quantity,occurred_at\n"
+                 "r1,c1,m,1e100000,2026-11-01T00:00:00Z\n"
+                 "r2,c1,m,1e74,2026-11-01T00:00:00Z\n"
+                 "r3,c1,m,7,2026-11-01T00:00:00Z\n")
+    events, report = parse(p)
+    assert [e.request_id for e in events] == ["r3"]
+    assert [x.split(":")[0] for x in report.invalid] == ["line 2", "line 3"]

@@ -94,3 +94,24 @@ def test_a_page_input_still_tells_older_workers_observe_only():
         dumped = PageInput(context=CTX, write_mode=mode).model_dump(mode="json")
         assert dumped["observe_only"] is observe_only and dumped["write_mode"] == mode.value
         assert PageInput.model_validate(dumped).write_mode == mode
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("settle_seconds", -5, "greater than or equal to 0"),
+    ("settle_seconds", 999_999_999_999, "less than or equal to 604800"),
+    ("epsilon", "1", "less than 1"),
+    ("epsilon", "-0.01", "greater than or equal to 0"),
+    ("page_size", 0, "greater than or equal to 1"),
+    ("page_size", -1, "greater than or equal to 1"),
+    ("page_size", 5001, "less than or equal to 5000"),
+])
+def test_the_run_input_has_the_bounds_of_the_settings(field: str, value: object, message: str) -> None:
+    from reconcile.types import ReconcileUsageInput
+
+    with pytest.raises(ValidationError, match=message):
+        ReconcileUsageInput.model_validate({"mode": "apply", field: value})
+    # The resolved policy a run carries (and continue-as-new validates again) is bounded too.
+    good = {"epsilon": "0.005", "settle_seconds": 600, "auto_approve_over_reporting": False, "page_size": 500}
+    with pytest.raises(ValidationError, match=message):
+        Policy.model_validate({**good, field: value})
+    Policy.model_validate(good)

@@ -332,3 +332,71 @@ def test_counts_stand_for_the_findings_and_plans_survive_storage(states: list):
         correctable = f.kind not in (FindingKind.PENDING, FindingKind.NEEDS_INVOICE_ADJUSTMENT)
         assert (f.plan is not None) == correctable
         assert plan_from_json(plan_to_json(f.plan)) == f.plan
+
+
+# ---------------------------------------------------------------------------- poison
+
+
+def test_a_day_with_unusable_rows_is_reported_and_skips_its_key_and_its_counter():
+    rows = BatchRows([C1], [LedgerDay("c1", METER, DAY, D(4), invalid=2, invalid_ids=("r-nan", "r-inf")),
+                            usage("3", day=DAY - timedelta(days=1))],
+                     [counter("99")])
+    plan = plan_batch(rows, Summaries({("c1", METER): {DAY: D(1), DAY - timedelta(days=1): D(3)}}),
+                      policy(start=DAY - timedelta(days=1), end=DAY))
+    assert [(f.kind, f.key, f.status, f.ledger) for f in plan.findings] == [
+        (FindingKind.INVALID_USAGE, f"usage|c1|{METER}|{DAY}", S.FAILED, None)]
+    assert "2 usage row(s) not finite or beyond +-1E+15 (request ids: r-nan, r-inf)" in plan.findings[0].detail
+    assert plan.counts.invalid_usage == 1 and plan.counts.reconcile_failures == 1
+    assert plan.counts.keys_checked == 1  # the clean day only; the counter of the period is not touched
+
+
+def test_a_nan_counter_is_repaired_and_a_nan_quota_is_ignored():
+    plan = plan_batch(BatchRows([C1], [usage("10")], [counter("NaN", quota="NaN")]),
+                      Summaries(stripe("10")), policy())
+    assert [(f.kind, f.ledger, f.over_quota_transition) for f in plan.findings] == [
+        (FindingKind.COUNTER_DRIFT, D(10), False)]
+
+
+weird = st.one_of(amounts, st.sampled_from([D("NaN"), D("Infinity"), D("-Infinity"), D("1e74"), D("-1e80"),
+                                             D("1e100000"), D("0.0000001")]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), weird, weird, st.one_of(st.none(), weird), st.one_of(st.none(), weird)),
+                max_size=6))
+def test_no_value_of_one_key_can_fail_the_batch(states: list):
+    """Whatever Postgres or Stripe say (NaN, infinities, values too long to quantize), the scan
+    of a batch never raises: a key it cannot reconcile is an `invalid_usage` finding."""
+    days = [DAY - timedelta(days=i) for i in range(3)]
+    ledger, values, ctrs = {}, {}, []
+    for d, led, s, ctr, quota in states:
+        ledger[days[d]] = LedgerDay("c1", METER, days[d], led)
+        values[days[d]] = s
+        if ctr is not None:
+            ctrs = [CounterRow("c1", METER, PERIOD, PERIOD_END, ctr, quota)]
+    c2 = Customer("c2", "cus_2")  # a clean neighbour in the same batch
+    rows = BatchRows([C1, c2], [*ledger.values(), usage("5", customer="c2")], ctrs)
+    plan = plan_batch(rows, Summaries({("c1", METER): values, ("c2", METER): {DAY: D(2)}}),
+                      policy(start=days[-1], end=DAY))
+    assert [f.plan.push.value for f in plan.findings if f.customer_id == "c2" and f.usage_day == DAY
+            and isinstance(f.plan, StripeCorrection) and f.plan.push] == [D(3)]
+    for f in plan.findings:
+        if f.kind == FindingKind.INVALID_USAGE:
+            assert f.status == S.FAILED and f.plan is None
+        stored = plan_to_json(f.plan)  # NaN != NaN: compare the stored forms
+        assert plan_to_json(plan_from_json(stored)) == stored
+
+
+def test_usage_under_a_non_sum_meter_is_reported_as_unsupported_not_unmetered():
+    p = replace(policy(), unsupported={"seats": "last"})
+    rows = BatchRows([C1], [usage("10"), usage("4", meter="seats"), usage("2", meter="gpu")], [counter("10")])
+    plan = plan_batch(rows, Summaries(stripe("10")), p)
+    assert [(f.kind, f.meter, f.ledger, f.status) for f in plan.findings] == [
+        (FindingKind.UNMETERED_USAGE, "gpu", D(2), S.OBSERVED),
+        (FindingKind.UNSUPPORTED_METER, "seats", D(4), S.OBSERVED),
+        # counters are still checked for every meter (there is none for these two)
+        (FindingKind.COUNTER_DRIFT, "gpu", D(2), S.APPROVED),
+        (FindingKind.COUNTER_DRIFT, "seats", D(4), S.APPROVED),
+    ]
+    assert "aggregates with 'last'" in plan.findings[1].detail
+    assert (plan.counts.unsupported_meter, plan.counts.unmetered_usage) == (1, 1)

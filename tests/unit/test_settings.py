@@ -41,3 +41,38 @@ def test_empty_summary_lag_is_unset_and_tracing_needs_an_endpoint(monkeypatch: p
     assert not Settings().tracing_configured()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/v1/traces")
     assert Settings().tracing_configured()
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("RECON_PAGE_SIZE", "0", "Input should be greater than or equal to 1"),
+    ("RECON_PAGE_SIZE", "-1", "Input should be greater than or equal to 1"),
+    ("RECON_PAGE_SIZE", "5001", "Input should be less than or equal to 5000"),
+    ("RECON_EPSILON", "1", "Input should be less than 1"),
+    ("RECON_EPSILON", "-0.1", "Input should be greater than or equal to 0"),
+    ("RECON_EPSILON", "NaN", "Input should be a finite number"),
+    ("RECON_SETTLE_SECONDS", "-5", "Input should be greater than or equal to 0"),
+    ("RECON_SETTLE_SECONDS", "604801", "Input should be less than or equal to 604800"),
+    ("RECON_STRIPE_CONCURRENCY", "0", "Input should be greater than or equal to 1"),
+    ("RECON_AUTO_APPROVE_OVER_REPORTING", "perhaps", "Input should be a valid boolean, unable to interpret input"),
+])
+def test_every_recon_setting_is_bounded_where_it_enters(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    from billing.settings import InvalidSettings, get_settings
+
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidSettings) as err:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert str(err.value) == f"invalid settings: {name}: {message} (got {value!r})"
+
+
+def test_recon_settings_at_their_bounds_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"RECON_PAGE_SIZE": "5000", "RECON_EPSILON": "0", "RECON_SETTLE_SECONDS": "604800",
+                        "RECON_STRIPE_CONCURRENCY": "1"}.items():
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert (s.recon_page_size, s.recon_epsilon, s.recon_settle_seconds, s.recon_stripe_concurrency) == (
+        5000, 0, 604800, 1)

@@ -415,6 +415,24 @@ async def test_pause_holds_the_approved_plan_until_resume(time_skipping_env, tas
 # ---------------------------------------------------------------------------- settle and verify
 
 
+async def test_corrections_found_stale_are_re_planned_by_the_verify_pass(time_skipping_env, task_queue):
+    """Nothing pushed, but a correction was stale at apply time: the run still settles and
+    verifies, so the key is re-planned now (behind `workflow.patched("verify-stale-corrections")`:
+    a run that did not verify in this case before keeps not doing so on replay)."""
+    s = Script(pages={None: page(None, customers_scanned=1, drift_count=1, stale_skipped=1)},
+               verify_pages={None: page(None, customers_scanned=1, drift_count=1, corrections_pushed=1)},
+               settle_seconds=60)
+    async with worker(time_skipping_env, task_queue, s):
+        handle = await start(time_skipping_env, task_queue, request(Mode.APPLY))
+        result = await handle.result()
+        history = await handle.fetch_history()
+    assert [c.verify for c in s.page_calls] == [False, True]
+    assert result.verify_counts == Counts(customers_scanned=1, drift_count=1, corrections_pushed=1)
+    markers = [e.marker_recorded_event_attributes for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    assert any("verify-stale-corrections" in str(m.details) for m in markers), markers
+
+
+
 async def test_settle_timer_then_verify_pass(time_skipping_env, task_queue):
     s = Script(pages={None: page("c2", customers_scanned=2, drift_count=1, corrections_pushed=1),
                       "c2": page(None, customers_scanned=1, pending=1)},
