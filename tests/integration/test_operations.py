@@ -182,7 +182,7 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
         timeouts = {d.name.removesuffix(f"-{tag}"): second[d.name].schedule.action.execution_timeout for d in defs}
         assert timeouts == {"usage-sync": timedelta(hours=1), "full-reconciliation": timedelta(hours=12),
                             "webhook-replay": timedelta(hours=3), "subscription-resync": timedelta(hours=6),
-                            "credit-repair": timedelta(hours=6)}
+                            "credit-repair": timedelta(hours=6), "allocations-reconcile": timedelta(minutes=50)}
         assert sync.policy.overlap == ScheduleOverlapPolicy.SKIP
         assert sync.policy.catchup_window == timedelta(minutes=10)
         assert sync.spec.intervals[0].every == timedelta(minutes=5)
