@@ -85,6 +85,15 @@ class AuditInput(BaseModel):
         return self
 
 
+def ledger_audit_key(ledger_id: int) -> str:
+    """The idempotency key of the audit row of one `billing.credit_ledger` write: the new
+    ledger row's own id. Every ledger row gets its own audit row, even one that re-grants a
+    source whose first row was lost (its business key, `checkout:<cs>`, is the same; the row is
+    not). Deterministic under retry: the ledger row and its audit row commit together, so a retry
+    that finds the row written writes neither again."""
+    return f"credit-ledger:{ledger_id}"
+
+
 def correlation_id(workflow_id: str | None) -> str | None:
     """The correlation id of an audit row: the current command's, else the workflow id."""
     return correlation.current() or workflow_id

@@ -21,7 +21,7 @@ from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
 from common.audit import AuditAction, write_audit
 from common.heartbeat import Heartbeater, heartbeat_pages, resume
-from common.paged import PagedRunContext, sample
+from common.paged import PagedRunContext, run_write_key, sample
 from common.paged_activities import mark_seen, may_write
 from resync.types import (
     CountActiveInput,
@@ -173,7 +173,7 @@ class ResyncActivities:
                     entity_type="subscription", entity_id=sid,
                     before={k: before[k] for k in changed} if before is not None else None,
                     after={k: after[k] for k in changed},
-                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id))
+                    idempotency_key=run_write_key(ctx, "resync", sid), customer_id=customer_id))
                 return True
         except PermanentEventError as e:  # e.g. a customer-id conflict: report, go on
             log.warning("subscription %s not fixed: %s", sid, e)

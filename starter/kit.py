@@ -58,7 +58,7 @@ EXIT_INTERRUPTED = 130
 # Workflow failures that are the caller's input, not the run: exit 2 like any bad argument.
 BAD_INPUT_FAILURES = frozenset({
     Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
-    ErrorType.UNKNOWN_CUSTOMER.value,
+    ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.IDEMPOTENCY_KEY_REUSED.value,
     "ValidationError",  # the workflow's input model refused it (`failure_exception_types`)
 })
 

@@ -35,7 +35,7 @@ from billing.stripe_objects import (
     subscription_row,
     ts,
 )
-from common.audit import AuditAction, AuditInput, write_audit
+from common.audit import AuditAction, AuditInput, ledger_audit_key, write_audit
 from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from webhooks.types import (
     EVENT_NOT_IN_INBOX,
@@ -242,7 +242,7 @@ class StripeEventActivities:
         if customer_id is None:
             raise PermanentEventError(
                 f"checkout {grant.checkout_session_id}: Stripe customer {grant.stripe_customer_id} does not exist")
-        inserted = await conn.fetchval(
+        ledger_id = await conn.fetchval(
             """
             INSERT INTO billing.credit_ledger
                 (customer_id, amount, source, reason, stripe_event_id, checkout_session_id, actor)
@@ -250,7 +250,7 @@ class StripeEventActivities:
             ON CONFLICT (source) DO NOTHING RETURNING id
             """,
             customer_id, grant.amount, grant.source, event_id, grant.checkout_session_id, actor)
-        if inserted is None:
+        if ledger_id is None:
             return f"checkout {grant.checkout_session_id}: credits already granted"
         balance = await conn.fetchval(
             """
@@ -261,9 +261,10 @@ class StripeEventActivities:
             """, customer_id, grant.amount)
         await write_audit(conn, AuditInput(
             actor=actor, action=AuditAction.CREDITS_GRANT, entity_type="credit_balance", entity_id=customer_id,
-            before={"balance": balance - grant.amount}, after={"balance": balance, "granted": grant.amount},
+            before={"balance": balance - grant.amount},
+            after={"balance": balance, "granted": grant.amount, "ledger_id": ledger_id, "ledger_source": grant.source},
             reason=f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
-            workflow_id=workflow_id, run_id=run_id, idempotency_key=f"credit-grant:{grant.source}",
+            workflow_id=workflow_id, run_id=run_id, idempotency_key=ledger_audit_key(ledger_id),
             customer_id=customer_id))
         return f"checkout {grant.checkout_session_id}: granted {grant.amount} to {customer_id}"
 

@@ -152,6 +152,20 @@ async def billing_scenario(sc: stripe.StripeClient, admin: EmulatorAdmin, *, n_c
     return act
 
 
+async def credit_purchase(sc: stripe.StripeClient, admin: EmulatorAdmin, customer_id: str,
+                          credits: int) -> tuple[str, str]:
+    """A Stripe customer known to the application as `customer_id` (metadata) buying `credits`
+    through Checkout: (Stripe customer id, checkout session id)."""
+    cus = await sc.v1.customers.create_async(params={"name": customer_id, "metadata": {"customer_id": customer_id}})
+    product = await sc.v1.products.create_async(params={"name": f"Credits {customer_id}"})
+    price = await sc.v1.prices.create_async(params={"product": product.id, "currency": "usd", "unit_amount": credits})
+    cs = await sc.v1.checkout.sessions.create_async(params={
+        "mode": "payment", "customer": cus.id, "success_url": "https://example.com/ok",
+        "line_items": [{"price": price.id, "quantity": 1}], "metadata": {"credits": str(credits)}})
+    await admin.complete_checkout_session(cs.id)
+    return cus.id, cs.id
+
+
 # ---------------------------------------------------------------------------- comparison
 
 
