@@ -8,6 +8,7 @@ arguments (including an unknown customer)."""
 from __future__ import annotations
 
 import typer
+from temporalio.common import WorkflowIDConflictPolicy
 
 from common.types import Mode
 from resync.types import ResyncProgress, ResyncResult, ResyncSubscriptionsInput
@@ -61,9 +62,11 @@ def subscriptions_sync(
 
 
 async def _resync(request: ResyncSubscriptionsInput, workflow_id: str, as_json: bool) -> int:
+    # The same --id while that run goes on follows it; after it finished, it scans again.
     return await start_and_follow(ResyncSubscriptions.run, request, workflow_id, as_json=as_json,
                                   watch=Watch(ResyncProgress, "resync", _step), show=_print_resync,
-                                  outcome=lambda r: EXIT_FAILED if r.counts.fix_failures else EXIT_OK)
+                                  outcome=lambda r: EXIT_FAILED if r.counts.fix_failures else EXIT_OK,
+                                  id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
 
 
 def _step(p: ResyncProgress) -> Step:
