@@ -12,7 +12,13 @@ import pytest
 
 from common.types import Mode
 from reconcile.types import Phase
-from tests.integration.recon_helpers import make_settings, running_worker, seed_world, start, wait_phase
+from tests.integration.recon_helpers import (
+    make_settings,
+    running_worker,
+    seed_world,
+    start,
+    wait_phase,
+)
 from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from webhooks.types import ReplayResult, ReplayWebhooksInput
 
