@@ -5,7 +5,7 @@ local copy of this subscription" is, or they would fight over it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,12 +91,17 @@ def subscription_row(sub: dict[str, Any]) -> SubscriptionRow:
     )
 
 
+# Our own status of an invoice Stripe deleted (only drafts can be): Stripe then has no object
+# and no status; the mirror keeps the row with this status and `deleted_at`.
+INVOICE_DELETED = "deleted"
+
+
 @dataclass(frozen=True)
 class InvoiceRow:
     stripe_invoice_id: str
     stripe_customer_id: str
     stripe_subscription_id: str | None
-    status: str | None
+    status: str | None  # Stripe's: draft, open, paid, uncollectible, void; ours: deleted
     currency: str | None
     amount_due: int | None
     amount_paid: int | None
@@ -104,6 +109,29 @@ class InvoiceRow:
     period_start: datetime | None
     period_end: datetime | None
     stripe_created: datetime | None
+    number: str | None = None
+    total: int | None = None
+    amount_remaining: int | None = None
+    # status_transitions
+    finalized_at: datetime | None = None
+    paid_at: datetime | None = None
+    voided_at: datetime | None = None
+    marked_uncollectible_at: datetime | None = None
+    deleted_at: datetime | None = None  # a deleted draft: when (the event's time)
+
+    # The fields an invoice resync compares, in a stable order (also the audit's before/after).
+    COMPARED = (
+        "status", "number", "currency", "total", "amount_due", "amount_paid", "amount_remaining",
+        "attempt_count", "finalized_at", "paid_at", "voided_at", "marked_uncollectible_at",
+        "stripe_subscription_id", "period_start", "period_end", "deleted_at",
+    )
+
+    def compared(self) -> dict[str, Any]:
+        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
+
+    def deleted(self, at: datetime | None) -> InvoiceRow:
+        """This draft, deleted in Stripe at `at`."""
+        return replace(self, status=INVOICE_DELETED, deleted_at=at)
 
 
 def invoice_subscription_id(inv: dict[str, Any]) -> str | None:
@@ -118,6 +146,7 @@ def invoice_row(inv: dict[str, Any]) -> InvoiceRow:
     customer = _id(inv.get("customer"))
     if not customer:
         raise StripeObjectError(f"invoice {inv['id']} has no customer")
+    transitions = inv.get("status_transitions") or {}
     return InvoiceRow(
         stripe_invoice_id=inv["id"],
         stripe_customer_id=customer,
@@ -130,6 +159,13 @@ def invoice_row(inv: dict[str, Any]) -> InvoiceRow:
         period_start=ts(inv.get("period_start")),
         period_end=ts(inv.get("period_end")),
         stripe_created=ts(inv.get("created")),
+        number=inv.get("number"),
+        total=inv.get("total"),
+        amount_remaining=inv.get("amount_remaining"),
+        finalized_at=ts(transitions.get("finalized_at")),
+        paid_at=ts(transitions.get("paid_at")),
+        voided_at=ts(transitions.get("voided_at")),
+        marked_uncollectible_at=ts(transitions.get("marked_uncollectible_at")),
     )
 
 

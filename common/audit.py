@@ -45,6 +45,8 @@ class AuditAction(StrEnum):
     # Subscriptions (ResyncSubscriptions).
     SUBSCRIPTION_RESYNC = "subscription.resync"
     SUBSCRIPTION_CREATE = "subscription.create"
+    # Invoices (ResyncInvoices): a mirror row fixed, created or marked deleted from Stripe.
+    INVOICE_RESYNC = "invoice.resync"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

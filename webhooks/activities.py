@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,7 @@ from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import (
     CreditGrant,
     CustomerRow,
+    InvoiceRow,
     StripeObjectError,
     credit_grant,
     customer_row,
@@ -58,6 +59,15 @@ log = logging.getLogger("billing.stripe_events")
 DONE = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value)
 MAX_REPORTED_FAILURES = 50
 WEBHOOK_ACTOR = "stripe-webhook"
+
+
+# Every invoice event of the lifecycle (FACTS.md "Invoices and revenue"); each one re-reads the
+# invoice. The payment outcomes also refresh the subscription the invoice bills.
+INVOICE_PAYMENT_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"})
+INVOICE_EVENTS = frozenset({
+    "invoice.created", "invoice.updated", "invoice.deleted", "invoice.finalized", "invoice.voided",
+    "invoice.marked_uncollectible", *INVOICE_PAYMENT_EVENTS,
+})
 
 
 class PermanentEventError(Exception):
@@ -113,8 +123,7 @@ class StripeEventActivities:
             "customer.subscription.deleted": self._on_subscription,
             "checkout.session.completed": self._on_checkout,
             "checkout.session.async_payment_succeeded": self._on_checkout,
-            "invoice.paid": self._on_invoice,
-            "invoice.payment_failed": self._on_invoice,
+            **{t: self._on_invoice for t in INVOICE_EVENTS},
         }
 
     @property
@@ -184,35 +193,21 @@ class StripeEventActivities:
         return await self._sync_subscription(conn, _object_id(event))
 
     async def _on_invoice(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
+        """Every invoice event: the mirror row from a fresh read of Stripe (status, amounts,
+        status_transitions), whatever the event says; a draft Stripe no longer has was deleted."""
         inv_id = _object_id(event)
         await lock_object(conn, inv_id)
+        read_at = await read_time(conn)
         fresh = await self.stripe.retrieve("invoice", inv_id)
-        if fresh is None:
-            raise PermanentEventError(f"invoice {inv_id} does not exist in Stripe")
-        inv = invoice_row(fresh)
-        await conn.execute(
-            """
-            INSERT INTO billing.invoices AS i
-                (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, currency,
-                 amount_due, amount_paid, attempt_count, period_start, period_end, raw, stripe_created,
-                 last_event_at, synced_at, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, now(), now())
-            ON CONFLICT (stripe_invoice_id) DO UPDATE SET
-                stripe_customer_id = EXCLUDED.stripe_customer_id,
-                stripe_subscription_id = EXCLUDED.stripe_subscription_id,
-                status = EXCLUDED.status, currency = EXCLUDED.currency,
-                amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
-                attempt_count = EXCLUDED.attempt_count, period_start = EXCLUDED.period_start,
-                period_end = EXCLUDED.period_end, raw = EXCLUDED.raw,
-                last_event_at = GREATEST(i.last_event_at, EXCLUDED.last_event_at),
-                synced_at = now(), updated_at = now()
-            """,
-            inv.stripe_invoice_id, inv.stripe_customer_id, inv.stripe_subscription_id, inv.status,
-            inv.currency, inv.amount_due, inv.amount_paid, inv.attempt_count, inv.period_start,
-            inv.period_end, fresh, inv.stripe_created, ts(event.get("created")),
-        )
-        detail = f"invoice {inv_id}: {inv.status}"
-        if inv.stripe_subscription_id:  # the payment outcome moves the subscription's status
+        raw: dict[str, Any] | None = fresh
+        if fresh is not None:
+            inv = invoice_row(fresh)
+        else:
+            inv, raw = deleted_draft(event), (event.get("data") or {}).get("object")
+        written = await upsert_invoice(conn, inv, raw, read_at=read_at, event_at=ts(event.get("created")))
+        detail = f"invoice {inv_id}: {inv.status}" + ("" if written else " (a later read is stored; kept)")
+        if inv.stripe_subscription_id and event.get("type") in INVOICE_PAYMENT_EVENTS:
+            # The payment outcome moves the subscription's status.
             detail += "; " + await self._sync_subscription(conn, inv.stripe_subscription_id)
         return detail
 
@@ -445,6 +440,62 @@ async def upsert_subscription(
         row.current_period_start, row.current_period_end, row.cancel_at_period_end, row.cancel_at,
         row.canceled_at, row.ended_at, row.items, raw, row.stripe_created,
     )
+
+
+async def read_time(conn: asyncpg.Connection) -> datetime:
+    """Postgres' clock now (not the transaction's start): taken just before a Stripe read, it is
+    the time of the copy that read returns."""
+    return await conn.fetchval("SELECT clock_timestamp()")
+
+
+def deleted_draft(event: dict[str, Any]) -> InvoiceRow:
+    """The row of an invoice an event names and Stripe no longer has: a deleted draft (only
+    drafts can be deleted), from the event's copy. Anything else is a permanent failure."""
+    obj = (event.get("data") or {}).get("object") or {}
+    if obj.get("status") != "draft":
+        raise PermanentEventError(f"invoice {obj.get('id')} does not exist in Stripe")
+    return invoice_row(obj).deleted(ts(event.get("created")))
+
+
+async def upsert_invoice(
+    conn: asyncpg.Connection, row: InvoiceRow, raw: dict[str, Any] | None, *, read_at: datetime,
+    event_at: datetime | None = None,
+) -> bool:
+    """Write the mirror row of an invoice from a copy read from Stripe at `read_at` (the caller
+    holds the object's lock). A copy read earlier than the stored one is not written (False):
+    out-of-order events, replays and resyncs never take the mirror back in time."""
+    written = await conn.fetchval(
+        """
+        INSERT INTO billing.invoices AS i
+            (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, currency,
+             amount_due, amount_paid, attempt_count, period_start, period_end, raw, stripe_created,
+             number, total, amount_remaining, finalized_at, paid_at, voided_at, marked_uncollectible_at,
+             deleted_at, last_event_at, synced_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15, $16, $17, $18, $19,
+                $20, $21, $22, now())
+        ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+            stripe_customer_id = EXCLUDED.stripe_customer_id,
+            stripe_subscription_id = EXCLUDED.stripe_subscription_id,
+            status = EXCLUDED.status, currency = EXCLUDED.currency,
+            amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+            attempt_count = EXCLUDED.attempt_count, period_start = EXCLUDED.period_start,
+            period_end = EXCLUDED.period_end, raw = coalesce(EXCLUDED.raw, i.raw),
+            stripe_created = EXCLUDED.stripe_created, number = EXCLUDED.number, total = EXCLUDED.total,
+            amount_remaining = EXCLUDED.amount_remaining, finalized_at = EXCLUDED.finalized_at,
+            paid_at = EXCLUDED.paid_at, voided_at = EXCLUDED.voided_at,
+            marked_uncollectible_at = EXCLUDED.marked_uncollectible_at,
+            deleted_at = coalesce(i.deleted_at, EXCLUDED.deleted_at),
+            last_event_at = GREATEST(i.last_event_at, EXCLUDED.last_event_at),
+            synced_at = EXCLUDED.synced_at, updated_at = now()
+        WHERE i.synced_at IS NULL OR i.synced_at <= EXCLUDED.synced_at
+        RETURNING true
+        """,
+        row.stripe_invoice_id, row.stripe_customer_id, row.stripe_subscription_id, row.status, row.currency,
+        row.amount_due, row.amount_paid, row.attempt_count, row.period_start, row.period_end, raw,
+        row.stripe_created, row.number, row.total, row.amount_remaining, row.finalized_at, row.paid_at,
+        row.voided_at, row.marked_uncollectible_at, row.deleted_at, event_at, read_at,
+    )
+    return bool(written)
 
 
 def _sample(cp: SyncInboxCheckpoint, inp: SyncInboxInput, event_id: str) -> None:

@@ -177,7 +177,7 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
     client = temporal_env.client
     defs = schedules.load()
     assert {d.name for d in defs} == {"usage-sync", "full-reconciliation", "webhook-replay",
-                                      "subscription-resync", "credit-repair"}
+                                      "subscription-resync", "invoice-resync", "credit-repair"}
     tag = uuid.uuid4().hex[:6]
     for d in defs:  # private ids: the dev server is shared by the whole test session
         d.name = f"{d.name}-{tag}"
