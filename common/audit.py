@@ -47,6 +47,8 @@ class AuditAction(StrEnum):
     SUBSCRIPTION_CREATE = "subscription.create"
     # Invoices (ResyncInvoices): a mirror row fixed, created or marked deleted from Stripe.
     INVOICE_RESYNC = "invoice.resync"
+    # The webhook inbox: a failed event dismissed by an operator (DismissStripeEvent).
+    EVENT_DISMISS = "event.dismiss"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

@@ -30,6 +30,7 @@ from common.client import connect, connect_config
 from common.paged import ErrorType
 from common.types import Mode
 from reconcile.types import Permanent
+from webhooks.types import EVENT_NOT_DISMISSABLE
 
 T = TypeVar("T")
 Q = ParamSpec("Q")
@@ -58,7 +59,7 @@ EXIT_INTERRUPTED = 130
 # Workflow failures that are the caller's input, not the run: exit 2 like any bad argument.
 BAD_INPUT_FAILURES = frozenset({
     Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
-    ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.IDEMPOTENCY_KEY_REUSED.value,
+    ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.IDEMPOTENCY_KEY_REUSED.value, EVENT_NOT_DISMISSABLE,
     "ValidationError",  # the workflow's input model refused it (`failure_exception_types`)
 })
 

@@ -39,7 +39,10 @@ from billing.stripe_objects import (
 from common.audit import AuditAction, AuditInput, ledger_audit_key, write_audit
 from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from webhooks.types import (
+    EVENT_NOT_DISMISSABLE,
     EVENT_NOT_IN_INBOX,
+    DismissEventActivityInput,
+    DismissEventResult,
     EventStatus,
     PendingCursor,
     PendingPageInput,
@@ -56,7 +59,8 @@ from webhooks.types import (
 
 log = logging.getLogger("billing.stripe_events")
 
-DONE = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value)
+# An event in one of these statuses is never processed again (a dismissed one neither).
+DONE = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value, EventStatus.DISMISSED.value)
 MAX_REPORTED_FAILURES = 50
 WEBHOOK_ACTOR = "stripe-webhook"
 
@@ -173,6 +177,43 @@ class StripeEventActivities:
                 typ = await _mark_failed(conn, event_id, error) or await conn.fetchval(
                     "SELECT type FROM billing.stripe_events WHERE event_id = $1", event_id)
                 return ProcessEventResult(event_id=event_id, type=typ or "", status=EventStatus.FAILED, detail=error)
+
+    # ------------------------------------------------------------------ dismissal
+
+    @activity.defn(name="stripe_events.dismiss")
+    async def dismiss(self, inp: DismissEventActivityInput) -> DismissEventResult:
+        """Mark a failed event `dismissed` and audit it (`event.dismiss`), in one transaction
+        under the inbox row's lock (a concurrent processing of it waits, then finds it done).
+        Once per event: dismissing it again writes nothing and says so. An event that did not
+        fail (processed, ignored, or still received) is refused; an unknown one too."""
+        req = inp.request
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """SELECT type, status, error, payload, dismissed_at, dismissed_by, dismiss_reason
+                   FROM billing.stripe_events WHERE event_id = $1 FOR UPDATE""", req.event_id)
+            if row is None:
+                raise ApplicationError(f"event {req.event_id} is not in the inbox", type=EVENT_NOT_IN_INBOX,
+                                       non_retryable=True)
+            if row["status"] == EventStatus.DISMISSED:
+                return DismissEventResult(
+                    event_id=req.event_id, type=row["type"], error=row["error"], dismissed_at=row["dismissed_at"],
+                    dismissed_by=row["dismissed_by"], reason=row["dismiss_reason"], already_dismissed=True)
+            if row["status"] != EventStatus.FAILED:
+                raise ApplicationError(
+                    f"event {req.event_id} ({row['type']}) is {row['status']}: only a failed event can be "
+                    "dismissed. Nothing was written.", type=EVENT_NOT_DISMISSABLE, non_retryable=True)
+            at = await conn.fetchval(
+                """UPDATE billing.stripe_events SET status = $2, dismissed_at = now(), dismissed_by = $3,
+                          dismiss_reason = $4 WHERE event_id = $1 RETURNING dismissed_at""",
+                req.event_id, EventStatus.DISMISSED.value, req.actor, req.reason)
+            await write_audit(conn, AuditInput(
+                actor=req.actor, action=AuditAction.EVENT_DISMISS, entity_type="stripe_event", entity_id=req.event_id,
+                before={"status": row["status"], "error": row["error"]}, after={"status": EventStatus.DISMISSED.value},
+                reason=req.reason, workflow_id=inp.workflow_id, run_id=inp.workflow_run_id,
+                idempotency_key=f"event-dismiss:{req.event_id}",
+                customer_id=await _event_customer(conn, row["payload"])))
+        return DismissEventResult(event_id=req.event_id, type=row["type"], error=row["error"], dismissed_at=at,
+                                  dismissed_by=req.actor, reason=req.reason)
 
     # ------------------------------------------------------------------ handlers
 
@@ -360,6 +401,8 @@ class StripeEventActivities:
                         _sample(cp, inp, e["id"])
                     else:
                         await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
+                elif status == EventStatus.DISMISSED:
+                    cp.counts.dismissed += 1
                 elif status in DONE:
                     cp.counts.already_processed += 1
                 elif inp.dry_run:
@@ -400,7 +443,9 @@ class StripeEventActivities:
         async with Heartbeater(cp) as hb:
             for i in range(cp.next, len(inp.event_ids)):
                 r = await self.process_one(inp.event_ids[i])
-                if r.already_done:
+                if r.status == EventStatus.DISMISSED:  # dismissed since it was listed
+                    result.counts.dismissed += 1
+                elif r.already_done:
                     result.counts.already_processed += 1
                 elif r.status == EventStatus.PROCESSED:
                     result.counts.replayed += 1
@@ -514,6 +559,16 @@ def _object_id(event: dict[str, Any]) -> str:
     return oid
 
 
+async def _event_customer(conn: asyncpg.Connection, event: dict[str, Any]) -> str | None:
+    """Our customer id of the customer an event is about, if we know it."""
+    obj = (event.get("data") or {}).get("object") or {}
+    ref = obj.get("id") if obj.get("object") == "customer" else obj.get("customer")
+    stripe_id = ref.get("id") if isinstance(ref, dict) else ref
+    if not stripe_id:
+        return None
+    return await conn.fetchval("SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", stripe_id)
+
+
 async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStatus, error: str | None) -> None:
     typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = $2, error = $3, attempts = attempts + 1,
@@ -524,11 +579,12 @@ async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStat
 
 async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> str | None:
     """Returns the event's type, None if it was not marked (unknown, or processed meanwhile)."""
-    # Never downgrades an event that was processed meanwhile (e.g. by a concurrent delivery).
+    # Never downgrades an event that was processed (e.g. by a concurrent delivery) or dismissed
+    # meanwhile.
     typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = 'failed', error = $2, attempts = attempts + 1,
                   last_error_at = now()
-           WHERE event_id = $1 AND status NOT IN ('processed', 'ignored') RETURNING type""", event_id, error[:2000])
+           WHERE event_id = $1 AND status <> ALL($3::text[]) RETURNING type""", event_id, error[:2000], list(DONE))
     if typ is not None:
         metrics.record_webhook_processed(metrics.event_type_family(typ), EventStatus.FAILED.value)
     return typ
