@@ -49,6 +49,9 @@ class AuditAction(StrEnum):
     INVOICE_RESYNC = "invoice.resync"
     # The webhook inbox: a failed event dismissed by an operator (DismissStripeEvent).
     EVENT_DISMISS = "event.dismiss"
+    # The application's `billing.link_customer` re-keyed the receiver's placeholder customer row
+    # (customer_id = its Stripe id) to the application's id (written by SQL: migration 0011).
+    CUSTOMER_LINK = "customer.link"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

@@ -316,12 +316,14 @@ class StripeEventActivities:
 
     async def ensure_customer(self, conn: asyncpg.Connection, stripe_customer_id: str) -> str | None:
         """Our customer id for a Stripe customer, creating the local row from Stripe if an event
-        about its subscription or checkout arrives before `customer.created`."""
+        about its subscription or checkout arrives before `customer.created`. Read under the
+        customer's lock, which `billing.link_customer` takes too: the id returned stays the
+        customer's until this transaction ends (a re-key waits for it)."""
+        await lock_object(conn, stripe_customer_id)
         known = await conn.fetchval(
             "SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", stripe_customer_id)
         if known is not None:
             return known
-        await lock_object(conn, stripe_customer_id)
         fresh = await self.stripe.retrieve("customer", stripe_customer_id)
         if fresh is None or fresh.get("deleted"):
             return None
