@@ -28,8 +28,18 @@ def _id(ref: Any) -> str | None:
     return ref
 
 
+class MirrorRow:
+    """A Stripe object as its mirror row: `COMPARED` are the fields a resync compares, in a
+    stable order (also the audit's before/after)."""
+
+    COMPARED: tuple[str, ...] = ()
+
+    def compared(self) -> dict[str, Any]:
+        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
+
+
 @dataclass(frozen=True)
-class SubscriptionRow:
+class SubscriptionRow(MirrorRow):
     stripe_subscription_id: str
     stripe_customer_id: str
     status: str
@@ -42,14 +52,10 @@ class SubscriptionRow:
     items: list[dict[str, Any]]
     stripe_created: datetime | None
 
-    # The fields a resync compares, in a stable order (also the audit's before/after).
     COMPARED = (
         "status", "current_period_start", "current_period_end", "cancel_at_period_end",
         "cancel_at", "canceled_at", "ended_at", "items",
     )
-
-    def compared(self) -> dict[str, Any]:
-        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
 
 
 def subscription_row(sub: dict[str, Any]) -> SubscriptionRow:
@@ -97,7 +103,7 @@ INVOICE_DELETED = "deleted"
 
 
 @dataclass(frozen=True)
-class InvoiceRow:
+class InvoiceRow(MirrorRow):
     stripe_invoice_id: str
     stripe_customer_id: str
     stripe_subscription_id: str | None
@@ -119,19 +125,21 @@ class InvoiceRow:
     marked_uncollectible_at: datetime | None = None
     deleted_at: datetime | None = None  # a deleted draft: when (the event's time)
 
-    # The fields an invoice resync compares, in a stable order (also the audit's before/after).
     COMPARED = (
         "status", "number", "currency", "total", "amount_due", "amount_paid", "amount_remaining",
         "attempt_count", "finalized_at", "paid_at", "voided_at", "marked_uncollectible_at",
         "stripe_subscription_id", "period_start", "period_end", "deleted_at",
     )
 
-    def compared(self) -> dict[str, Any]:
-        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
-
     def deleted(self, at: datetime | None) -> InvoiceRow:
         """This draft, deleted in Stripe at `at`."""
         return replace(self, status=INVOICE_DELETED, deleted_at=at)
+
+
+# Invoice fields the mirror keeps as Stripe sends them, and Stripe's `status_transitions`.
+INVOICE_AS_IS = ("status", "currency", "amount_due", "amount_paid", "attempt_count", "number", "total",
+                 "amount_remaining")
+INVOICE_TRANSITIONS = ("finalized_at", "paid_at", "voided_at", "marked_uncollectible_at")
 
 
 def invoice_subscription_id(inv: dict[str, Any]) -> str | None:
@@ -151,22 +159,16 @@ def invoice_row(inv: dict[str, Any]) -> InvoiceRow:
         stripe_invoice_id=inv["id"],
         stripe_customer_id=customer,
         stripe_subscription_id=invoice_subscription_id(inv),
-        status=inv.get("status"),
-        currency=inv.get("currency"),
-        amount_due=inv.get("amount_due"),
-        amount_paid=inv.get("amount_paid"),
-        attempt_count=inv.get("attempt_count"),
         period_start=ts(inv.get("period_start")),
         period_end=ts(inv.get("period_end")),
         stripe_created=ts(inv.get("created")),
-        number=inv.get("number"),
-        total=inv.get("total"),
-        amount_remaining=inv.get("amount_remaining"),
-        finalized_at=ts(transitions.get("finalized_at")),
-        paid_at=ts(transitions.get("paid_at")),
-        voided_at=ts(transitions.get("voided_at")),
-        marked_uncollectible_at=ts(transitions.get("marked_uncollectible_at")),
+        **{f: inv.get(f) for f in INVOICE_AS_IS},
+        **_transitions(transitions),
     )
+
+
+def _transitions(transitions: dict[str, Any]) -> dict[str, Any]:
+    return {f: ts(transitions.get(f)) for f in INVOICE_TRANSITIONS}
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from resync.mirror import MirrorSpec, compare_listing, compare_page, mirror_rows
 from resync.types import (
     InvoiceLocalCheckpoint,
     InvoiceLocalPageInput,
-    InvoicePageInput,
     InvoicePageResult,
     InvoiceResyncCheckpoint,
+    ResyncPageInput,
 )
 from webhooks.activities import lock_object, read_time, upsert_invoice
 
@@ -46,7 +46,7 @@ class InvoiceResyncActivities:
         self.stripe = stripe_gateway
 
     @activity.defn(name="resync.invoices_page")
-    async def invoices_page(self, inp: InvoicePageInput) -> InvoicePageResult:
+    async def invoices_page(self, inp: ResyncPageInput) -> InvoicePageResult:
         """Up to `max_pages` pages of Stripe's invoices (every status; created since
         `created_gte` when given) from the cursor: compare each with its mirror row and, in apply
         mode, fix it. Heartbeats the cursor after every page and resumes from it."""

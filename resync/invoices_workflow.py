@@ -32,13 +32,13 @@ with workflow.unsafe.imports_passed_through():
     from resync.invoice_activities import InvoiceResyncActivities
     from resync.types import (
         InvoiceLocalPageInput,
-        InvoicePageInput,
         InvoicePageResult,
         InvoiceResyncCarry,
         InvoiceResyncPhase,
         InvoiceResyncProgress,
         InvoiceResyncResult,
         ResyncInvoicesInput,
+        ResyncPageInput,
     )
 
 LOCAL_PAGE_LIMIT = 500
@@ -73,7 +73,7 @@ class ResyncInvoices(PagedRun[ResyncInvoicesInput, InvoiceResyncCarry, InvoiceRe
         if s.phase == InvoiceResyncPhase.STRIPE:
             page = await workflow.execute_activity_method(
                 InvoiceResyncActivities.invoices_page,
-                InvoicePageInput(context=ctx, starting_after=s.cursor, created_gte=s.created_gte,
+                ResyncPageInput(context=ctx, starting_after=s.cursor, created_gte=s.created_gte,
                                  page_size=inp.page_size, max_pages=inp.pages_per_activity),
                 **PAGE)
         else:

@@ -92,10 +92,13 @@ class ResyncCarry(PagedCarry):
 
 
 class ResyncPageInput(BaseModel):
+    """A page activity of a mirror resync (subscriptions, invoices)."""
+
     context: PagedRunContext
-    starting_after: str | None = None  # Stripe cursor (last subscription id seen)
+    starting_after: str | None = None  # Stripe cursor (last object id seen)
     page_size: int = STRIPE_PAGE_MAX
     max_pages: int = 10
+    created_gte: int | None = None  # invoices: only those created since (unix seconds)
 
 
 class ResyncCheckpoint(BaseModel):
@@ -209,14 +212,6 @@ class InvoiceResyncCarry(PagedCarry):
     pages_done: int = 0
     counts: InvoiceResyncCounts = Field(default_factory=InvoiceResyncCounts)
     findings: InvoiceResyncFindings = Field(default_factory=InvoiceResyncFindings)
-
-
-class InvoicePageInput(BaseModel):
-    context: PagedRunContext
-    starting_after: str | None = None  # Stripe cursor (last invoice id seen)
-    created_gte: int | None = None
-    page_size: int = STRIPE_PAGE_MAX
-    max_pages: int = 10
 
 
 class InvoiceResyncCheckpoint(BaseModel):
