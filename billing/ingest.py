@@ -2,7 +2,7 @@
 by `request_id`. A duplicate submission bumps `dedupe_count` and is never stored twice.
 
 A quantity is a finite number in [0, 1e15) and an event happened between 2000-01-01 UTC and a
-day from now (billing.policy; the CHECK constraints of migration 0010 say the same). Plain SQL,
+day from now (billing.policy; the CHECK constraints of migration 0009 say the same). Plain SQL,
 for apps that write directly:
 
     INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at)

@@ -27,7 +27,7 @@ MAX_PAGE_SIZE = 5000  # customers per page activity
 MAX_SETTLE_SECONDS = 7 * 24 * 3600  # a run waits at most a week before verifying its pushes
 
 # The usage ingestion contract (README "Ingestion contract"; the CHECK constraints of migration
-# 0010_usage_checks.sql say the same): a quantity is a finite number in [0, MAX_QUANTITY) and an
+# 0009_usage_checks.sql say the same): a quantity is a finite number in [0, MAX_QUANTITY) and an
 # event happened between EARLIEST_USAGE and USAGE_AHEAD after now. 1e15 keeps every quantity,
 # and any realistic day's sum, an exact integer in Stripe's float64 aggregation (2^53 ~ 9e15).
 MAX_QUANTITY = Decimal("1e15")

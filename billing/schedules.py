@@ -33,6 +33,7 @@ from allocations.workflow import ReconcileAllocations
 from backfill.workflow import CatchUpBackfill
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
+from resync.invoices_workflow import ResyncInvoices
 from resync.workflow import ResyncSubscriptions
 from webhooks.replay_workflow import ReplayWebhooks
 
@@ -49,7 +50,7 @@ OVERLAP = {
 # class's run method, which starts it.
 KNOWN_WORKFLOWS: dict[str, Callable[..., Awaitable[Any]]] = {
     _Definition.must_from_class(wf).name or wf.__name__: wf.run
-    for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, RepairCredits, CatchUpBackfill,
+    for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, ResyncInvoices, RepairCredits, CatchUpBackfill,
                ReconcileAllocations)
 }
 

@@ -283,10 +283,17 @@ class StripeGateway:
         return [s.to_dict(for_json=True) for s in page.data], bool(page.has_more)
 
     async def list_invoices_page(
-        self, *, status: str, customer: str | None, starting_after: str | None, limit: int = 100,
+        self, *, status: str | None, customer: str | None, starting_after: str | None, limit: int = 100,
+        created_gte: int | None = None,
     ) -> tuple[list[dict], bool]:
-        """One page of /v1/invoices in one status, newest first."""
-        params: dict = {"status": status, "limit": limit}
+        """One page of /v1/invoices, newest first: in one status, or every status (None; Stripe
+        lists drafts, open, paid, uncollectible and void invoices, never deleted drafts); only
+        those created at or after `created_gte` (unix seconds) when given."""
+        params: dict = {"limit": limit}
+        if status:
+            params["status"] = status
+        if created_gte is not None:
+            params["created"] = {"gte": created_gte}
         if customer:
             params["customer"] = customer
         if starting_after:

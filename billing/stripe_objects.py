@@ -5,7 +5,7 @@ local copy of this subscription" is, or they would fight over it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,8 +28,18 @@ def _id(ref: Any) -> str | None:
     return ref
 
 
+class MirrorRow:
+    """A Stripe object as its mirror row: `COMPARED` are the fields a resync compares, in a
+    stable order (also the audit's before/after)."""
+
+    COMPARED: tuple[str, ...] = ()
+
+    def compared(self) -> dict[str, Any]:
+        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
+
+
 @dataclass(frozen=True)
-class SubscriptionRow:
+class SubscriptionRow(MirrorRow):
     stripe_subscription_id: str
     stripe_customer_id: str
     status: str
@@ -42,14 +52,10 @@ class SubscriptionRow:
     items: list[dict[str, Any]]
     stripe_created: datetime | None
 
-    # The fields a resync compares, in a stable order (also the audit's before/after).
     COMPARED = (
         "status", "current_period_start", "current_period_end", "cancel_at_period_end",
         "cancel_at", "canceled_at", "ended_at", "items",
     )
-
-    def compared(self) -> dict[str, Any]:
-        return {f: _jsonable(getattr(self, f)) for f in self.COMPARED}
 
 
 def subscription_row(sub: dict[str, Any]) -> SubscriptionRow:
@@ -91,12 +97,17 @@ def subscription_row(sub: dict[str, Any]) -> SubscriptionRow:
     )
 
 
+# Our own status of an invoice Stripe deleted (only drafts can be): Stripe then has no object
+# and no status; the mirror keeps the row with this status and `deleted_at`.
+INVOICE_DELETED = "deleted"
+
+
 @dataclass(frozen=True)
-class InvoiceRow:
+class InvoiceRow(MirrorRow):
     stripe_invoice_id: str
     stripe_customer_id: str
     stripe_subscription_id: str | None
-    status: str | None
+    status: str | None  # Stripe's: draft, open, paid, uncollectible, void; ours: deleted
     currency: str | None
     amount_due: int | None
     amount_paid: int | None
@@ -104,6 +115,31 @@ class InvoiceRow:
     period_start: datetime | None
     period_end: datetime | None
     stripe_created: datetime | None
+    number: str | None = None
+    total: int | None = None
+    amount_remaining: int | None = None
+    # status_transitions
+    finalized_at: datetime | None = None
+    paid_at: datetime | None = None
+    voided_at: datetime | None = None
+    marked_uncollectible_at: datetime | None = None
+    deleted_at: datetime | None = None  # a deleted draft: when (the event's time)
+
+    COMPARED = (
+        "status", "number", "currency", "total", "amount_due", "amount_paid", "amount_remaining",
+        "attempt_count", "finalized_at", "paid_at", "voided_at", "marked_uncollectible_at",
+        "stripe_subscription_id", "period_start", "period_end", "deleted_at",
+    )
+
+    def deleted(self, at: datetime | None) -> InvoiceRow:
+        """This draft, deleted in Stripe at `at`."""
+        return replace(self, status=INVOICE_DELETED, deleted_at=at)
+
+
+# Invoice fields the mirror keeps as Stripe sends them, and Stripe's `status_transitions`.
+INVOICE_AS_IS = ("status", "currency", "amount_due", "amount_paid", "attempt_count", "number", "total",
+                 "amount_remaining")
+INVOICE_TRANSITIONS = ("finalized_at", "paid_at", "voided_at", "marked_uncollectible_at")
 
 
 def invoice_subscription_id(inv: dict[str, Any]) -> str | None:
@@ -118,19 +154,21 @@ def invoice_row(inv: dict[str, Any]) -> InvoiceRow:
     customer = _id(inv.get("customer"))
     if not customer:
         raise StripeObjectError(f"invoice {inv['id']} has no customer")
+    transitions = inv.get("status_transitions") or {}
     return InvoiceRow(
         stripe_invoice_id=inv["id"],
         stripe_customer_id=customer,
         stripe_subscription_id=invoice_subscription_id(inv),
-        status=inv.get("status"),
-        currency=inv.get("currency"),
-        amount_due=inv.get("amount_due"),
-        amount_paid=inv.get("amount_paid"),
-        attempt_count=inv.get("attempt_count"),
         period_start=ts(inv.get("period_start")),
         period_end=ts(inv.get("period_end")),
         stripe_created=ts(inv.get("created")),
+        **{f: inv.get(f) for f in INVOICE_AS_IS},
+        **_transitions(transitions),
     )
+
+
+def _transitions(transitions: dict[str, Any]) -> dict[str, Any]:
+    return {f: ts(transitions.get(f)) for f in INVOICE_TRANSITIONS}
 
 
 @dataclass(frozen=True)

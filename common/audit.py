@@ -51,6 +51,13 @@ class AuditAction(StrEnum):
     ALLOCATIONS_POST_DEBITS = "allocations.post_debits"  # the debits (and usage events) of a record's slices
     ALLOCATIONS_CREDIT_PAYMENT = "allocations.credit_payment"  # a payment's ledger credit created and linked
     ALLOCATIONS_LINK_CREDIT = "allocations.link_credit"  # a payment's existing ledger credit linked
+    # Invoices (ResyncInvoices): a mirror row fixed, created or marked deleted from Stripe.
+    INVOICE_RESYNC = "invoice.resync"
+    # The webhook inbox: a failed event dismissed by an operator (DismissStripeEvent).
+    EVENT_DISMISS = "event.dismiss"
+    # The application's `billing.link_customer` re-keyed the receiver's placeholder customer row
+    # (customer_id = its Stripe id) to the application's id (written by SQL: migration 0012).
+    CUSTOMER_LINK = "customer.link"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).
@@ -93,6 +100,15 @@ class AuditInput(BaseModel):
             action = AuditAction.USAGE_PUSH_METER_EVENT
         self.action = AuditAction(LEGACY_ACTIONS.get(action, action))
         return self
+
+
+def ledger_audit_key(ledger_id: int) -> str:
+    """The idempotency key of the audit row of one `billing.credit_ledger` write: the new
+    ledger row's own id. Every ledger row gets its own audit row, even one that re-grants a
+    source whose first row was lost (its business key, `checkout:<cs>`, is the same; the row is
+    not). Deterministic under retry: the ledger row and its audit row commit together, so a retry
+    that finds the row written writes neither again."""
+    return f"credit-ledger:{ledger_id}"
 
 
 def correlation_id(workflow_id: str | None) -> str | None:

@@ -32,6 +32,8 @@ class ErrorType(StrEnum):
     UNKNOWN_CUSTOMER = "UnknownCustomer"
     NEGATIVE_BALANCE = "NegativeBalance"
     INVALID_CHECKOUT = "InvalidCheckout"
+    # An idempotency key given again for a different write (another customer or amount).
+    IDEMPOTENCY_KEY_REUSED = "IdempotencyKeyReused"
 
 
 # What no retry of a paged run's activity can fix (its retry policies list them).
@@ -64,6 +66,16 @@ class PagedRunContext(BaseModel):
                           reason=self.reason, before=before, after=after, workflow_id=self.run_id,
                           run_id=self.workflow_run_id, idempotency_key=idempotency_key,
                           customer_id=customer_id)
+
+
+def run_write_key(ctx: PagedRunContext, kind: str, entity: str) -> str:
+    """The audit idempotency key of one corrective write of a paged run: the write's kind, the
+    run's workflow id *and* its first execution's run id, and the entity. Unique per write: a run
+    fixes an entity at most once (a retried page finds its committed fix and writes nothing), and
+    a later run under the same workflow id (`--id` again, a schedule) is a new execution whose
+    fixes are new writes with their own audit rows. (A key of workflow id and entity alone made a
+    re-run's fix of the same entity unaudited: its insert hit the earlier row's key.)"""
+    return f"{kind}:{ctx.run_id}:{ctx.workflow_run_id}:{entity}"
 
 
 class ContextInput(BaseModel):

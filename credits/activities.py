@@ -3,9 +3,12 @@ checks of the runbooks.
 
 Grants go through the webhook handler's own `grant_credits` (one ledger row per checkout
 session, ever, by the ledger's unique `source`; the balance moves only when that row is
-inserted; audited). Balances are repaired to the ledger's sum under the balance row's lock. A
-balance can never be negative (CHECK balance >= 0): an attempt is a non-retryable error and
-writes nothing."""
+inserted; audited with the new ledger row's own key). Balances are repaired to the ledger's sum
+under the balance row's lock. A balance can never be negative (CHECK balance >= 0): a customer
+whose ledger sums below zero is *refused*: RepairCredits writes nothing for that customer (no
+grant, no balance repair), reports it, and goes on with every other customer. The check is made
+under the balance row's lock in the transaction of each write, so no write for that customer
+can slip in before it. A manual debit below zero is refused and writes nothing."""
 
 from __future__ import annotations
 
@@ -20,14 +23,15 @@ from temporalio.exceptions import ApplicationError
 from billing.periods import billing_period
 from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import CreditGrant, StripeObjectError, credit_grant
-from common.audit import AuditAction, write_audit
+from common.audit import AuditAction, ledger_audit_key, write_audit
 from common.heartbeat import Heartbeater, heartbeat_pages, resume
-from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope, sample
+from common.paged import MAX_SAMPLE, ErrorType, PagedRunContext, RunScope, run_write_key, sample
 from common.paged_activities import mark_seen, may_write
 from common.types import Mode
 from credits.types import (
     AdjustActivityInput,
     AdjustCreditsResult,
+    BalanceOutcome,
     BalancePageInput,
     CheckoutPageInput,
     CheckoutSource,
@@ -154,27 +158,38 @@ class CreditActivities:
                     continue
                 c.missing_grants += 1
                 sample(f.missing_grants, g.checkout_session_id)
-                if write and await self._grant(conn, ctx, g.checkout_session_id, f):
-                    c.grants_made += 1
+                if write:
+                    outcome = await self._grant(conn, ctx, g.checkout_session_id, f)
+                    c.grants_made += outcome == BalanceOutcome.WRITTEN
+                    c.grants_refused += outcome == BalanceOutcome.REFUSED
             await mark_seen(conn, ctx.run_id, SEEN_CHECKOUT, [g.checkout_session_id for g in todo])
 
-    async def _grant(self, conn: asyncpg.Connection, ctx: PagedRunContext, cs_id: str, f: CreditFindings) -> bool:
-        """The webhook handler's grant, under the same lock, from a fresh read of the session."""
+    async def _grant(self, conn: asyncpg.Connection, ctx: PagedRunContext, cs_id: str,
+                     f: CreditFindings) -> BalanceOutcome:
+        """The webhook handler's grant, under the same lock, from a fresh read of the session;
+        refused (nothing written) when the customer's ledger sums below zero."""
         try:
             async with conn.transaction():
                 await lock_object(conn, cs_id)
                 if (await _grant_counts(conn, [cs_id])).get(cs_id, 0) > 0:
-                    return False  # a delivery granted it meanwhile
+                    return BalanceOutcome.UNCHANGED  # a delivery granted it meanwhile
                 fresh = await self.stripe.retrieve("checkout.session", cs_id)
                 grant = credit_grant(fresh) if fresh is not None else None
                 if grant is None:
-                    return False
+                    return BalanceOutcome.UNCHANGED
+                customer_id = await self.events.ensure_customer(conn, grant.stripe_customer_id)
+                if customer_id is not None:
+                    _, ledger = await _lock_balance(conn, customer_id)
+                    if ledger < 0:
+                        sample(f.refused, f"{customer_id}: grant of {cs_id} refused: the ledger sums to "
+                                          f"{ledger}; nothing written for this customer")
+                        return BalanceOutcome.REFUSED
                 await self.events.grant_credits(conn, grant, event_id=None, actor=ctx.actor,
                                                 workflow_id=ctx.run_id, run_id=ctx.workflow_run_id)
-                return True
+                return BalanceOutcome.WRITTEN
         except (PermanentEventError, StripeObjectError) as e:
             sample(f.invalid_checkouts, f"{cs_id}: {e}")
-            return False
+            return BalanceOutcome.UNCHANGED
 
     # ------------------------------------------------------------------ ledger checks
 
@@ -225,40 +240,34 @@ class CreditActivities:
                                f"{r['customer_id']}: balance {r['balance']}, ledger {r['ledger']}")
                         if r["ledger"] < 0:
                             c.negative_ledger += 1
-                        if write and await self._repair_balance(conn, ctx, r["customer_id"]):
-                            c.balances_repaired += 1
+                        if write:
+                            outcome = await self._repair_balance(conn, ctx, r["customer_id"], f)
+                            c.balances_repaired += outcome == BalanceOutcome.WRITTEN
+                            c.refused_customers += outcome == BalanceOutcome.REFUSED
                     cp.cursor = r["customer_id"]
                     hb.record(cp)
         # A full page (this attempt's rows and an earlier attempt's) means there may be more.
         next_cursor = cp.cursor if c.customers_checked >= inp.limit else None
         return CreditPageResult(next_cursor=next_cursor, counts=c, findings=f, paused=cp.paused)
 
-    async def _repair_balance(self, conn: asyncpg.Connection, ctx: PagedRunContext, customer_id: str) -> bool:
+    async def _repair_balance(self, conn: asyncpg.Connection, ctx: PagedRunContext, customer_id: str,
+                              f: CreditFindings) -> BalanceOutcome:
         async with conn.transaction():
-            # Lock first, then sum: a grant commits its ledger row and balance together.
-            await conn.execute(
-                "INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-                customer_id)
-            before = await conn.fetchval(
-                "SELECT balance FROM billing.credit_balances WHERE customer_id = $1 FOR UPDATE", customer_id)
-            ledger = await conn.fetchval(
-                "SELECT coalesce(sum(amount), 0)::bigint FROM billing.credit_ledger WHERE customer_id = $1",
-                customer_id)
+            before, ledger = await _lock_balance(conn, customer_id)
             if before == ledger:
-                return False
+                return BalanceOutcome.UNCHANGED
             if ledger < 0:
-                raise negative_balance_error(customer_id, ledger)
-            try:
-                await conn.execute(
-                    "UPDATE billing.credit_balances SET balance = $2, updated_at = now() WHERE customer_id = $1",
-                    customer_id, ledger)
-            except asyncpg.CheckViolationError as e:
-                raise negative_balance_error(customer_id, ledger) from e
+                sample(f.refused, f"{customer_id}: balance {before} not repaired: the ledger sums to {ledger}, "
+                                  "below zero (CHECK balance >= 0); nothing written for this customer")
+                return BalanceOutcome.REFUSED
+            await conn.execute(
+                "UPDATE billing.credit_balances SET balance = $2, updated_at = now() WHERE customer_id = $1",
+                customer_id, ledger)
             await write_audit(conn, ctx.audit_entry(
                 AuditAction.CREDITS_BALANCE_REPAIR, entity_type="credit_balance", entity_id=customer_id,
                 before={"balance": before}, after={"balance": ledger, "ledger_sum": ledger},
-                idempotency_key=f"balance-repair:{ctx.run_id}:{customer_id}", customer_id=customer_id))
-            return True
+                idempotency_key=run_write_key(ctx, "balance-repair", customer_id), customer_id=customer_id))
+            return BalanceOutcome.WRITTEN
 
     @activity.defn(name="credits.paid_invoices_page")
     async def paid_invoices_page(self, inp: InvoiceCheckInput) -> InvoiceCheckResult:
@@ -319,27 +328,33 @@ class CreditActivities:
 
     @activity.defn(name="credits.adjust")
     async def adjust(self, inp: AdjustActivityInput) -> AdjustCreditsResult:
-        """One ledger row (source `manual:<workflow id>`), the balance and one audit row, in one
-        transaction. Not subject to the auto-healing pause: it is an operator's explicit act."""
+        """One ledger row (source `manual:<idempotency key>`, or `manual:<workflow id>` when the
+        request has no key), the balance and one audit row, in one transaction. The same key again
+        writes nothing and says so (`already_applied`); the same key for another customer or
+        amount is refused. Not subject to the auto-healing pause: it is an operator's explicit act."""
         req = inp.request
-        source = f"{MANUAL_SOURCE_PREFIX}{inp.workflow_id}"
+        source = f"{MANUAL_SOURCE_PREFIX}{req.idempotency_key or inp.workflow_id}"
         async with self.pool.acquire() as conn, conn.transaction():
             known = await conn.fetchval("SELECT 1 FROM billing.customers WHERE customer_id = $1", req.customer)
             if known is None:
                 raise ApplicationError(f"unknown customer: {req.customer}",
                                        type=ErrorType.UNKNOWN_CUSTOMER.value, non_retryable=True)
-            await conn.execute(
-                "INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-                req.customer)
-            before = await conn.fetchval(
-                "SELECT balance FROM billing.credit_balances WHERE customer_id = $1 FOR UPDATE", req.customer)
+            before, _ = await _lock_balance(conn, req.customer)
+            # Under the balance lock: a concurrent run of the same key waits here, then finds its row.
             done = await conn.fetchrow(
-                "SELECT id, amount FROM billing.credit_ledger WHERE source = $1", source)
-            if done is not None:  # this workflow's adjustment committed before a retry
+                "SELECT id, customer_id, amount FROM billing.credit_ledger WHERE source = $1", source)
+            if done is not None:  # applied before: by an earlier command with this key, or a retry
+                if (done["customer_id"], done["amount"]) != (req.customer, req.amount):
+                    raise ApplicationError(
+                        f"idempotency key {req.idempotency_key or inp.workflow_id!r} was already used for "
+                        f"{done['amount']:+d} to {done['customer_id']} (ledger row {done['id']}); "
+                        "give another --idempotency-key for a different adjustment. Nothing was written.",
+                        type=ErrorType.IDEMPOTENCY_KEY_REUSED.value, non_retryable=True)
                 return AdjustCreditsResult(
                     workflow_id=inp.workflow_id, customer=req.customer, amount=req.amount,
-                    balance_before=before - done["amount"], balance_after=before, source=source,
-                    ledger_id=done["id"], actor=req.actor, reason=req.reason, already_applied=True)
+                    balance_before=before, balance_after=before, source=source,
+                    ledger_id=done["id"], actor=req.actor, reason=req.reason, already_applied=True,
+                    idempotency_key=req.idempotency_key)
             after = before + req.amount
             if after < 0:
                 raise ApplicationError(
@@ -362,11 +377,27 @@ class CreditActivities:
                              reason=req.reason, manual=True)
             await write_audit(conn, ctx.audit_entry(
                 AuditAction.CREDITS_ADJUST, entity_type="credit_balance", entity_id=req.customer,
-                before={"balance": before}, after={"balance": after, "amount": req.amount, "ledger_source": source},
-                idempotency_key=f"credits-adjust:{inp.workflow_id}", customer_id=req.customer))
+                before={"balance": before},
+                after={"balance": after, "amount": req.amount, "ledger_id": ledger_id, "ledger_source": source},
+                idempotency_key=ledger_audit_key(ledger_id), customer_id=req.customer))
         return AdjustCreditsResult(
             workflow_id=inp.workflow_id, customer=req.customer, amount=req.amount, balance_before=before,
-            balance_after=after, source=source, ledger_id=ledger_id, actor=req.actor, reason=req.reason)
+            balance_after=after, source=source, ledger_id=ledger_id, actor=req.actor, reason=req.reason,
+            idempotency_key=req.idempotency_key)
+
+
+async def _lock_balance(conn: asyncpg.Connection, customer_id: str) -> tuple[int, int]:
+    """(balance, ledger sum) of a customer, the balance row locked `FOR UPDATE` (created at 0 if
+    absent) before the ledger is summed. Every ledger writer updates the balance row in its own
+    transaction, so no other ledger row of this customer commits before this transaction ends."""
+    await conn.execute(
+        "INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+        customer_id)
+    balance = await conn.fetchval(
+        "SELECT balance FROM billing.credit_balances WHERE customer_id = $1 FOR UPDATE", customer_id)
+    ledger = await conn.fetchval(
+        "SELECT coalesce(sum(amount), 0)::bigint FROM billing.credit_ledger WHERE customer_id = $1", customer_id)
+    return balance, ledger
 
 
 async def _grant_counts(conn: asyncpg.Connection, sessions: list[str]) -> dict[str, int]:

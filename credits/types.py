@@ -4,6 +4,8 @@ Workflows build these: no default factories that read clocks or randomness."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from enum import StrEnum
 
 from pydantic import BaseModel, Field, model_validator
@@ -33,6 +35,10 @@ class CreditCounts(BaseModel):
     balance_mismatches: int = 0  # credit_balances != ledger sum
     balances_repaired: int = 0
     negative_ledger: int = 0  # ledger sum < 0: cannot be a balance (dry-run reports it)
+    # Apply: writes refused because the customer's ledger sums below zero. Nothing is written
+    # for such a customer (no grant, no balance repair); every other customer is repaired.
+    grants_refused: int = 0
+    refused_customers: int = 0  # customers whose balance repair was refused (left untouched)
 
     def add(self, o: CreditCounts) -> CreditCounts:
         return CreditCounts(**{k: getattr(self, k) + getattr(o, k) for k in CreditCounts.model_fields})
@@ -55,10 +61,19 @@ class CreditFindings(BaseModel):
     duplicate_grants: list[str] = Field(default_factory=list)  # "cs id: n rows (sources)"
     balance_mismatches: list[str] = Field(default_factory=list)  # "customer: balance vs ledger"
     invalid_checkouts: list[str] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list)  # "customer: what was refused and why"
 
     def merge(self, o: CreditFindings) -> CreditFindings:
         return CreditFindings(**{
             k: (getattr(self, k) + getattr(o, k))[:MAX_SAMPLE] for k in CreditFindings.model_fields})
+
+
+class BalanceOutcome(StrEnum):
+    """What one credit write of RepairCredits did."""
+
+    WRITTEN = "written"
+    UNCHANGED = "unchanged"  # nothing to do (any more)
+    REFUSED = "refused"  # the customer's ledger sums below zero: nothing written for it
 
 
 class RepairPhase(StrEnum):
@@ -175,13 +190,29 @@ class RepairResult(BaseModel):
     paused: bool
 
 
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def default_adjust_key(customer: str, amount: int, reason: str, actor: str) -> str:
+    """The idempotency key of a manual adjustment when the operator gives none: the same
+    customer, amount, reason and actor are the same adjustment. `<customer>:<amount>:<16 hex of
+    sha256 of [customer, amount, reason, actor]>`; a second, deliberate, identical adjustment
+    needs its own key (or another reason)."""
+    digest = hashlib.sha256(json.dumps([customer, amount, reason, actor]).encode()).hexdigest()[:16]
+    return f"{customer}:{amount:+d}:{digest}"[-IDEMPOTENCY_KEY_MAX:]
+
+
 class AdjustCreditsInput(BaseModel):
-    """Input of AdjustCredits: a manual credit or debit, audited with actor and reason."""
+    """Input of AdjustCredits: a manual credit or debit, audited with actor and reason. Its
+    identity is `idempotency_key` (ledger source `manual:<key>`): the same key applies once.
+    Without a key (older starts, `temporal workflow start` without one) the workflow id is the
+    identity (`manual:<workflow id>`)."""
 
     customer: str = Field(min_length=1)
     amount: int  # minor units; > 0 credits, < 0 debits
     reason: str = Field(min_length=1)
     actor: str = Field(min_length=1)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=IDEMPOTENCY_KEY_MAX)
 
     @model_validator(mode="after")
     def _check(self) -> AdjustCreditsInput:
@@ -189,6 +220,8 @@ class AdjustCreditsInput(BaseModel):
             raise ValueError("amount must not be 0")
         if not self.reason.strip():
             raise ValueError("reason must not be blank")
+        if self.idempotency_key is not None and not self.idempotency_key.strip():
+            raise ValueError("idempotency_key must not be blank")
         return self
 
 
@@ -204,11 +237,14 @@ class AdjustCreditsResult(BaseModel):
     amount: int
     balance_before: int
     balance_after: int
-    source: str  # the ledger row's business key: manual:<workflow id>
+    source: str  # the ledger row's business key: manual:<idempotency key> (or manual:<workflow id>)
     ledger_id: int
     actor: str
     reason: str
-    already_applied: bool = False  # a retried activity found its own ledger row
+    # The key's ledger row existed already (an earlier command with the same key, or a retried
+    # activity): nothing was written now; balance_before = balance_after = the balance now.
+    already_applied: bool = False
+    idempotency_key: str | None = None
 
 
 RepairCreditsInput.model_rebuild()

@@ -1,11 +1,10 @@
 """ResyncSubscriptions' activities (Stripe + Postgres). What every paged run shares (its start
-and cleanup, scope, pause check and scratch rows) is in common/paged_activities.py.
+and cleanup, scope, pause check and scratch rows) is in common/paged_activities.py; what every
+mirror resync shares (paging, compare, fix, audit) in resync/mirror.py.
 
 A subscription is compared through the same mapping as the webhook handler
 (`subscription_row(...).compared()`), and written through the same upsert, so the resync and the
-webhooks can never fight over what "the local copy" is. Each fix is one transaction: the
-object's advisory lock (the handler takes the same one), the local row `FOR UPDATE`, the upsert
-and one audit row with before and after."""
+webhooks can never fight over what "the local copy" is."""
 
 from __future__ import annotations
 
@@ -15,14 +14,13 @@ from typing import Any
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from billing.stripe_gateway import StripeGateway
-from billing.stripe_objects import StripeObjectError, SubscriptionRow, subscription_row
-from common.audit import AuditAction, write_audit
-from common.heartbeat import Heartbeater, heartbeat_pages, resume
-from common.paged import PagedRunContext, sample
-from common.paged_activities import mark_seen, may_write
+from billing.stripe_objects import SubscriptionRow, subscription_row
+from common.audit import AuditAction
+from common.heartbeat import Heartbeater, resume
+from common.paged import sample
+from resync.mirror import MirrorSpec, compare_listing, compare_page, mirror_rows, page_result
 from resync.types import (
     CountActiveInput,
     CountActiveResult,
@@ -30,16 +28,10 @@ from resync.types import (
     LocalPageInput,
     LocalPageResult,
     ResyncCheckpoint,
-    ResyncCounts,
     ResyncPageInput,
     ResyncPageResult,
 )
-from webhooks.activities import (
-    PermanentEventError,
-    StripeEventActivities,
-    lock_object,
-    upsert_subscription,
-)
+from webhooks.activities import StripeEventActivities, upsert_subscription
 
 log = logging.getLogger("billing.resync")
 
@@ -47,24 +39,10 @@ SEEN_SUBSCRIPTION = "subscription"  # billing.run_seen kind
 ACTIVE = "active"
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def _iso(v: datetime | None) -> str | None:
-    return v.isoformat() if v is not None else None
-
-
-def local_compared(rec: asyncpg.Record) -> dict[str, Any]:
-    """A local row in the shape of `SubscriptionRow.compared()`."""
-    out: dict[str, Any] = {}
-    for f in SubscriptionRow.COMPARED:
-        v = rec[f]
-        out[f] = _iso(v) if isinstance(v, datetime) else v
-    return out
-
-
-def differing_fields(stripe: dict[str, Any], local: dict[str, Any]) -> list[str]:
-    return [f for f in SubscriptionRow.COMPARED if stripe.get(f) != local.get(f)]
+SUBSCRIPTIONS = MirrorSpec(
+    kind=SEEN_SUBSCRIPTION, table="billing.subscriptions", key="stripe_subscription_id",
+    fields=SubscriptionRow.COMPARED, to_row=subscription_row, create_action=AuditAction.SUBSCRIPTION_CREATE,
+    update_action=AuditAction.SUBSCRIPTION_RESYNC, audit_kind="resync")
 
 
 # ---------------------------------------------------------------------------- activities
@@ -93,92 +71,25 @@ class ResyncActivities:
         cp = resume(ResyncCheckpoint, ResyncCheckpoint(starting_after=inp.starting_after))
         ctx = inp.context
 
-        async def one_page() -> bool:
-            async with self.pool.acquire() as conn:
-                # Postgres' clock: a local row synced after this moment is fresher than the page.
-                listed_at = await conn.fetchval("SELECT clock_timestamp()")
-            subs, has_more = await self.stripe.list_subscriptions_page(
-                customer=ctx.scope.stripe_customer_id, starting_after=cp.starting_after, limit=inp.page_size)
-            if subs:
-                await self._compare_page(ctx, subs, listed_at, cp)
-                cp.starting_after = subs[-1]["id"]
-            cp.pages += 1
-            return has_more and bool(subs)
+        async def list_page(after: str | None) -> tuple[list[dict], bool]:
+            return await self.stripe.list_subscriptions_page(
+                customer=ctx.scope.stripe_customer_id, starting_after=after, limit=inp.page_size)
 
-        done = await heartbeat_pages(cp, one_page, max_pages=inp.max_pages - cp.pages)
-        return ResyncPageResult(next_cursor=None if done else cp.starting_after, pages=cp.pages,
-                                counts=cp.counts, findings=cp.findings, paused=cp.paused)
+        async def compare(subs: list[dict[str, Any]], listed_at: datetime) -> None:
+            rows = mirror_rows(SUBSCRIPTIONS, subs)
+            cp.counts.active_stripe += sum(r.status == ACTIVE for r in rows)
+            await compare_page(self.pool, ctx, SUBSCRIPTIONS, subs, rows, listed_at, cp, self._write)
 
-    async def _compare_page(self, ctx: PagedRunContext, subs: list[dict[str, Any]], listed_at: datetime,
-                            cp: ResyncCheckpoint) -> None:
-        try:
-            rows = [subscription_row(s) for s in subs]
-        except StripeObjectError as e:
-            raise ApplicationError(f"Stripe returned an unmappable subscription: {e}",
-                                   type="InvalidSubscription", non_retryable=True) from e
-        ids = [r.stripe_subscription_id for r in rows]
-        c, f = cp.counts, cp.findings
-        async with self.pool.acquire() as conn:
-            await mark_seen(conn, ctx.run_id, SEEN_SUBSCRIPTION, ids)
-            local = {r["stripe_subscription_id"]: r for r in await conn.fetch(
-                "SELECT * FROM billing.subscriptions WHERE stripe_subscription_id = ANY($1)", ids)}
-            write, paused = await may_write(conn, ctx)
-            cp.paused = cp.paused or paused
-            for raw, row in zip(subs, rows, strict=True):
-                sid = row.stripe_subscription_id
-                c.active_stripe += row.status == ACTIVE
-                have = local.get(sid)
-                if have is None:
-                    c.missing_local += 1
-                    sample(f.missing_local, sid)
-                    if write and await self._fix(conn, ctx, raw, row, listed_at, c):
-                        c.created += 1
-                    continue
-                c.compared += 1
-                diff = differing_fields(row.compared(), local_compared(have))
-                if not diff:
-                    c.matched += 1
-                    continue
-                c.mismatched += 1
-                for name in diff:
-                    c.fields[name] = c.fields.get(name, 0) + 1
-                sample(f.mismatched, f"{sid}: {', '.join(diff)}")
-                if write and await self._fix(conn, ctx, raw, row, listed_at, c):
-                    c.fixed += 1
+        done = await compare_listing(self.pool, cp, list_page, compare, inp.max_pages)
+        return page_result(ResyncPageResult, cp, done)
 
-    async def _fix(self, conn: asyncpg.Connection, ctx: PagedRunContext, raw: dict[str, Any],
-                   row: SubscriptionRow, listed_at: datetime, c: ResyncCounts) -> bool:
-        """Write Stripe's copy and audit it, unless a webhook wrote a fresher copy since the page
-        was listed (it re-reads Stripe, so its copy is at least as new) or nothing differs any
-        more. True when a row was written."""
-        sid = row.stripe_subscription_id
-        try:
-            async with conn.transaction():
-                await lock_object(conn, sid)
-                cur = await conn.fetchrow(
-                    "SELECT * FROM billing.subscriptions WHERE stripe_subscription_id = $1 FOR UPDATE", sid)
-                if cur is not None and cur["synced_at"] is not None and cur["synced_at"] > listed_at:
-                    return False
-                before = local_compared(cur) if cur is not None else None
-                after = row.compared()
-                changed = differing_fields(after, before) if before is not None else list(after)
-                if not changed:
-                    return False
-                customer_id = cur["customer_id"] if cur is not None else None
-                if customer_id is None:
-                    customer_id = await self.events.ensure_customer(conn, row.stripe_customer_id)
-                await upsert_subscription(conn, row, customer_id, raw)
-                await write_audit(conn, ctx.audit_entry(
-                    AuditAction.SUBSCRIPTION_CREATE if before is None else AuditAction.SUBSCRIPTION_RESYNC,
-                    entity_type="subscription", entity_id=sid,
-                    before={k: before[k] for k in changed} if before is not None else None,
-                    after={k: after[k] for k in changed},
-                    idempotency_key=f"resync:{ctx.run_id}:{sid}", customer_id=customer_id))
-                return True
-        except PermanentEventError as e:  # e.g. a customer-id conflict: report, go on
-            log.warning("subscription %s not fixed: %s", sid, e)
-            c.fix_failures += 1
-            return False
+    async def _write(self, conn: asyncpg.Connection, cur: asyncpg.Record | None, row: SubscriptionRow,
+                     raw: dict[str, Any], listed_at: datetime) -> str | None:
+        customer_id = cur["customer_id"] if cur is not None else None
+        if customer_id is None:
+            customer_id = await self.events.ensure_customer(conn, row.stripe_customer_id)
+        await upsert_subscription(conn, row, customer_id, raw)
+        return customer_id
 
     @activity.defn(name="resync.local_page")
     async def local_page(self, inp: LocalPageInput) -> LocalPageResult:

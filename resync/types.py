@@ -1,10 +1,11 @@
-"""ResyncSubscriptions: inputs, counts, findings, pages, progress and result.
+"""ResyncSubscriptions and ResyncInvoices: inputs, counts, findings, pages, progress and results.
 
 Workflows build these: no default factories that read clocks or randomness."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Self
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -35,29 +36,34 @@ class ResyncSubscriptionsInput(PagedRunInput):
         return self
 
 
-class ResyncCounts(BaseModel):
-    compared: int = 0  # subscriptions listed by Stripe and found locally
+class MirrorCounts(BaseModel):
+    """What a resync of a Stripe mirror table counts (a job's counts add their own)."""
+
+    compared: int = 0  # objects listed by Stripe and found locally
     matched: int = 0
-    mismatched: int = 0  # subscriptions with at least one differing field
+    mismatched: int = 0  # objects with at least one differing field
     fields: dict[str, int] = Field(default_factory=dict)  # mismatches per compared field
     fixed: int = 0  # local rows rewritten from Stripe (apply)
     missing_local: int = 0  # in Stripe, not here
     created: int = 0  # of which created here (apply)
     missing_in_stripe: int = 0  # here, not in Stripe: reported, never deleted
-    active_stripe: int = 0  # the runbook's count comparison: active in Stripe ...
-    active_local_before: int = 0  # ... and active here, before and after the run
-    active_local_after: int = 0
     fix_failures: int = 0
 
-    def add(self, o: ResyncCounts) -> ResyncCounts:
+    def add(self, o: Self) -> Self:
         out = self.model_copy(deep=True)
-        for k in ResyncCounts.model_fields:
+        for k in type(self).model_fields:
             if k == "fields":
                 for f, n in o.fields.items():
                     out.fields[f] = out.fields.get(f, 0) + n
             else:
                 setattr(out, k, getattr(out, k) + getattr(o, k))
         return out
+
+
+class ResyncCounts(MirrorCounts):
+    active_stripe: int = 0  # the runbook's count comparison: active in Stripe ...
+    active_local_before: int = 0  # ... and active here, before and after the run
+    active_local_after: int = 0
 
 
 class ResyncFindings(BaseModel):
@@ -67,9 +73,9 @@ class ResyncFindings(BaseModel):
     missing_local: list[str] = Field(default_factory=list)
     missing_in_stripe: list[str] = Field(default_factory=list)
 
-    def merge(self, o: ResyncFindings) -> ResyncFindings:
-        return ResyncFindings(**{
-            k: (getattr(self, k) + getattr(o, k))[:MAX_SAMPLE] for k in ResyncFindings.model_fields})
+    def merge(self, o: Self) -> Self:
+        return type(self)(**{
+            k: (getattr(self, k) + getattr(o, k))[:MAX_SAMPLE] for k in type(self).model_fields})
 
 
 class ResyncPhase(StrEnum):
@@ -86,10 +92,13 @@ class ResyncCarry(PagedCarry):
 
 
 class ResyncPageInput(BaseModel):
+    """A page activity of a mirror resync (subscriptions, invoices)."""
+
     context: PagedRunContext
-    starting_after: str | None = None  # Stripe cursor (last subscription id seen)
+    starting_after: str | None = None  # Stripe cursor (last object id seen)
     page_size: int = STRIPE_PAGE_MAX
     max_pages: int = 10
+    created_gte: int | None = None  # invoices: only those created since (unix seconds)
 
 
 class ResyncCheckpoint(BaseModel):
@@ -168,4 +177,97 @@ class ResyncResult(BaseModel):
     paused: bool  # auto-healing was paused: observe-only, nothing written
 
 
+# ---------------------------------------------------------------------------- ResyncInvoices
+
+
+class ResyncInvoicesInput(PagedRunInput):
+    """Input of ResyncInvoices (also the JSON for `temporal workflow start`). `customer`: None =
+    every invoice in Stripe; `days`: only invoices created in the last `days` days (None: all)."""
+
+    RUN_NAME = "invoice resync"
+
+    days: int | None = Field(default=None, ge=1, le=3660)
+    carried: InvoiceResyncCarry | None = None  # continue-as-new state; callers leave it empty
+
+
+class InvoiceResyncCounts(MirrorCounts):
+    deleted_drafts: int = 0  # local drafts Stripe no longer has (deleted there) ...
+    drafts_marked_deleted: int = 0  # ... of which marked deleted here (apply)
+
+
+class InvoiceResyncFindings(ResyncFindings):
+    deleted_drafts: list[str] = Field(default_factory=list)
+
+
+class InvoiceResyncPhase(StrEnum):
+    STRIPE = "stripe"  # paging Stripe's invoices (every status), fixing mismatches
+    LOCAL = "local"  # local rows never listed by Stripe: deleted drafts, or missing in Stripe
+    DONE = "done"
+
+
+class InvoiceResyncCarry(PagedCarry):
+    phase: InvoiceResyncPhase = InvoiceResyncPhase.STRIPE
+    days: int | None = None  # the input's window
+    created_gte: int | None = None  # unix seconds: the `days` window, fixed at the start
+    pages_done: int = 0
+    counts: InvoiceResyncCounts = Field(default_factory=InvoiceResyncCounts)
+    findings: InvoiceResyncFindings = Field(default_factory=InvoiceResyncFindings)
+
+
+class InvoiceResyncCheckpoint(BaseModel):
+    """Heartbeat of `invoices_page`: pages through `starting_after` are done."""
+
+    starting_after: str | None = None
+    pages: int = 0
+    counts: InvoiceResyncCounts = Field(default_factory=InvoiceResyncCounts)
+    findings: InvoiceResyncFindings = Field(default_factory=InvoiceResyncFindings)
+    paused: bool = False
+
+
+class InvoicePageResult(BaseModel):
+    next_cursor: str | None  # None = done (Stripe has no more; local rows: none left)
+    pages: int = 0
+    counts: InvoiceResyncCounts
+    findings: InvoiceResyncFindings
+    paused: bool = False
+
+
+class InvoiceLocalPageInput(BaseModel):
+    context: PagedRunContext
+    after: str | None = None  # keyset cursor on stripe_invoice_id
+    created_gte: int | None = None
+    limit: int = 500
+
+
+class InvoiceLocalCheckpoint(BaseModel):
+    """Heartbeat of `invoices_local_page`: the rows through `done_through` are checked."""
+
+    done_through: str | None = None
+    checked: int = 0
+    counts: InvoiceResyncCounts = Field(default_factory=InvoiceResyncCounts)
+    findings: InvoiceResyncFindings = Field(default_factory=InvoiceResyncFindings)
+    paused: bool = False
+
+
+class InvoiceResyncProgress(BaseModel):
+    run_id: str
+    mode: Mode
+    phase: InvoiceResyncPhase
+    pages_done: int
+    counts: InvoiceResyncCounts
+    paused: bool
+
+
+class InvoiceResyncResult(BaseModel):
+    run_id: str
+    mode: Mode
+    customer: str | None
+    actor: str
+    days: int | None
+    counts: InvoiceResyncCounts
+    findings: InvoiceResyncFindings
+    paused: bool  # auto-healing was paused: observe-only, nothing written
+
+
 ResyncSubscriptionsInput.model_rebuild()
+ResyncInvoicesInput.model_rebuild()

@@ -2,13 +2,21 @@
 `credits adjust` (a manual credit or debit, audited).
 
 Each waits for the result (repair-credits with a progress line on stderr, none with --json).
-Exit codes as every command's (README "Exit codes"): 0 ok, 1 the workflow failed (a refused
-debit, a negative ledger in apply), 2 bad arguments (amount 0 or out of range, an unknown
-customer)."""
+Exit codes as every command's (README "Exit codes"): 0 ok (also an adjustment whose key was
+applied before: nothing is written and the output says so), 1 the workflow failed or refused
+part of its work (a refused debit; an apply that left a customer untouched because its ledger
+sums below zero), 2 bad arguments (amount 0 or out of range, an unknown customer, an
+idempotency key already used for another adjustment).
+
+Idempotency: `credits adjust` applies once per idempotency key (`--idempotency-key`, default
+`credits.types.default_adjust_key`: customer, amount, reason and actor); its workflow id is
+`adjust-credits-<key>` unless `--id` is given. `repair-credits --id X` while X runs follows that
+run; after it finished it scans again, and finds nothing to do unless something drifted since."""
 
 from __future__ import annotations
 
 import typer
+from temporalio.common import WorkflowIDConflictPolicy
 
 from credits.adjust_workflow import AdjustCredits
 from credits.repair_workflow import RepairCredits
@@ -18,9 +26,12 @@ from credits.types import (
     RepairCreditsInput,
     RepairProgress,
     RepairResult,
+    default_adjust_key,
 )
 from starter.follow import Step, Watch, start_and_follow
 from starter.kit import (
+    EXIT_FAILED,
+    EXIT_OK,
     build,
     choose_mode,
     console,
@@ -52,7 +63,13 @@ def repair_credits(
     request = build(RepairCreditsInput, customer=customer, mode=mode, actor=actor, days=days)
     raise typer.Exit(run(start_and_follow(
         RepairCredits.run, request, run_id or new_id("repair-credits", mode.value), as_json=as_json,
-        watch=Watch(RepairProgress, "repair", _step), show=_print_repair)))
+        watch=Watch(RepairProgress, "repair", _step), show=_print_repair, outcome=_repair_outcome,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)))
+
+
+def _repair_outcome(r: RepairResult) -> int:
+    """1 when the apply refused part of its work (a customer left untouched)."""
+    return EXIT_FAILED if r.counts.refused_customers or r.counts.grants_refused else EXIT_OK
 
 
 def _step(p: RepairProgress) -> Step:
@@ -67,7 +84,9 @@ def _print_repair(result: RepairResult) -> None:
     console.print(counts_table("ledger checks", result.checks))
     if result.paused:
         err.print("[yellow]auto-healing is paused: observe-only, nothing was written[/yellow]")
-    for label, items in result.findings.model_dump().items():
+    for refused in result.findings.refused:
+        err.print(f"[red]refused:[/red] {refused}")
+    for label, items in result.findings.model_dump(exclude={"refused"}).items():
         if items:
             console.print(f"{label}: " + "; ".join(items))
     for label, items in (("paid invoices missing here", result.checks.invoice_sample),
@@ -83,16 +102,27 @@ def credits_adjust(
                                help="Minor units: > 0 credits, < 0 debits (a 64-bit integer, as stored)"),
     reason: str = typer.Option(..., "--reason", help="Why (audited)", callback=not_blank),
     actor: str = typer.Option("cli", help="Who (audited)", callback=not_blank),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", callback=not_blank,
+        help="The adjustment's identity: the same key applies once (default: from customer, amount, reason "
+             "and actor, so the same command twice applies once)"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    run_id: str | None = typer.Option(None, "--id", help=RUN_ID_HELP),
+    run_id: str | None = typer.Option(None, "--id", help="Workflow id (default: adjust-credits-<key>)"),
 ) -> None:
-    """Credit or debit a customer's balance through the AdjustCredits workflow (audited)."""
-    request = build(AdjustCreditsInput, customer=customer, amount=amount, reason=reason, actor=actor)
+    """Credit or debit a customer's balance through the AdjustCredits workflow (audited, once per key)."""
+    key = idempotency_key or default_adjust_key(customer, amount, reason, actor)
+    request = build(AdjustCreditsInput, customer=customer, amount=amount, reason=reason, actor=actor,
+                    idempotency_key=key)
     raise typer.Exit(run(start_and_follow(
-        AdjustCredits.run, request, run_id or new_id("adjust-credits"), as_json=as_json, show=_print_adjust)))
+        AdjustCredits.run, request, run_id or f"adjust-credits-{key}", as_json=as_json, show=_print_adjust,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)))
 
 
 def _print_adjust(r: AdjustCreditsResult) -> None:
+    if r.already_applied:
+        console.print(f"{r.customer}: already applied ({r.source}, ledger row {r.ledger_id}); nothing written, "
+                      f"balance {r.balance_after}")
+        return
     console.print(f"{r.customer}: {r.balance_before} -> {r.balance_after} "
                   f"({r.amount:+d}, {r.source}, by {r.actor}: {r.reason})")
 

@@ -30,6 +30,7 @@ from common.client import connect, connect_config
 from common.paged import ErrorType
 from common.types import Mode
 from reconcile.types import Permanent
+from webhooks.types import EVENT_NOT_DISMISSABLE
 
 T = TypeVar("T")
 Q = ParamSpec("Q")
@@ -59,7 +60,7 @@ EXIT_INTERRUPTED = 130
 BAD_INPUT_FAILURES = frozenset({
     Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
     Permanent.UNSUPPORTED_METER,  # a count/last meter named with --meter
-    ErrorType.UNKNOWN_CUSTOMER.value,
+    ErrorType.UNKNOWN_CUSTOMER.value, ErrorType.IDEMPOTENCY_KEY_REUSED.value, EVENT_NOT_DISMISSABLE,
     "ValidationError",  # the workflow's input model refused it (`failure_exception_types`)
 })
 

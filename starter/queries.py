@@ -63,6 +63,12 @@ async def runs(conn: asyncpg.Connection, *, open_only: bool, limit: int) -> list
     return [dict(r) for r in await conn.fetch(RUNS_SQL, open_only, limit)]
 
 
+async def run_decision(conn: asyncpg.Connection, run: str) -> asyncpg.Record | None:
+    """Who approved or rejected a run's plan (both NULL while undecided); None: no such run."""
+    return await conn.fetchrow(
+        "SELECT status, approved_by, rejected_by FROM billing.reconciliation_runs WHERE run_id = $1", run)
+
+
 async def last_successful_apply(conn: asyncpg.Connection) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT run_id, workflow_run_id, mode, window_start, window_end, finished_at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import json
@@ -13,6 +14,7 @@ from typing import Any, cast
 import typer
 from rich.table import Table
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from billing import correlation
 from billing.policy import MAX_SETTLE_SECONDS
@@ -143,13 +145,38 @@ def reject(run_id: str = typer.Argument(..., metavar="RUN", help="Run id (workfl
 
 
 async def _decide(run_id: str, *, approved: bool, decision: ApprovalDecision) -> None:
+    """Approve or reject; the same decision again (the run was already approved, or rejected)
+    is a no-op that says so (exit 0), the other decision is refused (exit 1)."""
     handle: WorkflowHandle[Any, Any] = (await temporal()).get_workflow_handle(run_id)
     verb = "approve" if approved else "reject"
     try:
         res = await decide(handle, decision, approved=approved)
-    except WorkflowUpdateFailedError as e:
-        raise fail(f"{verb} refused: {getattr(e.cause, 'message', e.cause)}") from e
+    except (WorkflowUpdateFailedError, RPCError) as e:
+        message = getattr(e.cause, "message", e.cause) if isinstance(e, WorkflowUpdateFailedError) else e.message
+        # "run was already approved by ...": the decision is being recorded; wait for it.
+        decided_by = await _earlier_decision(run_id, approved=approved,
+                                             wait_seconds=3.0 if "already" in str(message) else 0.0)
+        if decided_by is not None:
+            console.print(f"{run_id}: already {verb}d by {decided_by}; nothing to do")
+            return
+        raise fail(f"{verb} refused: {message}") from e
     console.print(f"{run_id}: {verb}d by {decision.actor} -> {res.status.value}")
+
+
+async def _earlier_decision(run_id: str, *, approved: bool, wait_seconds: float) -> str | None:
+    """Who made this same decision on the run already (None: nobody, or the other decision).
+    The run records an accepted decision just after accepting it: wait a moment for it."""
+    deadline = asyncio.get_running_loop().time() + wait_seconds
+    async with database() as conn:
+        while True:
+            row = await queries.run_decision(conn, run_id)
+            if row is None:
+                return None
+            if row["approved_by"] or row["rejected_by"]:
+                return row["approved_by"] if approved else row["rejected_by"]
+            if asyncio.get_running_loop().time() > deadline:
+                return None
+            await asyncio.sleep(0.2)
 
 
 async def decide(handle: WorkflowHandle[Any, Any], decision: ApprovalDecision, *,

@@ -1,4 +1,6 @@
-"""Webhook commands: `webhooks serve`, `replay-webhooks`, `events` (inspect the inbox)."""
+"""Webhook commands: `webhooks serve`, `replay-webhooks`, `events` (inspect the inbox) and
+`events dismiss` (an operator dismisses a failed event: DismissStripeEvent, audited, once per
+event; exit 2 for an event that did not fail, 1 for one the inbox does not hold)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from datetime import datetime
 
 import typer
 from rich.table import Table
+from temporalio.common import WorkflowIDConflictPolicy
 
 from billing.settings import get_settings
 from common.types import Mode
@@ -19,6 +22,7 @@ from starter.kit import (
     choose_mode,
     console,
     database_url,
+    default_actor,
     err,
     moment,
     new_id,
@@ -27,12 +31,21 @@ from starter.kit import (
     read,
     run,
 )
+from webhooks.dismiss_workflow import DismissStripeEvent, workflow_id_for
 from webhooks.replay_workflow import ReplayWebhooks
-from webhooks.types import EventStatus, ReplayProgress, ReplayResult, ReplayWebhooksInput
+from webhooks.types import (
+    DismissEventInput,
+    DismissEventResult,
+    EventStatus,
+    ReplayProgress,
+    ReplayResult,
+    ReplayWebhooksInput,
+)
 
 __all__ = ["parse_time", "register"]  # parse_time: kept importable from here
 
 app = typer.Typer(no_args_is_help=True)
+events_app = typer.Typer()
 JSON_HELP = "Print one JSON object instead of tables"
 
 
@@ -86,13 +99,18 @@ def _print_replay(r: ReplayResult) -> None:
         err.print(f"[red]failed:[/red] {f}")
 
 
+@events_app.callback(invoke_without_command=True)
 def events(
+    ctx: typer.Context,
     status: EventStatus | None = typer.Option(None, help="Only events in this status"),
     type_: str | None = typer.Option(None, "--type", help="Only this type (`customer.*` works)"),
     limit: int = typer.Option(50, min=1, max=10_000, help="How many, newest first"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Inspect the webhook inbox: newest first, with status, deliveries and errors."""
+    """Inspect the webhook inbox: newest first, with status, deliveries and errors
+    (`events dismiss EVT`: dismiss a failed event)."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = read(queries.events, status=status.value if status else None,
                 type_pattern=type_.replace("*", "%") if type_ else None, limit=limit)
     if as_json:
@@ -109,7 +127,31 @@ def events(
     console.print(t)
 
 
+@events_app.command("dismiss")
+def dismiss(
+    event_id: str = typer.Argument(..., metavar="EVT", help="The event id (evt_...)"),
+    reason: str = typer.Option(..., help="Why it is dismissed (audited)", callback=not_blank),
+    actor: str | None = typer.Option(None, help="Who (default $BILLING_ACTOR, else $USER; audited)",
+                                     callback=not_blank),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Dismiss a failed webhook event: replays and the hourly schedule skip it from now on (audited)."""
+    request = build(DismissEventInput, event_id=event_id, actor=actor or default_actor(), reason=reason)
+    raise typer.Exit(run(start_and_follow(
+        DismissStripeEvent.run, request, workflow_id_for(event_id), as_json=as_json, show=_print_dismissed,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)))
+
+
+def _print_dismissed(r: DismissEventResult) -> None:
+    when = f"{r.dismissed_at:%Y-%m-%d %H:%M:%S} UTC"
+    if r.already_dismissed:
+        console.print(f"{r.event_id} ({r.type}): already dismissed by {r.dismissed_by} at {when}: {r.reason}; "
+                      "nothing changed")
+    else:
+        console.print(f"{r.event_id} ({r.type}): dismissed by {r.dismissed_by} at {when}: {r.reason}")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="webhooks", help="Stripe webhook receiver.")
     root.command("replay-webhooks")(replay_webhooks)
-    root.command("events")(events)
+    root.add_typer(events_app, name="events")

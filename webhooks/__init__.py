@@ -1,4 +1,4 @@
-"""Stripe webhooks: the ASGI receiver (`app`) that stores every verified event before answering, ProcessStripeEvent (one event) and ReplayWebhooks (catch up from Stripe's /v1/events).
+"""Stripe webhooks: the ASGI receiver (`app`) that stores every verified event before answering, ProcessStripeEvent (one event), ReplayWebhooks (catch up from Stripe's /v1/events) and DismissStripeEvent (an operator dismisses a failed event).
 
 Exports `workflows()` and `build_activities(deps)`: the worker registers what every job
 package exports (see workflows/ and activities/). Imports are inside the functions so that
@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 
 
 def workflows() -> list[type]:
+    from webhooks.dismiss_workflow import DismissStripeEvent
     from webhooks.process_workflow import ProcessStripeEvent
     from webhooks.replay_workflow import ReplayWebhooks
 
-    return [ProcessStripeEvent, ReplayWebhooks]
+    return [ProcessStripeEvent, ReplayWebhooks, DismissStripeEvent]
 
 
 def build_activities(deps: Dependencies) -> list[Callable[..., Any]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,7 @@ from billing.stripe_gateway import StripeGateway
 from billing.stripe_objects import (
     CreditGrant,
     CustomerRow,
+    InvoiceRow,
     StripeObjectError,
     credit_grant,
     customer_row,
@@ -35,10 +36,13 @@ from billing.stripe_objects import (
     subscription_row,
     ts,
 )
-from common.audit import AuditAction, AuditInput, write_audit
+from common.audit import AuditAction, AuditInput, ledger_audit_key, write_audit
 from common.heartbeat import Heartbeater, heartbeat_pages, resume
 from webhooks.types import (
+    EVENT_NOT_DISMISSABLE,
     EVENT_NOT_IN_INBOX,
+    DismissEventActivityInput,
+    DismissEventResult,
     EventStatus,
     PendingCursor,
     PendingPageInput,
@@ -55,9 +59,19 @@ from webhooks.types import (
 
 log = logging.getLogger("billing.stripe_events")
 
-DONE = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value)
+# An event in one of these statuses is never processed again (a dismissed one neither).
+DONE = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value, EventStatus.DISMISSED.value)
 MAX_REPORTED_FAILURES = 50
 WEBHOOK_ACTOR = "stripe-webhook"
+
+
+# Every invoice event of the lifecycle (FACTS.md "Invoices and revenue"); each one re-reads the
+# invoice. The payment outcomes also refresh the subscription the invoice bills.
+INVOICE_PAYMENT_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"})
+INVOICE_EVENTS = frozenset({
+    "invoice.created", "invoice.updated", "invoice.deleted", "invoice.finalized", "invoice.voided",
+    "invoice.marked_uncollectible", *INVOICE_PAYMENT_EVENTS,
+})
 
 
 class PermanentEventError(Exception):
@@ -113,8 +127,7 @@ class StripeEventActivities:
             "customer.subscription.deleted": self._on_subscription,
             "checkout.session.completed": self._on_checkout,
             "checkout.session.async_payment_succeeded": self._on_checkout,
-            "invoice.paid": self._on_invoice,
-            "invoice.payment_failed": self._on_invoice,
+            **{t: self._on_invoice for t in INVOICE_EVENTS},
         }
 
     @property
@@ -165,6 +178,43 @@ class StripeEventActivities:
                     "SELECT type FROM billing.stripe_events WHERE event_id = $1", event_id)
                 return ProcessEventResult(event_id=event_id, type=typ or "", status=EventStatus.FAILED, detail=error)
 
+    # ------------------------------------------------------------------ dismissal
+
+    @activity.defn(name="stripe_events.dismiss")
+    async def dismiss(self, inp: DismissEventActivityInput) -> DismissEventResult:
+        """Mark a failed event `dismissed` and audit it (`event.dismiss`), in one transaction
+        under the inbox row's lock (a concurrent processing of it waits, then finds it done).
+        Once per event: dismissing it again writes nothing and says so. An event that did not
+        fail (processed, ignored, or still received) is refused; an unknown one too."""
+        req = inp.request
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """SELECT type, status, error, payload, dismissed_at, dismissed_by, dismiss_reason
+                   FROM billing.stripe_events WHERE event_id = $1 FOR UPDATE""", req.event_id)
+            if row is None:
+                raise ApplicationError(f"event {req.event_id} is not in the inbox", type=EVENT_NOT_IN_INBOX,
+                                       non_retryable=True)
+            if row["status"] == EventStatus.DISMISSED:
+                return DismissEventResult(
+                    event_id=req.event_id, type=row["type"], error=row["error"], dismissed_at=row["dismissed_at"],
+                    dismissed_by=row["dismissed_by"], reason=row["dismiss_reason"], already_dismissed=True)
+            if row["status"] != EventStatus.FAILED:
+                raise ApplicationError(
+                    f"event {req.event_id} ({row['type']}) is {row['status']}: only a failed event can be "
+                    "dismissed. Nothing was written.", type=EVENT_NOT_DISMISSABLE, non_retryable=True)
+            at = await conn.fetchval(
+                """UPDATE billing.stripe_events SET status = $2, dismissed_at = now(), dismissed_by = $3,
+                          dismiss_reason = $4 WHERE event_id = $1 RETURNING dismissed_at""",
+                req.event_id, EventStatus.DISMISSED.value, req.actor, req.reason)
+            await write_audit(conn, AuditInput(
+                actor=req.actor, action=AuditAction.EVENT_DISMISS, entity_type="stripe_event", entity_id=req.event_id,
+                before={"status": row["status"], "error": row["error"]}, after={"status": EventStatus.DISMISSED.value},
+                reason=req.reason, workflow_id=inp.workflow_id, run_id=inp.workflow_run_id,
+                idempotency_key=f"event-dismiss:{req.event_id}",
+                customer_id=await _event_customer(conn, row["payload"])))
+        return DismissEventResult(event_id=req.event_id, type=row["type"], error=row["error"], dismissed_at=at,
+                                  dismissed_by=req.actor, reason=req.reason)
+
     # ------------------------------------------------------------------ handlers
 
     async def _on_customer(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
@@ -184,35 +234,21 @@ class StripeEventActivities:
         return await self._sync_subscription(conn, _object_id(event))
 
     async def _on_invoice(self, conn: asyncpg.Connection, event: dict[str, Any]) -> str:
+        """Every invoice event: the mirror row from a fresh read of Stripe (status, amounts,
+        status_transitions), whatever the event says; a draft Stripe no longer has was deleted."""
         inv_id = _object_id(event)
         await lock_object(conn, inv_id)
+        read_at = await read_time(conn)
         fresh = await self.stripe.retrieve("invoice", inv_id)
-        if fresh is None:
-            raise PermanentEventError(f"invoice {inv_id} does not exist in Stripe")
-        inv = invoice_row(fresh)
-        await conn.execute(
-            """
-            INSERT INTO billing.invoices AS i
-                (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, currency,
-                 amount_due, amount_paid, attempt_count, period_start, period_end, raw, stripe_created,
-                 last_event_at, synced_at, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, now(), now())
-            ON CONFLICT (stripe_invoice_id) DO UPDATE SET
-                stripe_customer_id = EXCLUDED.stripe_customer_id,
-                stripe_subscription_id = EXCLUDED.stripe_subscription_id,
-                status = EXCLUDED.status, currency = EXCLUDED.currency,
-                amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
-                attempt_count = EXCLUDED.attempt_count, period_start = EXCLUDED.period_start,
-                period_end = EXCLUDED.period_end, raw = EXCLUDED.raw,
-                last_event_at = GREATEST(i.last_event_at, EXCLUDED.last_event_at),
-                synced_at = now(), updated_at = now()
-            """,
-            inv.stripe_invoice_id, inv.stripe_customer_id, inv.stripe_subscription_id, inv.status,
-            inv.currency, inv.amount_due, inv.amount_paid, inv.attempt_count, inv.period_start,
-            inv.period_end, fresh, inv.stripe_created, ts(event.get("created")),
-        )
-        detail = f"invoice {inv_id}: {inv.status}"
-        if inv.stripe_subscription_id:  # the payment outcome moves the subscription's status
+        raw: dict[str, Any] | None = fresh
+        if fresh is not None:
+            inv = invoice_row(fresh)
+        else:
+            inv, raw = deleted_draft(event), (event.get("data") or {}).get("object")
+        written = await upsert_invoice(conn, inv, raw, read_at=read_at, event_at=ts(event.get("created")))
+        detail = f"invoice {inv_id}: {inv.status}" + ("" if written else " (a later read is stored; kept)")
+        if inv.stripe_subscription_id and event.get("type") in INVOICE_PAYMENT_EVENTS:
+            # The payment outcome moves the subscription's status.
             detail += "; " + await self._sync_subscription(conn, inv.stripe_subscription_id)
         return detail
 
@@ -242,7 +278,7 @@ class StripeEventActivities:
         if customer_id is None:
             raise PermanentEventError(
                 f"checkout {grant.checkout_session_id}: Stripe customer {grant.stripe_customer_id} does not exist")
-        inserted = await conn.fetchval(
+        ledger_id = await conn.fetchval(
             """
             INSERT INTO billing.credit_ledger
                 (customer_id, amount, source, reason, stripe_event_id, checkout_session_id, actor)
@@ -250,7 +286,7 @@ class StripeEventActivities:
             ON CONFLICT (source) DO NOTHING RETURNING id
             """,
             customer_id, grant.amount, grant.source, event_id, grant.checkout_session_id, actor)
-        if inserted is None:
+        if ledger_id is None:
             return f"checkout {grant.checkout_session_id}: credits already granted"
         balance = await conn.fetchval(
             """
@@ -261,9 +297,10 @@ class StripeEventActivities:
             """, customer_id, grant.amount)
         await write_audit(conn, AuditInput(
             actor=actor, action=AuditAction.CREDITS_GRANT, entity_type="credit_balance", entity_id=customer_id,
-            before={"balance": balance - grant.amount}, after={"balance": balance, "granted": grant.amount},
+            before={"balance": balance - grant.amount},
+            after={"balance": balance, "granted": grant.amount, "ledger_id": ledger_id, "ledger_source": grant.source},
             reason=f"checkout {grant.checkout_session_id}" + (f" (event {event_id})" if event_id else ""),
-            workflow_id=workflow_id, run_id=run_id, idempotency_key=f"credit-grant:{grant.source}",
+            workflow_id=workflow_id, run_id=run_id, idempotency_key=ledger_audit_key(ledger_id),
             customer_id=customer_id))
         return f"checkout {grant.checkout_session_id}: granted {grant.amount} to {customer_id}"
 
@@ -279,12 +316,14 @@ class StripeEventActivities:
 
     async def ensure_customer(self, conn: asyncpg.Connection, stripe_customer_id: str) -> str | None:
         """Our customer id for a Stripe customer, creating the local row from Stripe if an event
-        about its subscription or checkout arrives before `customer.created`."""
+        about its subscription or checkout arrives before `customer.created`. Read under the
+        customer's lock, which `billing.link_customer` takes too: the id returned stays the
+        customer's until this transaction ends (a re-key waits for it)."""
+        await lock_object(conn, stripe_customer_id)
         known = await conn.fetchval(
             "SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", stripe_customer_id)
         if known is not None:
             return known
-        await lock_object(conn, stripe_customer_id)
         fresh = await self.stripe.retrieve("customer", stripe_customer_id)
         if fresh is None or fresh.get("deleted"):
             return None
@@ -364,6 +403,8 @@ class StripeEventActivities:
                         _sample(cp, inp, e["id"])
                     else:
                         await conn.execute(store_event_sql(), *store_event_args(e, "replay"))
+                elif status == EventStatus.DISMISSED:
+                    cp.counts.dismissed += 1
                 elif status in DONE:
                     cp.counts.already_processed += 1
                 elif inp.dry_run:
@@ -404,7 +445,9 @@ class StripeEventActivities:
         async with Heartbeater(cp) as hb:
             for i in range(cp.next, len(inp.event_ids)):
                 r = await self.process_one(inp.event_ids[i])
-                if r.already_done:
+                if r.status == EventStatus.DISMISSED:  # dismissed since it was listed
+                    result.counts.dismissed += 1
+                elif r.already_done:
                     result.counts.already_processed += 1
                 elif r.status == EventStatus.PROCESSED:
                     result.counts.replayed += 1
@@ -446,6 +489,62 @@ async def upsert_subscription(
     )
 
 
+async def read_time(conn: asyncpg.Connection) -> datetime:
+    """Postgres' clock now (not the transaction's start): taken just before a Stripe read, it is
+    the time of the copy that read returns."""
+    return await conn.fetchval("SELECT clock_timestamp()")
+
+
+def deleted_draft(event: dict[str, Any]) -> InvoiceRow:
+    """The row of an invoice an event names and Stripe no longer has: a deleted draft (only
+    drafts can be deleted), from the event's copy. Anything else is a permanent failure."""
+    obj = (event.get("data") or {}).get("object") or {}
+    if obj.get("status") != "draft":
+        raise PermanentEventError(f"invoice {obj.get('id')} does not exist in Stripe")
+    return invoice_row(obj).deleted(ts(event.get("created")))
+
+
+async def upsert_invoice(
+    conn: asyncpg.Connection, row: InvoiceRow, raw: dict[str, Any] | None, *, read_at: datetime,
+    event_at: datetime | None = None,
+) -> bool:
+    """Write the mirror row of an invoice from a copy read from Stripe at `read_at` (the caller
+    holds the object's lock). A copy read earlier than the stored one is not written (False):
+    out-of-order events, replays and resyncs never take the mirror back in time."""
+    written = await conn.fetchval(
+        """
+        INSERT INTO billing.invoices AS i
+            (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, currency,
+             amount_due, amount_paid, attempt_count, period_start, period_end, raw, stripe_created,
+             number, total, amount_remaining, finalized_at, paid_at, voided_at, marked_uncollectible_at,
+             deleted_at, last_event_at, synced_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15, $16, $17, $18, $19,
+                $20, $21, $22, now())
+        ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+            stripe_customer_id = EXCLUDED.stripe_customer_id,
+            stripe_subscription_id = EXCLUDED.stripe_subscription_id,
+            status = EXCLUDED.status, currency = EXCLUDED.currency,
+            amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+            attempt_count = EXCLUDED.attempt_count, period_start = EXCLUDED.period_start,
+            period_end = EXCLUDED.period_end, raw = coalesce(EXCLUDED.raw, i.raw),
+            stripe_created = EXCLUDED.stripe_created, number = EXCLUDED.number, total = EXCLUDED.total,
+            amount_remaining = EXCLUDED.amount_remaining, finalized_at = EXCLUDED.finalized_at,
+            paid_at = EXCLUDED.paid_at, voided_at = EXCLUDED.voided_at,
+            marked_uncollectible_at = EXCLUDED.marked_uncollectible_at,
+            deleted_at = coalesce(i.deleted_at, EXCLUDED.deleted_at),
+            last_event_at = GREATEST(i.last_event_at, EXCLUDED.last_event_at),
+            synced_at = EXCLUDED.synced_at, updated_at = now()
+        WHERE i.synced_at IS NULL OR i.synced_at <= EXCLUDED.synced_at
+        RETURNING true
+        """,
+        row.stripe_invoice_id, row.stripe_customer_id, row.stripe_subscription_id, row.status, row.currency,
+        row.amount_due, row.amount_paid, row.attempt_count, row.period_start, row.period_end, raw,
+        row.stripe_created, row.number, row.total, row.amount_remaining, row.finalized_at, row.paid_at,
+        row.voided_at, row.marked_uncollectible_at, row.deleted_at, event_at, read_at,
+    )
+    return bool(written)
+
+
 def _sample(cp: SyncInboxCheckpoint, inp: SyncInboxInput, event_id: str) -> None:
     if len(cp.sample) < inp.sample_limit:
         cp.sample.append(event_id)
@@ -462,6 +561,16 @@ def _object_id(event: dict[str, Any]) -> str:
     return oid
 
 
+async def _event_customer(conn: asyncpg.Connection, event: dict[str, Any]) -> str | None:
+    """Our customer id of the customer an event is about, if we know it."""
+    obj = (event.get("data") or {}).get("object") or {}
+    ref = obj.get("id") if obj.get("object") == "customer" else obj.get("customer")
+    stripe_id = ref.get("id") if isinstance(ref, dict) else ref
+    if not stripe_id:
+        return None
+    return await conn.fetchval("SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1", stripe_id)
+
+
 async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStatus, error: str | None) -> None:
     typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = $2, error = $3, attempts = attempts + 1,
@@ -472,11 +581,12 @@ async def _set_status(conn: asyncpg.Connection, event_id: str, status: EventStat
 
 async def _mark_failed(conn: asyncpg.Connection, event_id: str, error: str) -> str | None:
     """Returns the event's type, None if it was not marked (unknown, or processed meanwhile)."""
-    # Never downgrades an event that was processed meanwhile (e.g. by a concurrent delivery).
+    # Never downgrades an event that was processed (e.g. by a concurrent delivery) or dismissed
+    # meanwhile.
     typ = await conn.fetchval(
         """UPDATE billing.stripe_events SET status = 'failed', error = $2, attempts = attempts + 1,
                   last_error_at = now()
-           WHERE event_id = $1 AND status NOT IN ('processed', 'ignored') RETURNING type""", event_id, error[:2000])
+           WHERE event_id = $1 AND status <> ALL($3::text[]) RETURNING type""", event_id, error[:2000], list(DONE))
     if typ is not None:
         metrics.record_webhook_processed(metrics.event_type_family(typ), EventStatus.FAILED.value)
     return typ

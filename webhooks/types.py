@@ -13,6 +13,8 @@ from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, refuse_plan_mode
 
 # The ApplicationError type of an event id the inbox does not hold: retrying cannot help.
 EVENT_NOT_IN_INBOX = "EventNotInInbox"
+# ... of a dismissal of an event that did not fail (processed, ignored, or still received).
+EVENT_NOT_DISMISSABLE = "EventNotDismissable"
 
 
 class EventStatus(StrEnum):
@@ -20,6 +22,7 @@ class EventStatus(StrEnum):
     PROCESSED = "processed"
     IGNORED = "ignored"  # a type we do not handle
     FAILED = "failed"  # permanent failure, with the error; replay retries it
+    DISMISSED = "dismissed"  # failed, then dismissed by an operator: never processed or replayed
 
 
 class ProcessEventInput(BaseModel):
@@ -74,6 +77,7 @@ class ReplayCounts(BaseModel):
     replayed: int = 0  # processed by this replay
     ignored: int = 0  # replayed, type not handled
     failed: int = 0  # replayed, failed permanently (kept as failed with the error)
+    dismissed: int = 0  # dismissed by an operator: skipped
 
     def add(self, other: ReplayCounts) -> ReplayCounts:
         return ReplayCounts(**{k: getattr(self, k) + getattr(other, k) for k in ReplayCounts.model_fields})
@@ -131,6 +135,36 @@ class ProcessPageCheckpoint(BaseModel):
 
     next: int = 0  # index into ProcessPageInput.event_ids
     result: ProcessPageResult = Field(default_factory=lambda: ProcessPageResult(counts=ReplayCounts()))
+
+
+class DismissEventInput(BaseModel):
+    """Input of DismissStripeEvent (workflow id `dismiss-event-<event_id>`)."""
+
+    event_id: str = Field(min_length=1)
+    actor: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DismissEventInput:
+        if not self.reason.strip() or not self.actor.strip():
+            raise ValueError("actor and reason must not be blank")
+        return self
+
+
+class DismissEventActivityInput(BaseModel):
+    request: DismissEventInput
+    workflow_id: str
+    workflow_run_id: str
+
+
+class DismissEventResult(BaseModel):
+    event_id: str
+    type: str
+    error: str | None  # the failure the event was dismissed with
+    dismissed_at: datetime
+    dismissed_by: str
+    reason: str
+    already_dismissed: bool = False  # dismissed before (by this actor or another): nothing written now
 
 
 class ReplayProgress(BaseModel):

@@ -1,12 +1,19 @@
-"""Invoices: ``/v1/invoices`` (create, finalize, pay, void), the invoice a subscription gets at
-creation and at each renewal (metered lines priced from the meter's usage), and the
-``fail_invoice_payment`` test helper."""
+"""Invoices: ``/v1/invoices`` (create, update, delete a draft, finalize, pay, void, mark
+uncollectible), the invoice a subscription gets at creation and at each renewal (metered lines
+priced from the meter's usage), and the ``fail_invoice_payment`` test helper.
+
+Every state change emits its event, as Stripe does: ``invoice.created``, ``invoice.updated``
+(with ``previous_attributes``), ``invoice.deleted`` (drafts only; the invoice is gone: a retrieve
+answers 404), ``invoice.finalized``, ``invoice.paid`` (+ ``invoice.payment_succeeded``),
+``invoice.payment_failed``, ``invoice.voided`` and ``invoice.marked_uncollectible``. Statuses
+move as in Stripe: draft -> open -> paid | void | uncollectible; an uncollectible invoice can
+still be paid or voided; paid and void are final."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import StripeError, missing
+from ..errors import StripeError, invalid, missing
 from ..params import paginate, to_bool
 from ..state import RequestContext, Store, new_id, snapshot
 from .base import (
@@ -18,6 +25,7 @@ from .base import (
     public,
     reported_usage,
     retrieve,
+    set_fields,
 )
 
 
@@ -47,6 +55,61 @@ def finalize_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -
     return inv
 
 
+# What ``POST /v1/invoices/{id}`` changes (monetary fields come from lines, not from here).
+INVOICE_FIELDS = ("description", "footer", "statement_descriptor")
+DRAFT_ONLY_FIELDS = ("collection_method",)
+
+
+def update_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
+    """Stripe: a draft is fully editable; a finalized invoice keeps its collection method (and
+    amounts). ``invoice.updated`` carries ``previous_attributes`` when something changed."""
+    inv = s.col("invoice").get(id)
+    if inv["status"] != "draft":
+        for k in DRAFT_ONLY_FIELDS:
+            if k in p:
+                raise invalid(
+                    f"You can only update `{k}` on a draft invoice; this invoice is {inv['status']}.",
+                    k,
+                )
+    before = snapshot(inv)
+    set_fields(inv, p, INVOICE_FIELDS + DRAFT_ONLY_FIELDS, flags=("auto_advance",))
+    if "due_date" in p:
+        inv["due_date"] = int(p["due_date"]) if p["due_date"] else None
+    prev = diff_previous(before, inv)
+    if prev:
+        s.emit("invoice.updated", inv, ctx, prev)
+    return inv
+
+
+def delete_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
+    """Only a draft can be deleted (a finalized invoice is voided instead)."""
+    inv = s.col("invoice").get(id)
+    if inv["status"] != "draft":
+        raise StripeError(
+            400,
+            f"You can only delete draft invoices; this invoice is {inv['status']}. "
+            "Void a finalized invoice instead.",
+            code="invoice_not_editable",
+        )
+    del s.col("invoice").objects[id]
+    s.emit("invoice.deleted", inv, ctx)
+    return {"id": id, "object": "invoice", "deleted": True}
+
+
+def mark_uncollectible(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
+    inv = s.col("invoice").get(id)
+    if inv["status"] != "open":
+        raise StripeError(
+            400,
+            f"You can only mark an open invoice as uncollectible; this invoice is {inv['status']}.",
+            code="invoice_unexpected_state",
+        )
+    inv["status"] = "uncollectible"
+    inv["status_transitions"]["marked_uncollectible_at"] = s.now()
+    s.emit("invoice.marked_uncollectible", inv, ctx, {"status": "open"})
+    return inv
+
+
 def pay_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
     inv = s.col("invoice").get(id)
     if inv["status"] == "draft":
@@ -57,11 +120,13 @@ def pay_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dic
 
 def void_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
     inv = s.col("invoice").get(id)
-    if inv["status"] != "open":
+    if inv["status"] not in VOIDABLE:
         raise StripeError(
-            400, f"You can only void an open invoice; this invoice is {inv['status']}."
+            400,
+            f"You can only void an open or uncollectible invoice; this invoice is {inv['status']}.",
+            code="invoice_unexpected_state",
         )
-    prev = {"status": "open"}
+    prev = {"status": inv["status"]}
     inv["status"] = "void"
     inv["status_transitions"]["voided_at"] = s.now()
     s.emit("invoice.voided", inv, ctx, prev)
@@ -221,12 +286,20 @@ def finalize(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
     s.emit("invoice.finalized", inv, ctx, prev)
 
 
+# Finalized invoices that can still be paid or voided (Stripe: an uncollectible invoice can be).
+VOIDABLE = PAYABLE = ("open", "uncollectible")
+
+
 def pay(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
-    if inv["status"] != "open":
+    if inv["status"] not in PAYABLE:
         raise StripeError(
             400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state"
         )
-    prev = {"status": "open", "amount_paid": 0, "amount_remaining": inv["amount_remaining"]}
+    prev = {
+        "status": inv["status"],
+        "amount_paid": inv["amount_paid"],
+        "amount_remaining": inv["amount_remaining"],
+    }
     now = s.now()
     inv["status"] = "paid"
     inv["attempted"] = True
@@ -355,5 +428,8 @@ ROUTES = (
     Route("GET", "/v1/invoices/{id}", retrieve("invoice")),
     Route("POST", "/v1/invoices/{id}/finalize", finalize_invoice),
     Route("POST", "/v1/invoices/{id}/pay", pay_invoice),
+    Route("POST", "/v1/invoices/{id}", update_invoice),
+    Route("DELETE", "/v1/invoices/{id}", delete_invoice),
     Route("POST", "/v1/invoices/{id}/void", void_invoice),
+    Route("POST", "/v1/invoices/{id}/mark_uncollectible", mark_uncollectible),
 )

@@ -89,6 +89,8 @@ async def test_every_object_type_has_fixture_keys(client, admin, fixtures, recei
     )
     event = (await client.v1.events.list_async()).data[0]
     deleted = await client.v1.customers.delete_async((await make_customer(client)).id)
+    draft = await client.v1.invoices.create_async(params={"customer": cus.id, "auto_advance": False})
+    deleted_invoice = await client.v1.invoices.delete_async(draft.id)
     si = await client.v1.subscription_items.retrieve_async(item.id)
     objects = {
         "customer": cus,
@@ -105,6 +107,7 @@ async def test_every_object_type_has_fixture_keys(client, admin, fixtures, recei
         "billing.meter_event_adjustment": adj,
         "billing.meter_event_summary": summaries.data[0],
         "deleted_customer": deleted,
+        "deleted_invoice": deleted_invoice,
     }
     for kind, obj in objects.items():
         assert_keys(obj, fixtures[kind], kind)
@@ -225,6 +228,57 @@ async def test_invoice_lifecycle(client):
         await client.v1.invoices.void_invoice_async(inv2.id)
     types = {e.type for e in (await client.v1.events.list_async(params={"type": "invoice.*"})).data}
     assert {"invoice.created", "invoice.finalized", "invoice.voided", "invoice.paid"} <= types
+
+
+async def test_invoice_statuses_and_their_events(client):
+    """Every invoice state change emits its event (FACTS: invoice.created, finalized, paid,
+    payment_failed, voided, marked_uncollectible, updated, deleted for drafts), with
+    `status_transitions`; statuses move draft -> open -> paid | void | uncollectible, and an
+    uncollectible invoice can still be paid or voided."""
+    cus = await make_customer(client)
+
+    async def new_open() -> stripe.Invoice:
+        inv = await client.v1.invoices.create_async(params={"customer": cus.id, "auto_advance": False})
+        return await client.v1.invoices.finalize_invoice_async(inv.id, params={"auto_advance": False})
+
+    draft = await client.v1.invoices.create_async(params={"customer": cus.id, "auto_advance": False})
+    updated = await client.v1.invoices.update_async(
+        draft.id, params={"description": "November", "metadata": {"po": "42"}})
+    assert updated.description == "November" and updated.metadata["po"] == "42"
+    gone = await client.v1.invoices.delete_async(draft.id)
+    assert gone.deleted is True and gone.id == draft.id
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        await client.v1.invoices.retrieve_async(draft.id)
+    assert missing.value.http_status == 404
+
+    lost = await client.v1.invoices.mark_uncollectible_async((await new_open()).id)
+    assert lost.status == "uncollectible" and lost.status_transitions.marked_uncollectible_at
+    recovered = await client.v1.invoices.pay_async(lost.id)
+    assert recovered.status == "paid" and recovered.status_transitions.paid_at and recovered.amount_remaining == 0
+    written_off = await client.v1.invoices.mark_uncollectible_async((await new_open()).id)
+    voided = await client.v1.invoices.void_invoice_async(written_off.id)
+    assert voided.status == "void" and voided.status_transitions.voided_at
+    assert voided.status_transitions.marked_uncollectible_at
+
+    for refused in (client.v1.invoices.delete_async(voided.id),
+                    client.v1.invoices.mark_uncollectible_async(recovered.id),
+                    client.v1.invoices.void_invoice_async(recovered.id),
+                    client.v1.invoices.update_async(voided.id, params={"collection_method": "send_invoice"})):
+        with pytest.raises(stripe.InvalidRequestError):
+            await refused
+
+    events = (await client.v1.events.list_async(params={"type": "invoice.*", "limit": 100})).data
+    by_object: dict[str, list[str]] = {}
+    for e in reversed(events):  # oldest first
+        by_object.setdefault(e.data.object.id, []).append(e.type)
+    assert by_object[draft.id] == ["invoice.created", "invoice.updated", "invoice.deleted"]
+    assert by_object[lost.id] == ["invoice.created", "invoice.finalized", "invoice.marked_uncollectible",
+                                  "invoice.paid", "invoice.payment_succeeded"]
+    assert by_object[voided.id] == ["invoice.created", "invoice.finalized", "invoice.marked_uncollectible",
+                                    "invoice.voided"]
+    update_event = next(e for e in events if e.type == "invoice.updated")
+    assert update_event.data.previous_attributes.to_dict() == {"description": None, "metadata": {"po": None}}
+    assert next(e for e in events if e.type == "invoice.voided").data.previous_attributes.status == "uncollectible"
 
 
 async def test_checkout_complete_helper(client, admin):

@@ -378,7 +378,7 @@ async def stable_meter_event_count(emulator_admin, quiet: float, limit: float) -
 
 async def insert_legacy_usage(pool: asyncpg.Pool, rows: list[tuple[str, str, str, str, datetime]]) -> None:
     """(request_id, customer_id, meter, quantity as SQL text, occurred_at) rows the ingestion
-    contract refuses (NaN, Infinity, 1e100000): stored as a database from before migration 0010
+    contract refuses (NaN, Infinity, 1e100000): stored as a database from before migration 0009
     holds them. The constraints are dropped and re-added NOT VALID around the insert, the way
     the migration left them."""
     async with pool.acquire() as conn, conn.transaction():

@@ -23,6 +23,10 @@ async def test_global_pause_resume_status_and_audit(cli_env, temporal_env, postg
             code, out, err = await cli(cli_env, "pause", "--reason", "incident 42", "--actor", "alice")
             assert code == 0, err
             assert "PAUSED by alice: incident 42" in out
+            # Pausing again: nothing is sent or audited, the pause in force is kept, exit 0.
+            code, out, err = await cli(cli_env, "pause", "--reason", "again", "--actor", "carol")
+            assert code == 0, err
+            assert "already PAUSED" in out and "by alice: incident 42; nothing changed" in out
             code, out, _ = await cli(cli_env, "status", "--json")
             status = json.loads(out)
             assert status["autoheal"]["paused"] is True and status["autoheal"]["actor"] == "alice"
@@ -33,6 +37,8 @@ async def test_global_pause_resume_status_and_audit(cli_env, temporal_env, postg
 
             code, out, err = await cli(cli_env, "resume", "--actor", "bob", "--reason", "closed")
             assert code == 0, err
+            code, out, err = await cli(cli_env, "resume", "--actor", "carol")
+            assert code == 0 and "not paused; nothing changed" in out, err
         code, out, _ = await cli(cli_env, "audit", "--json", "--since", "1d")
         rows = json.loads(out)
         assert [(r["action"], r["actor"], r["reason"]) for r in rows] == [

@@ -174,7 +174,7 @@ async def test_a_database_already_holding_poison_rows_still_migrates(postgres_ds
     dsn = with_database(postgres_dsn, name)
     conn = await asyncpg.connect(dsn)
     try:
-        before = [(v, sql) for v, sql in migration_files() if v < "0010"]
+        before = [(v, sql) for v, sql in migration_files() if v < "0009"]
         await conn.execute("CREATE TABLE public.billing_schema_migrations (version text PRIMARY KEY, "
                            "applied_at timestamptz NOT NULL DEFAULT now())")
         for version, sql in before:
@@ -185,7 +185,7 @@ async def test_a_database_already_holding_poison_rows_still_migrates(postgres_ds
             await conn.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "
                                "VALUES ($1, 'acme', 'api_requests', $2::numeric, '1970-01-01')", rid, q)
         applied = await migrate(dsn)
-        assert "0010_usage_checks" in applied
+        assert "0009_usage_checks" in applied
         assert await conn.fetchval("SELECT count(*) FROM billing.usage_events") == len(POISON)
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at) "

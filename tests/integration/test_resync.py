@@ -82,9 +82,11 @@ async def inject_drift(pool, act: Activity, ids: list[str]) -> dict[str, Any]:
            VALUES ('sub_ghost', $1, $2, 'trialing')""", act.customers[0], ids[0])
     # Lost grant: the webhook's grant never happened (ledger row, balance and audit row together).
     lost = act.credit_sessions[cs[0]]
-    await pool.execute("DELETE FROM billing.credit_ledger WHERE source = $1", f"checkout:{cs[0]}")
+    ledger_id = await pool.fetchval("SELECT id FROM billing.credit_ledger WHERE source = $1", f"checkout:{cs[0]}")
+    await pool.execute("DELETE FROM billing.credit_ledger WHERE id = $1", ledger_id)
     await pool.execute("UPDATE billing.credit_balances SET balance = balance - $2 WHERE customer_id = $1", ids[0], lost)
-    await pool.execute("DELETE FROM billing.audit_log WHERE idempotency_key = $1", f"credit-grant:checkout:{cs[0]}")
+    assert await pool.execute("DELETE FROM billing.audit_log WHERE idempotency_key = $1",
+                              f"credit-ledger:{ledger_id}") == "DELETE 1"
     # Double grant: another system granted the same checkout again under another source.
     await pool.execute(
         """INSERT INTO billing.credit_ledger (customer_id, amount, source, reason, checkout_session_id)
@@ -286,17 +288,20 @@ async def test_negative_ledger_is_refused_and_cli_exit_codes(cli_env, temporal_e
         assert (dry.counts.balance_mismatches, dry.counts.negative_ledger) == (1, 1)
         assert dry.findings.balance_mismatches == ["neg: balance 10, ledger -15"]
         before = await snapshot(pool)
-        with pytest.raises(WorkflowFailureError) as info:
-            await repair(client, task_queue, mode=Mode.APPLY)
-        assert info.value.cause.type == "NegativeBalance"  # type: ignore[attr-defined]
-        assert "refusing to set the credit balance to -15" in info.value.cause.message  # type: ignore[attr-defined]
+        # Refused, not failed: the customer is left untouched and the run says so.
+        applied = await repair(client, task_queue, mode=Mode.APPLY)
+        assert (applied.counts.refused_customers, applied.counts.balances_repaired) == (1, 0)
+        assert applied.findings.refused == ["neg: balance 10 not repaired: the ledger sums to -15, below zero "
+                                            "(CHECK balance >= 0); nothing written for this customer"]
         assert await snapshot(pool) == before
 
         code, out, err = await cli(cli_env, "repair-credits", "--customer", "neg", "--json")
         assert code == 0, err
         assert json.loads(out)["counts"]["negative_ledger"] == 1
         code, out, err = await cli(cli_env, "repair-credits", "--customer", "neg", "--apply", "--json")
-        assert code == 1 and json.loads(out)["type"] == "NegativeBalance"
+        assert code == 1 and json.loads(out)["counts"]["refused_customers"] == 1
+        code, _, err = await cli(cli_env, "repair-credits", "--customer", "neg", "--apply")
+        assert code == 1 and "refused: neg: balance 10 not repaired" in err
         code, out, err = await cli(cli_env, "resync-subscriptions", "--customer", "nobody", "--json")
         assert code == 2 and json.loads(out)["error"] == "unknown customer: nobody"
         code, _, err = await cli(cli_env, "resync-subscriptions", "--dry-run", "--apply")

@@ -20,8 +20,15 @@ import uvicorn
 from temporalio.client import Client
 
 from billing.settings import Settings
-from billing.stripe_objects import credit_grant, customer_row, invoice_row, subscription_row
+from billing.stripe_objects import (
+    InvoiceRow,
+    credit_grant,
+    customer_row,
+    invoice_row,
+    subscription_row,
+)
 from devstack.processes import free_port
+from resync.mirror import local_compared
 from stripe_emulator.admin import EmulatorAdmin
 from stripe_emulator.webhooks import sign
 from tests.integration.recon_helpers import make_settings, running_worker
@@ -154,6 +161,20 @@ async def billing_scenario(sc: stripe.StripeClient, admin: EmulatorAdmin, *, n_c
     return act
 
 
+async def credit_purchase(sc: stripe.StripeClient, admin: EmulatorAdmin, customer_id: str,
+                          credits: int) -> tuple[str, str]:
+    """A Stripe customer known to the application as `customer_id` (metadata) buying `credits`
+    through Checkout: (Stripe customer id, checkout session id)."""
+    cus = await sc.v1.customers.create_async(params={"name": customer_id, "metadata": {"customer_id": customer_id}})
+    product = await sc.v1.products.create_async(params={"name": f"Credits {customer_id}"})
+    price = await sc.v1.prices.create_async(params={"product": product.id, "currency": "usd", "unit_amount": credits})
+    cs = await sc.v1.checkout.sessions.create_async(params={
+        "mode": "payment", "customer": cus.id, "success_url": "https://example.com/ok",
+        "line_items": [{"price": price.id, "quantity": 1}], "metadata": {"credits": str(credits)}})
+    await admin.complete_checkout_session(cs.id)
+    return cus.id, cs.id
+
+
 # ---------------------------------------------------------------------------- comparison
 
 
@@ -169,10 +190,7 @@ async def stripe_state(sc: stripe.StripeClient, act: Activity) -> dict[str, Any]
         customers[cid] = (c.customer_id, c.email, c.name)
     invoices = {}
     for cid in act.customers:
-        async for inv in (await sc.v1.invoices.list_async(params={"customer": cid, "limit": 100})).auto_paging_iter():
-            r = invoice_row(inv.to_dict())
-            if r.status in ("paid", "open"):  # the events we handle: paid and payment_failed
-                invoices[r.stripe_invoice_id] = (r.status, r.amount_paid, r.stripe_subscription_id)
+        invoices.update(await stripe_invoices(sc, cid))
     credits: dict[str, int] = {}
     for cs_id in act.credit_sessions:
         grant = credit_grant((await sc.v1.checkout.sessions.retrieve_async(cs_id)).to_dict())
@@ -195,11 +213,25 @@ async def postgres_state(pool: asyncpg.Pool, act: Activity) -> dict[str, Any]:
         }
     customers = {r["stripe_customer_id"]: (r["customer_id"], r["email"], r["name"]) for r in await pool.fetch(
         "SELECT * FROM billing.customers WHERE stripe_customer_id = ANY($1)", act.customers)}
-    invoices = {r["stripe_invoice_id"]: (r["status"], r["amount_paid"], r["stripe_subscription_id"])
-                for r in await pool.fetch("SELECT * FROM billing.invoices WHERE stripe_customer_id = ANY($1)",
-                                          act.customers)}
+    invoices = await mirror_invoices(pool, act.customers)
     credits = {r["source"]: r["amount"] for r in await pool.fetch("SELECT source, amount FROM billing.credit_ledger")}
     return {"subscriptions": subs, "customers": customers, "invoices": invoices, "credits": credits}
+
+
+async def stripe_invoices(sc: stripe.StripeClient, stripe_customer_id: str) -> dict[str, dict[str, Any]]:
+    """Every invoice of a Stripe customer (every status), as the mirror must hold it."""
+    out = {}
+    params = {"customer": stripe_customer_id, "limit": 100}
+    async for inv in (await sc.v1.invoices.list_async(params=params)).auto_paging_iter():
+        r = invoice_row(inv.to_dict())
+        out[r.stripe_invoice_id] = r.compared()
+    return out
+
+
+async def mirror_invoices(pool: asyncpg.Pool, stripe_customer_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The invoice mirror's rows of these Stripe customers, in the same shape."""
+    return {r["stripe_invoice_id"]: local_compared(r, InvoiceRow.COMPARED) for r in await pool.fetch(
+        "SELECT * FROM billing.invoices WHERE stripe_customer_id = ANY($1)", stripe_customer_ids)}
 
 
 def _iso(v: Any) -> Any:

@@ -153,7 +153,7 @@ def test_unknown_customers_message_is_precise_and_bounded():
 
 def test_quantities_and_times_outside_the_contract_are_refused_with_their_line(tmp_path):
     """The bounds of README "Ingestion contract" (and of the CHECK constraints of migration
-    0010): a finite quantity in [0, 1e15), a time from 2000-01-01 to a day from now."""
+    0009): a finite quantity in [0, 1e15), a time from 2000-01-01 to a day from now."""
     p = jsonl(tmp_path, [
         ev(1, quantity="1e100000"),  # finite for Decimal, absurd for billing
         '{"request_id": "r2", "customer_id": "c1", "meter": "m", "quantity": 1e100000, '

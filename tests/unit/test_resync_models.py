@@ -6,11 +6,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from billing.stripe_objects import subscription_row
+from billing.stripe_objects import (
+    INVOICE_DELETED,
+    InvoiceRow,
+    SubscriptionRow,
+    invoice_row,
+    subscription_row,
+)
 from common.paged import MAX_SAMPLE
 from common.types import Mode
 from credits.types import AdjustCreditsInput, RepairCreditsInput
-from resync.activities import differing_fields
+from resync.mirror import differing_fields
 from resync.types import ResyncCounts, ResyncFindings, ResyncSubscriptionsInput
 
 
@@ -53,6 +59,23 @@ def test_differing_fields_uses_the_webhook_mapping():
            "items": {"data": [{"id": "si_1", "price": {"id": "price_1"}, "quantity": 2,
                                "current_period_start": start, "current_period_end": end}]}}
     stripe = subscription_row(sub).compared()
-    assert differing_fields(stripe, dict(stripe)) == []
+    fields = SubscriptionRow.COMPARED
+    assert differing_fields(stripe, dict(stripe), fields) == []
     local = dict(stripe, status="past_due", items=[dict(stripe["items"][0], quantity=1)])
-    assert differing_fields(stripe, local) == ["status", "items"]
+    assert differing_fields(stripe, local, fields) == ["status", "items"]
+
+
+def test_invoice_mapping_follows_the_lifecycle():
+    """status_transitions, amounts and a deleted draft, as the mirror and the resync compare them."""
+    at = int(datetime(2026, 11, 3, tzinfo=UTC).timestamp())
+    inv = {"object": "invoice", "id": "in_1", "customer": "cus_1", "status": "void", "number": "EMU-0001",
+           "total": 900, "amount_due": 900, "amount_paid": 0, "amount_remaining": 900, "currency": "usd",
+           "status_transitions": {"finalized_at": at, "voided_at": at + 60, "paid_at": None,
+                                  "marked_uncollectible_at": None}}
+    row = invoice_row(inv)
+    assert (row.finalized_at, row.voided_at, row.paid_at) == (
+        datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 3, 0, 1, tzinfo=UTC), None)
+    assert row.compared()["voided_at"] == "2026-11-03T00:01:00+00:00" and row.compared()["deleted_at"] is None
+    gone = invoice_row(dict(inv, status="draft")).deleted(datetime(2026, 11, 4, tzinfo=UTC))
+    assert (gone.status, gone.deleted_at) == (INVOICE_DELETED, datetime(2026, 11, 4, tzinfo=UTC))
+    assert differing_fields(row.compared(), gone.compared(), InvoiceRow.COMPARED) == ["status", "deleted_at"]

@@ -2,7 +2,7 @@
 with an embedded Postgres and the Stripe emulator (the session fixtures of tests/conftest.py).
 
     .venv/bin/python tests/workflow/record_histories.py       # or
-    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k resync]
+    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k resync | -k invoice | -k dismiss]
 
 Not collected by a plain `pytest` run (the file name does not match test_*.py). Re-record when a
 workflow changes *on purpose* and commit the new files next to the old ones (keep the old ones:
@@ -287,6 +287,83 @@ async def test_record_resync_histories(temporal_env, postgres_dsn, clean_db, emu
     HISTORIES.mkdir(parents=True, exist_ok=True)
     paths = await record_resync(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
                                 stripe_client, emulator_admin)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
+
+
+async def record_invoices(client: Client, settings: Settings, task_queue: str, stripe_client) -> list[Path]:
+    """ResyncInvoices (dry-run, apply) over invoices Postgres never heard of."""
+    from resync.types import InvoiceResyncResult, ResyncInvoicesInput
+
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    cus = await stripe_client.v1.customers.create_async(params={"name": tag, "metadata": {"customer_id": tag}})
+    for _ in range(2):
+        inv = await stripe_client.v1.invoices.create_async(params={"customer": cus.id, "auto_advance": False})
+        await stripe_client.v1.invoices.finalize_invoice_async(inv.id, params={"auto_advance": False})
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            for mode in (Mode.DRY_RUN, Mode.APPLY):
+                handle = await client.start_workflow(
+                    "ResyncInvoices", ResyncInvoicesInput(mode=mode, actor="recorder"),
+                    id=f"{tag}-resync-invoices-{mode.value}", task_queue=task_queue, result_type=InvoiceResyncResult)
+                res = await asyncio.wait_for(handle.result(), 120)
+                assert res.counts.missing_local == 2, res
+                paths.append(await save(handle, f"resync_invoices_{mode.value.replace('-', '_')}"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_invoice_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_invoices(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
+                                  stripe_client)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
+
+
+async def record_dismiss(client: Client, settings: Settings, task_queue: str, postgres_dsn: str) -> list[Path]:
+    """DismissStripeEvent: a failed event dismissed, and a processed one refused."""
+    from webhooks.activities import store_event_args, store_event_sql
+    from webhooks.types import DismissEventInput, DismissEventResult
+
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    base = {"object": "event", "created": int(datetime.now(UTC).timestamp()), "type": "customer.subscription.updated",
+            "data": {"object": {"id": f"sub_{tag}", "object": "subscription"}}}
+    failed, processed = {**base, "id": f"evt_{tag}failed"}, {**base, "id": f"evt_{tag}processed"}
+    conn = await db.connect(postgres_dsn)
+    try:
+        for e in (failed, processed):
+            await conn.execute(store_event_sql(), *store_event_args(e, "webhook"))
+        await conn.execute("UPDATE billing.stripe_events SET status = 'failed', error = 'recorded' WHERE event_id = $1",
+                           failed["id"])
+        await conn.execute("UPDATE billing.stripe_events SET status = 'processed' WHERE event_id = $1", processed["id"])
+    finally:
+        await conn.close()
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            for name, e in (("dismiss_stripe_event", failed), ("dismiss_stripe_event_refused", processed)):
+                handle = await client.start_workflow(
+                    "DismissStripeEvent", DismissEventInput(event_id=e["id"], actor="recorder", reason="recording"),
+                    id=f"dismiss-event-{e['id']}", task_queue=task_queue, result_type=DismissEventResult)
+                if e is failed:
+                    assert not (await asyncio.wait_for(handle.result(), 60)).already_dismissed
+                else:
+                    with pytest.raises(Exception, match="failed"):
+                        await asyncio.wait_for(handle.result(), 60)
+                paths.append(await save(handle, name))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_dismiss_histories(temporal_env, postgres_dsn, clean_db, emulator, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_dismiss(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue, postgres_dsn)
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size} bytes)")
 
