@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from tests.integration.cli_helpers import cli
+from tests.integration.ingest_helpers import event, run_ingest, stored, write_jsonl
 from tests.integration.recon_helpers import make_settings, running_worker, seed_world
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
-from tests.integration.test_ingest import db, event, run_ingest, stored, write_jsonl  # noqa: F401  (fixture)
 from tests.integration.webhook_helpers import wait_until_settled, webhook_stack
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def run_ingest_skip(postgres_dsn, path):
     import os
     import subprocess
 
-    from tests.integration.test_ingest import CLI
+    from tests.integration.ingest_helpers import CLI
 
     env = {**os.environ, "DATABASE_URL": postgres_dsn, **NARROW, "NO_COLOR": "1"}
     return subprocess.run([CLI, "ingest", "--skip-invalid", str(path)], env=env, capture_output=True, text=True,

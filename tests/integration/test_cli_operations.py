@@ -8,8 +8,8 @@ import json
 import pytest
 
 from autoheal.types import AUTOHEAL_WORKFLOW_ID
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, running_worker
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

@@ -3,32 +3,15 @@ dev server, Postgres and the emulator, with a test worker on its own task queue.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import os
-import sys
 
 import pytest
 
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, running_worker, seed_world
 
 pytestmark = pytest.mark.integration
-
-
-async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from starter.cli import main; main()", *args,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode, out.decode(), err.decode()
-
-
-@pytest.fixture
-def cli_env(postgres_dsn, emulator, temporal_env, task_queue) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": postgres_dsn, "STRIPE_API_BASE": emulator,
-            "TEMPORAL_ADDRESS": temporal_env.address, "BILLING_TASK_QUEUE": task_queue,
-            "COLUMNS": "200"}
 
 
 async def test_invalid_range_exits_2_and_starts_nothing(cli_env, temporal_env):

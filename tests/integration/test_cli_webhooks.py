@@ -7,8 +7,8 @@ import json
 import asyncpg
 import pytest
 
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import running_worker
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from tests.integration.webhook_helpers import webhook_settings
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from common.types import Mode
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, running_worker
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from tests.integration.webhook_helpers import credit_purchase
 from webhooks.types import ReplayResult, ReplayWebhooksInput
 

@@ -12,6 +12,7 @@ import pytest
 
 from common.types import Mode
 from reconcile.types import Phase
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import (
     make_settings,
     running_worker,
@@ -19,7 +20,6 @@ from tests.integration.recon_helpers import (
     start,
     wait_phase,
 )
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from webhooks.types import ReplayResult, ReplayWebhooksInput
 
 pytestmark = pytest.mark.integration

@@ -3,45 +3,14 @@ request_id, and all-or-nothing on bad input."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
+from tests.integration.ingest_helpers import event, run_ingest, stored, write_jsonl
+
 pytestmark = pytest.mark.integration
 
-CLI = str(Path(sys.executable).parent / "billing-recon")
-
-
-def run_ingest(postgres_dsn: str, path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": postgres_dsn, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([CLI, "ingest", str(path)], env=env, capture_output=True, text=True, timeout=120)
-
-
-def event(rid: str, customer: str = "acme", quantity: str = "3", at: str = "2026-11-01T12:00:00Z",
-          meter: str = "api_requests") -> dict:
-    return {"request_id": rid, "customer_id": customer, "meter": meter, "quantity": quantity, "occurred_at": at}
-
-
-def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-async def db(clean_db):
-    await clean_db.execute(
-        "INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ('acme', 'cus_a'), ('globex', 'cus_g')")
-    return clean_db
-
-
-async def stored(pool) -> dict[str, tuple[str, Decimal, int]]:
-    rows = await pool.fetch("SELECT request_id, customer_id, quantity, dedupe_count FROM billing.usage_events")
-    return {r["request_id"]: (r["customer_id"], r["quantity"], r["dedupe_count"]) for r in rows}
 
 
 async def test_ingest_is_idempotent_by_request_id(db, postgres_dsn, tmp_path):

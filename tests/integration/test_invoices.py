@@ -14,8 +14,8 @@ import pytest
 from autoheal import switch
 from billing.stripe_objects import invoice_row
 from common.types import Mode
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, running_worker
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from tests.integration.webhook_helpers import (
     all_events,
     mirror_invoices,

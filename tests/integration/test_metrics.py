@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,37 +25,14 @@ from billing import metrics
 from common.types import Mode, RunStatus
 from devstack.processes import free_port
 from reconcile.types import ReconcileResult
-from tests.integration.test_cli_reconcile import cli
-from tests.unit.test_deploy import deploy_metric_names
+from tests.deploy_helpers import deploy_metric_names
+from tests.integration.cli_helpers import cli
 
+from .metrics_helpers import scrape, value
 from .recon_helpers import inject_all_drift, run, seed_world
 from .worker_helpers import spawn_worker, stop_worker
 
 pytestmark = pytest.mark.integration
-
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
-    out = []
-    for line in text.splitlines():
-        m = SAMPLE.match(line.strip())
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        out.append((m.group(1), labels, float(m.group(3))))
-    return out
-
-
-def value(samples, name: str, **labels: str) -> float | None:
-    found = [v for n, ls, v in samples if n == name and all(ls.get(k) == x for k, x in labels.items())]
-    return sum(found) if found else None
-
-
-def scrape(address: str) -> list[tuple[str, dict[str, str], float]]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
-        return parse(r.read().decode())
-
 
 async def wait_scrape(address: str, ready, log: Path, limit: float = 30.0):
     """Scrape until `ready(samples)` (the collector refreshes every second here)."""

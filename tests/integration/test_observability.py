@@ -22,8 +22,8 @@ from common.client import default_interceptors
 from common.types import Mode
 from devstack.processes import free_port
 
+from .metrics_helpers import scrape, value
 from .recon_helpers import make_settings, run, running_worker, seed_world
-from .test_metrics import scrape, value
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from billing import schedules
 from billing.ingest import UsageEvent, ingest
 from common.types import Mode, RunStatus
 from reconcile.types import ReconcileUsageInput
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import (
     assert_stripe_equals_ledger,
     create_meters,
@@ -23,7 +24,6 @@ from tests.integration.recon_helpers import (
     running_worker,
     seed_world,
 )
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

@@ -18,6 +18,7 @@ import pytest
 from billing.ingest import UsageEvent, ingest
 from common.types import Mode, RunStatus
 from reconcile.types import ApprovalDecision, Phase
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import (
     assert_stripe_equals_ledger,
     make_settings,
@@ -27,7 +28,6 @@ from tests.integration.recon_helpers import (
     start,
     wait_phase,
 )
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

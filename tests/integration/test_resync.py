@@ -22,8 +22,8 @@ from billing.periods import billing_period
 from common.types import Mode
 from credits.types import AdjustCreditsInput, AdjustCreditsResult, RepairCreditsInput, RepairResult
 from resync.types import ResyncResult, ResyncSubscriptionsInput
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, running_worker
-from tests.integration.test_cli_reconcile import cli, cli_env  # noqa: F401  (fixture)
 from tests.integration.webhook_helpers import (
     Activity,
     billing_scenario,

@@ -15,8 +15,7 @@ from temporalio.worker import Replayer, Worker
 from common.client import data_converter
 from common.options import smoke_check
 from health.types import SmokeCheck
-
-from .test_replay import HISTORIES, load
+from tests.workflow.histories import HISTORIES, load
 
 STEP = smoke_check()  # the real Smoke's options
 PATCH_ID = "smoke-check-stripe-twice"

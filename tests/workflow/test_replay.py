@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 from temporalio import workflow
-from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from common.client import data_converter
+from tests.workflow.histories import HISTORIES, load
 from workflows import all_workflows
 
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
-
-
-def load(path: Path) -> WorkflowHistory:
-    return WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
 
 
 def workflow_type(path: Path) -> str:
