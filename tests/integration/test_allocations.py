@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -371,10 +371,27 @@ async def test_slices_reach_stripe_through_the_usage_reconciliation(
             meters=[METER], settle_seconds=1, actor="pytest"), f"usage-{uuid.uuid4().hex[:8]}")
         assert usage.counts.corrections_pushed >= 2, usage.counts
     minutes = Decimal((end_at - start_at) / timedelta(seconds=1)) / 60
+    # Per UTC day: the allocation's seconds that day = the ledger's usage that day = Stripe's.
+    expected: dict[date, Decimal] = {}
+    at = start_at
+    while at < end_at:
+        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), UTC)
+        expected[at.date()] = Decimal((min(midnight, end_at) - at) / timedelta(seconds=1)) / 60
+        at = midnight
+    assert abs(sum(expected.values()) - minutes) < Decimal("1e-20") and len(expected) >= 2
+    ledger = {r["day"]: r["q"] for r in await clean_db.fetch(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, sum(quantity) AS q FROM billing.usage_events "
+        "WHERE customer_id = 'gpu-stripe' AND meter = $1 GROUP BY 1", METER)}
+    assert {d: round(q, 6) for d, q in ledger.items()} == {d: round(q, 6) for d, q in expected.items()}
     page = await stripe_client.v1.billing.meters.event_summaries.list_async(meters[METER], params={
         "customer": cus.id, "start_time": int(datetime.combine(start_at.date(), datetime.min.time(), UTC).timestamp()),
-        "end_time": int(datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC).timestamp())})
-    assert abs(sum(Decimal(str(s.aggregated_value)) for s in page.data) - minutes) < Decimal("0.00001")
+        "end_time": int(datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC).timestamp()),
+        "value_grouping_window": "day"})
+    stripe_days = {datetime.fromtimestamp(s.start_time, UTC).date(): Decimal(str(s.aggregated_value))
+                   for s in page.data if s.aggregated_value}
+    assert stripe_days.keys() == expected.keys(), (stripe_days, expected)
+    for day, want in expected.items():
+        assert abs(stripe_days[day] - want) < Decimal("0.00001"), (day, stripe_days[day], want)
 
 
 ROOT = Path(__file__).resolve().parents[2]
