@@ -46,7 +46,8 @@ from credits.types import (
     UsageCheckInput,
     UsageCheckResult,
 )
-from webhooks.activities import PermanentEventError, StripeEventActivities, lock_object
+from webhooks.activities import StripeEventActivities
+from webhooks.handlers import PermanentEventError, lock_object
 
 log = logging.getLogger("billing.credits")
 
