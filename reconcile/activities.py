@@ -25,13 +25,13 @@ from common.audit import AuditInput, write_audit
 from common.heartbeat import Heartbeater, resume
 from reconcile import runs, store
 from reconcile.corrections import CorrectionWriter
+from reconcile.plans import Finding
 from reconcile.runs import is_data_error
 from reconcile.scan import Customer, ScanPolicy, Summaries, invalid_usage, plan_batch, tally
 from reconcile.types import (
     ApplyPlanInput,
     Counts,
     DiscrepancyStatus,
-    Finding,
     FinishRunInput,
     FinishRunResult,
     PageCheckpoint,

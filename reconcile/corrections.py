@@ -35,15 +35,9 @@ from billing.policy import (
 from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
 from common.audit import AuditAction, AuditInput, write_audit
 from reconcile import store
+from reconcile.plans import CounterCorrection, Finding, StripeCorrection
 from reconcile.runs import is_data_error
-from reconcile.types import (
-    CounterCorrection,
-    Counts,
-    DiscrepancyStatus,
-    Finding,
-    RunContext,
-    StripeCorrection,
-)
+from reconcile.types import Counts, DiscrepancyStatus, RunContext
 
 log = logging.getLogger(__name__)
 
