@@ -23,11 +23,6 @@ def failure_type(e: Underneath) -> str | None:
     return cause.type if isinstance(cause, ApplicationError) else None
 
 
-def activity_message(e: ActivityError) -> str:
-    """`failure_message` of an activity (the name reconcile/ uses)."""
-    return failure_message(e)
-
-
 def permanent_failure(e: Underneath, default_type: str) -> ApplicationError:
     """Fail the workflow with the cause's message and type (else `default_type`), for good."""
     return ApplicationError(failure_message(e), type=failure_type(e) or default_type, non_retryable=True)

@@ -23,6 +23,8 @@ def workflows() -> list[type]:
 def build_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from common.deps import activity_methods
     from credits.activities import CreditActivities
+    from credits.checks import LedgerCheckActivities
     from webhooks.activities import StripeEventActivities
 
-    return activity_methods(CreditActivities(deps.pool, deps.stripe, StripeEventActivities(deps.pool, deps.stripe)))
+    return activity_methods(CreditActivities(deps.pool, deps.stripe, StripeEventActivities(deps.pool, deps.stripe)),
+                            LedgerCheckActivities(deps.pool, deps.stripe))

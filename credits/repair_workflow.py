@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
 
     from common.paged import MAX_SAMPLE, PagedRunContext
     from credits.activities import CreditActivities
+    from credits.checks import LedgerCheckActivities
     from credits.types import (
         BalancePageInput,
         CheckoutPageInput,
@@ -85,16 +86,16 @@ class RepairCredits(PagedRun[RepairCreditsInput, RepairCarry, RepairResult]):
             return self._add(s, page)
         if s.phase == RepairPhase.DUPLICATES:
             page = await workflow.execute_activity_method(
-                CreditActivities.duplicates, DuplicatesInput(context=ctx), **QUERY)
+                LedgerCheckActivities.duplicates, DuplicatesInput(context=ctx), **QUERY)
             return self._add(s, page)
         if s.phase == RepairPhase.BALANCES:
             page = await workflow.execute_activity_method(
-                CreditActivities.balances_page, BalancePageInput(context=ctx, after=s.cursor, limit=BALANCE_PAGE_LIMIT),
+                LedgerCheckActivities.balances_page, BalancePageInput(context=ctx, after=s.cursor, limit=BALANCE_PAGE_LIMIT),
                 **PAGE)
             return self._add(s, page)
         if s.phase == RepairPhase.INVOICES:
             inv = await workflow.execute_activity_method(
-                CreditActivities.paid_invoices_page,
+                LedgerCheckActivities.paid_invoices_page,
                 InvoiceCheckInput(context=ctx, starting_after=s.cursor, page_size=inp.page_size,
                                   max_pages=inp.pages_per_activity),
                 **PAGE)
@@ -104,7 +105,7 @@ class RepairCredits(PagedRun[RepairCreditsInput, RepairCarry, RepairResult]):
             s.cursor = inv.next_cursor
             return s.cursor is None
         usage = await workflow.execute_activity_method(
-            CreditActivities.unpushed_usage,
+            LedgerCheckActivities.unpushed_usage,
             UsageCheckInput(context=ctx, today_iso=workflow.now().date().isoformat()), **QUERY)
         s.checks.unpushed_usage_keys = usage.keys
         s.checks.usage_sample = usage.sample

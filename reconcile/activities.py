@@ -21,16 +21,17 @@ from temporalio.exceptions import ApplicationError
 from autoheal import switch
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
-from common.types import AuditInput
+from common.audit import AuditInput, write_audit
+from common.heartbeat import Heartbeater, resume
 from reconcile import runs, store
 from reconcile.corrections import CorrectionWriter
+from reconcile.plans import Finding
 from reconcile.runs import is_data_error
 from reconcile.scan import Customer, ScanPolicy, Summaries, invalid_usage, plan_batch, tally
 from reconcile.types import (
     ApplyPlanInput,
     Counts,
     DiscrepancyStatus,
-    Finding,
     FinishRunInput,
     FinishRunResult,
     PageCheckpoint,
@@ -84,7 +85,7 @@ class UsageActivities:
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:
         async with self.pool.acquire() as conn:
-            await runs.audit(conn, inp)
+            await write_audit(conn, inp)
 
     # ------------------------------------------------------------------ the page scan
 
@@ -92,7 +93,7 @@ class UsageActivities:
     async def reconcile_page(self, inp: PageInput) -> PageResult:
         ctx = inp.context
         # After a retry: resume after the last finished batch.
-        checkpoint = runs.resume_checkpoint()
+        checkpoint = resume(PageCheckpoint, PageCheckpoint())
         start_cursor = checkpoint.done_through or inp.cursor
         already = checkpoint.counts.customers_scanned  # finished by an earlier attempt
 
@@ -101,11 +102,11 @@ class UsageActivities:
                 conn, after=start_cursor, limit=ctx.policy.page_size - already,
                 only=ctx.customers, verify_run=ctx.run_id if inp.verify else None)
         counts = checkpoint.counts
-        async with runs.heartbeating(checkpoint) as beat:
+        async with Heartbeater(checkpoint) as hb:
             for i in range(0, len(customers), SUB_BATCH):
                 batch = customers[i : i + SUB_BATCH]
                 counts = counts.add(await self._reconcile_isolating(ctx, batch, inp))
-                beat(PageCheckpoint(done_through=batch[-1].customer_id, counts=counts))
+                hb.record(PageCheckpoint(done_through=batch[-1].customer_id, counts=counts))
         done = already + len(customers)
         last = customers[-1].customer_id if customers else start_cursor
         # A full page means there may be more, even when an earlier attempt had already done
@@ -194,18 +195,18 @@ class UsageActivities:
     async def apply_plan_page(self, inp: ApplyPlanInput) -> PageResult:
         """Execute the stored plan of a run (proposed/held findings), one page of them."""
         ctx = inp.context
-        checkpoint = runs.resume_checkpoint()
+        checkpoint = resume(PageCheckpoint, PageCheckpoint())
         counts = checkpoint.counts
         findings, next_cursor = await store.awaiting_approval(
             self.pool, ctx.run_id, after=checkpoint.done_through or inp.cursor,
             limit=ctx.policy.page_size)
-        async with runs.heartbeating(checkpoint) as beat:
+        async with Heartbeater(checkpoint) as hb:
             for i in range(0, len(findings), SUB_BATCH):
                 batch = findings[i : i + SUB_BATCH]
                 if not inp.observe_only:  # paused: the plan stays as it is
                     await self._hold_if_paused()
                     counts = counts.add(await self.writer.apply_all(ctx, batch))
-                beat(PageCheckpoint(done_through=batch[-1].key, counts=counts))
+                hb.record(PageCheckpoint(done_through=batch[-1].key, counts=counts))
         return PageResult(next_cursor=next_cursor, counts=counts)
 
     async def _hold_if_paused(self) -> None:

@@ -33,17 +33,11 @@ from billing.policy import (
     to_stripe_value,
 )
 from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
-from common.types import AuditInput
+from common.audit import AuditAction, AuditInput, write_audit
 from reconcile import store
-from reconcile.runs import audit, is_data_error
-from reconcile.types import (
-    CounterCorrection,
-    Counts,
-    DiscrepancyStatus,
-    Finding,
-    RunContext,
-    StripeCorrection,
-)
+from reconcile.plans import CounterCorrection, Finding, StripeCorrection
+from reconcile.runs import is_data_error
+from reconcile.types import Counts, DiscrepancyStatus, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +196,8 @@ class CorrectionWriter:
                     """, f.customer_id, f.meter, c.period_start, c.expected_before, c.value)
             changed = not res.endswith(" 0")
             if changed:
-                await audit(conn, AuditInput(
-                    actor=ctx.actor, action="set_usage_counter", entity_type="usage_counter",
+                await write_audit(conn, AuditInput(
+                    actor=ctx.actor, action=AuditAction.USAGE_SET_COUNTER, entity_type="usage_counter",
                     entity_id=entity, reason=str(f.kind), customer_id=f.customer_id,
                     after={"before": None if c.expected_before is None else str(c.expected_before),
                            "after": str(c.value), "over_quota_transition": f.over_quota_transition},
@@ -285,8 +279,8 @@ class CorrectionWriter:
                     await conn.execute(
                         "UPDATE billing.stripe_usage_pushes SET status = $2, cancelled_at = $3 "
                         "WHERE identifier = $1", ident, PushStatus.CANCELLED, _now())
-                    await audit(conn, AuditInput(
-                        actor=ctx.actor, action="cancel_meter_event", entity_type="meter_event",
+                    await write_audit(conn, AuditInput(
+                        actor=ctx.actor, action=AuditAction.USAGE_CANCEL_METER_EVENT, entity_type="meter_event",
                         entity_id=ident, reason=str(f.kind), customer_id=f.customer_id, after={"value": str(row["value"])},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"cancel|{ident}"))
@@ -329,11 +323,11 @@ class CorrectionWriter:
                     p.event_timestamp, p.kind, p.replaces, ctx.run_id, ctx.workflow_run_id,
                     PushStatus.PLANNED)
                 if inserted:
-                    await audit(conn, AuditInput(
-                        actor=ctx.actor, action=f"push_meter_event:{p.kind}", entity_type="meter_event",
+                    await write_audit(conn, AuditInput(
+                        actor=ctx.actor, action=AuditAction.USAGE_PUSH_METER_EVENT, entity_type="meter_event",
                         entity_id=p.identifier, reason=str(f.kind), customer_id=f.customer_id,
                         after={"customer_id": f.customer_id, "meter": meter, "day": day.isoformat(),
-                               "value": str(p.value)},
+                               "value": str(p.value), "kind": str(p.kind)},
                         workflow_id=ctx.run_id, run_id=ctx.workflow_run_id,
                         idempotency_key=f"push|{p.identifier}"))
             if inserted:

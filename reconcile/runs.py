@@ -1,21 +1,14 @@
-"""Run bookkeeping: a run's row in `reconciliation_runs` (start, status, finish), the audit
-writer, and the page heartbeat. Plain functions over the pool; reconcile/activities.py exposes
-them as activities.
-
-`heartbeating`, `resume_checkpoint` and `audit` are the job's only copies of the shared
-Temporal kit's helpers (heartbeat/checkpoint, audit writer): swap them here for common/'s.
+"""Run bookkeeping: a run's row in `reconciliation_runs` (start, status, finish). Plain
+functions over the pool; reconcile/activities.py exposes them as activities. The heartbeat
+checkpoint and the audit writer are the shared kit's (`common.heartbeat`, `common.audit`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import asyncpg
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from autoheal import switch
@@ -23,7 +16,7 @@ from billing import correlation, metrics
 from billing.periods import billing_period, current_period_window
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
-from common.types import AuditInput, RunStatus
+from common.types import RunStatus
 from reconcile.types import (
     AWAITING_APPROVAL,
     Counts,
@@ -31,7 +24,6 @@ from reconcile.types import (
     FinishRunInput,
     FinishRunResult,
     MeterInfo,
-    PageCheckpoint,
     Permanent,
     Policy,
     RunContext,
@@ -41,9 +33,6 @@ from reconcile.types import (
 
 log = logging.getLogger(__name__)
 
-# The last checkpoint is re-sent this often while a batch works (heartbeat timeout is 30 s);
-# the heartbeat is also how a cancellation (a `pause`) reaches the activity.
-HEARTBEAT_EVERY_SECONDS = 1.0
 MAX_WINDOW_DAYS = 400
 
 
@@ -63,54 +52,6 @@ def is_data_error(e: BaseException) -> bool:
     if isinstance(e, BaseExceptionGroup):
         return all(is_data_error(x) for x in e.exceptions)
     return isinstance(e, DATA_ERRORS)
-
-
-# --------------------------------------------------------------------------- shared kit (local)
-
-
-def resume_checkpoint() -> PageCheckpoint:
-    """Where an earlier attempt of this page activity got to (nothing on the first attempt).
-    The details come back as a plain dict after a retry: validated into the model."""
-    details = activity.info().heartbeat_details
-    return PageCheckpoint.model_validate(details[0]) if details else PageCheckpoint()
-
-
-@asynccontextmanager
-async def heartbeating(first: PageCheckpoint) -> AsyncIterator[Callable[[PageCheckpoint], None]]:
-    """Heartbeat the latest checkpoint now and every few seconds until the block ends, so a
-    long batch (many Stripe calls under the rate limiter) never looks like a dead worker.
-    Yields a function that records a newer checkpoint."""
-    latest = {"details": first.model_dump(mode="json")}
-
-    def record(cp: PageCheckpoint) -> None:
-        latest["details"] = cp.model_dump(mode="json")
-        activity.heartbeat(latest["details"])
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat(latest["details"])
-            await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield record
-    finally:
-        task.cancel()
-
-
-async def audit(conn: asyncpg.Connection, a: AuditInput) -> None:
-    """One audit row per idempotency key: a retried write is audited once."""
-    await conn.execute(
-        """
-        INSERT INTO billing.audit_log
-            (actor, action, entity_type, entity_id, after, reason, workflow_id, run_id, idempotency_key,
-             customer_id, before, correlation_id)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11::jsonb, $12)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        """,
-        a.actor, a.action, a.entity_type, a.entity_id, a.after, a.reason, a.workflow_id, a.run_id,
-        a.idempotency_key, a.customer_id, a.before, correlation.current() or a.workflow_id,
-    )
 
 
 # --------------------------------------------------------------------------- the run's row

@@ -22,16 +22,8 @@ from billing.policy import (
     classify_counter,
     classify_stripe_key,
 )
-from reconcile.types import (
-    CounterCorrection,
-    CounterRepair,
-    Counts,
-    DiscrepancyStatus,
-    Finding,
-    RunContext,
-    StripeCorrection,
-    WriteMode,
-)
+from reconcile.plans import CounterCorrection, CounterRepair, Finding, StripeCorrection
+from reconcile.types import Counts, DiscrepancyStatus, RunContext, WriteMode
 
 # --------------------------------------------------------------------------- inputs
 

@@ -21,16 +21,9 @@ from billing.policy import (
     PushStatus,
     diff_pct,
 )
+from reconcile.plans import Finding, plan_from_json, plan_to_json
 from reconcile.scan import BatchRows, CounterRow, Customer, LedgerDay, OutboxRow
-from reconcile.types import (
-    AWAITING_APPROVAL,
-    TOUCHED,
-    DiscrepancyStatus,
-    Finding,
-    RunContext,
-    plan_from_json,
-    plan_to_json,
-)
+from reconcile.types import AWAITING_APPROVAL, TOUCHED, DiscrepancyStatus, RunContext
 
 # How many request ids of a day's unusable usage rows an `invalid_usage` finding names.
 LISTED_INVALID_IDS = 5

@@ -15,13 +15,14 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from common import options
-from common.failures import activity_message, permanent_failure
+from common.failures import failure_message, permanent_failure
+from common.options import heartbeat_page, short_step
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.types import AuditInput, Mode, PauseRequest, RunStatus
+    from common.audit import AuditAction, AuditInput
+    from common.types import Mode, PauseRequest, RunStatus
     from reconcile.activities import UsageActivities
     from reconcile.types import (
         ApplyPlanInput,
@@ -44,15 +45,15 @@ with workflow.unsafe.imports_passed_through():
         page_write_mode,
     )
 
-# Activity options from the shared kit (common/options.py).
-SHORT_TIMEOUT = options.SHORT_STEP_TIMEOUT
+# What start_run refuses for good (bad input): never retried, whatever raises it. Activity
+# options come from the shared kit (common/options.py).
+PERMANENT = (Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER,
+             Permanent.UNSUPPORTED_METER)
 # A cancelled page is awaited until it has really stopped writing.
 WAIT_FOR_CANCEL = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-PAGE_TIMEOUT = options.PAGE_TIMEOUT
-# A killed worker's page is retried elsewhere after at most this long.
-PAGE_HEARTBEAT_TIMEOUT = options.HEARTBEAT_TIMEOUT
-RETRY = options.retry_policy(
-    Permanent.INVALID_WINDOW, Permanent.UNKNOWN_CUSTOMER, Permanent.UNKNOWN_METER, Permanent.UNSUPPORTED_METER)
+# The audit rows' idempotency keys keep the names approvals had before the dotted vocabulary
+# (common/audit.py), so a key is the same whichever build wrote it.
+AUDIT_KEY_NAMES = {AuditAction.RUN_APPROVE: "approve_plan", AuditAction.RUN_REJECT: "reject_plan"}
 
 
 # Malformed input (e.g. JSON from `temporal workflow start` with end_date before start_date)
@@ -85,12 +86,12 @@ class ReconcileUsage:
         # observe-only. Safe at any instant: every write is recorded in the outbox first.
         if self._corrective_page is not None:
             self._corrective_page.cancel()
-        await self._audit(req.actor, "run.pause", req.reason)
+        await self._audit(req.actor, AuditAction.RUN_PAUSE, req.reason)
 
     @workflow.signal(name="resume")
     async def resume(self, req: PauseRequest) -> None:
         self._paused = False
-        await self._audit(req.actor, "run.resume", req.reason)
+        await self._audit(req.actor, AuditAction.RUN_RESUME, req.reason)
 
     @workflow.update(name="approve")
     async def approve(self, decision: ApprovalDecision) -> ApprovalResult:
@@ -120,19 +121,21 @@ class ReconcileUsage:
         assert self._state is not None
         self._state.decision = decision
         self._state.approved = approved
-        await self._audit(decision.actor, "approve_plan" if approved else "reject_plan", decision.reason)
+        await self._audit(decision.actor, AuditAction.RUN_APPROVE if approved else AuditAction.RUN_REJECT,
+                          decision.reason)
         status = RunStatus.APPLYING if approved else RunStatus.REJECTED
         return ApprovalResult(run_id=self._state.context.run_id, accepted=True, status=status)
 
-    async def _audit(self, actor: str, action: str, reason: str | None) -> None:
+    async def _audit(self, actor: str, action: AuditAction, reason: str | None) -> None:
         info = workflow.info()
+        key_name = AUDIT_KEY_NAMES.get(action, action.value)
         await workflow.execute_activity_method(
             UsageActivities.audit,
             AuditInput(actor=actor, action=action, entity_type="reconciliation_run",
                        entity_id=info.workflow_id, reason=reason, workflow_id=info.workflow_id,
                        run_id=info.run_id,
-                       idempotency_key=f"{info.workflow_id}|{action}|{workflow.uuid4()}"),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                       idempotency_key=f"{info.workflow_id}|{key_name}|{workflow.uuid4()}"),
+            **short_step(*PERMANENT))
 
     # ------------------------------------------------------------------ main
 
@@ -142,7 +145,7 @@ class ReconcileUsage:
             return await self._run(inp)
         except ActivityError as e:
             if self._state is not None:
-                await self._finish(RunStatus.FAILED, error=activity_message(e))
+                await self._finish(RunStatus.FAILED, error=failure_message(e))
             raise permanent_failure(e, "ReconciliationFailed") from e
 
     async def _run(self, inp: ReconcileUsageInput) -> ReconcileResult:
@@ -155,7 +158,7 @@ class ReconcileUsage:
                 UsageActivities.start_run,
                 StartRunInput(run_id=info.workflow_id, workflow_run_id=info.run_id, request=inp,
                               today=workflow.now().date()),
-                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+                **short_step(*PERMANENT))
             self._state = ReconcileCarry(context=ctx)
             # Started while auto-healing is paused: observe-only until `resume` arrives (the
             # AutoHealControl workflow signals every running run).
@@ -210,8 +213,7 @@ class ReconcileUsage:
                 res = await self._corrective(workflow.start_activity_method(
                     UsageActivities.apply_plan_page,
                     ApplyPlanInput(context=self._approved_context(), cursor=s.cursor),
-                    start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
-                    retry_policy=RETRY, cancellation_type=WAIT_FOR_CANCEL))
+                    cancellation_type=WAIT_FOR_CANCEL, **heartbeat_page(*PERMANENT)))
                 if res is None:
                     continue  # paused mid-page: the rest of this page waits for `resume`
                 s.counts = s.counts.add(res.counts)
@@ -242,8 +244,7 @@ class ReconcileUsage:
             page = workflow.start_activity_method(
                 UsageActivities.reconcile_page,
                 PageInput(context=s.context, cursor=s.cursor, write_mode=write_mode, verify=verify),
-                start_to_close_timeout=PAGE_TIMEOUT, heartbeat_timeout=PAGE_HEARTBEAT_TIMEOUT,
-                retry_policy=RETRY, cancellation_type=WAIT_FOR_CANCEL)
+                cancellation_type=WAIT_FOR_CANCEL, **heartbeat_page(*PERMANENT))
             res = await (page if observe_only else self._corrective(page))
             if res is None:
                 continue  # paused mid-page: scan the same page again, observe-only
@@ -322,7 +323,7 @@ class ReconcileUsage:
             UsageActivities.set_run_status,
             RunStatusUpdate(run_id=self._state.context.run_id, status=status, approved_by=approved_by,
                             rejected_by=rejected_by, reason=reason, reject_held=reject_held),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            **short_step(*PERMANENT))
 
     async def _finish(self, status: RunStatus, error: str | None = None) -> ReconcileResult:
         s = self._state
@@ -333,7 +334,7 @@ class ReconcileUsage:
             UsageActivities.finish_run,
             FinishRunInput(context=s.context, status=status, counts=s.counts,
                            verify_counts=s.verify_counts, error=error, observe_only=s.observe_only),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=RETRY)
+            **short_step(*PERMANENT))
         if recorded is not None:  # None: a finish_run from before counts came from records
             # The writes of a page attempt killed mid-way are in the records, not in the tally.
             s.counts, s.verify_counts = recorded.counts, recorded.verify_counts

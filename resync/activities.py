@@ -31,7 +31,8 @@ from resync.types import (
     ResyncPageInput,
     ResyncPageResult,
 )
-from webhooks.activities import StripeEventActivities, upsert_subscription
+from webhooks.activities import StripeEventActivities
+from webhooks.handlers import upsert_subscription
 
 log = logging.getLogger("billing.resync")
 

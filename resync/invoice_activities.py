@@ -25,7 +25,7 @@ from resync.types import (
     InvoiceResyncCheckpoint,
     ResyncPageInput,
 )
-from webhooks.activities import lock_object, read_time, upsert_invoice
+from webhooks.handlers import lock_object, read_time, upsert_invoice
 
 DRAFT = "draft"
 

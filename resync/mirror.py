@@ -26,7 +26,7 @@ from common.heartbeat import heartbeat_pages
 from common.paged import PagedRunContext, run_write_key, sample
 from common.paged_activities import mark_seen, may_write
 from resync.types import MirrorCounts, ResyncFindings
-from webhooks.activities import PermanentEventError, lock_object, read_time
+from webhooks.handlers import PermanentEventError, lock_object, read_time
 
 log = logging.getLogger("billing.resync")
 

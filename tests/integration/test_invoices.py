@@ -23,7 +23,7 @@ from tests.integration.webhook_helpers import (
     wait_until_settled,
     webhook_stack,
 )
-from webhooks.activities import upsert_invoice
+from webhooks.handlers import upsert_invoice
 from webhooks.types import ReplayResult, ReplayWebhooksInput
 
 pytestmark = pytest.mark.integration

@@ -354,13 +354,13 @@ async def test_balance_page_resumes_from_its_heartbeat(clean_db):
     from temporalio.testing import ActivityEnvironment
 
     from common.paged import PagedRunContext, RunScope
-    from credits.activities import CreditActivities
+    from credits.checks import LedgerCheckActivities
     from credits.types import BalancePageInput
 
     for cid in ("bal-a", "bal-b", "bal-c"):
         await clean_db.execute("INSERT INTO billing.customers (customer_id) VALUES ($1)", cid)
         await clean_db.execute("INSERT INTO billing.credit_balances (customer_id, balance) VALUES ($1, 5)", cid)
-    acts = CreditActivities(clean_db, None, None)  # type: ignore[arg-type]  # no Stripe call here
+    acts = LedgerCheckActivities(clean_db, None)  # type: ignore[arg-type]  # no Stripe call here
     ctx = PagedRunContext(run_id="balances-resume", workflow_run_id="r1", scope=RunScope(), mode=Mode.DRY_RUN,
                           actor="test", reason="test")
     env = ActivityEnvironment()

@@ -1,4 +1,4 @@
-"""Stored and wire shapes of reconcile/types.py that older versions wrote: a correction plan in
+"""Stored and wire shapes of reconcile/types.py and reconcile/plans.py that older versions wrote: a correction plan in
 `discrepancies.action_params`, and a page input scheduled by a workflow from before `write_mode`.
 """
 
@@ -13,18 +13,14 @@ from pydantic import ValidationError
 
 from billing.policy import PlannedPush, PushKind
 from common.types import Mode
-from reconcile.types import (
+from reconcile.plans import (
     CounterCorrection,
     CounterRepair,
-    MeterInfo,
-    PageInput,
-    Policy,
-    RunContext,
     StripeCorrection,
-    WriteMode,
     plan_from_json,
     plan_to_json,
 )
+from reconcile.types import MeterInfo, PageInput, Policy, RunContext, WriteMode
 
 # action_params exactly as the versions before CorrectionPlan stored them (a dict flattened
 # with Decimals as strings and dates/datetimes in isoformat).

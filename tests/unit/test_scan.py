@@ -25,6 +25,14 @@ from billing.policy import (
     correction_identifier,
 )
 from common.types import Mode
+from reconcile.plans import (
+    CounterCorrection,
+    CounterRepair,
+    Finding,
+    StripeCorrection,
+    plan_from_json,
+    plan_to_json,
+)
 from reconcile.scan import (
     BatchRows,
     CounterRow,
@@ -36,18 +44,7 @@ from reconcile.scan import (
     plan_batch,
     tally,
 )
-from reconcile.types import (
-    CounterCorrection,
-    CounterRepair,
-    Counts,
-    DiscrepancyStatus,
-    Finding,
-    StripeCorrection,
-    WriteMode,
-    page_write_mode,
-    plan_from_json,
-    plan_to_json,
-)
+from reconcile.types import Counts, DiscrepancyStatus, WriteMode, page_write_mode
 
 NOW = datetime(2026, 11, 15, 8, 0, 0, tzinfo=UTC)
 DAY = date(2026, 11, 12)
