@@ -11,7 +11,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field, field_validator
 
 from common.audit import AuditAction
-from common.types import Mode
+from common.types import ApprovalDecision, Mode
 
 MAX_SAMPLE = 50  # findings listed in a result
 DEFAULT_PAGE_SIZE = 200  # allocations (or payment sessions) per page activity
@@ -228,11 +228,6 @@ class AllocationsCarry(BaseModel):
     run_paused: bool = False  # the run's own pause (signals), carried across continue-as-new
     decision: ApprovalDecision | None = None
     approved: bool | None = None
-
-
-class ApprovalDecision(BaseModel):
-    actor: str = Field(min_length=1)
-    reason: str | None = None
 
 
 class ApprovalResult(BaseModel):

@@ -36,6 +36,13 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class ApprovalDecision(BaseModel):
+    """An approve/reject update of a stored plan (ReconcileUsage, ReconcileAllocations)."""
+
+    actor: str = Field(min_length=1)
+    reason: str | None = None
+
+
 class PauseRequest(BaseModel):
     actor: str = Field(min_length=1)
     reason: str | None = None

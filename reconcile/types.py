@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field, model_validator
 
 from billing.policy import MAX_PAGE_SIZE, MAX_SETTLE_SECONDS
-from common.types import Mode, RunStatus
+from common.types import ApprovalDecision, Mode, RunStatus
 
 
 class Permanent:
@@ -268,11 +268,6 @@ class FinishRunResult(BaseModel):
 
     counts: Counts
     verify_counts: Counts | None = None
-
-
-class ApprovalDecision(BaseModel):
-    actor: str = Field(min_length=1)
-    reason: str | None = None
 
 
 class ApprovalResult(BaseModel):
