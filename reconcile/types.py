@@ -311,6 +311,12 @@ class ReconcileResult(BaseModel):
     # What the run left out and why (RunContext.warnings), e.g. meters that are not sum meters.
     warnings: list[str] = Field(default_factory=list)
 
+    def ui_outcome(self) -> str:
+        """`BillingOutcome` of the run (common/ui.py upserts it when the run ends)."""
+        from reconcile.details import outcome_of
+
+        return outcome_of(self).value
+
 
 ReconcileUsageInput.model_rebuild()
 
