@@ -149,7 +149,7 @@ class ReconcileUsage:
         except ActivityError as e:
             if self._state is not None:
                 await self._finish(RunStatus.FAILED, error=failure_message(e))
-                await ping_after_run(failed=True)
+            await ping_after_run(failed=True)
             raise permanent_failure(e, "ReconciliationFailed") from e
 
     async def _run(self, inp: ReconcileUsageInput) -> ReconcileResult:

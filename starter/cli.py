@@ -37,6 +37,7 @@ def _mount() -> None:
         schedule_commands,
         setup_commands,
         status_commands,
+        visibility,
         webhook_commands,
     )
     from stripe_emulator import cli as emulator_cli
@@ -54,6 +55,7 @@ def _mount() -> None:
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
     allocations_commands.register(app)
+    visibility.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

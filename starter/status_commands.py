@@ -12,10 +12,11 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from backfill.workflow import CatchUpBackfill
+from common import ui
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
 from resync.workflow import ResyncSubscriptions
-from starter import queries
+from starter import queries, visibility
 from starter.follow import workflow_type
 from starter.kit import Unreachable, console, database, err, moment, read, run, run_link, temporal
 from starter.schedule_commands import describe_schedules, print_schedules
@@ -131,10 +132,21 @@ def audit(customer: str | None = typer.Option(None, help="Only writes that touch
           since: datetime | None = typer.Option(None, parser=moment, help="2026-11-01, 2026-11-01T12:00:00Z or 3d/12h"),
           action: str | None = typer.Option(None, help="Only this action (e.g. credits.grant)"),
           limit: int = typer.Option(200, min=1, max=100_000, help="How many, newest first"),
-          as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Every corrective action: who, why, before/after, and a link to its workflow run."""
+          as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+          workflow_id: str | None = typer.Option(None, help="Only writes of this workflow (run id of `runs`)"),
+          kind: str | None = typer.Option(None, help=visibility.KIND_HELP),
+          outcome: ui.Outcome | None = typer.Option(None, help=visibility.OUTCOME_HELP)) -> None:
+    """Every corrective action: who, why, before/after, and a link to its workflow run.
+    --kind/--outcome: only writes of the runs Temporal's visibility API finds by those search
+    attributes (the newest 1000 such runs)."""
+    workflow_ids = [workflow_id] if workflow_id else None
+    query = visibility.visibility_query(kind=kind, outcome=outcome)
+    if query is not None:
+        found = {r["workflow_id"] for r in run(visibility.find_runs(query, visibility.MAX_AUDIT_RUNS))}
+        workflow_ids = sorted(found & set(workflow_ids) if workflow_ids else found)
     rows = [{**r, "link": run_link(r["workflow_id"], r["run_id"])}
-            for r in read(queries.audit, customer=customer, since=since, action=action, limit=limit)]
+            for r in read(queries.audit, customer=customer, since=since, action=action, limit=limit,
+                          workflow_ids=workflow_ids)]
     if as_json:
         print(json.dumps(rows, default=str))
         return
