@@ -70,6 +70,9 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
 
 
+# The outcomes a finished run can have (not RUNNING, not AWAITING_APPROVAL).
+FINAL_OUTCOMES = frozenset(o.value for o in Outcome) - {Outcome.RUNNING.value, Outcome.AWAITING_APPROVAL.value}
+
 # What an operator does with a run of a given workflow type, beyond following it: (what, command)
 # with {id} for the workflow id. Jobs without an entry get `GENERIC_ACTIONS`.
 ACTIONS: dict[str, list[tuple[str, str]]] = {
@@ -92,12 +95,17 @@ def run_kind(workflow_type: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", workflow_type).lower()
 
 
+def _field(request: object, name: str) -> Any:
+    """A field of a workflow input: a model's attribute, or a key of raw JSON (a dict)."""
+    return request.get(name) if isinstance(request, dict) else getattr(request, name, None)
+
+
 def customers_of(request: object) -> list[str]:
     """The customer ids a workflow input names (`customers` or `customer`), in order."""
-    many = getattr(request, "customers", None)
+    many = _field(request, "customers")
     if isinstance(many, list):
         return [str(c) for c in many]
-    one = getattr(request, "customer", None)
+    one = _field(request, "customer")
     return [str(one)] if one else []
 
 
@@ -115,7 +123,7 @@ def start_metadata(workflow_type: str, workflow_id: str, request: object, *,
     """The search attributes, summary and Markdown details of a run of `workflow_type` started
     with `request` (its one input model). `note`: a line for the details (a schedule's note)."""
     kind = run_kind(workflow_type)
-    mode = getattr(request, "mode", None)
+    mode = _field(request, "mode")
     customers = customers_of(request)
     pairs: list[SearchAttributePair[Any]] = [SearchAttributePair(RUN_KIND, kind),
                                              SearchAttributePair(OUTCOME, Outcome.RUNNING.value)]
@@ -184,12 +192,25 @@ def show_progress(details: str) -> None:
 
 def outcome_of(result: object) -> Outcome:
     """A finished run's outcome from its result: its own `ui_outcome()` when it has one, else
-    its `status` (rejected, failed), else completed."""
+    its `outcome` or `status` where that is one of ours (rejected, observe_only, failed, ...),
+    else completed."""
     own = getattr(result, "ui_outcome", None)
     if callable(own):
         return Outcome(own())
-    status = str(getattr(result, "status", "") or "")
-    return {"rejected": Outcome.REJECTED, "failed": Outcome.FAILED}.get(status, Outcome.COMPLETED)
+    for name in ("outcome", "status"):
+        value = str(getattr(result, name, "") or "")
+        if value in FINAL_OUTCOMES:
+            return Outcome(value)
+    return Outcome.COMPLETED
+
+
+def state_details(title: str, state: BaseModel, *, exclude: set[str] | frozenset[str] = frozenset({"context"})) -> str:
+    """Live details of a run from its state or progress model: its phase and every non-zero
+    number (counts.drift_count, days_done, ...)."""
+    data = state.model_dump(mode="json", exclude=set(exclude))
+    facts = [("phase", str(data["phase"]))] if "phase" in data else []
+    facts += [(name, str(value)) for name, value in _numbers(data)]
+    return render(title, facts=facts[:40])
 
 
 def result_details(workflow_type: str, outcome: Outcome, result: object) -> str:
@@ -215,9 +236,12 @@ def unregistered_attribute(error: BaseException) -> bool:
 
 def _input_fields(request: object) -> dict[str, str]:
     """The input's fields an operator set (not defaults, not carried state), as short text."""
-    if not isinstance(request, BaseModel):
+    if isinstance(request, BaseModel):
+        data = request.model_dump(mode="json", exclude_defaults=True, exclude={"carried"})
+    elif isinstance(request, dict):
+        data = {k: v for k, v in request.items() if k != "carried"}
+    else:
         return {}
-    data = request.model_dump(mode="json", exclude_defaults=True, exclude={"carried"})
     return {k: _short(v) for k, v in data.items() if v not in (None, [], {})}
 
 

@@ -83,8 +83,21 @@ def test_outcome_of_other_results_comes_from_their_status():
     class Done:
         status = "rejected"
 
+    class ObserveOnly:
+        outcome = "observe_only"  # e.g. AllocationsResult.outcome
+        status = "completed"
+
     assert ui.outcome_of(Done()) == ui.Outcome.REJECTED
+    assert ui.outcome_of(ObserveOnly()) == ui.Outcome.OBSERVE_ONLY
     assert ui.outcome_of(None) == ui.Outcome.COMPLETED
+
+
+def test_start_metadata_of_raw_json_input_and_state_details():
+    meta = ui.start_metadata("ResyncSubscriptions", "child-1", {"mode": "apply", "actor": "bob"}, correlation_id="c")
+    assert meta.search_attributes.get(ui.MODE) == "apply" and "by bob" in meta.summary
+    state = Counts(drift_count=2, customers_scanned=10)
+    details = ui.state_details("Run r: scanning", state)
+    assert "| drift_count | 2 |" in details and "| customers_scanned | 10 |" in details and "keys_checked" not in details
 
 
 def test_visibility_query():
