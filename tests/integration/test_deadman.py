@@ -98,7 +98,11 @@ async def test_the_ping_arrives_after_a_scheduled_success_and_not_after_a_failur
             # Two 500s were retried: the run completed, and exactly one ping succeeded.
             assert sink.requests == [("POST", f"/ping/{ok_name}?rid=1", f"{ok_id} ok")] * 3
             desc = await temporal_env.client.get_workflow_handle(ok_id).describe()
-            assert desc.typed_search_attributes.get(ui.SCHEDULED_BY) == f"billing-{ok_name}"
+            sa = desc.typed_search_attributes
+            # A scheduled run carries the schedule's search attributes, summary and details too.
+            assert (sa.get(ui.SCHEDULED_BY), sa.get(ui.RUN_KIND), sa.get(ui.OUTCOME)) == \
+                   (f"billing-{ok_name}", "reconcile-usage", "drift_fixed")
+            assert f"Started by schedule `billing-{ok_name}`" in (await desc.static_details() or "")
 
             sink.requests.clear()
             # An unknown customer fails the run (UnknownCustomer) before it reconciles anything.

@@ -160,3 +160,26 @@ async def test_temporal_setup_registers_the_search_attributes_idempotently(tempo
     code, out, err = await cli(env, "temporal", "setup")
     assert code == 0, err
     assert "added" not in out and out.count("already registered:") == len(ui.SEARCH_ATTRIBUTES)
+
+
+async def test_children_of_a_backfill_carry_the_metadata_of_their_own_input_and_the_parents_correlation(
+        temporal_env, postgres_dsn, emulator, task_queue, clean_db, stripe_client, cli_env):
+    world = await seed_world(clean_db, stripe_client, n_customers=1, days=1, with_counters=False)
+    correlation = f"corr-bf-{world.tag}"
+    env = {**cli_env, "BILLING_CORRELATION_ID": correlation}
+    day = world.end.isoformat()
+    async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+        code, out, err = await cli(env, "backfill", "--start-date", day, "--end-date", day, "--customer",
+                                   world.customer_ids[0], "--no-replay", "--no-resync", "--json")
+        assert code == 0, err
+        parent = json.loads(out)["workflow_id"]
+        child = json.loads(out)["days"][0]["run_id"]
+    for query in (f"BillingCorrelationId = '{correlation}' AND BillingRunKind = 'reconcile-usage'",
+                  f"BillingCustomerIds = '{world.customer_ids[0]}' AND BillingMode = 'dry-run'"):
+        await eventually_listed(temporal_env, query, child)
+    await eventually_listed(temporal_env, f"BillingCorrelationId = '{correlation}' AND "
+                                          "BillingRunKind = 'catch-up-backfill' AND BillingOutcome = 'completed'",
+                            parent)
+    desc = await temporal_env.client.get_workflow_handle(child).describe()
+    assert (await desc.static_summary() or "").startswith(f"reconcile-usage dry-run · {day}..{day}")
+    assert f"billing-recon report {child}" in (await desc.static_details() or "")
