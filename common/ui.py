@@ -246,7 +246,9 @@ def _input_fields(request: object) -> dict[str, str]:
 
 
 def _scoped(request: object) -> bool:
-    return isinstance(request, BaseModel) and bool({"customers", "customer"} & set(type(request).model_fields))
+    """The input can name customers (a `customers` list or a `customer` field)."""
+    return isinstance(request, BaseModel) and (
+        isinstance(getattr(request, "customers", None), list) or "customer" in type(request).model_fields)
 
 
 def _window(fields: dict[str, str]) -> str:

@@ -4,8 +4,8 @@ without each caller or workflow asking for it:
 - client side, `start_workflow`: the run's search attributes, summary and details from its
   workflow type and input, unless the caller set its own. A namespace where our search
   attributes are not registered refuses such a start; the run is then started without them (the
-  summary and details need no registration) and one warning says to run `billing-recon
-  temporal setup`;
+  summary and details need no registration), one warning says to run `billing-recon
+  temporal setup`, and the process's next starts go without them for 5 minutes;
 - workflow side, `start_child_workflow`: the same for a child of a run that carries them;
 - workflow side, the end of every run: `BillingOutcome` from its result (`ui.outcome_of`), or
   `failed`/`cancelled`, and current details from the result when the workflow set none.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import temporalio.client
@@ -38,6 +39,10 @@ from common import ui
 log = logging.getLogger("billing.ui")
 
 _warned_unregistered = False
+# After a refusal, starts go without search attributes for this long before trying them again
+# (a busy receiver does not pay a refused start per event; `temporal setup` takes effect within it).
+RETRY_ATTRIBUTES_AFTER_SECONDS = 300.0
+_skip_attributes_until = 0.0
 
 
 class UiInterceptor(temporalio.client.Interceptor, Interceptor):
@@ -54,11 +59,14 @@ class _ClientOutbound(temporalio.client.OutboundInterceptor):
     async def start_workflow(
         self, input: temporalio.client.StartWorkflowInput
     ) -> temporalio.client.WorkflowHandle[Any, Any]:
+        global _skip_attributes_until
         if input.search_attributes is not None or not input.args:
             return await super().start_workflow(input)
         meta = ui.start_metadata(input.workflow, input.id, input.args[0], correlation_id=correlation.current())
         input.static_summary = input.static_summary or meta.summary
         input.static_details = input.static_details or meta.details
+        if time.monotonic() < _skip_attributes_until:
+            return await super().start_workflow(input)
         input.search_attributes = meta.search_attributes
         try:
             return await super().start_workflow(input)
@@ -66,6 +74,7 @@ class _ClientOutbound(temporalio.client.OutboundInterceptor):
             if not ui.unregistered_attribute(e):
                 raise
             warn_unregistered(e)
+            _skip_attributes_until = time.monotonic() + RETRY_ATTRIBUTES_AFTER_SECONDS
             input.search_attributes = None
             return await super().start_workflow(input)
 

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from typing import Any
 
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
-from common import ui
+from billing import schedules
+from common import ui, ui_interceptor
+from common.client import connect
 from devstack.components import find_temporal_binary
+from health.types import SmokeCheck
+from health.workflow import Smoke
 from reconcile.types import Phase
 from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, running_worker, seed_world, wait_phase
@@ -183,3 +189,40 @@ async def test_children_of_a_backfill_carry_the_metadata_of_their_own_input_and_
     desc = await temporal_env.client.get_workflow_handle(child).describe()
     assert (await desc.static_summary() or "").startswith(f"reconcile-usage dry-run · {day}..{day}")
     assert f"billing-recon report {child}" in (await desc.static_details() or "")
+
+
+async def test_a_namespace_without_the_attributes_still_runs_everything(
+        temporal_env, postgres_dsn, emulator, monkeypatch, caplog):
+    """Before `temporal setup`: starts and schedules go without the attributes (one warning),
+    summaries still show, and workflows never upsert what the namespace does not know."""
+    monkeypatch.setattr(ui_interceptor, "_skip_attributes_until", 0.0)
+    monkeypatch.setattr(ui_interceptor, "_warned_unregistered", False)
+    namespace = f"ui-bare-{uuid.uuid4().hex[:6]}"
+    await temporal_env.client.workflow_service.register_namespace(RegisterNamespaceRequest(
+        namespace=namespace, workflow_execution_retention_period={"seconds": 86400}))  # type: ignore[arg-type]
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", namespace)
+    client = None
+    for _ in range(50):  # a new namespace takes a moment to be served
+        try:
+            client = await connect(temporal_env.address)
+            await client.list_workflows(limit=1).fetch_next_page()
+            break
+        except RPCError:
+            await asyncio.sleep(0.2)
+    assert client is not None
+    task_queue = f"bare-{uuid.uuid4().hex[:6]}"
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        with caplog.at_level(logging.WARNING, logger="billing.ui"):
+            handle = await client.start_workflow(Smoke.run, SmokeCheck(), id=f"smoke-{task_queue}",
+                                                 task_queue=task_queue)
+            await asyncio.wait_for(handle.result(), 60)
+        assert [r.message for r in caplog.records if "billing-recon temporal setup" in r.message]
+        desc = await handle.describe()
+        assert desc.status == WorkflowExecutionStatus.COMPLETED
+        assert desc.typed_search_attributes.get(ui.RUN_KIND) is None
+        assert (await desc.static_summary()) == "smoke"
+
+        d = schedules.load()[0]
+        d.name = f"bare-{task_queue}"
+        assert await schedules.apply(client, [d], task_queue) == {d.name: "created"}
+        await client.get_schedule_handle(d.schedule_id).delete()
