@@ -214,8 +214,11 @@ def state_details(title: str, state: BaseModel, *, exclude: set[str] | frozenset
 
 
 def result_details(workflow_type: str, outcome: Outcome, result: object) -> str:
-    """Current details of a finished run whose workflow set none: its outcome and the numbers
-    of its result."""
+    """Current details of a finished run: its result's own `ui_details()` when it has one, else
+    its outcome and the numbers of its result."""
+    own = getattr(result, "ui_details", None)
+    if callable(own):
+        return str(own())
     facts = [("outcome", f"`{outcome.value}`")]
     if isinstance(result, BaseModel):
         for name, value in _numbers(result.model_dump(mode="json")):

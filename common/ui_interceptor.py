@@ -8,7 +8,7 @@ without each caller or workflow asking for it:
   temporal setup`, and the process's next starts go without them for 5 minutes;
 - workflow side, `start_child_workflow`: the same for a child of a run that carries them;
 - workflow side, the end of every run: `BillingOutcome` from its result (`ui.outcome_of`), or
-  `failed`/`cancelled`, and current details from the result when the workflow set none.
+  `failed`/`cancelled`, and the final current details (`ui.result_details`).
 
 `common.client.default_interceptors` installs it on every client (and with it every worker)."""
 
@@ -101,15 +101,15 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
         except (CancelledError, asyncio.CancelledError):
             ui.set_outcome(ui.Outcome.CANCELLED)
             raise
-        except (FailureError, ValidationError):
+        except (FailureError, ValidationError) as e:
             # What fails the run (an ApplicationError, or its input refused); any other
             # exception fails only the workflow task, which is retried.
             ui.set_outcome(ui.Outcome.FAILED)
+            ui.show_progress(ui.render(f"{wf_type}: failed", facts=[("error", str(e)[:ui.MAX_VALUE_CHARS * 4])]))
             raise
         outcome = ui.outcome_of(result)
         ui.set_outcome(outcome)
-        if not workflow.get_current_details():
-            ui.show_progress(ui.result_details(wf_type, outcome, result))
+        ui.show_progress(ui.result_details(wf_type, outcome, result))
         return result
 
 

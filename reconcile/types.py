@@ -317,6 +317,12 @@ class ReconcileResult(BaseModel):
 
         return outcome_of(self).value
 
+    def ui_details(self) -> str:
+        """The run's final current details in the Temporal UI: outcome, counts, what is left."""
+        from reconcile.details import result_details
+
+        return result_details(self)
+
 
 ReconcileUsageInput.model_rebuild()
 

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from common.types import Mode, PauseRequest, RunStatus
     from health.deadman import ping_after_run
     from reconcile.activities import UsageActivities
-    from reconcile.details import progress_details, result_details
+    from reconcile.details import progress_details
     from reconcile.types import (
         ApplyPlanInput,
         ApprovalDecision,
@@ -353,7 +353,6 @@ class ReconcileUsage:
             window_start=s.context.window_start, window_end=s.context.window_end,
             counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now(),
             observe_only=s.observe_only, warnings=s.context.warnings())
-        ui.show_progress(result_details(result))
         if status == RunStatus.COMPLETED and not s.observe_only:
             await ping_after_run(failed=False)
         return result

@@ -149,7 +149,10 @@ async def test_a_failed_run_is_found_as_failed(temporal_env, postgres_dsn, emula
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
         code, _, err = await cli(cli_env, "reconcile", "--apply", "--customer", "nobody", "--id", run_id, "--wait")
         assert code == 2 and "unknown customer" in err.lower()
-    desc = await temporal_env.client.get_workflow_handle(run_id).describe()
+        handle = temporal_env.client.get_workflow_handle(run_id)
+        current = (await handle.query("__temporal_workflow_metadata")).current_details
+        assert "ReconcileUsage: failed" in current and "unknown customer" in current.lower()
+    desc = await handle.describe()
     assert desc.status == WorkflowExecutionStatus.FAILED
     await eventually_listed(temporal_env, "BillingOutcome = 'failed' AND BillingCustomerIds = 'nobody'", run_id)
 
@@ -180,6 +183,10 @@ async def test_children_of_a_backfill_carry_the_metadata_of_their_own_input_and_
         assert code == 0, err
         parent = json.loads(out)["workflow_id"]
         child = json.loads(out)["days"][0]["run_id"]
+        # The parent's final details: generic, from its result's numbers.
+        current = (await temporal_env.client.get_workflow_handle(parent).query(
+            "__temporal_workflow_metadata")).current_details
+        assert "CatchUpBackfill: completed" in current and "customers_scanned" in current
     for query in (f"BillingCorrelationId = '{correlation}' AND BillingRunKind = 'reconcile-usage'",
                   f"BillingCustomerIds = '{world.customer_ids[0]}' AND BillingMode = 'dry-run'"):
         await eventually_listed(temporal_env, query, child)
