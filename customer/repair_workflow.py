@@ -14,7 +14,7 @@ weren't added") for one customer, as one audited workflow.
 
 The CLI starts it under `customer-repair-<customer id>` with a conflicting-id refusal, so two
 repairs of one customer never run at once. Child ids are the parent's id, the step and the
-parent's run id: every repair execution has its own reports."""
+random tail of the parent's run id: every repair execution has its own reports."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class RepairCustomer:
             before = await self._mismatches(who)
             for step in RepairStep:
                 p.phase = step.value
-                p.current_workflow_id = f"{info.workflow_id}-{step.value}-{info.run_id[:8]}"
+                p.current_workflow_id = f"{info.workflow_id}-{step.value}-{info.run_id[-12:]}"
                 p.steps.append(await self._step(step, inp, who, p.current_workflow_id))
             p.phase, p.current_workflow_id = "verifying", None
             after = await self._mismatches(who)

@@ -11,9 +11,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, model_validator
 
-from billing.policy import MAX_SETTLE_SECONDS
+from billing.policy import MAX_SETTLE_SECONDS, to_stripe_value
 from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, refuse_plan_mode
 
 CUSTOMER_REF_MAX = 200
@@ -35,6 +35,16 @@ def customer_ref(value: str) -> str:
 
 
 CustomerRef = Annotated[str, AfterValidator(customer_ref)]
+
+
+def _quantity_text(d: Decimal) -> str:
+    return to_stripe_value(d) if d.is_finite() else str(d)
+
+
+# A usage quantity in JSON: exact text without exponent or trailing zeros ("40", "2.5"). A
+# corrupt counter (NaN, Infinity: the application's row) is shown as it is.
+Quantity = Annotated[Decimal, Field(allow_inf_nan=True),
+                     PlainSerializer(_quantity_text, return_type=str, when_used="json")]
 
 
 class CustomerError(StrEnum):
@@ -104,11 +114,11 @@ class MeterUsage(BaseModel):
     """This period's totals of one meter: L ledger, C counter, P our live pushes, S Stripe."""
 
     meter: str
-    ledger: Decimal = Decimal(0)
-    counter: Decimal | None = None
-    quota: Decimal | None = None
-    pushed: Decimal = Decimal(0)
-    stripe: Decimal | None = None  # None: not a Stripe meter in scope, or Stripe refused the read
+    ledger: Quantity = Decimal(0)
+    counter: Quantity | None = None
+    quota: Quantity | None = None
+    pushed: Quantity = Decimal(0)
+    stripe: Quantity | None = None  # None: not a Stripe meter in scope, or Stripe refused the read
 
 
 class UsageFinding(BaseModel):
@@ -119,10 +129,10 @@ class UsageFinding(BaseModel):
     meter: str
     day: date | None = None
     period_start: date | None = None
-    ledger: Decimal | None = None
-    counter: Decimal | None = None
-    pushed: Decimal | None = None
-    stripe: Decimal | None = None
+    ledger: Quantity | None = None
+    counter: Quantity | None = None
+    pushed: Quantity | None = None
+    stripe: Quantity | None = None
     action: str | None = None
     detail: str = ""
 
@@ -144,7 +154,7 @@ class OpenFinding(BaseModel):
     meter: str
     usage_day: date | None = None
     status: str
-    diff: Decimal | None = None
+    diff: Quantity | None = None
     action: str | None = None
     detail: str | None = None
 

@@ -58,16 +58,14 @@ def print_mismatches(mismatches: list[Mismatch], title: str = "mismatches") -> N
     for m in mismatches:
         detail = f" ({escape(m.detail)})" if m.detail else ""
         console.print(f"  [red]{m.domain.value}[/red] {escape(m.entity)} {escape(m.field)}: "
-                      f"here {escape(fmt(m.local))}, Stripe {escape(fmt(m.stripe))}{detail}")
+                      f"here {escape(fmt(m.local))}, Stripe {escape(fmt(m.stripe))}{detail}", soft_wrap=True)
 
 
 def print_repair(r: RepairCustomerResult) -> None:
     console.print(f"[bold]{escape(r.workflow_id)}[/bold] ({r.mode.value}, customer {escape(r.customer_id)}, "
                   f"actor {escape(r.actor)})")
     print_mismatches(r.before, "mismatches found")
-    t = Table(title="Steps")
-    for col in ("step", "workflow", "result"):
-        t.add_column(col)
+    t = _table("Steps", ("step", "workflow", "result"))
     for st in r.steps:
         result = escape(st.summary) + (" [yellow](paused: observe-only)[/yellow]" if st.paused else "") + (
             f" [red]failed: {escape(st.failed)}[/red]" if st.failed else "")
@@ -89,9 +87,7 @@ def _flagged(mismatches: Iterable[Mismatch]) -> set[tuple[Domain, str, str]]:
 
 def _customer_table(s: CustomerSnapshot, bad: set[tuple[Domain, str, str]]) -> Table:
     c = s.customer
-    t = Table(title="Customer and mapping")
-    for col in ("field", "here", "Stripe"):
-        t.add_column(col)
+    t = _table("Customer and mapping", ("field", "here", "Stripe"))
     for f in CUSTOMER_ROWS:
         here = fmt(c.local.get(f)) if c.local else "[red]missing[/red]"
         there = fmt(c.stripe.get(f)) if c.stripe else "[red]missing[/red]"
@@ -103,10 +99,7 @@ def _customer_table(s: CustomerSnapshot, bad: set[tuple[Domain, str, str]]) -> T
 
 def _pairs_table(title: str, domain: Domain, pairs: list[Pair], columns: tuple[str, ...],
                  bad: set[tuple[Domain, str, str]]) -> Table:
-    t = Table(title=title)
-    t.add_column("id")
-    for col in columns:
-        t.add_column(col)
+    t = _table(title, ("id", *columns))
     for p in pairs:
         if p.local is None or p.stripe is None:
             side = p.local or p.stripe or {}
@@ -127,17 +120,14 @@ def _print_credits(s: CustomerSnapshot, bad: set[tuple[Domain, str, str]]) -> No
     balance = f"balance {fmt(cr.balance)}, ledger sum {cr.ledger_sum}"
     console.print("[bold]Credits[/bold]: " + (f"[bold red]{balance}[/bold red]" if cr.balance != cr.ledger_sum
                                                  and s.customer_id else balance))
-    t = Table(title="Credit purchases (Stripe's paid credit checkouts)")
-    for col in ("checkout session", "created", "credits", "ledger rows", "granted"):
-        t.add_column(col)
+    t = _table("Credit purchases (Stripe's paid credit checkouts)",
+               ("checkout session", "created", "credits", "ledger rows", "granted"))
     for p in cr.purchases:
         wrong = (Domain.CREDITS, p.checkout_session_id, "grant") in bad
         row = [escape(p.checkout_session_id), fmt(p.created), str(p.credits), str(p.granted), str(p.granted_amount)]
         t.add_row(*([f"[bold red]{c}[/bold red]" for c in row] if wrong else row))
     console.print(t)
-    led = Table(title="Credit ledger (latest)")
-    for col in ("id", "at", "amount", "source", "reason", "actor"):
-        led.add_column(col)
+    led = _table("Credit ledger (latest)", ("id", "at", "amount", "source", "reason", "actor"))
     for e in cr.ledger:
         led.add_row(str(e.id), fmt(e.created_at), str(e.amount), escape(e.source), escape(fmt(e.reason)),
                     escape(fmt(e.actor)))
@@ -148,9 +138,8 @@ def _print_usage(s: CustomerSnapshot) -> None:
     u = s.usage
     if u is None:
         return
-    t = Table(title=f"Usage this period ({u.period_start} .. {u.through})")
-    for col in ("meter", "ledger", "counter", "quota", "our pushes", "Stripe"):
-        t.add_column(col, justify="right")
+    t = _table(f"Usage this period ({u.period_start} .. {u.through})",
+               ("meter", "ledger", "counter", "quota", "our pushes", "Stripe"), right=True)
     for m in u.meters:
         counter = fmt(m.counter)
         if m.counter != m.ledger:
@@ -163,15 +152,12 @@ def _print_usage(s: CustomerSnapshot) -> None:
 
 
 def _print_rest(s: CustomerSnapshot) -> None:
-    f = Table(title=f"Open findings of the latest usage run ({escape(s.findings_run or 'none')})")
-    for col in ("key", "kind", "status", "diff", "action", "detail"):
-        f.add_column(col)
+    f = _table(f"Open findings of the latest usage run ({escape(s.findings_run or 'none')})",
+               ("key", "kind", "status", "diff", "action", "detail"))
     for x in s.findings:
         f.add_row(escape(x.key), x.kind, x.status, fmt(x.diff), escape(fmt(x.action)), escape(fmt(x.detail)))
     console.print(f)
-    e = Table(title="Inbox events (latest)")
-    for col in ("event", "type", "created", "status", "attempts", "error"):
-        e.add_column(col)
+    e = _table("Inbox events (latest)", ("event", "type", "created", "status", "attempts", "error"))
     for ev in s.events:
         status = ev.status if ev.status != "failed" else f"[red]{ev.status}[/red]"
         e.add_row(escape(ev.event_id), escape(ev.type), fmt(ev.created), status, str(ev.attempts), escape(fmt(ev.error)))
@@ -180,12 +166,18 @@ def _print_rest(s: CustomerSnapshot) -> None:
 
 
 def _audit_table(title: str, rows: list[AuditRow]) -> Table:
-    t = Table(title=title)
-    for col in ("id", "at", "actor", "action", "entity", "reason", "Temporal UI"):
-        t.add_column(col)
+    t = _table(title, ("id", "at", "actor", "action", "entity", "reason", "Temporal UI"))
     for a in rows:
         t.add_row(str(a.id), fmt(a.at), escape(a.actor), a.action, escape(f"{a.entity_type} {a.entity_id}"),
                   escape(fmt(a.reason)), escape(fmt(run_link(a.workflow_id, a.run_id))))
+    return t
+
+
+def _table(title: str, columns: tuple[str, ...], *, right: bool = False) -> Table:
+    """Long values (ids, links) fold onto more lines instead of being cut: a cut link is no link."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, overflow="fold", justify="right" if right else "left")
     return t
 
 
