@@ -13,8 +13,8 @@ weren't added") for one customer, as one audited workflow.
 4. Inspect again (`after`: what is left) and list the audit rows the steps wrote.
 
 The CLI starts it under `customer-repair-<customer id>` with a conflicting-id refusal, so two
-repairs of one customer never run at once. Child ids are the parent's id, the step and the
-random tail of the parent's run id: every repair execution has its own reports."""
+repairs of one customer never run at once. Child ids name the customer, the step and the
+random tail of the repair's run id: every repair execution has its own reports."""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ with workflow.unsafe.imports_passed_through():
     from resync.types import ResyncInvoicesInput, ResyncSubscriptionsInput
     from resync.workflow import ResyncSubscriptions
 
+def step_workflow_id(customer_id: str, step: RepairStep, run_id: str) -> str:
+    """A step's child id: the customer, the step and the random tail of the repair's run id."""
+    return f"customer-repair-{customer_id}-{step.value}-{run_id[-12:]}"
+
+
 STEP = short_step(ErrorType.UNKNOWN_CUSTOMER.value, CustomerError.NOT_FOUND.value, "StripeRefused")
 DEFAULT_REASON = "customer repair"
 
@@ -79,7 +84,7 @@ class RepairCustomer:
             before = await self._mismatches(who)
             for step in RepairStep:
                 p.phase = step.value
-                p.current_workflow_id = f"{info.workflow_id}-{step.value}-{info.run_id[-12:]}"
+                p.current_workflow_id = step_workflow_id(who.customer_id, step, info.run_id)
                 p.steps.append(await self._step(step, inp, who, p.current_workflow_id))
             p.phase, p.current_workflow_id = "verifying", None
             after = await self._mismatches(who)
