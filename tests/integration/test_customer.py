@@ -9,7 +9,11 @@ and a second `repair --apply` writes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -29,6 +33,7 @@ from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import create_meters, make_settings, running_worker
 from tests.integration.recon_helpers import run as run_reconcile
 from tests.integration.webhook_helpers import billing_scenario
+from tests.integration.worker_helpers import spawn_worker, stop_worker
 from webhooks.types import ReplayResult, ReplayWebhooksInput
 
 pytestmark = pytest.mark.integration
@@ -204,3 +209,44 @@ async def test_bad_unknown_and_concurrent_repairs_are_refused_and_write_nothing(
         finally:
             await held.terminate("test over")
     assert await written(pool) == before
+
+
+async def test_worker_killed_mid_repair_fixes_everything_once(
+        temporal_env, postgres_dsn, emulator, emulator_admin, stripe_client, task_queue, clean_db, tmp_path):
+    """A real worker process SIGKILLed right after the repair's first fix: a new worker finishes
+    the run; every mismatch is fixed, each with exactly one audit row, Stripe got one push."""
+    client, pool = temporal_env.client, clean_db
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        w = await synced_customer(client, task_queue, pool, stripe_client, emulator_admin)
+    expected = await inject_drift(pool, w)
+    high_water = await pool.fetchval("SELECT max(id) FROM billing.audit_log")
+    pushes_before = len(await emulator_admin.meter_events())
+    env = {**os.environ, "DATABASE_URL": postgres_dsn, "STRIPE_API_BASE": emulator,
+           "TEMPORAL_ADDRESS": temporal_env.address, "TEMPORAL_NAMESPACE": temporal_env.namespace,
+           "BILLING_TASK_QUEUE": task_queue, "RECON_SETTLE_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "worker.log"
+    first, second = spawn_worker(env, log), None
+    try:
+        handle = await client.start_workflow(
+            RepairCustomer.run, RepairCustomerInput(customer=w["customer_id"], mode=Mode.APPLY, actor="alice"),
+            id=repair_workflow_id(w["customer_id"]), task_queue=task_queue)
+        deadline = time.monotonic() + 60
+        while not await pool.fetchval("SELECT count(*) FROM billing.audit_log WHERE id > $1", high_water):
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = spawn_worker(env, log)
+        result = await asyncio.wait_for(handle.result(), 150)
+    finally:
+        for p in (first, second):
+            if p is not None:
+                stop_worker(p)
+    assert sorted((m.domain.value, m.entity, m.field) for m in result.before) == expected
+    assert result.after == [] and not result.failed, result
+    rows = await pool.fetch("SELECT action, entity_id FROM billing.audit_log WHERE id > $1", high_water)
+    assert sorted(r["action"] for r in rows) == [
+        "credits.grant", "invoice.resync", "subscription.resync", "usage.push_meter_event", "usage.set_counter"]
+    assert sorted(f.action for f in result.fixes) == sorted(r["action"] for r in rows)
+    pushed = (await emulator_admin.meter_events())[pushes_before:]
+    assert [(e["event_name"], str(e["payload"]["value"])) for e in pushed] == [("api_requests", "7")]
