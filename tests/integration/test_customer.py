@@ -156,13 +156,16 @@ async def test_show_names_every_mismatch_and_one_repair_fixes_them_all(
         assert await written(pool) == before
 
         # Apply: every mismatch fixed in one run, one audit row per fix.
-        code, fixed = await repair(cli_env, w["stripe_id"], "--apply", "--actor", "alice", "--reason", "ticket 9")
+        code, fixed = await repair({**cli_env, "BILLING_CORRELATION_ID": "corr-ticket-9"}, w["stripe_id"], "--apply",
+                                   "--actor", "alice", "--reason", "ticket 9")
         assert code == 0, fixed
         assert fixed["workflow_id"] == repair_workflow_id(cid) and not fixed["paused"] and not fixed["failed"]
         assert keys(fixed["before"]) == expected and fixed["after"] == []
         assert sorted(f["action"] for f in fixed["fixes"]) == [
             "credits.grant", "invoice.resync", "subscription.resync", "usage.push_meter_event", "usage.set_counter"]
-        assert all(f["actor"] == "alice" and f["workflow_id"].startswith(repair_workflow_id(cid)) for f in fixed["fixes"])
+        assert all(f["actor"] == "alice" and f["workflow_id"].startswith(repair_workflow_id(cid))
+                   and f["correlation_id"] == "corr-ticket-9" and f["ui_link"] for f in fixed["fixes"])
+        assert {f["reason"] for f in fixed["fixes"] if f["action"].endswith(".resync")} == {"ticket 9"}
         rows = await pool.fetch("SELECT * FROM billing.audit_log WHERE id > $1 ORDER BY id",
                                 max(r["id"] for r in before["audit_log"]))
         assert sorted(r["action"] for r in rows) == sorted(f["action"] for f in fixed["fixes"])
@@ -200,6 +203,11 @@ async def test_bad_unknown_and_concurrent_repairs_are_refused_and_write_nothing(
         # A Stripe id neither side knows: the workflow says so, exit 1.
         code, _, err = await cli(cli_env, "customer", "show", "cus_doesnotexist")
         assert code == 1 and "unknown customer: cus_doesnotexist" in err, err
+        # A Stripe customer Postgres never heard of: Stripe's side, and the customer missing here.
+        stranger = await stripe_client.v1.customers.create_async(params={"name": "stranger"})
+        seen = await show(cli_env, stranger.id)
+        assert seen["customer_id"] is None and keys(seen["mismatches"]) == [("customer", stranger.id, "exists")]
+        assert seen["customer"]["stripe"]["name"] == "stranger" and seen["usage"] is None
         # A repair of acme already running (on a queue no worker polls): a second one is refused.
         held = await client.start_workflow(RepairCustomer.run, RepairCustomerInput(customer="acme"),
                                            id=repair_workflow_id("acme"), task_queue=f"idle-{uuid.uuid4().hex[:8]}")
