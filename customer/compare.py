@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from billing.policy import FindingKind
+from billing.stripe_objects import INVOICE_DELETED
 from customer.types import CustomerSnapshot, Domain, Mismatch, Pair
 
 EXISTS = "exists"
 PRESENT = "present"
-# What the mirror keeps for a draft Stripe deleted (billing.stripe_objects.INVOICE_DELETED):
-# Stripe has no object any more, and that is right.
-INVOICE_DELETED = "deleted"
-# Usage findings that are not mismatches: the key agrees (ok).
-USAGE_OK = frozenset({"ok"})
-COUNTER_KINDS = frozenset({"counter_drift", "orphan_counter"})
+COUNTER_KINDS = frozenset({FindingKind.COUNTER_DRIFT.value, FindingKind.ORPHAN_COUNTER.value})
 CUSTOMER_FIELDS = ("email", "name", "deleted")
 
 
@@ -53,6 +50,7 @@ def pair_mismatches(domain: Domain, pairs: list[Pair]) -> list[Mismatch]:
     out: list[Mismatch] = []
     for p in pairs:
         if p.local is None or p.stripe is None:
+            # A draft deleted in Stripe, kept here marked deleted: Stripe has no object, rightly.
             if p.stripe is None and p.local is not None and p.local.get("status") == INVOICE_DELETED:
                 continue
             out.append(_existence(domain, p))
@@ -90,7 +88,7 @@ def usage_mismatches(s: CustomerSnapshot) -> list[Mismatch]:
         return []
     out: list[Mismatch] = []
     for f in s.usage.findings:
-        if f.kind in USAGE_OK:
+        if f.kind == FindingKind.OK.value:
             continue
         when = f.day.isoformat() if f.day else f"period {f.period_start}" if f.period_start else "*"
         action = f" -> {f.action}" if f.action else ""

@@ -143,7 +143,7 @@ class RepairCustomer:
             u = usage.counts
             return StepResult(
                 step=step, workflow_id=child_id, paused=usage.observe_only,
-                failed=f"run ended {usage.status.value}" if usage.status not in (RunStatus.COMPLETED,) else None,
+                failed=f"run ended {usage.status.value}" if usage.status != RunStatus.COMPLETED else None,
                 summary=(f"keys {u.keys_checked}, drift {u.drift_count}, counters repaired {u.counter_repairs}, "
                          f"pushed {u.corrections_pushed}, cancelled {u.corrections_cancelled}, "
                          f"pending {u.pending}, held for approval {u.held_for_approval}"))
