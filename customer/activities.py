@@ -26,9 +26,12 @@ from billing.stripe_objects import (
     invoice_row,
     subscription_row,
 )
-from common.paged import ErrorType
+from common.audit import AuditAction, write_audit
+from common.paged import ErrorType, run_write_key
+from common.paged_activities import may_write
 from credits.checks import CHECKOUT_SOURCE_PREFIX
 from customer import store
+from customer.compare import CUSTOMER_FIELDS
 from customer.types import (
     STRIPE_CUSTOMER_PREFIX,
     AuditRow,
@@ -39,10 +42,14 @@ from customer.types import (
     InspectCustomerInput,
     Pair,
     Purchase,
+    RepairStep,
     ResolvedCustomer,
     ResolveInput,
+    StepResult,
+    SyncCustomerInput,
 )
 from customer.usage import period_usage
+from webhooks.handlers import lock_object
 
 STRIPE_PAGE = 100  # subscriptions and checkout sessions: the latest page of each
 
@@ -70,6 +77,40 @@ class CustomerActivities:
                                        type=ErrorType.UNKNOWN_CUSTOMER.value, non_retryable=True)
             return ResolvedCustomer(customer_id=row["customer_id"], stripe_customer_id=row["stripe_customer_id"],
                                     audit_high_water=await store.audit_high_water(conn))
+
+    @activity.defn(name="customer.sync_fields")
+    async def sync_fields(self, inp: SyncCustomerInput) -> StepResult:
+        """The customer row's email, name and deletion from a fresh read of Stripe, in apply mode
+        and unless auto-healing is paused: one transaction under the customer's lock (the webhook
+        handler's and `link_customer`'s), one audit row. The mapping is never changed here."""
+        ctx = inp.context
+        cid, sid = ctx.scope.customer_id, ctx.scope.stripe_customer_id
+        assert cid is not None and sid is not None
+        fresh = _stripe_customer(await self.stripe.retrieve("customer", sid))
+        async with self.pool.acquire() as conn, conn.transaction():
+            await lock_object(conn, sid)
+            row = await conn.fetchrow("SELECT * FROM billing.customers WHERE customer_id = $1 FOR UPDATE", cid)
+            here = _local_customer(row)
+            if fresh is None or here is None:
+                return StepResult(step=RepairStep.CUSTOMER, workflow_id=ctx.run_id,
+                                  summary="Stripe has no such customer: reported, left as it is")
+            fields = ("deleted",) if fresh["deleted"] else CUSTOMER_FIELDS
+            changed = [f for f in fields if here.get(f) != fresh.get(f)]
+            write, paused = await may_write(conn, ctx)
+            if not changed or not write:
+                return StepResult(step=RepairStep.CUSTOMER, workflow_id=ctx.run_id, paused=paused,
+                                  summary=f"differs: {', '.join(changed)}" if changed else "matches")
+            await conn.execute(
+                """UPDATE billing.customers SET email = CASE WHEN $2 THEN email ELSE $3 END,
+                          name = CASE WHEN $2 THEN name ELSE $4 END,
+                          deleted_at = CASE WHEN $2 THEN coalesce(deleted_at, now()) END,
+                          stripe_synced_at = now(), updated_at = now()
+                    WHERE customer_id = $1""", cid, fresh["deleted"], fresh.get("email"), fresh.get("name"))
+            await write_audit(conn, ctx.audit_entry(
+                AuditAction.CUSTOMER_RESYNC, entity_type="customer", entity_id=cid,
+                before={f: here[f] for f in changed}, after={f: fresh[f] for f in changed},
+                idempotency_key=run_write_key(ctx, "customer-resync", cid), customer_id=cid))
+        return StepResult(step=RepairStep.CUSTOMER, workflow_id=ctx.run_id, summary=f"fixed: {', '.join(changed)}")
 
     @activity.defn(name="customer.fixes")
     async def fixes(self, inp: FixesInput) -> list[AuditRow]:

@@ -4,11 +4,13 @@ weren't added") for one customer, as one audited workflow.
 1. Resolve the customer (ours or its Stripe id; unknown -> UnknownCustomer, bad input) and note
    the audit log's last id.
 2. Inspect: both sides of every domain and their mismatches (what the repair would fix).
-3. One child per domain, each the job that owns it, scoped to this customer with its existing
-   customer filter: ResyncSubscriptions, ResyncInvoices, RepairCredits, ReconcileUsage (its
-   current billing period). Every fix is theirs, with their own audit row (one per fix), their
-   own idempotency and their own pause handling: while auto-healing is paused each observes and
-   writes nothing, so the result's `before` is what the repair would do. A step that fails is
+3. The customer row (email, name, deletion) from Stripe, by an activity of its own (audited
+   `customer.resync`; the mapping is never changed). Then one child per domain, each the job
+   that owns it, scoped to this customer with its existing customer filter:
+   ResyncSubscriptions, ResyncInvoices, RepairCredits, ReconcileUsage (its current billing
+   period). Every fix is theirs, with their own audit row (one per fix), their own idempotency
+   and their own pause handling. While auto-healing is paused every step observes and writes
+   nothing, so the result's `before` is what the repair would do. A step that fails is
    reported and the others still run.
 4. Inspect again (`after`: what is left) and list the audit rows the steps wrote.
 
@@ -29,7 +31,7 @@ from common.options import short_step
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from common.paged import ErrorType
+    from common.paged import ErrorType, PagedRunContext, RunScope
     from common.types import RunStatus
     from credits.repair_workflow import RepairCredits
     from credits.types import RepairCreditsInput
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ResolvedCustomer,
         ResolveInput,
         StepResult,
+        SyncCustomerInput,
     )
     from reconcile.types import ReconcileUsageInput
     from reconcile.workflow import ReconcileUsage
@@ -84,6 +87,11 @@ class RepairCustomer:
             before = await self._mismatches(who)
             for step in RepairStep:
                 p.phase = step.value
+                if step == RepairStep.CUSTOMER:
+                    p.current_workflow_id = info.workflow_id
+                    p.steps.append(await workflow.execute_activity_method(
+                        CustomerActivities.sync_fields, SyncCustomerInput(context=self._context(inp, who)), **STEP))
+                    continue
                 p.current_workflow_id = step_workflow_id(who.customer_id, step, info.run_id)
                 p.steps.append(await self._step(step, inp, who, p.current_workflow_id))
             p.phase, p.current_workflow_id = "verifying", None
@@ -98,6 +106,14 @@ class RepairCustomer:
             workflow_id=info.workflow_id, customer_id=who.customer_id, stripe_customer_id=who.stripe_customer_id,
             mode=inp.mode, actor=inp.actor, before=before, after=after, steps=p.steps, fixes=fixes,
             paused=any(s.paused for s in p.steps))
+
+    @staticmethod
+    def _context(inp: RepairCustomerInput, who: ResolvedCustomer) -> PagedRunContext:
+        """The repair as a run, for the write it makes itself (the customer row)."""
+        info = workflow.info()
+        return PagedRunContext(run_id=info.workflow_id, workflow_run_id=info.run_id, mode=inp.mode, actor=inp.actor,
+                               reason=inp.reason or DEFAULT_REASON,
+                               scope=RunScope(customer_id=who.customer_id, stripe_customer_id=who.stripe_customer_id))
 
     async def _mismatches(self, who: ResolvedCustomer) -> list[Mismatch]:
         snapshot = await workflow.execute_activity_method(

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, model_validator
 
 from billing.policy import MAX_SETTLE_SECONDS, to_stripe_value
+from common.paged import PagedRunContext
 from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, refuse_plan_mode
 
 CUSTOMER_REF_MAX = 200
@@ -253,8 +254,10 @@ class ResolvedCustomer(BaseModel):
 
 
 class RepairStep(StrEnum):
-    """A repair's steps, in order: each one a child workflow of the job that owns the domain."""
+    """A repair's steps, in order: the customer row (an activity), then each domain as a child
+    workflow of the job that owns it."""
 
+    CUSTOMER = "customer"  # email, name, deletion from Stripe (customer.sync_fields)
     SUBSCRIPTIONS = "subscriptions"  # ResyncSubscriptions
     INVOICES = "invoices"  # ResyncInvoices
     CREDITS = "credits"  # RepairCredits
@@ -267,6 +270,10 @@ class StepResult(BaseModel):
     summary: str  # what it found and did, in one line
     paused: bool = False  # auto-healing was paused: the step observed and wrote nothing
     failed: str | None = None
+
+
+class SyncCustomerInput(BaseModel):
+    context: PagedRunContext  # the repair as a run: scope, mode, actor, reason, ids
 
 
 class FixesInput(BaseModel):

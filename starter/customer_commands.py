@@ -25,6 +25,7 @@ from customer.types import (
     RepairCustomerInput,
     RepairCustomerResult,
     RepairProgress,
+    RepairStep,
 )
 from starter.customer_view import print_repair, print_view, view_json
 from starter.follow import Step, Watch, start_and_follow
@@ -119,7 +120,7 @@ async def _repair(request: RepairCustomerInput, as_json: bool) -> int:
 def _step(p: RepairProgress) -> Step:
     done = "; ".join(f"{s.step.value}: {s.summary}" + (" (paused)" if s.paused else "") for s in p.steps)
     current = f" [{p.current_workflow_id}]" if p.current_workflow_id else ""
-    return Step(f"{p.phase}{current}" + (f" | {done}" if done else ""), done=len(p.steps), total=4)
+    return Step(f"{p.phase}{current}" + (f" | {done}" if done else ""), done=len(p.steps), total=len(RepairStep))
 
 
 def _outcome(r: RepairCustomerResult) -> int:

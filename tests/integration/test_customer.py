@@ -76,6 +76,7 @@ async def synced_customer(client, tq, pool, sc, admin) -> dict[str, Any]:
 async def inject_drift(pool, w: dict[str, Any]) -> list[tuple[str, str, str]]:
     """One mismatch per domain (two for usage); returns them as (domain, entity, field)."""
     cid = w["customer_id"]
+    await pool.execute("UPDATE billing.customers SET name = 'Old name' WHERE customer_id = $1", cid)
     await pool.execute("UPDATE billing.subscriptions SET status = 'past_due' WHERE stripe_subscription_id = $1",
                        w["subscription"])
     invoice = await pool.fetchval(
@@ -96,7 +97,7 @@ async def inject_drift(pool, w: dict[str, Any]) -> list[tuple[str, str, str]]:
                                        quantity=Decimal(7), occurred_at=datetime.now(UTC) - timedelta(seconds=2))])
         await conn.execute("UPDATE billing.usage_counters SET value = value + 7 WHERE customer_id = $1 AND meter = $2",
                            cid, "api_requests")
-    return sorted([("subscriptions", w["subscription"], "status"), ("invoices", invoice, "status"),
+    return sorted([("customer", cid, "name"), ("subscriptions", w["subscription"], "status"), ("invoices", invoice, "status"),
                    ("credits", w["checkout"], "grant"), ("usage", f"storage_gb_hours period {w['period_start']}", "counter"),
                    ("usage", f"api_requests {w['today']}", "stripe")])
 
@@ -142,7 +143,7 @@ async def test_show_names_every_mismatch_and_one_repair_fixes_them_all(
         assert by_key[("usage", "counter")]["local"] == "7.5"
         assert all(a["ui_link"] and "/workflows/" in a["ui_link"] for a in found["audit"] if a["workflow_id"])
         code, out, _ = await cli(cli_env, "customer", "show", cid)  # the tables name them too
-        assert code == 0 and "5 mismatches:" in out and "past_due" in out, out
+        assert code == 0 and "6 mismatches:" in out and "past_due" in out, out
 
         # Paused: the repair observes, reports what it would fix, and writes nothing.
         before = await written(pool)
@@ -162,10 +163,14 @@ async def test_show_names_every_mismatch_and_one_repair_fixes_them_all(
         assert fixed["workflow_id"] == repair_workflow_id(cid) and not fixed["paused"] and not fixed["failed"]
         assert keys(fixed["before"]) == expected and fixed["after"] == []
         assert sorted(f["action"] for f in fixed["fixes"]) == [
-            "credits.grant", "invoice.resync", "subscription.resync", "usage.push_meter_event", "usage.set_counter"]
+            "credits.grant", "customer.resync", "invoice.resync", "subscription.resync", "usage.push_meter_event",
+            "usage.set_counter"]
         assert all(f["actor"] == "alice" and f["workflow_id"].startswith(repair_workflow_id(cid))
                    and f["correlation_id"] == "corr-ticket-9" and f["ui_link"] for f in fixed["fixes"])
         assert {f["reason"] for f in fixed["fixes"] if f["action"].endswith(".resync")} == {"ticket 9"}
+        renamed = next(f for f in fixed["fixes"] if f["action"] == "customer.resync")
+        assert (renamed["before"], renamed["after"], renamed["workflow_id"]) == (
+            {"name": "Old name"}, {"name": found["customer"]["stripe"]["name"]}, repair_workflow_id(cid))
         rows = await pool.fetch("SELECT * FROM billing.audit_log WHERE id > $1 ORDER BY id",
                                 max(r["id"] for r in before["audit_log"]))
         assert sorted(r["action"] for r in rows) == sorted(f["action"] for f in fixed["fixes"])
@@ -175,8 +180,9 @@ async def test_show_names_every_mismatch_and_one_repair_fixes_them_all(
         after_fix = await written(pool)
         code, again = await repair(cli_env, cid, "--apply")
         assert code == 0 and again["before"] == [] and again["fixes"] == [], again
-        # Each execution's steps are its own runs (their reports are kept apart).
-        assert {s["workflow_id"] for s in again["steps"]}.isdisjoint(s["workflow_id"] for s in fixed["steps"])
+        # Each execution's child steps are its own runs (their reports are kept apart).
+        children = [{s["workflow_id"] for s in r["steps"] if s["step"] != "customer"} for r in (fixed, again)]
+        assert len(children[0]) == len(children[1]) == 4 and children[0].isdisjoint(children[1])
         now = await written(pool)
         assert now["audit_log"] == after_fix["audit_log"] and now["stripe_usage_pushes"] == after_fix["stripe_usage_pushes"]
         assert now["credit_ledger"] == after_fix["credit_ledger"]
@@ -254,7 +260,8 @@ async def test_worker_killed_mid_repair_fixes_everything_once(
     assert result.after == [] and not result.failed, result
     rows = await pool.fetch("SELECT action, entity_id FROM billing.audit_log WHERE id > $1", high_water)
     assert sorted(r["action"] for r in rows) == [
-        "credits.grant", "invoice.resync", "subscription.resync", "usage.push_meter_event", "usage.set_counter"]
+        "credits.grant", "customer.resync", "invoice.resync", "subscription.resync", "usage.push_meter_event",
+            "usage.set_counter"]
     assert sorted(f.action for f in result.fixes) == sorted(r["action"] for r in rows)
     pushed = (await emulator_admin.meter_events())[pushes_before:]
     assert [(e["event_name"], str(e["payload"]["value"])) for e in pushed] == [("api_requests", "7")]
