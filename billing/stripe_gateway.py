@@ -300,3 +300,13 @@ class StripeGateway:
             params["starting_after"] = starting_after
         page = await self._call("list_invoices", self._client.v1.invoices.list_async, params=params)
         return [i.to_dict(for_json=True) for i in page.data], bool(page.has_more)
+
+    async def list_checkout_sessions_page(
+        self, *, customer: str, starting_after: str | None = None, limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page of a customer's Checkout Sessions (every status), newest first."""
+        params: dict = {"customer": customer, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call("list_checkout_sessions", self._client.v1.checkout.sessions.list_async, params=params)
+        return [s.to_dict(for_json=True) for s in page.data], bool(page.has_more)

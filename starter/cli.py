@@ -30,6 +30,7 @@ def _mount() -> None:
         autoheal_commands,
         backfill_commands,
         credits_commands,
+        customer_commands,
         demo,
         dev,
         reconcile_commands,
@@ -54,6 +55,7 @@ def _mount() -> None:
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
     allocations_commands.register(app)
+    customer_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

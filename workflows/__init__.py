@@ -11,12 +11,13 @@ import allocations
 import autoheal
 import backfill
 import credits
+import customer
 import health
 import reconcile
 import resync
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
+JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer)
 
 
 def all_workflows() -> list[type]:
