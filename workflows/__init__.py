@@ -14,9 +14,10 @@ import credits
 import health
 import reconcile
 import resync
+import revenue
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
+JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, revenue)
 
 
 def all_workflows() -> list[type]:
