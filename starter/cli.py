@@ -34,6 +34,7 @@ def _mount() -> None:
         dev,
         reconcile_commands,
         resync_commands,
+        revenue_commands,
         schedule_commands,
         setup_commands,
         status_commands,
@@ -54,6 +55,7 @@ def _mount() -> None:
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
     allocations_commands.register(app)
+    revenue_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}
