@@ -110,6 +110,7 @@ class RevenueActivities:
                 hb.record(cp)
         async with self.pool.acquire() as conn:
             await store.write_day_totals(conn, ctx.run_id, inp.day)
+            await store.count_day(conn, ctx.run_id, inp.day, cp.counts)
         cp.counts.days = 1
         return DayResult(counts=cp.counts, paused=cp.paused)
 
@@ -154,10 +155,7 @@ class RevenueActivities:
             async with self.pool.acquire() as conn:
                 for f in found:
                     status = FindingStatus.OBSERVED if f.fixable else FindingStatus.UNFIXABLE
-                    if await store.record_finding(conn, ctx.run_id, iid, f.kind.value, d, values, status, f.detail):
-                        c.findings += 1
-                        c.by_kind[f.kind.value] = c.by_kind.get(f.kind.value, 0) + 1
-                        c.unfixable += not f.fixable
+                    await store.record_finding(conn, ctx.run_id, iid, f.kind.value, d, values, status, f.detail)
             if write:
                 await self._fix(ctx, iid, [f for f in found if f.fixable], sides, c)
 
@@ -175,11 +173,9 @@ class RevenueActivities:
             mirror.fix_failures += 1
         else:
             async with self.pool.acquire() as conn:
-                if await fix_row(conn, ctx, REVENUE_INVOICES, raw, row, sides.listed_at[iid], mirror, write_invoice):
-                    c.fixed += 1
+                await fix_row(conn, ctx, REVENUE_INVOICES, raw, row, sides.listed_at[iid], mirror, write_invoice)
                 for r in sides.stripe_refunds.get(iid, []):
                     c.refunds_recorded += await _record_refund(conn, ctx, iid, r, sides.customer.get(iid))
-        c.fix_failures += mirror.fix_failures
         async with self.pool.acquire() as conn:
             await store.set_finding_status(conn, ctx.run_id, iid, [f.kind.value for f in fixable],
                                            FindingStatus.FAILED if mirror.fix_failures else FindingStatus.APPLIED)

@@ -199,7 +199,7 @@ async def record_facts(conn: asyncpg.Connection, run_id: str, d: date, rows: lis
 
 async def record_finding(conn: asyncpg.Connection, run_id: str, invoice_id: str, kind: str, d: date,
                          values: dict[str, Any], status: FindingStatus, detail: str) -> bool:
-    """One finding of the run (the first day it shows up on); True when it is new."""
+    """One finding of the run, on the first day it shows up on; True when it is new."""
     return await conn.fetchval(
         """
         INSERT INTO billing.revenue_findings
@@ -218,6 +218,23 @@ async def set_finding_status(conn: asyncpg.Connection, run_id: str, invoice_id: 
         "UPDATE billing.revenue_findings SET status = $4, updated_at = now() "
         "WHERE run_id = $1 AND stripe_invoice_id = $2 AND kind = ANY($3) AND status <> $4",
         run_id, invoice_id, kinds, status.value)
+
+
+async def count_day(conn: asyncpg.Connection, run_id: str, d: date, counts: RevenueCounts) -> None:
+    """The day's findings as recorded (also by an attempt that died after writing them): their
+    number by kind, the invoices fixed (applied), unfixable and failed."""
+    rows = await conn.fetch(
+        "SELECT kind, status, count(*) AS n, count(DISTINCT stripe_invoice_id) AS invoices "
+        "FROM billing.revenue_findings WHERE run_id = $1 AND day = $2 GROUP BY kind, status", run_id, d)
+    counts.findings = sum(r["n"] for r in rows)
+    counts.by_kind = {}
+    for r in rows:
+        counts.by_kind[r["kind"]] = counts.by_kind.get(r["kind"], 0) + r["n"]
+    counts.unfixable = sum(r["n"] for r in rows if r["status"] == FindingStatus.UNFIXABLE)
+    counts.fix_failures = sum(r["n"] for r in rows if r["status"] == FindingStatus.FAILED)
+    counts.fixed = await conn.fetchval(
+        "SELECT count(DISTINCT stripe_invoice_id) FROM billing.revenue_findings "
+        "WHERE run_id = $1 AND day = $2 AND status = $3", run_id, d, FindingStatus.APPLIED.value)
 
 
 async def write_day_totals(conn: asyncpg.Connection, run_id: str, d: date) -> None:

@@ -106,14 +106,18 @@ class FindingStatus(StrEnum):
 
 
 class RevenueCounts(BaseModel):
+    """A run's counts. The findings' (findings, by_kind, fixed, unfixable, fix_failures) are
+    read back from billing.revenue_findings at the end of each day, so an attempt that died after
+    writing them still counts; the others are those of the attempts that completed."""
+
     days: int = 0
     invoices_compared: int = 0
     findings: int = 0
     by_kind: dict[str, int] = Field(default_factory=dict)
-    fixed: int = 0  # invoice rows rewritten from Stripe (apply, audited)
+    fixed: int = 0  # invoices whose findings are applied: the mirror agrees with Stripe now
     refunds_recorded: int = 0  # refunds added to billing.invoice_refunds (apply, audited)
-    unfixable: int = 0
-    fix_failures: int = 0
+    unfixable: int = 0  # findings a resync cannot fix (paid twice, missing in Stripe, ...)
+    fix_failures: int = 0  # findings whose fix was refused
     stripe_objects: int = 0  # objects listed from Stripe
 
     def add(self, o: Self) -> Self:

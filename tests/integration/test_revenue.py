@@ -122,7 +122,7 @@ async def test_revenue_drift_is_shown_per_day_and_fixed_by_apply(
         code, applied, err = await _revenue(cli_env, "--apply", "--actor", "alice", "--reason", "weekly")
         assert code == 0, err
         c = applied["counts"]
-        assert (c["findings"], c["fixed"], c["refunds_recorded"], c["fix_failures"]) == (6, 3, 1, 0), c
+        assert (c["findings"], c["fixed"], c["refunds_recorded"], c["fix_failures"]) == (6, 4, 1, 0), c
         assert {f["status"] for f in applied["findings"]} == {"applied"}
         assert await mirror_invoices(pool, [cus.id]) == await stripe_invoices(sc, cus.id)
         refunds = [dict(r) for r in await pool.fetch("SELECT * FROM billing.invoice_refunds")]
@@ -172,3 +172,63 @@ async def test_the_workflow_refuses_a_range_in_the_future_before_writing(
                 id=f"revenue-future-{uuid.uuid4().hex[:6]}", task_queue=task_queue)
     assert isinstance(e.value.cause, ApplicationError) and e.value.cause.type == "InvalidWindow"
     assert await clean_db.fetchval("SELECT count(*) FROM billing.reconciliation_runs") == 0
+
+
+async def test_a_retried_day_writes_each_fix_once_and_keeps_what_it_first_saw(
+        postgres_dsn, emulator, stripe_client, clean_db):
+    """The worker dies after `compare_day` committed its fixes but before it reported: the retry
+    (from the start, or from the last heartbeat) finds the mirror fixed and writes nothing more:
+    one mirror write and one refund row, each with one audit row. The day's figures stay those
+    first seen (the drift), not the fixed state. Listing pages run twice (a retried page) save
+    the same scratch rows."""
+    import dataclasses
+    from typing import Any
+
+    from temporalio.testing import ActivityEnvironment
+
+    from billing.stripe_gateway import StripeGateway, make_stripe_client
+    from common.paged import PagedRunContext, RunScope
+    from revenue.activities import RevenueActivities
+    from revenue.types import LISTED_KIND, DayInput, ListPageInput, RunInput, day_bounds
+
+    sc = stripe_client
+    cus = await sc.v1.customers.create_async(params={"metadata": {"customer_id": "rev-retry"}})
+    inv = await _invoice(sc, cus.id, 1500)
+    await sc.v1.invoices.pay_async(inv)
+    payment = (await sc.v1.invoice_payments.list_async(params={"invoice": inv})).data[0]
+    await sc.v1.refunds.create_async(params={"charge": payment.payment.charge, "amount": 500})
+    acts = RevenueActivities(clean_db, StripeGateway(make_stripe_client(make_settings(postgres_dsn, emulator)), None))
+    today = datetime.now(UTC).date()
+    ctx = PagedRunContext(run_id="revenue-retry", workflow_run_id="r1", scope=RunScope(), mode=Mode.APPLY,
+                          actor="test", reason="test")
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    await env.run(acts.start_run, RunInput(context=ctx, since=today, until=today))
+    start, end = day_bounds(today)
+    for listing in LISTED_KIND:
+        for _ in range(2):  # a retried page
+            page = ListPageInput(context=ctx, listing=listing, created_gte=int(start.timestamp()),
+                                 created_lt=int(end.timestamp()), page_size=100, max_pages=10)
+            assert (await env.run(acts.list_page, page)).next_cursor is None
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.revenue_stripe_objects") == 5  # inv, pay, re, 2 txn
+
+    day = DayInput(context=ctx, day=today, since=today, until=today)
+    first = await env.run(acts.compare_day, day)
+    first_last_beat = beats[-1]
+    assert (first.counts.fixed, first.counts.refunds_recorded, first.counts.findings) == (1, 1, 1)
+    days_first = [dict(r) for r in await clean_db.fetch("SELECT * FROM billing.revenue_days")]
+    assert [(d["local_paid"], d["stripe_paid"], d["stripe_refunded"], d["drift"]) for d in days_first] == [
+        (0, 1500, 500, -1000)]
+    # Retried from the start: the finding (applied) still counts; nothing is written again.
+    env.info = dataclasses.replace(env.info, heartbeat_details=[])
+    retry = await env.run(acts.compare_day, day)
+    assert (retry.counts.findings, retry.counts.fixed, retry.counts.refunds_recorded) == (1, 1, 0)
+    # From its last heartbeat: the counts it had, nothing compared again.
+    env.info = dataclasses.replace(env.info, heartbeat_details=[first_last_beat])
+    assert await env.run(acts.compare_day, day) == first
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.invoice_refunds") == 1
+    assert sorted(r["action"] for r in await clean_db.fetch("SELECT action FROM billing.audit_log")) == [
+        "revenue.invoice_resync", "revenue.record_refund"]
+    assert [dict(r) for r in await clean_db.fetch("SELECT * FROM billing.revenue_days")] == days_first
+    assert await clean_db.fetchval("SELECT status FROM billing.revenue_findings") == "applied"
