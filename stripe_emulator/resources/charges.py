@@ -65,6 +65,7 @@ def create_charge(s: Store, customer: str, amount: int, currency: str, descripti
             },
             "review": None,
             "shipping": None,
+            "source": None,
             "source_transfer": None,
             "statement_descriptor": None,
             "statement_descriptor_suffix": None,
