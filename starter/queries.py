@@ -69,16 +69,19 @@ async def run_decision(conn: asyncpg.Connection, run: str) -> asyncpg.Record | N
         "SELECT status, approved_by, rejected_by FROM billing.reconciliation_runs WHERE run_id = $1", run)
 
 
+# `status` reports the usage reconciliation: revenue runs (kind 'revenue') share the runs table
+# but keep their findings in billing.revenue_findings.
 async def last_successful_apply(conn: asyncpg.Connection) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT run_id, workflow_run_id, mode, window_start, window_end, finished_at
            FROM billing.reconciliation_runs WHERE status = 'completed' AND mode = 'apply' AND NOT observe_only
+                AND kind = 'usage'
            ORDER BY finished_at DESC NULLS LAST LIMIT 1""")
 
 
 async def latest_finished_run(conn: asyncpg.Connection) -> str | None:
     return await conn.fetchval(
-        "SELECT run_id FROM billing.reconciliation_runs WHERE finished_at IS NOT NULL "
+        "SELECT run_id FROM billing.reconciliation_runs WHERE finished_at IS NOT NULL AND kind = 'usage' "
         "ORDER BY finished_at DESC LIMIT 1")
 
 
