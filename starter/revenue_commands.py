@@ -2,7 +2,7 @@
 (rich), its findings, `--json` and `--export FILE` (CSV of the findings). docs/revenue.md.
 
 Exit codes as every command's (README "Exit codes"): 0 ok (also a dry-run that found drift),
-1 the run failed or a fix failed, 2 bad input (an unparseable day, an inverted range, a range
+1 the run failed, a fix failed or an apply left findings it cannot fix, 2 bad input (an unparseable day, an inverted range, a range
 over 92 days, a day in the future), refused before anything is started."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 from temporalio.client import WorkflowFailureError
 
+from common.types import Mode
 from revenue.types import RevenueInput, RevenueProgress, RevenueResult
 from revenue.workflow import RevenueReconciliation
 from starter import queries
@@ -83,7 +84,9 @@ async def _revenue(request: RevenueInput, workflow_id: str, as_json: bool, expor
         _print(result, data)
         if export:
             console.print(f"wrote {len(data['findings'])} findings to {export}")
-    return EXIT_FAILED if result.counts.fix_failures else EXIT_OK
+    c = result.counts
+    # An apply that leaves findings it cannot fix (paid twice, missing in Stripe) says so.
+    return EXIT_FAILED if c.fix_failures or (request.mode == Mode.APPLY and c.unfixable) else EXIT_OK
 
 
 def _step(p: RevenueProgress) -> Step:

@@ -232,3 +232,26 @@ async def test_a_retried_day_writes_each_fix_once_and_keeps_what_it_first_saw(
         "revenue.invoice_resync", "revenue.record_refund"]
     assert [dict(r) for r in await clean_db.fetch("SELECT * FROM billing.revenue_days")] == days_first
     assert await clean_db.fetchval("SELECT status FROM billing.revenue_findings") == "applied"
+
+
+async def test_an_invoice_stripe_does_not_have_is_reported_never_deleted(
+        cli_env, temporal_env, postgres_dsn, emulator, emulator_admin, stripe_client, task_queue, clean_db):
+    """A mirror row counted as paid today that Stripe does not know: `missing_in_stripe`,
+    unfixable; an apply leaves it as it is, writes nothing and exits 1 (found what it cannot fix)."""
+    pool = clean_db
+    cus = await stripe_client.v1.customers.create_async(params={"metadata": {"customer_id": "rev-ghost"}})
+    await pool.execute(
+        """INSERT INTO billing.invoices (stripe_invoice_id, stripe_customer_id, status, currency, amount_due,
+                                         amount_paid, paid_at, stripe_created)
+           VALUES ('in_ghost', $1, 'paid', 'usd', 300, 300, now(), now())""", cus.id)
+    before = [dict(r) for r in await pool.fetch("SELECT * FROM billing.invoices")]
+    async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+        code, dry, err = await _revenue(cli_env)
+        assert code == 0, err
+        assert [(f["stripe_invoice_id"], f["kind"], f["status"]) for f in dry["findings"]] == [
+            ("in_ghost", "missing_in_stripe", "unfixable")]
+        assert _totals(dry["days"])["drift"] == 300
+        code, applied, _ = await _revenue(cli_env, "--apply")
+        assert code == 1 and applied["counts"]["unfixable"] == 1 and applied["counts"]["fixed"] == 0
+    assert [dict(r) for r in await pool.fetch("SELECT * FROM billing.invoices")] == before
+    assert await pool.fetchval("SELECT count(*) FROM billing.audit_log") == 0
