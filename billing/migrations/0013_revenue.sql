@@ -19,6 +19,9 @@ CREATE INDEX IF NOT EXISTS invoice_refunds_day_idx ON billing.invoice_refunds (r
 
 -- Day lookups of the comparison.
 CREATE INDEX IF NOT EXISTS invoices_paid_at_idx ON billing.invoices (paid_at) WHERE paid_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invoices_voided_at_idx ON billing.invoices (voided_at) WHERE voided_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invoices_uncollectible_at_idx ON billing.invoices (marked_uncollectible_at)
+    WHERE marked_uncollectible_at IS NOT NULL;
 
 -- Scratch state of a run: Stripe's objects it listed (invoices, invoice payments, refunds,
 -- balance transactions), keyed by id so a retried page rewrites the same rows. Deleted when the
