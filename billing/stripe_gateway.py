@@ -310,3 +310,19 @@ class StripeGateway:
             params["starting_after"] = starting_after
         page = await self._call("list_checkout_sessions", self._client.v1.checkout.sessions.list_async, params=params)
         return [s.to_dict(for_json=True) for s in page.data], bool(page.has_more)
+    async def list_created_page(
+        self, kind: str, *, created_gte: int, created_lt: int, starting_after: str | None, limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page, newest first, of the objects of `kind` (invoice, invoice_payment, refund or
+        balance_transaction) created in [created_gte, created_lt) (unix seconds)."""
+        resources: dict[str, Any] = {
+            "invoice": self._client.v1.invoices,
+            "invoice_payment": self._client.v1.invoice_payments,
+            "refund": self._client.v1.refunds,
+            "balance_transaction": self._client.v1.balance_transactions,
+        }
+        params: dict = {"created": {"gte": created_gte, "lt": created_lt}, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call(f"list_{kind}s", resources[kind].list_async, params=params)
+        return [o.to_dict(for_json=True) for o in page.data], bool(page.has_more)

@@ -35,6 +35,7 @@ def _mount() -> None:
         dev,
         reconcile_commands,
         resync_commands,
+        revenue_commands,
         schedule_commands,
         setup_commands,
         status_commands,
@@ -56,6 +57,7 @@ def _mount() -> None:
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
     allocations_commands.register(app)
     customer_commands.register(app)
+    revenue_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

@@ -15,9 +15,12 @@ import customer
 import health
 import reconcile
 import resync
+import revenue
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer)
+JOBS: tuple[ModuleType, ...] = (
+    reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue,
+)
 
 
 def all_workflows() -> list[type]:
