@@ -29,9 +29,11 @@ def _mount() -> None:
         allocations_commands,
         autoheal_commands,
         backfill_commands,
+        checks_commands,
         credits_commands,
         demo,
         dev,
+        incident_commands,
         reconcile_commands,
         resync_commands,
         schedule_commands,
@@ -54,6 +56,8 @@ def _mount() -> None:
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
     allocations_commands.register(app)
+    checks_commands.register(app)
+    incident_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

@@ -10,13 +10,14 @@ from types import ModuleType
 import allocations
 import autoheal
 import backfill
+import checks
 import credits
 import health
 import reconcile
 import resync
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
+JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, checks)
 
 
 def all_workflows() -> list[type]:
