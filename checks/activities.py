@@ -39,7 +39,8 @@ class CheckActivities:
         self.settings = settings
 
     def _grace(self, req: CheckRequest) -> timedelta:
-        return timedelta(minutes=req.backlog_minutes or self.settings.checks_backlog_minutes)
+        minutes = req.grace_minutes if req.grace_minutes is not None else self.settings.checks_backlog_minutes
+        return timedelta(minutes=minutes)
 
     @activity.defn(name="checks.active_subscriptions")
     async def active_subscriptions(self, req: CheckRequest) -> CheckResult:

@@ -36,6 +36,9 @@ class DailyChecksInput(BaseModel):
     # Event types the webhook endpoint receives (Stripe's `type` filter, `*` wildcards); empty:
     # every type. Events of types the endpoint never subscribed to are not gaps.
     webhook_types: list[str] = Field(default_factory=list, max_length=20)
+    # Stripe events, subscriptions and usage younger than this are not compared yet (a webhook
+    # or the usage sync may still be on its way); unset: CHECKS_BACKLOG_MINUTES.
+    grace_minutes: int | None = Field(default=None, ge=0, le=10080)
     stale_counter_days: int | None = Field(default=None, ge=1, le=400)
     backlog_minutes: int | None = Field(default=None, ge=1, le=10080)
     sample_size: int = Field(default=DEFAULT_SAMPLE_SIZE, ge=1, le=MAX_SAMPLE_SIZE)

@@ -31,6 +31,9 @@ def checks(
                                           help="Stale counter threshold in days (default CHECKS_STALE_COUNTER_DAYS)"),
     backlog_minutes: int | None = typer.Option(None, min=1, max=10080,
                                                help="Inbox backlog threshold (default CHECKS_BACKLOG_MINUTES)"),
+    grace_minutes: int | None = typer.Option(
+        None, min=0, max=10080, help="Leave out events, subscriptions and usage younger than this "
+                                     "(default CHECKS_BACKLOG_MINUTES)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables"),
 ) -> None:
     """Run the daily checks: active subscriptions vs Stripe, webhook gaps per day and type,
@@ -49,7 +52,7 @@ def checks(
                          for r, row in zip(results, rows, strict=True)})
         raise typer.Exit(EXIT_OK if all(r.passed for r in results) else EXIT_FAILED)
     request = build(DailyChecksInput, webhook_days=webhook_days, webhook_types=webhook_type,
-                    stale_counter_days=stale_days, backlog_minutes=backlog_minutes)
+                    stale_counter_days=stale_days, backlog_minutes=backlog_minutes, grace_minutes=grace_minutes)
     workflow_id = new_id("daily-checks")
     raise typer.Exit(run(start_and_follow(
         DailyChecks.run, request, workflow_id, as_json=as_json,

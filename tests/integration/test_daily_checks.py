@@ -1,0 +1,98 @@
+"""Daily checks on the real stack (dev server, embedded Postgres, emulator, `billing-recon` in a
+subprocess): clean, they pass; an event in Stripe missing from the inbox and a counter no
+reconciliation covered for days make exactly those checks fail, named; fixed, they pass again."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from checks import store
+from reconcile.types import ReconcileResult
+from tests.integration.cli_helpers import cli
+from tests.integration.recon_helpers import make_settings, run, running_worker, seed_world
+
+pytestmark = pytest.mark.integration
+
+# No grace: the test's events and usage are seconds old.
+FAST = ("--grace-minutes", "0", "--backlog-minutes", "1", "--webhook-days", "2")
+
+
+def by_check(doc: dict) -> dict[str, dict]:
+    return {c["check"]: c for c in doc["checks"]}
+
+
+async def test_checks_pass_clean_and_name_a_webhook_gap_and_a_stale_counter(
+        cli_env, clean_db, stripe_client, emulator, postgres_dsn, temporal_env, task_queue):
+    world = await seed_world(clean_db, stripe_client, n_customers=2, days=2, events_per_key=1,
+                             meters={"api_requests": "API requests"})
+    (c0, _), (c1, _) = world.customers
+    client = temporal_env.client
+    async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
+        done: ReconcileResult = await run(client, task_queue, world.request(mode="apply"), f"recon-{world.tag}")
+        assert done.status.value == "completed"
+        # Every Stripe event so far into the inbox, through the same handlers as a delivery.
+        code, _, err = await cli(cli_env, "replay-webhooks", "--apply", "--days", "1", "--json")
+        assert code == 0, err
+
+        code, out, err = await cli(cli_env, "checks", "--json", *FAST)
+        clean = json.loads(out)
+        assert code == 0, (out, err)
+        assert clean["passed"] is True and {c["check"] for c in clean["checks"] if c["passed"]} == {
+            "active_subscriptions", "webhook_gaps", "usage_without_counter", "stale_counters", "inbox_backlog"}
+        assert by_check(clean)["webhook_gaps"]["figures"]["stripe_events"] > 0  # it did compare something
+        assert by_check(clean)["stale_counters"]["figures"]["checked"] == 2  # one counter per customer
+
+        # Injected: an event Stripe has and the inbox never got; reconciliation stopped 3 days ago
+        # and since then only c0 was reconciled.
+        lost = await stripe_client.v1.customers.create_async(params={"name": "never delivered"})
+        lost_event = (await stripe_client.v1.events.list_async(params={"type": "customer.created", "limit": 1})).data[0]
+        assert lost_event.data.object["id"] == lost.id
+        three_days_ago = datetime.now(UTC) - timedelta(days=3)
+        await clean_db.execute(
+            "UPDATE billing.reconciliation_runs SET started_at = $1, finished_at = $1", three_days_ago)
+        await run(client, task_queue, world.request(mode="apply", customers=[c0]), f"recon-c0-{world.tag}")
+
+        code, out, err = await cli(cli_env, "checks", "--json", *FAST)
+        found = json.loads(out)
+        assert code == 1, (out, err)
+        checks = by_check(found)
+        assert found["passed"] is False
+        assert {c for c, r in checks.items() if not r["passed"]} == {"webhook_gaps", "stale_counters"}
+        gap = checks["webhook_gaps"]
+        day = datetime.fromtimestamp(lost_event.created, tz=UTC).date()
+        assert gap["findings"] == 1
+        assert [(i["key"], lost_event.id in i["detail"]) for i in gap["items"]] == [
+            (f"{day} customer.created", True)]
+        stale = checks["stale_counters"]
+        assert stale["findings"] == 1 and stale["figures"] == {"stale": 1, "checked": 2, "days": 2}
+        [item] = stale["items"]
+        assert item["key"].startswith(f"{c1} api_requests ")
+        assert f"last reconciled {three_days_ago:%Y-%m-%d %H:%M} UTC" in item["detail"]
+
+        # The last result is durable: `checks --last`, `status` and the gauges (store.last_results) read it.
+        code, out, _ = await cli(cli_env, "checks", "--last")
+        assert code == 1 and f"{day} customer.created" in out and "failed: stale_counters, webhook_gaps" in out
+        code, out, _ = await cli(cli_env, "status", "--json")
+        failing = {c["check"] for c in json.loads(out)["daily_checks"] if not c["passed"]}
+        assert failing == {"webhook_gaps", "stale_counters"}
+        async with clean_db.acquire() as conn:
+            last = {r["check_name"]: r for r in await store.last_results(conn)}
+        assert last["webhook_gaps"]["findings"] == 1 and last["inbox_backlog"]["passed"]
+
+        # Fixed the way the runbooks say: replay the window, reconcile; the checks pass again.
+        code, _, err = await cli(cli_env, "replay-webhooks", "--apply", "--days", "1")
+        assert code == 0, err
+        await run(client, task_queue, world.request(mode="apply"), f"recon-all-{world.tag}")
+        code, out, err = await cli(cli_env, "checks", *FAST)
+        assert code == 0, (out, err)
+        assert "all checks passed" in out
+
+
+async def test_checks_refuse_bad_input_and_last_without_results(cli_env, clean_db):
+    code, _, err = await cli(cli_env, "checks", "--webhook-days", "31")
+    assert code == 2 and "--webhook-days" in err
+    code, _, err = await cli(cli_env, "checks", "--last")
+    assert code == 1 and "no daily checks result stored yet" in err
