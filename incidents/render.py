@@ -102,8 +102,8 @@ def to_markdown(r: IncidentReport) -> str:
         for a in r.manual_adjustments]) if r.manual_adjustments else ["None."]
     e = r.events
     out += ["", "## Webhook events", "",
-            f"Missed (never delivered, stored by a replay): {e.missed}, of which processed: {e.missed_processed}. "
-            f"Delivered, failed, then processed: {e.redelivered_processed}. Still unprocessed: {e.unprocessed}.", ""]
+            f"Missed (never delivered, stored by a replay): {e.missed}, of which handled: {e.missed_handled}. "
+            f"Delivered, failed, then handled: {e.redelivered_handled}. Still unprocessed: {e.unprocessed}.", ""]
     if e.missed_by_day_type:
         out += _table(["day type", "missed"], [[k, str(v)] for k, v in sorted(e.missed_by_day_type.items())])
     return "\n".join(out) + "\n"

@@ -50,6 +50,7 @@ VERIFIED_BY_RUN = {"applied": Outcome.CORRECTED, "pending": Outcome.CORRECTED, "
 # Outcomes a later successful run that covered the key without finding it settles.
 UNSETTLED = (Outcome.OPEN, Outcome.FAILED, Outcome.PENDING)
 MAX_LISTED_IDS = 100
+HANDLED = ("processed", "ignored")  # inbox statuses of an event its handler finished with
 COUNTER_KINDS = ("counter_drift", "orphan_counter")  # the enforcement counter, not billing
 
 
@@ -204,13 +205,13 @@ def summarize_events(events: Iterable[EventRow]) -> EventsSummary:
             s.unprocessed += 1
         if e.source == "replay":
             s.missed += 1
-            s.missed_processed += e.status == "processed"
+            s.missed_handled += e.status in HANDLED
             day_type = f"{e.created.date().isoformat()} {e.type}"
             s.missed_by_day_type[day_type] = s.missed_by_day_type.get(day_type, 0) + 1
             if len(s.missed_ids) < MAX_LISTED_IDS:
                 s.missed_ids.append(e.event_id)
-        elif e.attempts > 1 and e.status == "processed":
-            s.redelivered_processed += 1
+        elif e.attempts > 1 and e.status in HANDLED:
+            s.redelivered_handled += 1
     return s
 
 

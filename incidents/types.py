@@ -190,8 +190,8 @@ class Corrections(BaseModel):
 
 class EventsSummary(BaseModel):
     missed: int = 0  # never delivered: stored by a replay
-    missed_processed: int = 0
-    redelivered_processed: int = 0  # delivered, failed, then processed (a retry or a replay)
+    missed_handled: int = 0  # of those, processed (or ignored: a type no handler needs)
+    redelivered_handled: int = 0  # delivered, failed, then handled (a retry or a replay)
     unprocessed: int = 0  # still received or failed at `until`
     missed_by_day_type: dict[str, int] = Field(default_factory=dict)  # "YYYY-MM-DD type" -> missed
     missed_ids: list[str] = Field(default_factory=list)
