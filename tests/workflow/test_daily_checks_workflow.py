@@ -12,7 +12,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from checks.types import CheckName, CheckRequest, CheckResult, DailyChecksInput, DailyChecksResult, RecordChecksInput
+from checks.types import (
+    CheckName,
+    CheckRequest,
+    CheckResult,
+    DailyChecksInput,
+    DailyChecksResult,
+    RecordChecksInput,
+)
 from checks.workflow import DailyChecks
 
 
