@@ -5,7 +5,7 @@ listings heartbeat their cursor and resume from it after a retry."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -18,8 +18,6 @@ from checks.policy import DayTypeTally, tally_key
 from checks.types import CheckRequest, CheckResult, RecordChecksInput
 from common.heartbeat import heartbeat_pages, resume
 from webhooks.activities import type_patterns
-
-STRIPE_PAGE_SIZE = 100  # Stripe's largest page
 
 
 class SubscriptionsCheckpoint(BaseModel):
@@ -51,7 +49,7 @@ class CheckActivities:
 
         async def one_page() -> bool:
             subs, has_more = await self.stripe.list_subscriptions_page(
-                customer=None, starting_after=cp.starting_after, limit=STRIPE_PAGE_SIZE, status="active")
+                customer=None, starting_after=cp.starting_after, limit=req.page_size, status="active")
             cp.active += [s["id"] for s in subs if s["created"] < created_before.timestamp()]
             if subs:
                 cp.starting_after = subs[-1]["id"]
@@ -76,13 +74,13 @@ class CheckActivities:
         async def one_page() -> bool:
             events, has_more = await self.stripe.list_events_page(
                 created_gte=gte, created_lt=lt, types=req.webhook_types, starting_after=cp.starting_after,
-                limit=STRIPE_PAGE_SIZE)
+                limit=req.page_size)
             if not events:
                 return False
             async with self.pool.acquire() as conn:
                 known = await store.inbox_event_ids(conn, [e["id"] for e in events])
             for e in events:
-                key = tally_key(datetime.fromtimestamp(e["created"], tz=req.now.tzinfo).date(), e["type"])
+                key = tally_key(datetime.fromtimestamp(e["created"], tz=UTC).date(), e["type"])
                 t = cp.tallies.setdefault(key, DayTypeTally())
                 t.stripe += 1
                 if e["id"] not in known:
@@ -95,7 +93,7 @@ class CheckActivities:
         await heartbeat_pages(cp, one_page)
         async with self.pool.acquire() as conn:
             rows = await store.inbox_per_day_and_type(
-                conn, datetime.fromtimestamp(gte, tz=req.now.tzinfo), datetime.fromtimestamp(lt, tz=req.now.tzinfo),
+                conn, datetime.fromtimestamp(gte, tz=UTC), datetime.fromtimestamp(lt, tz=UTC),
                 type_patterns(req.webhook_types))
         inbox = {tally_key(r["day"], r["type"]): int(r["n"]) for r in rows}
         return policy.webhook_gaps(cp.tallies, inbox, since=since, until=until, sample=req.sample_size)

@@ -15,6 +15,7 @@ from common.types import STRIPE_EVENT_RETENTION_DAYS
 # always exact, the lists are there to start the investigation.
 DEFAULT_SAMPLE_SIZE = 20
 MAX_SAMPLE_SIZE = 1000
+STRIPE_MAX_PAGE_SIZE = 100
 
 
 class CheckName(StrEnum):
@@ -42,6 +43,8 @@ class DailyChecksInput(BaseModel):
     stale_counter_days: int | None = Field(default=None, ge=1, le=400)
     backlog_minutes: int | None = Field(default=None, ge=1, le=10080)
     sample_size: int = Field(default=DEFAULT_SAMPLE_SIZE, ge=1, le=MAX_SAMPLE_SIZE)
+    # Items per Stripe list request (100: Stripe's largest page).
+    page_size: int = Field(default=STRIPE_MAX_PAGE_SIZE, ge=1, le=STRIPE_MAX_PAGE_SIZE)
 
 
 class CheckRequest(DailyChecksInput):

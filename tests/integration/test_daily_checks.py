@@ -4,12 +4,18 @@ reconciliation covered for days make exactly those checks fail, named; fixed, th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from temporalio.testing import ActivityEnvironment
 
+from billing.stripe_gateway import StripeGateway, make_stripe_client
 from checks import store
+from checks.activities import CheckActivities
+from checks.types import CheckItem, CheckName, CheckRequest, CheckResult, RecordChecksInput
 from reconcile.types import ReconcileResult
 from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, run, running_worker, seed_world
@@ -96,3 +102,44 @@ async def test_checks_refuse_bad_input_and_last_without_results(cli_env, clean_d
     assert code == 2 and "--webhook-days" in err
     code, _, err = await cli(cli_env, "checks", "--last")
     assert code == 1 and "no daily checks result stored yet" in err
+
+
+async def test_the_event_listing_resumes_from_its_heartbeat_without_counting_twice(
+        postgres_dsn, emulator, stripe_client, clean_db):
+    """A retried webhook_gaps activity (worker killed after a page) goes on from Stripe's cursor
+    with the tallies it had heartbeated: every event counted once."""
+    for i in range(3):
+        await stripe_client.v1.customers.create_async(params={"name": f"resume-{i}"})
+    total = len((await stripe_client.v1.events.list_async(params={"limit": 100})).data)
+    gateway = StripeGateway(make_stripe_client(make_settings(postgres_dsn, emulator)), None)
+    acts = CheckActivities(clean_db, gateway, make_settings(postgres_dsn, emulator))
+    req = CheckRequest(now=datetime.now(UTC) + timedelta(seconds=1), grace_minutes=0, webhook_days=1, page_size=1)
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    whole = await env.run(acts.webhook_gaps, req)
+    assert whole.findings == whole.figures["stripe_events"] == total >= 3
+
+    after_first = next(b for b in beats if b["starting_after"])
+    assert sum(t["stripe"] for t in after_first["tallies"].values()) == 1
+    env.info = dataclasses.replace(env.info, heartbeat_details=[after_first])
+    resumed = await env.run(acts.webhook_gaps, req)
+    assert resumed == whole
+
+
+async def test_recording_a_run_again_keeps_one_result_per_check(clean_db):
+    """`checks.record` retried (its first attempt committed, the answer was lost) stores the same
+    rows, not two of each."""
+    now = datetime.now(UTC)
+    results = [CheckResult(check=name, passed=name != CheckName.INBOX_BACKLOG, summary=str(name),
+                           findings=int(name == CheckName.INBOX_BACKLOG), figures={"n": 1.5},
+                           items=[CheckItem(key="k", detail="d")]) for name in CheckName]
+    inp = RecordChecksInput(run_id="checks-retried", workflow_run_id="r1", started_at=now, finished_at=now,
+                            results=results)
+    async with clean_db.acquire() as conn:
+        await store.record_results(conn, inp)
+        await store.record_results(conn, inp)
+        assert await conn.fetchval("SELECT count(*) FROM billing.daily_check_results") == len(CheckName)
+        run = await conn.fetchrow("SELECT passed, failed_checks FROM billing.daily_check_runs")
+        assert (run["passed"], run["failed_checks"]) == (False, ["inbox_backlog"])
+        assert [store.to_result(r) for r in await store.last_results(conn)] == sorted(results, key=lambda r: r.check)
