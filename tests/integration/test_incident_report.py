@@ -9,7 +9,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -39,13 +39,20 @@ async def test_report_of_a_three_day_outage_and_its_backfill_matches_audit_log_a
                            "Stripe did not answer")
     since = before - timedelta(minutes=30)
     c0 = world.customer_ids[0]
+    # c0 pays for API requests at a metered price of 0.5 cents a request: its findings are priced.
+    product = await stripe_client.v1.products.create_async(params={"name": "API"})
+    price = await stripe_client.v1.prices.create_async(params={
+        "product": product.id, "currency": "usd", "unit_amount_decimal": "0.5",
+        "recurring": {"interval": "month", "usage_type": "metered", "meter": world.meters["api_requests"]}})
+    await stripe_client.v1.subscriptions.create_async(params={
+        "customer": world.stripe_id(c0), "items": [{"price": price.id}]})
     client = temporal_env.client
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         code, _, err = await cli(cli_env, "credits", "adjust", "--customer", c0, "--amount", "500",
                                  "--reason", "outage goodwill", "--actor", "alice")
         assert code == 0, err
         inp = CatchUpBackfillInput(start_date=world.start, end_date=world.end, mode=Mode.APPLY, settle_seconds=1,
-                                   resync_subscriptions=False, actor="oncall")
+                                   actor="oncall")  # its resync fills the subscription mirror
         backfill = await client.execute_workflow("CatchUpBackfill", inp, id=f"bf-{world.tag}", task_queue=task_queue,
                                                  result_type=BackfillResult)
         assert [d.outcome for d in backfill.days] == [DayOutcome.DONE] * 3
@@ -69,9 +76,15 @@ async def test_report_of_a_three_day_outage_and_its_backfill_matches_audit_log_a
     assert totals["by_outcome"] == {"corrected": 9}
     assert {(d["customer_id"], d["day"]) for d in report["discrepancies"]} == {
         (c, day.isoformat()) for c, _, day in ledger}
-    assert all(d["kind"] == "under_reported" and d["amount_minor"] is None for d in report["discrepancies"])
+    assert all(d["kind"] == "under_reported" for d in report["discrepancies"])
     assert Decimal(totals["quantity_by_meter"]["api_requests"]) == sum(ledger.values())
-    assert totals["unpriced"] == 9  # no subscription with a metered price in this world
+    # Priced where the mirror knows the price (c0), blank elsewhere.
+    amounts = {(d["customer_id"], d["day"]): (d["amount_minor"], d["currency"]) for d in report["discrepancies"]}
+    expected = {(c, day.isoformat()): (int((q * Decimal("0.5")).quantize(Decimal(1), ROUND_HALF_UP)), "usd")
+                if c == c0 else (None, None) for (c, _, day), q in ledger.items()}
+    assert amounts == expected
+    assert totals["amount_minor_by_currency"] == {"usd": sum(a for a, _ in expected.values() if a is not None)}
+    assert totals["unpriced"] == 6
 
     # The report's totals against the audit log ...
     audit = await clean_db.fetch("SELECT action, actor, reason FROM billing.audit_log WHERE at >= $1", since)
@@ -99,7 +112,8 @@ async def test_report_of_a_three_day_outage_and_its_backfill_matches_audit_log_a
     code, out, err = await cli(cli_env, "incident-report", "--since", since.isoformat(), "--format", "csv")
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 9 and {r["outcome"] for r in rows} == {"corrected"} and {r["amount_minor"] for r in rows} == {""}
+    assert len(rows) == 9 and {r["outcome"] for r in rows} == {"corrected"}
+    assert sorted(r["currency"] for r in rows) == [""] * 6 + ["usd"] * 3
 
 
 async def test_incident_report_refuses_bad_input(cli_env, clean_db, tmp_path):
