@@ -125,6 +125,10 @@ async def test_the_event_listing_resumes_from_its_heartbeat_without_counting_twi
     env.info = dataclasses.replace(env.info, heartbeat_details=[after_first])
     resumed = await env.run(acts.webhook_gaps, req)
     assert resumed == whole
+    # Only the types the endpoint subscribes to: the others are not gaps.
+    env.info = dataclasses.replace(env.info, heartbeat_details=[])
+    only = await env.run(acts.webhook_gaps, req.model_copy(update={"webhook_types": ["customer.*"]}))
+    assert {i.key.split()[1] for i in only.items} == {"customer.created"} and only.findings == 3
 
 
 async def test_recording_a_run_again_keeps_one_result_per_check(clean_db):
@@ -143,3 +147,62 @@ async def test_recording_a_run_again_keeps_one_result_per_check(clean_db):
         run = await conn.fetchrow("SELECT passed, failed_checks FROM billing.daily_check_runs")
         assert (run["passed"], run["failed_checks"]) == (False, ["inbox_backlog"])
         assert [store.to_result(r) for r in await store.last_results(conn)] == sorted(results, key=lambda r: r.check)
+
+
+async def test_subscription_usage_and_inbox_checks_against_postgres_and_stripe(
+        postgres_dsn, emulator, stripe_client, clean_db):
+    """The three other checks' activities on the real database and emulator."""
+    settings = make_settings(postgres_dsn, emulator)
+    acts = CheckActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+    env = ActivityEnvironment()
+    cus = await stripe_client.v1.customers.create_async(params={"name": "subs"})
+    product = await stripe_client.v1.products.create_async(params={"name": "plan"})
+    price = await stripe_client.v1.prices.create_async(params={
+        "product": product.id, "currency": "usd", "unit_amount": 100, "recurring": {"interval": "month"}})
+    sub = (await stripe_client.v1.subscriptions.create_async(
+        params={"customer": cus.id, "items": [{"price": price.id}]})).id
+
+    def req(**kw: Any) -> CheckRequest:
+        return CheckRequest(now=datetime.now(UTC) + timedelta(seconds=1), **{"grace_minutes": 0, **kw})
+
+    missing = await env.run(acts.active_subscriptions, req())
+    assert (missing.passed, [(i.key, i.detail) for i in missing.items]) == (
+        False, [(sub, "active in Stripe; missing from billing.subscriptions")])
+    local = """INSERT INTO billing.subscriptions (stripe_subscription_id, stripe_customer_id, status)
+               VALUES ($1, $2, $3) ON CONFLICT (stripe_subscription_id) DO UPDATE SET status = $3"""
+    await clean_db.execute(local, sub, cus.id, "active")
+    assert (await env.run(acts.active_subscriptions, req())).passed
+    await clean_db.execute(local, sub, cus.id, "canceled")
+    await clean_db.execute(local, "sub_ghost", cus.id, "active")
+    differ = await env.run(acts.active_subscriptions, req())
+    assert differ.figures == {"local": 1, "stripe": 1, "only_local": 1, "only_stripe": 1}
+    assert [(i.key, i.detail) for i in differ.items] == [
+        (sub, "active in Stripe; canceled in billing.subscriptions"),
+        ("sub_ghost", "active in billing.subscriptions, not active in Stripe")]
+
+    # Usage ingested 2 hours ago with no counter; another customer's has its counter.
+    await clean_db.execute("INSERT INTO billing.customers (customer_id) VALUES ('nocounter'), ('counted')")
+    now = datetime.now(UTC)
+    for cid in ("nocounter", "counted"):
+        await clean_db.execute(
+            "INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at, ingested_at) "
+            "VALUES ($1, $2, 'api_requests', 3, $3, $3)", f"r-{cid}", cid, now - timedelta(hours=2))
+    await clean_db.execute(
+        "INSERT INTO billing.usage_counters (customer_id, meter, period_start, period_end, value) "
+        "VALUES ('counted', 'api_requests', date_trunc('month', $1::timestamptz AT TIME ZONE 'UTC')::date, "
+        "(date_trunc('month', $1::timestamptz AT TIME ZONE 'UTC') + interval '1 month')::date, 3)",
+        now - timedelta(hours=2))
+    usage = await env.run(acts.usage_without_counter, req())
+    assert not usage.passed and [i.key.split()[:2] for i in usage.items] == [["nocounter", "api_requests"]]
+    # Within the grace period (usage sync still to come): not counted.
+    assert (await env.run(acts.usage_without_counter, req(grace_minutes=180))).passed
+
+    # The inbox: a failed event from 3 hours ago is a backlog; one received a minute ago is not.
+    for evt, status, age in (("evt_old_failed", "failed", timedelta(hours=3)),
+                             ("evt_fresh", "received", timedelta(minutes=1))):
+        await clean_db.execute(
+            "INSERT INTO billing.stripe_events (event_id, type, created, payload, status, received_at, attempts, "
+            "error) VALUES ($1, 'invoice.paid', $2, '{}'::jsonb, $3, $2, 2, 'boom')", evt, now - age, status)
+    backlog = await env.run(acts.inbox_backlog, req(backlog_minutes=60))
+    assert (backlog.passed, backlog.figures["failed"], backlog.figures["received"]) == (False, 1, 0)
+    assert [i.key for i in backlog.items] == ["evt_old_failed"] and "boom" in backlog.items[0].detail
