@@ -31,6 +31,9 @@ from incidents.types import (
 )
 
 VERIFY_PREFIX = "verify|"
+# A key whose pushes are still settling in Stripe (the reconciliation's `pending` finding): how a
+# correction is in flight, not a discrepancy of its own (the drift metrics leave it out too).
+IN_FLIGHT_KIND = "pending"
 # Operators' own decisions and fixes (everything else in the audit log is a run's automatic
 # correction): docs/incident-report.md lists them.
 MANUAL_ACTIONS = frozenset({
@@ -140,7 +143,10 @@ def discrepancy_lines(rows: list[DiscrepancyRow], runs: list[RunRow],
     lines = []
     for key, found in sorted(by_key.items()):
         found.sort(key=lambda r: (r.run_started_at, r.discrepancy_key.startswith(VERIFY_PREFIX), r.created_at))
-        first, latest = found[0], found[-1]
+        drift = [r for r in found if r.kind != IN_FLIGHT_KIND]
+        if not drift:
+            continue  # only ever seen with our own pushes settling: not a discrepancy
+        first, latest = drift[0], found[-1]
         outcome = Outcome.NEEDS_INVOICE_ADJUSTMENT if first.kind == "needs_invoice_adjustment" \
             else STATUS_OUTCOME.get(latest.status, Outcome.OPEN)
         settled_by: str | None = latest.run_id

@@ -99,6 +99,8 @@ def test_each_discrepancy_ends_in_one_outcome():
     assert lines["stripe|acme|api|a"].runs == 2 and lines["stripe|acme|api|a"].found_by == "dry"
     [pending] = discrepancy_lines([r for r in rows if r.discrepancy_key.endswith("|d")], runs[:2], {})
     assert (pending.outcome, pending.settled_by) == (Outcome.PENDING, "apply")
+    # A key only ever seen with our pushes settling is no discrepancy.
+    assert discrepancy_lines([finding("apply", t, "pending", kind="pending")], runs, {}) == []
     # A dry-run finding no later healing run covered stays open.
     [open_line] = discrepancy_lines([finding("dry", t, "observed")], [runs[0], runs[3]], {})
     assert open_line.outcome == Outcome.OPEN
