@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from billing.periods import day_start
 from checks.policy import StaleCounter, UsageWithoutCounter, WaitingEvent
 from checks.types import CheckResult, RecordChecksInput
 
@@ -71,21 +72,25 @@ async def usage_without_counter(conn: asyncpg.Connection, since: date, ingested_
     """(customer, meter, calendar period) keys with usage since `since` (ingested before
     `ingested_before`: the usage sync had its chance) and no counter row whose period holds the
     usage: how many, and a sample."""
+    # Per day first (one pass over the events), then one counter lookup per (customer, meter, day).
     rows = await conn.fetch(
-        """WITH keys AS (
-               SELECT u.customer_id, u.meter,
-                      date_trunc('month', u.occurred_at AT TIME ZONE 'UTC')::date AS period_start,
-                      sum(u.quantity) AS quantity, count(*) AS events
-                 FROM billing.usage_events u
-                WHERE u.occurred_at >= $1 AND u.ingested_at < $2
-                  AND NOT EXISTS (
+        """WITH days AS (
+               SELECT customer_id, meter, (occurred_at AT TIME ZONE 'UTC')::date AS day,
+                      sum(quantity) AS quantity, count(*) AS events
+                 FROM billing.usage_events
+                WHERE occurred_at >= $1 AND ingested_at < $2
+                GROUP BY 1, 2, 3),
+           keys AS (
+               SELECT d.customer_id, d.meter, date_trunc('month', d.day)::date AS period_start,
+                      sum(d.quantity) AS quantity, sum(d.events) AS events
+                 FROM days d
+                WHERE NOT EXISTS (
                       SELECT 1 FROM billing.usage_counters c
-                       WHERE c.customer_id = u.customer_id AND c.meter = u.meter
-                         AND c.period_start <= (u.occurred_at AT TIME ZONE 'UTC')::date
-                         AND c.period_end > (u.occurred_at AT TIME ZONE 'UTC')::date)
+                       WHERE c.customer_id = d.customer_id AND c.meter = d.meter
+                         AND c.period_start <= d.day AND c.period_end > d.day)
                 GROUP BY 1, 2, 3)
            SELECT *, count(*) OVER () AS total FROM keys ORDER BY customer_id, meter, period_start LIMIT $3""",
-        since, ingested_before, sample)
+        day_start(since), ingested_before, sample)
     total = int(rows[0]["total"]) if rows else 0
     return total, [UsageWithoutCounter(r["customer_id"], r["meter"], r["period_start"], Decimal(r["quantity"]),
                                        int(r["events"])) for r in rows]
