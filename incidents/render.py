@@ -81,8 +81,8 @@ def to_markdown(r: IncidentReport) -> str:
         [_t(g.start), _t(g.end) + (" (ongoing)" if g.ongoing else ""), _d(g.duration), str(g.runs_failed),
          g.last_error or ""] for g in r.gaps]) if r.gaps else ["None."]
     out += ["", "## Discrepancies and how they ended", ""]
-    out += _table(["key", "first found", "ledger", "other", "diff", "outcome", "settled by", "amount"], [
-        [d.key, _t(d.first_found), _v(d.ledger), _v(d.other), _v(d.diff), d.outcome.value, d.settled_by or "",
+    out += _table(["key", "kind", "first found", "ledger", "other", "diff", "outcome", "settled by", "amount"], [
+        [d.key, d.kind, _t(d.first_found), _v(d.ledger), _v(d.other), _v(d.diff), d.outcome.value, d.settled_by or "",
          f"{d.amount_minor} {d.currency}" if d.amount_minor is not None else ""] for d in r.discrepancies]) \
         if r.discrepancies else ["None."]
     c = r.corrections
