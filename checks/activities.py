@@ -17,17 +17,18 @@ from checks import policy, store
 from checks.policy import DayTypeTally, tally_key
 from checks.types import CheckRequest, CheckResult, RecordChecksInput
 from common.heartbeat import heartbeat_pages, resume
+from common.paged_activities import mark_seen
 from webhooks.activities import type_patterns
 
 
 class SubscriptionsCheckpoint(BaseModel):
-    starting_after: str | None = None
-    active: list[str] = Field(default_factory=list)  # Stripe's active subscription ids so far
+    starting_after: str | None = None  # Stripe's ids so far are the run's scratch rows (store.SEEN_ACTIVE)
 
 
 class EventsCheckpoint(BaseModel):
     starting_after: str | None = None
     tallies: dict[str, DayTypeTally] = Field(default_factory=dict)  # by policy.tally_key
+    listed: int = 0  # missing event ids kept so far (at most sample_size in all)
 
 
 class CheckActivities:
@@ -45,22 +46,27 @@ class CheckActivities:
         """Stripe's active subscriptions (`status=active`) vs the mirror's. Subscriptions created
         within the grace period are left out on both sides: their webhook may be in flight."""
         created_before = req.now - self._grace(req)
-        cp = resume(SubscriptionsCheckpoint, SubscriptionsCheckpoint())
+        fresh = SubscriptionsCheckpoint()
+        cp = resume(SubscriptionsCheckpoint, fresh)
+        if cp is fresh:  # a first attempt, or one that starts over: no ids from an earlier one
+            async with self.pool.acquire() as conn:
+                await store.forget_active(conn, req.run_id)
 
         async def one_page() -> bool:
             subs, has_more = await self.stripe.list_subscriptions_page(
                 customer=None, starting_after=cp.starting_after, limit=req.page_size, status="active")
-            cp.active += [s["id"] for s in subs if s["created"] < created_before.timestamp()]
+            async with self.pool.acquire() as conn:
+                await mark_seen(conn, req.run_id, store.SEEN_ACTIVE,
+                                [s["id"] for s in subs if s["created"] < created_before.timestamp()])
             if subs:
                 cp.starting_after = subs[-1]["id"]
             return has_more and bool(subs)
 
         await heartbeat_pages(cp, one_page)
-        stripe_active = set(cp.active)
         async with self.pool.acquire() as conn:
-            local = await store.active_subscriptions(conn, created_before)
-            local_status = await store.subscription_statuses(conn, sorted(stripe_active - set(local)))
-        return policy.active_subscriptions(local, stripe_active, local_status=local_status, sample=req.sample_size)
+            compared = await store.compare_active(conn, req.run_id, created_before, req.sample_size)
+            await store.forget_active(conn, req.run_id)
+        return policy.active_subscriptions(compared, sample=req.sample_size)
 
     @activity.defn(name="checks.webhook_gaps")
     async def webhook_gaps(self, req: CheckRequest) -> CheckResult:
@@ -85,8 +91,9 @@ class CheckActivities:
                 t.stripe += 1
                 if e["id"] not in known:
                     t.missing += 1
-                    if len(t.missing_ids) < req.sample_size:
+                    if cp.listed < req.sample_size:  # ids kept in all: the checkpoint stays small
                         t.missing_ids.append(e["id"])
+                        cp.listed += 1
             cp.starting_after = events[-1]["id"]
             return has_more
 

@@ -19,22 +19,31 @@ def _plural(n: int, word: str) -> str:
 # ---------------------------------------------------------------------------- subscriptions
 
 
-def active_subscriptions(local: dict[str, str], stripe_active: set[str], *, local_status: dict[str, str],
-                         sample: int) -> CheckResult:
-    """`local`: the mirror's active subscriptions (id -> customer); `stripe_active`: Stripe's;
-    `local_status`: the mirror's status of Stripe's active ids it holds in another status."""
-    only_local = sorted(set(local) - stripe_active)
-    only_stripe = sorted(stripe_active - set(local))
+@dataclass(frozen=True)
+class ActiveComparison:
+    """Active subscriptions in Stripe vs the mirror: counts, how many ids are on one side only,
+    and a sample of each (Stripe's with the mirror's status, None when the mirror lacks it)."""
+
+    local: int
+    stripe: int
+    only_stripe: int
+    only_local: int
+    only_stripe_sample: list[tuple[str, str | None]]
+    only_local_sample: list[str]
+
+
+def active_subscriptions(c: ActiveComparison, *, sample: int) -> CheckResult:
     items = [CheckItem(key=s, detail="active in Stripe; " + (
-        f"{local_status[s]} in billing.subscriptions" if s in local_status else "missing from billing.subscriptions"))
-        for s in only_stripe]
-    items += [CheckItem(key=s, detail="active in billing.subscriptions, not active in Stripe") for s in only_local]
-    differ = len(only_local) + len(only_stripe)
-    summary = (f"{len(local)} active locally, {len(stripe_active)} in Stripe"
+        f"{status} in billing.subscriptions" if status else "missing from billing.subscriptions"))
+        for s, status in c.only_stripe_sample]
+    items += [CheckItem(key=s, detail="active in billing.subscriptions, not active in Stripe")
+              for s in c.only_local_sample]
+    differ = c.only_local + c.only_stripe
+    summary = (f"{c.local} active locally, {c.stripe} in Stripe"
                + (f"; {_plural(differ, 'subscription')} differ" if differ else ""))
     return CheckResult(check=CheckName.ACTIVE_SUBSCRIPTIONS, passed=differ == 0, summary=summary, findings=differ,
-                       figures={"local": len(local), "stripe": len(stripe_active),
-                                "only_local": len(only_local), "only_stripe": len(only_stripe)},
+                       figures={"local": c.local, "stripe": c.stripe,
+                                "only_local": c.only_local, "only_stripe": c.only_stripe},
                        items=items[:sample])
 
 

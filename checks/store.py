@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from billing.periods import day_start
-from checks.policy import StaleCounter, UsageWithoutCounter, WaitingEvent
+from checks.policy import ActiveComparison, StaleCounter, UsageWithoutCounter, WaitingEvent
 from checks.types import CheckResult, RecordChecksInput
 
 # A successful reconciliation: a usage run that completed in a mode that heals (dry-runs only
@@ -31,18 +31,45 @@ _COVERS = """r.window_start < c.period_end AND r.window_end >= c.period_start
 # ---------------------------------------------------------------------------- subscriptions
 
 
-async def active_subscriptions(conn: asyncpg.Connection, created_before: datetime) -> dict[str, str]:
-    """The mirror's active subscriptions created before `created_before`: id -> Stripe customer."""
-    rows = await conn.fetch(
-        """SELECT stripe_subscription_id, stripe_customer_id FROM billing.subscriptions
-            WHERE status = 'active' AND (stripe_created IS NULL OR stripe_created < $1)""", created_before)
-    return {r["stripe_subscription_id"]: r["stripe_customer_id"] for r in rows}
+# Stripe's active subscription ids a check run listed, kept as the run's scratch rows (they can
+# be 100k: too many for a heartbeat), deleted when the check ends.
+SEEN_ACTIVE = "daily_check.active_subscription"
+
+# The mirror's active subscriptions created before the grace period (`{before}`: its parameter).
+_LOCAL_ACTIVE = "l.status = 'active' AND (l.stripe_created IS NULL OR l.stripe_created < {before})"
 
 
-async def subscription_statuses(conn: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
-    rows = await conn.fetch(
-        "SELECT stripe_subscription_id, status FROM billing.subscriptions WHERE stripe_subscription_id = ANY($1)", ids)
-    return {r["stripe_subscription_id"]: r["status"] for r in rows}
+async def forget_active(conn: asyncpg.Connection, run_id: str) -> None:
+    await conn.execute("DELETE FROM billing.run_seen WHERE run_id = $1 AND kind = $2", run_id, SEEN_ACTIVE)
+
+
+async def compare_active(conn: asyncpg.Connection, run_id: str, created_before: datetime,
+                         sample: int) -> ActiveComparison:
+    """Stripe's active subscriptions (the run's scratch rows) vs the mirror's active ones created
+    before `created_before`: both counts, and the ids on one side only (counted, and a sample
+    with the mirror's status of Stripe's)."""
+    local = await conn.fetchval(
+        f"SELECT count(*) FROM billing.subscriptions l WHERE {_LOCAL_ACTIVE.format(before='$1')}", created_before)
+    stripe = await conn.fetchval("SELECT count(*) FROM billing.run_seen WHERE run_id = $1 AND kind = $2",
+                                 run_id, SEEN_ACTIVE)
+    only_stripe = await conn.fetch(
+        f"""SELECT s.key AS id, l.status, count(*) OVER () AS total
+              FROM billing.run_seen s LEFT JOIN billing.subscriptions l ON l.stripe_subscription_id = s.key
+             WHERE s.run_id = $1 AND s.kind = $2 AND NOT coalesce({_LOCAL_ACTIVE.format(before='$3')}, false)
+             ORDER BY s.key LIMIT $4""", run_id, SEEN_ACTIVE, created_before, sample)
+    only_local = await conn.fetch(
+        f"""SELECT l.stripe_subscription_id AS id, count(*) OVER () AS total
+              FROM billing.subscriptions l
+             WHERE {_LOCAL_ACTIVE.format(before='$3')} AND NOT EXISTS (
+                   SELECT 1 FROM billing.run_seen s
+                    WHERE s.run_id = $1 AND s.kind = $2 AND s.key = l.stripe_subscription_id)
+             ORDER BY l.stripe_subscription_id LIMIT $4""", run_id, SEEN_ACTIVE, created_before, sample)
+    return ActiveComparison(
+        local=int(local), stripe=int(stripe),
+        only_stripe=int(only_stripe[0]["total"]) if only_stripe else 0,
+        only_local=int(only_local[0]["total"]) if only_local else 0,
+        only_stripe_sample=[(r["id"], r["status"]) for r in only_stripe],
+        only_local_sample=[r["id"] for r in only_local])
 
 
 # ---------------------------------------------------------------------------- webhooks

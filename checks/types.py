@@ -48,9 +48,11 @@ class DailyChecksInput(BaseModel):
 
 
 class CheckRequest(DailyChecksInput):
-    """What every check activity gets: the run's input and the one reference time of the run."""
+    """What every check activity gets: the run's input, the one reference time of the run and
+    its id (the key of a check's scratch rows)."""
 
     now: datetime
+    run_id: str
 
 
 class CheckItem(BaseModel):

@@ -62,11 +62,11 @@ class DailyChecks:
     @workflow.run
     async def run(self, inp: DailyChecksInput) -> DailyChecksResult:
         started = workflow.now()
-        request = CheckRequest(now=started, **inp.model_dump())
+        info = workflow.info()
+        request = CheckRequest(now=started, run_id=info.workflow_id, **inp.model_dump())
         self._progress.phase = "checking"
         results = await asyncio.gather(*(self._check(name, request) for name in CHECKS))
         self._progress.phase = "recording"
-        info = workflow.info()
         finished = workflow.now()
         await workflow.execute_activity_method(
             CheckActivities.record,

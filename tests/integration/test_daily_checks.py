@@ -113,7 +113,8 @@ async def test_the_event_listing_resumes_from_its_heartbeat_without_counting_twi
     total = len((await stripe_client.v1.events.list_async(params={"limit": 100})).data)
     gateway = StripeGateway(make_stripe_client(make_settings(postgres_dsn, emulator)), None)
     acts = CheckActivities(clean_db, gateway, make_settings(postgres_dsn, emulator))
-    req = CheckRequest(now=datetime.now(UTC) + timedelta(seconds=1), grace_minutes=0, webhook_days=1, page_size=1)
+    req = CheckRequest(now=datetime.now(UTC) + timedelta(seconds=1), run_id="resume-test", grace_minutes=0,
+                       webhook_days=1, page_size=1)
     env = ActivityEnvironment()
     beats: list[Any] = []
     env.on_heartbeat = lambda *details: beats.append(details[0])
@@ -163,8 +164,12 @@ async def test_subscription_usage_and_inbox_checks_against_postgres_and_stripe(
         params={"customer": cus.id, "items": [{"price": price.id}]})).id
 
     def req(**kw: Any) -> CheckRequest:
-        return CheckRequest(now=datetime.now(UTC) + timedelta(seconds=1), **{"grace_minutes": 0, **kw})
+        return CheckRequest(now=datetime.now(UTC) + timedelta(seconds=1), run_id="activities-test",
+                            **{"grace_minutes": 0, **kw})
 
+    # Scratch rows an earlier, failed attempt of this run left behind: a fresh attempt drops them.
+    await clean_db.execute("INSERT INTO billing.run_seen (run_id, kind, key) VALUES ($1, $2, 'sub_stale')",
+                           "activities-test", store.SEEN_ACTIVE)
     missing = await env.run(acts.active_subscriptions, req())
     assert (missing.passed, [(i.key, i.detail) for i in missing.items]) == (
         False, [(sub, "active in Stripe; missing from billing.subscriptions")])
@@ -179,6 +184,7 @@ async def test_subscription_usage_and_inbox_checks_against_postgres_and_stripe(
     assert [(i.key, i.detail) for i in differ.items] == [
         (sub, "active in Stripe; canceled in billing.subscriptions"),
         ("sub_ghost", "active in billing.subscriptions, not active in Stripe")]
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.run_seen") == 0  # scratch rows removed
 
     # Usage ingested 2 hours ago with no counter; another customer's has its counter.
     await clean_db.execute("INSERT INTO billing.customers (customer_id) VALUES ('nocounter'), ('counted')")

@@ -9,24 +9,33 @@ import pytest
 
 from checks import metrics as checks_metrics
 from checks import policy
-from checks.policy import DayTypeTally, StaleCounter, UsageWithoutCounter, WaitingEvent, tally_key
+from checks.policy import (
+    ActiveComparison,
+    DayTypeTally,
+    StaleCounter,
+    UsageWithoutCounter,
+    WaitingEvent,
+    tally_key,
+)
 from checks.types import CheckName, DailyChecksInput
 
 NOW = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 
 
 def test_active_subscriptions_name_each_side_and_bound_the_list():
-    local = {"sub_a": "cus_1", "sub_b": "cus_2", "sub_only_here": "cus_3"}
-    r = policy.active_subscriptions(local, {"sub_a", "sub_b", "sub_new", "sub_past_due"},
-                                    local_status={"sub_past_due": "past_due"}, sample=20)
+    compared = ActiveComparison(local=3, stripe=4, only_stripe=2, only_local=1,
+                                only_stripe_sample=[("sub_new", None), ("sub_past_due", "past_due")],
+                                only_local_sample=["sub_only_here"])
+    r = policy.active_subscriptions(compared, sample=20)
     assert not r.passed and r.findings == 3
     assert r.figures == {"local": 3, "stripe": 4, "only_local": 1, "only_stripe": 2}
+    assert r.summary == "3 active locally, 4 in Stripe; 3 subscriptions differ"
     assert [(i.key, i.detail) for i in r.items] == [
         ("sub_new", "active in Stripe; missing from billing.subscriptions"),
         ("sub_past_due", "active in Stripe; past_due in billing.subscriptions"),
         ("sub_only_here", "active in billing.subscriptions, not active in Stripe")]
-    assert len(policy.active_subscriptions(local, set(), local_status={}, sample=2).items) == 2
-    ok = policy.active_subscriptions({"sub_a": "cus_1"}, {"sub_a"}, local_status={}, sample=20)
+    assert len(policy.active_subscriptions(compared, sample=2).items) == 2
+    ok = policy.active_subscriptions(ActiveComparison(1, 1, 0, 0, [], []), sample=20)
     assert ok.passed and ok.findings == 0 and ok.summary == "1 active locally, 1 in Stripe"
 
 
