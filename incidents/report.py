@@ -99,8 +99,11 @@ def business_key(discrepancy_key: str) -> str:
     return discrepancy_key.removeprefix(VERIFY_PREFIX)
 
 
-def unit_amount(diff: Decimal, price: UnitPrice) -> int:
-    """`diff` units at the price, in minor units (half up): positive = under-billed."""
+def unit_amount(diff: Decimal | None, price: UnitPrice | None) -> int | None:
+    """`diff` units at the price, in minor units (half up): positive = under-billed. None without
+    a price, or for a value that is no number (a poison ledger row stored before the checks)."""
+    if price is None or diff is None or not diff.is_finite():
+        return None
     return int((diff * price.unit_amount_decimal).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -167,8 +170,8 @@ def discrepancy_lines(rows: list[DiscrepancyRow], runs: list[RunRow],
             runs=len({x.run_id for x in found}), ledger=first.ledger_value,
             other=first.stripe_value if stripe_side else first.counter_value, diff=first.diff, outcome=outcome,
             settled_by=settled_by,
-            amount_minor=unit_amount(first.diff, price) if price is not None and first.diff is not None else None,
-            currency=price.currency if price is not None else None))
+            amount_minor=(amount := unit_amount(first.diff, price)),
+            currency=price.currency if price is not None and amount is not None else None))
     return lines
 
 
@@ -232,7 +235,7 @@ def totals(gaps: list[Gap], lines: list[DiscrepancyLine], corrections: Correctio
                manual_adjustments=len(manual), events_missed=events.missed)
     for line in lines:
         t.by_outcome[line.outcome.value] = t.by_outcome.get(line.outcome.value, 0) + 1
-        if line.other is None or line.diff is None or line.kind in COUNTER_KINDS:
+        if line.other is None or line.diff is None or not line.diff.is_finite() or line.kind in COUNTER_KINDS:
             continue
         t.quantity_by_meter[line.meter] = t.quantity_by_meter.get(line.meter, Decimal(0)) + abs(line.diff)
         if line.amount_minor is None or line.currency is None:

@@ -6,8 +6,13 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, Field
+
+# A usage value as stored: rows from before the ledger's constraints can hold NaN or Infinity
+# (reconciliation reports them as invalid_usage); the report lists them, it never refuses them.
+Quantity = Annotated[Decimal, Field(allow_inf_nan=True)]
 
 # --------------------------------------------------------------------------------- read
 
@@ -51,10 +56,10 @@ class DiscrepancyRow(BaseModel):
     meter: str
     usage_day: date | None = None
     period_start: date | None = None
-    ledger_value: Decimal | None = None
-    counter_value: Decimal | None = None
-    stripe_value: Decimal | None = None
-    diff: Decimal | None = None
+    ledger_value: Quantity | None = None
+    counter_value: Quantity | None = None
+    stripe_value: Quantity | None = None
+    diff: Quantity | None = None
     action: str | None = None
     detail: str | None = None
     created_at: datetime
@@ -160,9 +165,9 @@ class DiscrepancyLine(BaseModel):
     first_found: datetime
     found_by: str  # the first run that found it
     runs: int  # how many runs recorded it
-    ledger: Decimal | None = None
-    other: Decimal | None = None  # Stripe's value, or the counter's
-    diff: Decimal | None = None  # as first found
+    ledger: Quantity | None = None
+    other: Quantity | None = None  # Stripe's value, or the counter's
+    diff: Quantity | None = None  # as first found
     outcome: Outcome
     settled_by: str | None = None  # the run whose record decided the outcome
     amount_minor: int | None = None  # |diff| priced; blank when no price is known

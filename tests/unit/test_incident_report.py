@@ -124,6 +124,15 @@ def test_amounts_only_where_one_metered_per_unit_price_is_known():
     [counter] = discrepancy_lines([finding("apply", T0, "applied", key="counter|acme|api|2026-11-01",
                                            kind="counter_drift", stripe=None)], [run("apply", T0)], table)
     assert counter.amount_minor is None  # a counter is not billing
+    # A poison ledger value (NaN, stored before the constraints) is listed, never priced or summed.
+    poison = finding("apply", T0, "observed", kind="invalid_usage").model_copy(
+        update={"ledger_value": Decimal("NaN"), "diff": Decimal("NaN")})
+    [line] = discrepancy_lines([poison], [run("apply", T0)], table)
+    assert line.amount_minor is None and line.currency is None and line.outcome == Outcome.OPEN
+    report = build_report(IncidentData(since=T0, until=T0 + timedelta(days=1), discrepancies=[poison],
+                                       runs=[run("apply", T0)], prices=table), max_gap=timedelta(days=2))
+    assert report.totals.quantity_by_meter == {} and report.totals.by_outcome == {"open": 1}
+    assert "NaN" in render(report, ReportFormat.MD)
 
 
 def test_corrections_and_report_totals():
