@@ -31,6 +31,7 @@ from temporalio.workflow import _Definition
 
 from allocations.workflow import ReconcileAllocations
 from backfill.workflow import CatchUpBackfill
+from checks.workflow import DailyChecks
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
 from resync.invoices_workflow import ResyncInvoices
@@ -52,7 +53,7 @@ OVERLAP = {
 KNOWN_WORKFLOWS: dict[str, Callable[..., Awaitable[Any]]] = {
     _Definition.must_from_class(wf).name or wf.__name__: wf.run
     for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, ResyncInvoices, RepairCredits, CatchUpBackfill,
-               ReconcileAllocations, RevenueReconciliation)
+               ReconcileAllocations, RevenueReconciliation, DailyChecks)
 }
 
 

@@ -270,11 +270,11 @@ class StripeGateway:
         return [e.to_dict(for_json=True) for e in page.data], bool(page.has_more)
 
     async def list_subscriptions_page(
-        self, *, customer: str | None, starting_after: str | None, limit: int = 100,
+        self, *, customer: str | None, starting_after: str | None, limit: int = 100, status: str = "all",
     ) -> tuple[list[dict], bool]:
-        """One page of /v1/subscriptions with every status (`status=all`: canceled included;
-        Stripe's default leaves canceled ones out), newest first."""
-        params: dict = {"status": "all", "limit": limit}
+        """One page of /v1/subscriptions, newest first: with every status by default (`status=all`:
+        canceled included; Stripe's default leaves canceled ones out), or in one status."""
+        params: dict = {"status": status, "limit": limit}
         if customer:
             params["customer"] = customer
         if starting_after:

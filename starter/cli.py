@@ -29,10 +29,12 @@ def _mount() -> None:
         allocations_commands,
         autoheal_commands,
         backfill_commands,
+        checks_commands,
         credits_commands,
         customer_commands,
         demo,
         dev,
+        incident_commands,
         reconcile_commands,
         resync_commands,
         revenue_commands,
@@ -58,6 +60,8 @@ def _mount() -> None:
     allocations_commands.register(app)
     customer_commands.register(app)
     revenue_commands.register(app)
+    checks_commands.register(app)
+    incident_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

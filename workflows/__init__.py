@@ -10,6 +10,7 @@ from types import ModuleType
 import allocations
 import autoheal
 import backfill
+import checks
 import credits
 import customer
 import health
@@ -19,7 +20,7 @@ import revenue
 import webhooks
 
 JOBS: tuple[ModuleType, ...] = (
-    reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue,
+    reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue, checks,
 )
 
 
