@@ -59,12 +59,17 @@ WEBHOOK_BACKLOG_AGE = "billing_webhook_inbox_oldest_age_seconds"  # oldest event
 PAUSED = "billing_autoheal_paused"  # global switch (1) + runs paused one by one (observe-only)
 PAUSED_SINCE = "billing_autoheal_paused_since_timestamp"  # when the oldest current pause began
 COLLECTOR_REFRESH = "billing_metrics_collector_last_refresh_timestamp"  # last good refresh
+# Daily checks (checks/, from billing.daily_check_*): the last result of each check.
+DAILY_CHECK_FAILED = "billing_daily_check_failed"  # {check}: 1 when its last result failed
+DAILY_CHECK_FINDINGS = "billing_daily_check_findings"  # {check}: what its last result found wrong
+DAILY_CHECKS_LAST_RUN = "billing_daily_checks_last_run_timestamp"  # when the last run finished (0: never)
 
 COUNTERS = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_QUOTA, CORRECTIONS, STRIPE_REQUESTS,
             STRIPE_RETRIES, WEBHOOK_RECEIVED, WEBHOOK_PROCESSED)
 HISTOGRAMS = (DURATION, STRIPE_DURATION)
 GAUGES = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, DIFF_PCT, EPSILON, OPEN_RUNS,
-          WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH)
+          WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH,
+          DAILY_CHECK_FAILED, DAILY_CHECK_FINDINGS, DAILY_CHECKS_LAST_RUN)
 
 HISTOGRAM_BUCKETS: dict[str, list[float]] = {
     DURATION: [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800],
@@ -139,6 +144,12 @@ class _Instruments:
                 PAUSED_SINCE, "Unix time the oldest current pause began (0 if none)"),
             COLLECTOR_REFRESH: m.create_gauge_float(
                 COLLECTOR_REFRESH, "Unix time the Postgres-derived gauges were last refreshed"),
+            DAILY_CHECK_FAILED: m.create_gauge_float(
+                DAILY_CHECK_FAILED, "1 when the last result of a daily check failed, else 0"),
+            DAILY_CHECK_FINDINGS: m.create_gauge_float(
+                DAILY_CHECK_FINDINGS, "What the last result of a daily check found wrong (ids, events, keys)"),
+            DAILY_CHECKS_LAST_RUN: m.create_gauge_float(
+                DAILY_CHECKS_LAST_RUN, "Unix time the last daily checks run finished (0 if never)"),
         }
 
 

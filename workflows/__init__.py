@@ -10,13 +10,18 @@ from types import ModuleType
 import allocations
 import autoheal
 import backfill
+import checks
 import credits
+import customer
 import health
 import reconcile
 import resync
+import revenue
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
+JOBS: tuple[ModuleType, ...] = (
+    reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue, checks,
+)
 
 
 def all_workflows() -> list[type]:
