@@ -144,7 +144,8 @@ def start_metadata(workflow_type: str, workflow_id: str, request: object, *,
     if correlation_id:
         facts.append(("correlation id", f"`{correlation_id}`"))
     facts += [(k, f"`{v}`") for k, v in fields.items()]
-    actions = [(what, cmd.format(id=workflow_id)) for what, cmd in ACTIONS.get(workflow_type, GENERIC_ACTIONS)]
+    actions = [(what, cmd.format(id=workflow_id)) for what, cmd in ACTIONS.get(workflow_type, GENERIC_ACTIONS)
+               if not (str(mode) == "dry-run" and _acts_on_writes(cmd))]
     details = render(f"{workflow_type}: {summary}", facts=facts, note=note, actions=[
         ("progress and outcome", f"temporal workflow describe -w {workflow_id}"), *actions])
     return StartMetadata(TypedSearchAttributes(pairs), summary[:MAX_SUMMARY_CHARS], details)
@@ -246,6 +247,11 @@ def _input_fields(request: object) -> dict[str, str]:
     else:
         return {}
     return {k: _short(v) for k, v in data.items() if v not in (None, [], {})}
+
+
+def _acts_on_writes(command: str) -> bool:
+    """Pause, approve, reject: nothing to act on in a dry-run, which writes nothing."""
+    return any(f" {verb} " in command for verb in ("pause", "approve", "reject"))
 
 
 def _scoped(request: object) -> bool:

@@ -44,6 +44,12 @@ def test_start_metadata_of_a_reconciliation():
         assert text in meta.details, text
 
 
+def test_a_dry_run_offers_no_commands_that_act_on_writes():
+    meta = ui.start_metadata("ReconcileUsage", "dry-1", ReconcileUsageInput(), correlation_id=None)
+    assert "billing-recon report dry-1" in meta.details
+    assert "approve" not in meta.details and "pause" not in meta.details
+
+
 def test_start_metadata_of_a_job_without_customers_list_or_known_actions():
     meta = ui.start_metadata("ResyncSubscriptions", "resync-1", ResyncSubscriptionsInput(customer="acme"),
                              correlation_id=None)
