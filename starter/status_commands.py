@@ -50,7 +50,7 @@ async def gather_status() -> dict[str, Any]:
         "inbox": {"received": inbox.get("received", 0), "failed": inbox.get("failed", 0),
                   "processed": inbox.get("processed", 0), "ignored": inbox.get("ignored", 0),
                   "oldest_received_age_seconds": (now - oldest_received).total_seconds() if oldest_received else None},
-        "schedules": [], "running": [], "temporal": "ok",
+        "schedules": [], "running": [], "temporal": "ok", "awaiting_approval": None,
         "daily_checks": [{"check": r["check_name"], "passed": r["passed"], "summary": r["summary"],
                           "run_id": r["run_id"], "finished_at": r["finished_at"]} for r in daily_checks],
     }
@@ -63,6 +63,7 @@ async def gather_status() -> dict[str, Any]:
         client = await temporal()
         status["schedules"] = await describe_schedules(client)
         status["running"] = await running_workflows(client)
+        status["awaiting_approval"] = await visibility.count_awaiting_approval(client)
     except Unreachable as e:
         status["temporal"] = f"unreachable: {e.__cause__}"
     except RPCError as e:
@@ -122,6 +123,9 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     if data["temporal"] != "ok":
         err.print(f"[red]Temporal {data['temporal']}[/red]")
         return
+    if data["awaiting_approval"]:
+        console.print(f"[yellow]awaiting approval: {data['awaiting_approval']} run(s)[/yellow] "
+                      "(billing-recon runs --outcome awaiting_approval)")
     print_schedules(data["schedules"])
     t = Table(title="running workflows")
     for col in ("workflow", "type", "progress", "link"):

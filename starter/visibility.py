@@ -74,6 +74,18 @@ async def find_runs(query: str, limit: int, client: Client | None = None) -> lis
         raise
 
 
+async def count_awaiting_approval(client: Client) -> int | None:
+    """Running runs whose plan (or held over-reporting) waits for a human; None where the
+    namespace lacks our search attributes."""
+    query = f"{ui.OUTCOME.name} = '{ui.Outcome.AWAITING_APPROVAL.value}' AND ExecutionStatus = 'Running'"
+    try:
+        return (await client.count_workflows(query)).count
+    except RPCError as e:
+        if e.status == RPCStatusCode.INVALID_ARGUMENT:
+            return None
+        raise
+
+
 def print_runs(rows: list[dict[str, Any]], query: str, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, default=str))

@@ -136,6 +136,11 @@ async def test_a_plan_awaiting_approval_is_found_by_its_outcome_with_the_command
         await eventually_listed(temporal_env, "BillingOutcome = 'awaiting_approval' AND BillingMode = 'plan'", run_id)
         current = (await handle.query("__temporal_workflow_metadata")).current_details
         assert "Needs a human" in current and f"billing-recon approve {run_id} --actor YOU" in current
+        code, out, err = await cli(cli_env, "status", "--json")
+        assert code == 0, err
+        assert json.loads(out)["awaiting_approval"] >= 1  # this run (the dev server is shared)
+        code, out, err = await cli(cli_env, "status")
+        assert code == 0 and "(billing-recon runs --outcome awaiting_approval)" in out, err
 
         code, out, err = await cli(cli_env, "approve", run_id, "--actor", "alice", "--reason", "checked")
         assert code == 0, err
