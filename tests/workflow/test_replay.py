@@ -87,6 +87,15 @@ def test_histories_cover_the_ui_metadata_and_the_deadman_ping():
     assert "TemporalScheduledById" in scheduled and '"deadman.ping"' in scheduled
 
 
+async def test_the_ui_histories_need_the_worker_interceptors():
+    """The outcome upserts are commands of the interceptor: a worker (or replayer) without it
+    would not reproduce them. Every worker gets it from `common.client.default_interceptors`."""
+    replayer = Replayer(workflows=all_workflows(), data_converter=data_converter)
+    result = await replayer.replay_workflow(load(HISTORIES / "reconcile_usage_ui_scheduled.json"),
+                                            raise_on_replay_failure=False)
+    assert result.replay_failure is not None and "nondetermin" in str(result.replay_failure).lower()
+
+
 async def test_replay_detects_a_non_deterministic_change():
     path = HISTORIES / "smoke.json"
     replayer = Replayer(workflows=[SmokeReordered], data_converter=data_converter)
