@@ -41,6 +41,7 @@ def _mount() -> None:
         schedule_commands,
         setup_commands,
         status_commands,
+        visibility,
         webhook_commands,
     )
     from stripe_emulator import cli as emulator_cli
@@ -62,6 +63,7 @@ def _mount() -> None:
     revenue_commands.register(app)
     checks_commands.register(app)
     incident_commands.register(app)
+    visibility.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}
