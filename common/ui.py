@@ -86,6 +86,15 @@ ACTIONS: dict[str, list[tuple[str, str]]] = {
         ("approve a held plan", 'billing-recon allocations approve {id} --actor YOU --reason "..."'),
         ("reject it", 'billing-recon allocations reject {id} --actor YOU --reason "..."'),
     ],
+    "RevenueReconciliation": [
+        ("apply its fixes", "billing-recon revenue --since SINCE --until UNTIL --apply"),
+        ("export its findings", "billing-recon revenue --since SINCE --until UNTIL --export findings.csv"),
+    ],
+    "DailyChecks": [("see the last results", "billing-recon checks --last")],
+    "RepairCustomer": [
+        ("see the customer", "billing-recon customer show CUSTOMER"),
+        ("apply the repair", "billing-recon customer repair CUSTOMER --apply"),
+    ],
 }
 GENERIC_ACTIONS = [("its corrective writes", "billing-recon audit --workflow-id {id}")]
 
