@@ -15,7 +15,7 @@ from starlette.routing import Route
 from .errors import StripeError
 from .resources.base import public
 from .resources.checkout_sessions import complete_checkout_session
-from .resources.invoices import fail_invoice_payment
+from .resources.invoices import fail_invoice_payment, finalize_due_invoices
 from .resources.meter_events import seed_meter_events
 from .resources.subscriptions import roll_subscriptions
 from .state import RequestContext, Store, new_request_id
@@ -82,6 +82,7 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         except (ValueError, TypeError) as exc:
             return _bad(str(exc))
         roll_subscriptions(store)
+        finalize_due_invoices(store)
         return JSONResponse({"now": store.now()})
 
     async def freeze(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """Invoice items: ``POST /v1/invoiceitems`` (and retrieve). An item given an ``invoice`` (a
 draft of the same customer) becomes one of its lines at once and raises its totals; an item
-without one waits for the customer's next invoice (the emulator keeps it pending: its
-subscription invoices do not pick pending items up). Amount in minor units, integer."""
+without one waits for the customer's next invoice: the next renewal draft of a subscription
+picks up the customer's pending items (``attach_pending_items``), as in Stripe. Amount in minor units, integer."""
 
 from __future__ import annotations
 
@@ -66,6 +66,14 @@ def create_invoiceitem(s: Store, ctx: RequestContext | None, p: Params) -> dict[
     if inv is not None:
         _add_line(inv, item)
     return item
+
+
+def attach_pending_items(s: Store, inv: dict[str, Any]) -> None:
+    """Move the customer's pending items (no invoice yet, same currency) onto draft ``inv``."""
+    for item in s.col("invoiceitem").objects.values():
+        if item["invoice"] is None and item["customer"] == inv["customer"] and item["currency"] == inv["currency"]:
+            item["invoice"] = inv["id"]
+            _add_line(inv, item)
 
 
 def _add_line(inv: dict[str, Any], item: dict[str, Any]) -> None:
