@@ -86,7 +86,7 @@ def create_credit_note(s: Store, ctx: RequestContext | None, p: Params) -> dict[
             "amount",
             "credit_note_amount_exceeds_invoice",  # [U] the code Stripe uses is not published
         )
-    credit_amount = refund_amount = out_of_band = 0
+    credit_amount = out_of_band = 0
     if post:
         given = {k: to_int(p[k], k) for k in ("credit_amount", "refund_amount", "out_of_band_amount")
                  if p.get(k) not in (None, "")}
