@@ -58,6 +58,9 @@ class AuditAction(StrEnum):
     # The application's `billing.link_customer` re-keyed the receiver's placeholder customer row
     # (customer_id = its Stripe id) to the application's id (written by SQL: migration 0012).
     CUSTOMER_LINK = "customer.link"
+    # An approved invoice adjustment for a closed billing period (ReconcileUsage plan mode):
+    # an invoice item, a credit note or a customer balance credit (its kind in `after`).
+    USAGE_INVOICE_ADJUSTMENT = "usage.invoice_adjustment"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

@@ -107,6 +107,7 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
             req.auto_approve_over_reporting if req.auto_approve_over_reporting is not None
             else s.recon_auto_approve_over_reporting),
         page_size=req.page_size or s.recon_page_size,
+        invoice_grace_seconds=s.recon_invoice_grace_seconds,
     )
     ctx = RunContext(
         run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,

@@ -1,0 +1,143 @@
+"""SQL of billing periods (migration 0019): each customer's metered subscription items, the
+state of the invoice of their previous period, and the closed periods (final invoices) the
+window overlaps, with what they billed, what we adjusted since and the exact ledger. Read in
+the batch's snapshot (reconcile/store.py read_batch) and by the apply-time re-checks."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from billing.periods import DAY, FINAL_INVOICE_STATUSES, ItemPeriod, day_start
+from billing.policy import MAX_QUANTITY
+from billing.pricing import Price, PriceError
+from reconcile.adjust import ClosedPeriod
+from reconcile.types import RunContext
+
+# A subscription still billing, preferred over an ended one for the same customer and meter.
+LIVE_SUBSCRIPTION = ("active", "trialing", "past_due", "unpaid", "paused")
+# Outbox rows that count as adjusted (a `failed` one never reached Stripe).
+ADJUSTED_STATUSES = ("planned", "sent")
+
+
+async def item_periods(conn: asyncpg.Connection, ctx: RunContext, customers: list[str],
+                       ) -> dict[tuple[str, str], ItemPeriod]:
+    """(customer, meter event name) -> the metered item billing it. A subscription canceled
+    mid-period ends its period at `ended_at` (its final invoice bills up to there)."""
+    by_meter_id = {m.stripe_meter_id: m.event_name for m in ctx.meters}
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (c.customer_id, i.meter_id)
+               c.customer_id, i.meter_id, i.interval, i.interval_count, s.billing_cycle_anchor,
+               p.start, i.current_period_end, prev.status AS prev_status, prev.finalizes_at
+          FROM billing.customers c
+          JOIN billing.subscription_items i ON i.stripe_customer_id = c.stripe_customer_id
+          JOIN billing.subscriptions s USING (stripe_subscription_id)
+          CROSS JOIN LATERAL (SELECT CASE WHEN s.ended_at IS NOT NULL AND s.ended_at < i.current_period_end
+                                          THEN s.ended_at ELSE i.current_period_start END AS start) p
+          LEFT JOIN LATERAL (
+                SELECT v.status, to_timestamp((v.raw->>'automatically_finalizes_at')::bigint) AS finalizes_at
+                  FROM billing.invoices v
+                 WHERE v.stripe_subscription_id = s.stripe_subscription_id AND v.period_end = p.start
+                   AND v.period_start < v.period_end
+                 ORDER BY v.stripe_created DESC NULLS LAST LIMIT 1) prev ON true
+         WHERE c.customer_id = ANY($1) AND i.usage_type = 'metered' AND i.meter_id = ANY($2)
+           AND i.current_period_start IS NOT NULL AND i.current_period_end IS NOT NULL
+         ORDER BY c.customer_id, i.meter_id, (s.status = ANY($3)) DESC, i.current_period_end DESC
+        """,
+        customers, list(by_meter_id), list(LIVE_SUBSCRIPTION))
+    return {
+        (r["customer_id"], by_meter_id[r["meter_id"]]): ItemPeriod(
+            meter_id=r["meter_id"], start=r["start"], end=max(r["current_period_end"], r["start"]),
+            interval=r["interval"] or "month", interval_count=r["interval_count"] or 1,
+            anchor_day=r["billing_cycle_anchor"].day if r["billing_cycle_anchor"] else None,
+            previous_invoice_status=r["prev_status"], previous_finalizes_at=r["finalizes_at"])
+        for r in rows
+    }
+
+
+async def closed_periods(conn: asyncpg.Connection, ctx: RunContext, customers: list[str],
+                         prices: dict[str, dict[str, Any]] | None = None, *,
+                         invoice: str | None = None) -> list[ClosedPeriod]:
+    """Every metered item's period on a final invoice overlapping the run's window, judged
+    whole: the invoice line's quantity, our earlier adjustments, the exact ledger. `prices`:
+    price objects read from Stripe (tiers expanded) for items whose mirror copy lacks them."""
+    by_meter_id = {m.stripe_meter_id: m.event_name for m in ctx.meters}
+    rows = await conn.fetch(
+        """
+        SELECT c.customer_id, c.stripe_customer_id, i.meter_id, i.stripe_subscription_item_id AS item_id,
+               i.price, v.stripe_invoice_id, v.status, v.currency, v.period_start, v.period_end,
+               v.amount_paid, v.amount_remaining, v.raw->'lines' AS lines,
+               coalesce((v.raw->>'post_payment_credit_notes_amount')::bigint, 0) AS post_credited,
+               (SELECT coalesce(sum(quantity), 0) FROM billing.invoice_adjustments a
+                 WHERE a.stripe_invoice_id = v.stripe_invoice_id AND a.meter = i.meter_id
+                   AND a.status = ANY($6)) AS adjusted,
+               (SELECT coalesce(sum(quantity) FILTER (WHERE quantity > -$7::numeric AND quantity < $7::numeric), 0)
+                  FROM billing.usage_events e
+                 WHERE e.customer_id = c.customer_id AND e.meter = $8::jsonb->>i.meter_id
+                   AND e.occurred_at >= v.period_start AND e.occurred_at < v.period_end) AS ledger
+          FROM billing.customers c
+          JOIN billing.subscription_items i ON i.stripe_customer_id = c.stripe_customer_id
+          JOIN billing.invoices v ON v.stripe_subscription_id = i.stripe_subscription_id
+         WHERE c.customer_id = ANY($1) AND i.usage_type = 'metered' AND i.meter_id = ANY($2)
+           AND v.status = ANY($3) AND v.period_start < v.period_end
+           AND v.period_end > $4 AND v.period_start < $5
+           AND ($9::text IS NULL OR v.stripe_invoice_id = $9)
+        """,
+        customers, list(by_meter_id), list(FINAL_INVOICE_STATUSES), day_start(ctx.window_start),
+        day_start(ctx.window_end) + DAY,
+        list(ADJUSTED_STATUSES), MAX_QUANTITY, json.dumps(by_meter_id), invoice)
+    out: list[ClosedPeriod] = []
+    for r in rows:
+        billed = _billed(_json(r["lines"]), r["item_id"])
+        if billed is None:
+            continue  # the item was not on this invoice (added later): nothing it billed to judge
+        price_obj = (prices or {}).get(_json(r["price"]).get("id", "")) or _json(r["price"])
+        price, error = None, ""
+        try:
+            price = Price.from_stripe(price_obj)
+        except PriceError as e:
+            error = str(e)
+        paid = r["status"] == "paid"
+        creditable = ((r["amount_paid"] or 0) - r["post_credited"]) if paid else (r["amount_remaining"] or 0)
+        out.append(ClosedPeriod(
+            customer_id=r["customer_id"], stripe_customer_id=r["stripe_customer_id"],
+            meter=by_meter_id[r["meter_id"]], stripe_invoice_id=r["stripe_invoice_id"],
+            invoice_status=r["status"], currency=r["currency"] or "usd",
+            period_start=r["period_start"], period_end=r["period_end"], billed=billed,
+            adjusted=Decimal(r["adjusted"]), ledger=Decimal(r["ledger"]), price=price,
+            price_error=error, creditable=max(creditable, 0)))
+    return out
+
+
+async def prices_missing_tiers(conn: asyncpg.Connection, customers: list[str]) -> list[str]:
+    """Tiered prices of the customers' metered items that the mirror holds without their tiers
+    (a subscription listing cannot expand them): read from Stripe before the batch is planned."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT i.price_id FROM billing.customers c
+          JOIN billing.subscription_items i ON i.stripe_customer_id = c.stripe_customer_id
+         WHERE c.customer_id = ANY($1) AND i.usage_type = 'metered'
+           AND i.price->>'billing_scheme' = 'tiered' AND jsonb_typeof(i.price->'tiers') IS DISTINCT FROM 'array'
+        """, customers)
+    return [r["price_id"] for r in rows]
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, str | bytes):
+        return json.loads(v)
+    return v if v is not None else {}
+
+
+def _billed(lines: dict[str, Any], item_id: str) -> Decimal | None:
+    """The quantity the invoice billed for a subscription item (its usage line)."""
+    total = None
+    for line in lines.get("data") or []:
+        details = (line.get("parent") or {}).get("subscription_item_details") or {}
+        if details.get("subscription_item") == item_id:
+            q = line.get("quantity_decimal") or line.get("quantity") or 0
+            total = (total or Decimal(0)) + Decimal(str(q))
+    return total
