@@ -14,7 +14,15 @@ from billing.policy import FindingKind
 from billing.pricing import Price
 from reconcile.adjust import ClosedPeriod, adjustment_identifier, choose_kind, plan_closed_period
 from reconcile.plans import AdjustmentKind, CounterCorrection, InvoiceAdjustment, StripeCorrection
-from reconcile.scan import BatchRows, CounterRow, Customer, LedgerDay, ScanPolicy, Summaries, plan_batch
+from reconcile.scan import (
+    BatchRows,
+    CounterRow,
+    Customer,
+    LedgerDay,
+    ScanPolicy,
+    Summaries,
+    plan_batch,
+)
 from reconcile.types import DiscrepancyStatus, WriteMode
 
 D = Decimal
