@@ -89,7 +89,7 @@ async def closed_periods(conn: asyncpg.Connection, ctx: RunContext, customers: l
         """,
         customers, list(by_meter_id), list(FINAL_INVOICE_STATUSES), day_start(ctx.window_start),
         day_start(ctx.window_end) + DAY,
-        list(ADJUSTED_STATUSES), MAX_QUANTITY, json.dumps(by_meter_id), invoice)
+        list(ADJUSTED_STATUSES), MAX_QUANTITY, by_meter_id, invoice)
     out: list[ClosedPeriod] = []
     for r in rows:
         billed = _billed(_json(r["lines"]), r["item_id"])

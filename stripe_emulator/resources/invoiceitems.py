@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import StripeError, invalid, missing
-from ..params import to_int
+from ..params import paginate, to_bool, to_int
 from ..state import RequestContext, Store, new_id
 from .base import Params, Route, merge_metadata, retrieve
 
@@ -117,7 +117,19 @@ def _add_line(inv: dict[str, Any], item: dict[str, Any]) -> None:
         inv[k] += amount
 
 
+def list_invoiceitems(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
+    """Filters ``customer``, ``invoice`` and ``pending`` (true: not on an invoice yet)."""
+    customer, invoice = p.get("customer"), p.get("invoice")
+    pending = to_bool(p["pending"], "pending") if "pending" in p else None
+    items = s.col("invoiceitem").newest_first(
+        lambda o: (customer is None or o["customer"] == customer)
+        and (invoice is None or o["invoice"] == invoice)
+        and (pending is None or (o["invoice"] is None) == pending))
+    return paginate(items, p, "/v1/invoiceitems", "invoiceitem")
+
+
 ROUTES = (
+    Route("GET", "/v1/invoiceitems", list_invoiceitems),
     Route("POST", "/v1/invoiceitems", create_invoiceitem),
     Route("GET", "/v1/invoiceitems/{id}", retrieve("invoiceitem")),
 )
