@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from billing.policy import FindingKind, to_stripe_value
+from billing.policy import FindingKind, normalize, to_stripe_value
 from billing.pricing import Price, PriceError, adjustment_amount
 from reconcile.plans import AdjustmentKind, Finding, InvoiceAdjustment
 from reconcile.types import DiscrepancyStatus, WriteMode
@@ -81,7 +81,7 @@ def _finding(c: ClosedPeriod, prefix: str, status: DiscrepancyStatus, detail: st
         key=f"{prefix}adjust|{c.customer_id}|{c.meter}|{c.stripe_invoice_id}",
         kind=FindingKind.NEEDS_INVOICE_ADJUSTMENT, customer_id=c.customer_id,
         stripe_customer_id=c.stripe_customer_id, meter=c.meter, period_start=c.period_start.date(),
-        ledger=c.ledger, stripe=effective, adjust_quantity=c.ledger - effective, adjust_amount=amount,
+        ledger=c.ledger, stripe=effective, adjust_quantity=normalize(c.ledger - effective), adjust_amount=amount,
         currency=c.currency, stripe_invoice_id=c.stripe_invoice_id, status=status, detail=detail[:500],
         plan=plan)
 
@@ -110,7 +110,7 @@ def plan_closed_period(c: ClosedPeriod, mode: WriteMode, run_id: str, prefix: st
     plan = InvoiceAdjustment(
         adjustment=kind, identifier=adjustment_identifier(c, kind),
         stripe_invoice_id=c.stripe_invoice_id, period_start=c.period_start, period_end=c.period_end,
-        quantity=quantity, amount=abs(signed), currency=c.currency, price_id=c.price.id,
+        quantity=normalize(quantity), amount=abs(signed), currency=c.currency, price_id=c.price.id,
         billed=effective, ledger=c.ledger, description=describe(c, quantity, run_id))
     return _finding(c, prefix, DiscrepancyStatus.PROPOSED,
                     f"{kind} of {abs(signed)} {c.currency} for {to_stripe_value(quantity)} units", signed, plan)

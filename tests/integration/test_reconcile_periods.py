@@ -8,6 +8,7 @@ adjustments"."""
 
 from __future__ import annotations
 
+import csv
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from billing.periods import day_start
 from common.types import Mode, RunStatus
 from reconcile.types import ApprovalDecision, Phase, ReconcileUsageInput
 
+from .cli_helpers import cli
 from .period_helpers import (
     METER,
     latest_invoice,
@@ -118,7 +120,8 @@ async def test_usage_during_the_grace_lands_on_the_old_invoice(
 
 
 async def test_closed_periods_become_approved_adjustments_exactly_once(
-        clean_db, stripe_client, emulator_admin, temporal_env, task_queue, postgres_dsn, emulator):
+        clean_db, stripe_client, emulator_admin, temporal_env, task_queue, postgres_dsn, emulator, cli_env,
+        tmp_path):
     today = datetime.now(UTC).date()
     await emulator_admin.reset(reset_config=True, clock_offset_seconds=-3 * DAY)
     _, prices = await meter_and_prices(stripe_client)
@@ -184,6 +187,16 @@ async def test_closed_periods_become_approved_adjustments_exactly_once(
         ("credit_note", 600, "sent"), ("invoice_item", 400, "sent"), ("invoice_item", 1000, "sent")]
     assert await clean_db.fetchval(
         "SELECT count(*) FROM billing.audit_log WHERE action = 'usage.invoice_adjustment'") == 3
+
+    # Finance's CSV: one row per closed period, quantity and amount in minor units.
+    export = tmp_path / "adjustments.csv"
+    code, _, err = await cli(cli_env, "report", "periods-plan-2", "--export-adjustments", str(export))
+    assert code == 0, err
+    rows = {r["customer_id"]: r for r in csv.DictReader(export.open())}
+    assert {c: (r["adjust_quantity"], r["adjust_amount"], r["currency"], r["action"]) for c, r in rows.items()} == {
+        under.customer_id: ("500", "1000", "usd", "invoice_item"),
+        tiered.customer_id: ("300", "400", "usd", "invoice_item"),
+        over.customer_id: ("-300", "-600", "usd", "credit_note")}
 
     # The next invoice bills the adjustment.
     sub = await stripe_client.v1.subscriptions.retrieve_async(under.subscription_id)
