@@ -6,6 +6,7 @@ the batch's snapshot (reconcile/store.py read_batch) and by the apply-time re-ch
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -141,3 +142,31 @@ def _billed(lines: dict[str, Any], item_id: str) -> Decimal | None:
             q = line.get("quantity_decimal") or line.get("quantity") or 0
             total = (total or Decimal(0)) + Decimal(str(q))
     return total
+
+
+async def earliest_period_start(conn: asyncpg.Connection, meter_ids: list[str], customers: list[str],
+                                ) -> tuple[date | None, bool]:
+    """The default window's start under subscriptions: the earliest current period of a live
+    metered item in scope, or the start of a previous period whose invoice is still a draft (in
+    its grace: its drift can still be pushed); and whether every customer in scope has such an
+    item (if not, the calendar month still applies to the others)."""
+    row = await conn.fetchrow(
+        """
+        WITH scope AS (
+            SELECT customer_id, stripe_customer_id FROM billing.customers
+             WHERE cardinality($2::text[]) = 0 OR customer_id = ANY($2)),
+        items AS (
+            SELECT sc.customer_id, i.current_period_start, v.period_start AS draft_start
+              FROM scope sc
+              JOIN billing.subscription_items i ON i.stripe_customer_id = sc.stripe_customer_id
+              JOIN billing.subscriptions s USING (stripe_subscription_id)
+              LEFT JOIN billing.invoices v ON v.stripe_subscription_id = i.stripe_subscription_id
+                   AND v.status = 'draft' AND v.period_end = i.current_period_start
+                   AND v.period_start < v.period_end
+             WHERE i.usage_type = 'metered' AND i.meter_id = ANY($1) AND s.status = ANY($3))
+        SELECT (least(min(current_period_start), min(draft_start)) AT TIME ZONE 'UTC')::date AS earliest,
+               (SELECT count(*) FROM scope WHERE customer_id NOT IN (SELECT customer_id FROM items)) = 0 AS covered
+          FROM items
+        """,
+        meter_ids, customers, list(LIVE_SUBSCRIPTION))
+    return row["earliest"], bool(row["covered"])

@@ -109,6 +109,11 @@ async def test_usage_during_the_grace_lands_on_the_old_invoice(
     await use(clean_db, g, today - timedelta(days=1), 30)  # never reported: the old period
 
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
+        # The default window reaches back to the previous period while its invoice is a draft.
+        default = ReconcileUsageInput(customers=[g.customer_id], actor="pytest", mode=Mode.DRY_RUN)
+        await run(temporal_env.client, task_queue, default, "periods-default-window")
+        assert await clean_db.fetchval("SELECT window_start FROM billing.reconciliation_runs WHERE run_id = $1",
+                                       "periods-default-window") == today - timedelta(days=3)
         result = await run(temporal_env.client, task_queue,
                            request([g], today - timedelta(days=1), today, Mode.APPLY), "periods-grace")
     assert result.status == RunStatus.COMPLETED and result.counts.corrections_pushed == 1
