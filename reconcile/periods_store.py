@@ -76,13 +76,17 @@ async def closed_periods(conn: asyncpg.Connection, ctx: RunContext, customers: l
                (SELECT coalesce(sum(quantity), 0) FROM billing.invoice_adjustments a
                  WHERE a.stripe_invoice_id = v.stripe_invoice_id AND a.meter = i.meter_id
                    AND a.status = ANY($6)) AS adjusted,
-               (SELECT coalesce(sum(quantity) FILTER (WHERE quantity > -$7::numeric AND quantity < $7::numeric), 0)
-                  FROM billing.usage_events e
-                 WHERE e.customer_id = c.customer_id AND e.meter = $8::jsonb->>i.meter_id
-                   AND e.occurred_at >= v.period_start AND e.occurred_at < v.period_end) AS ledger
+               l.ledger, l.invalid
           FROM billing.customers c
           JOIN billing.subscription_items i ON i.stripe_customer_id = c.stripe_customer_id
           JOIN billing.invoices v ON v.stripe_subscription_id = i.stripe_subscription_id
+          CROSS JOIN LATERAL (
+                SELECT coalesce(sum(quantity) FILTER (WHERE quantity > -$7::numeric AND quantity < $7::numeric), 0)
+                         AS ledger,
+                       count(*) FILTER (WHERE NOT (quantity > -$7::numeric AND quantity < $7::numeric)) AS invalid
+                  FROM billing.usage_events e
+                 WHERE e.customer_id = c.customer_id AND e.meter = $8::jsonb->>i.meter_id
+                   AND e.occurred_at >= v.period_start AND e.occurred_at < v.period_end) l
          WHERE c.customer_id = ANY($1) AND i.usage_type = 'metered' AND i.meter_id = ANY($2)
            AND v.status = ANY($3) AND v.period_start < v.period_end
            AND v.period_end > $4 AND v.period_start < $5
@@ -94,8 +98,10 @@ async def closed_periods(conn: asyncpg.Connection, ctx: RunContext, customers: l
     out: list[ClosedPeriod] = []
     for r in rows:
         billed = _billed(_json(r["lines"]), r["item_id"])
-        if billed is None:
-            continue  # the item was not on this invoice (added later): nothing it billed to judge
+        if billed is None or r["invalid"]:
+            # Not on this invoice (added later): nothing it billed to judge. Unusable ledger rows:
+            # the period's truth is unknown (their days are reported as `invalid_usage`).
+            continue
         price_obj = (prices or {}).get(_json(r["price"]).get("id", "")) or _json(r["price"])
         price, error = None, ""
         try:

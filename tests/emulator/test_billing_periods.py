@@ -95,10 +95,13 @@ async def test_pending_invoice_item_goes_on_the_next_invoice(client, admin):
     item = await client.v1.invoice_items.create_async(
         params={"customer": cus.id, "amount": 250, "currency": "usd", "description": "adjustment"})
     assert item.invoice is None
+    pending = await client.v1.invoice_items.list_async(params={"customer": cus.id, "pending": True})
+    assert [i.id for i in pending.data] == [item.id]
     _, renewed = await _renew(client, admin, sub)
     draft = await client.v1.invoices.retrieve_async(renewed.latest_invoice)
     assert draft.amount_due == 250
     assert (await client.v1.invoice_items.retrieve_async(item.id)).invoice == draft.id
+    assert (await client.v1.invoice_items.list_async(params={"customer": cus.id, "pending": True})).data == []
 
 
 async def test_anchor_reset_invoices_the_partial_period(client, admin):
