@@ -113,6 +113,7 @@ class ItemPeriod:
     anchor_day: int | None = None  # day of month of billing_cycle_anchor
     previous_invoice_status: str | None = None
     previous_finalizes_at: datetime | None = None  # the draft's automatically_finalizes_at
+    previous_invoice_id: str | None = None
 
     def period_of(self, d: date) -> tuple[date, date]:
         """The period holding UTC day `d`, in whole days: a period starting at 10:23 on the

@@ -255,6 +255,10 @@ class CorrectionWriter:
                 return DiscrepancyStatus.STALE, f"{rc.stale}; not applied, re-planned by the next scan"[:500]
             kept = plan.model_copy(update={"cancel": rc.cancel, "mark_failed": rc.mark_failed,
                                            "push": plan.push if rc.push else None})
+            final = await periods_store.final_in_stripe(self.stripe, item, kept.push)
+            if final:
+                counts.stale_skipped += 1
+                return DiscrepancyStatus.STALE, f"{final}; not pushed, judged with the invoice by the next run"
             status, detail = await self._correct_key_locked(conn, ctx, f, kept, counts)
             if rc.stale and status == DiscrepancyStatus.APPLIED:
                 return DiscrepancyStatus.STALE, f"applied {kept.action or 'marking lost pushes'} only: {rc.stale}"[:500]

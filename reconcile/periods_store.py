@@ -1,7 +1,8 @@
-"""SQL of billing periods (migration 0019): each customer's metered subscription items, the
+"""Reads of billing periods (migration 0019): each customer's metered subscription items, the
 state of the invoice of their previous period, and the closed periods (final invoices) the
 window overlaps, with what they billed, what we adjusted since and the exact ledger. Read in
-the batch's snapshot (reconcile/store.py read_batch) and by the apply-time re-checks."""
+the batch's snapshot (reconcile/store.py read_batch) and by the apply-time re-checks, which also
+ask Stripe itself whether a grace push's invoice is still a draft (`final_in_stripe`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 import asyncpg
 
 from billing.periods import DAY, FINAL_INVOICE_STATUSES, ItemPeriod, day_start
-from billing.policy import MAX_QUANTITY
+from billing.policy import MAX_QUANTITY, PlannedPush
 from billing.pricing import Price, PriceError
+from billing.stripe_gateway import StripeGateway
 from reconcile.adjust import ClosedPeriod
 from reconcile.types import RunContext
 
@@ -33,14 +35,15 @@ async def item_periods(conn: asyncpg.Connection, ctx: RunContext, customers: lis
         """
         SELECT DISTINCT ON (c.customer_id, i.meter_id)
                c.customer_id, i.meter_id, i.interval, i.interval_count, s.billing_cycle_anchor,
-               p.start, i.current_period_end, prev.status AS prev_status, prev.finalizes_at
+               p.start, i.current_period_end, prev.status AS prev_status, prev.finalizes_at,
+               prev.stripe_invoice_id AS prev_invoice
           FROM billing.customers c
           JOIN billing.subscription_items i ON i.stripe_customer_id = c.stripe_customer_id
           JOIN billing.subscriptions s USING (stripe_subscription_id)
           CROSS JOIN LATERAL (SELECT CASE WHEN s.ended_at IS NOT NULL AND s.ended_at < i.current_period_end
                                           THEN s.ended_at ELSE i.current_period_start END AS start) p
           LEFT JOIN LATERAL (
-                SELECT v.status, to_timestamp((v.raw->>'automatically_finalizes_at')::bigint) AS finalizes_at
+                SELECT v.stripe_invoice_id, v.status, to_timestamp((v.raw->>'automatically_finalizes_at')::bigint) AS finalizes_at
                   FROM billing.invoices v
                  WHERE v.stripe_subscription_id = s.stripe_subscription_id AND v.period_end = p.start
                    AND v.period_start < v.period_end
@@ -55,7 +58,8 @@ async def item_periods(conn: asyncpg.Connection, ctx: RunContext, customers: lis
             meter_id=r["meter_id"], start=r["start"], end=max(r["current_period_end"], r["start"]),
             interval=r["interval"] or "month", interval_count=r["interval_count"] or 1,
             anchor_day=r["billing_cycle_anchor"].day if r["billing_cycle_anchor"] else None,
-            previous_invoice_status=r["prev_status"], previous_finalizes_at=r["finalizes_at"])
+            previous_invoice_status=r["prev_status"], previous_finalizes_at=r["finalizes_at"],
+            previous_invoice_id=r["prev_invoice"])
         for r in rows
     }
 
@@ -176,3 +180,14 @@ async def earliest_period_start(conn: asyncpg.Connection, meter_ids: list[str], 
         """,
         meter_ids, customers, list(LIVE_SUBSCRIPTION))
     return row["earliest"], bool(row["covered"])
+
+
+async def final_in_stripe(stripe: StripeGateway, item: ItemPeriod | None, push: PlannedPush | None) -> str:
+    """A push into the previous period (its grace) is sent only while Stripe itself still holds
+    that period's invoice as a draft: an invoice finalized early by hand is seen here even
+    before its webhook reaches the mirror. Why not ("": still a draft, or not a grace push)."""
+    if item is None or item.previous_invoice_id is None or push is None or push.event_timestamp >= item.start:
+        return ""
+    inv = await stripe.retrieve("invoice", item.previous_invoice_id)
+    status = (inv or {}).get("status")
+    return "" if status == "draft" else f"invoice {item.previous_invoice_id} is {status} in Stripe"

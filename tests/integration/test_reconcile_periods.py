@@ -102,11 +102,16 @@ async def test_usage_during_the_grace_lands_on_the_old_invoice(
                                config={"invoice_finalization_grace_seconds": 72 * 3600})
     _, prices = await meter_and_prices(stripe_client)
     g = await subscribe(clean_db, stripe_client, "grace", prices["per_unit"], midnight(today))
+    early = await subscribe(clean_db, stripe_client, "finalized-early", prices["per_unit"], midnight(today))
     await emulator_admin.advance_clock(3 * DAY)
     draft = await latest_invoice(stripe_client, g)
     assert draft.status == "draft" and draft.period_end == midnight(today)
-    await mirror(clean_db, stripe_client, g)
-    await use(clean_db, g, today - timedelta(days=1), 30)  # never reported: the old period
+    for c in (g, early):
+        await mirror(clean_db, stripe_client, c)
+        await use(clean_db, c, today - timedelta(days=1), 30)  # never reported: the old period
+    # Finalized by hand in Stripe; the mirror has not heard of it yet (the webhook is late).
+    early_invoice = await latest_invoice(stripe_client, early)
+    await stripe_client.v1.invoices.finalize_invoice_async(early_invoice.id)
 
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
         # The default window reaches back to the previous period while its invoice is a draft.
@@ -115,10 +120,16 @@ async def test_usage_during_the_grace_lands_on_the_old_invoice(
         assert await clean_db.fetchval("SELECT window_start FROM billing.reconciliation_runs WHERE run_id = $1",
                                        "periods-default-window") == today - timedelta(days=3)
         result = await run(temporal_env.client, task_queue,
-                           request([g], today - timedelta(days=1), today, Mode.APPLY), "periods-grace")
+                           request([g, early], today - timedelta(days=1), today, Mode.APPLY), "periods-grace")
     assert result.status == RunStatus.COMPLETED and result.counts.corrections_pushed == 1
-    ts = await clean_db.fetchval("SELECT event_timestamp FROM billing.stripe_usage_pushes")
-    assert day_start(today - timedelta(days=1)) <= ts < day_start(today)  # inside the old period
+    pushed = await clean_db.fetch("SELECT customer_id, event_timestamp FROM billing.stripe_usage_pushes")
+    assert [r["customer_id"] for r in pushed] == [g.customer_id]
+    assert day_start(today - timedelta(days=1)) <= pushed[0]["event_timestamp"] < day_start(today)  # the old period
+    # Stripe said the other invoice is final: nothing pushed into it, the finding is stale.
+    stale = await clean_db.fetchrow(
+        "SELECT status, detail FROM billing.discrepancies WHERE run_id = 'periods-grace' AND customer_id = $1 "
+        "AND discrepancy_key LIKE 'stripe|%'", early.customer_id)
+    assert stale["status"] == "stale" and f"invoice {early_invoice.id} is" in stale["detail"]
     await emulator_admin.advance_clock(3 * DAY)  # the grace ends: the draft finalizes
     inv = await stripe_client.v1.invoices.retrieve_async(draft.id)
     assert inv.status == "paid" and inv.lines.data[0].quantity == 30 and inv.amount_paid == 60
