@@ -57,3 +57,21 @@ CREATE TABLE IF NOT EXISTS billing.invoice_adjustments (
 );
 CREATE INDEX IF NOT EXISTS invoice_adjustments_invoice_idx
     ON billing.invoice_adjustments (stripe_invoice_id, meter);
+
+-- Subscriptions mirrored before this migration: their items from the copy last read (`raw`), so
+-- a mirror row that a resync finds unchanged still has its periods. (Tiers of tiered prices are
+-- in `raw` only if it was read with them expanded: the reconciliation reads those from Stripe.)
+UPDATE billing.subscriptions
+   SET billing_cycle_anchor = to_timestamp((raw->>'billing_cycle_anchor')::bigint)
+ WHERE billing_cycle_anchor IS NULL AND raw ? 'billing_cycle_anchor'
+   AND jsonb_typeof(raw->'billing_cycle_anchor') = 'number';
+INSERT INTO billing.subscription_items
+    (stripe_subscription_item_id, stripe_subscription_id, stripe_customer_id, price_id, meter_id,
+     usage_type, price, interval, interval_count, current_period_start, current_period_end)
+SELECT it->>'id', s.stripe_subscription_id, s.stripe_customer_id, it->'price'->>'id',
+       it->'price'->'recurring'->>'meter', it->'price'->'recurring'->>'usage_type', it->'price',
+       it->'price'->'recurring'->>'interval', (it->'price'->'recurring'->>'interval_count')::integer,
+       to_timestamp((it->>'current_period_start')::bigint), to_timestamp((it->>'current_period_end')::bigint)
+  FROM billing.subscriptions s, jsonb_array_elements(s.raw->'items'->'data') AS it
+ WHERE jsonb_typeof(s.raw->'items'->'data') = 'array' AND jsonb_typeof(it->'price') = 'object'
+ON CONFLICT (stripe_subscription_item_id) DO NOTHING;
