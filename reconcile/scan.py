@@ -141,6 +141,7 @@ class BatchPlan:
     counts: Counts
 
 
+ONE_DAY = timedelta(days=1)
 # Keys that could not be compared: counted as failures, nothing here can correct them.
 _UNREADABLE = (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED, FindingKind.INVALID_USAGE)
 # What one key's data can raise in the arithmetic (a NaN compared, a value too long to
@@ -238,7 +239,8 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
                         confirm += f.confirm
                         continue
                     if f.kind == FindingKind.NEEDS_INVOICE_ADJUSTMENT and any(
-                            a <= day_start(day) < b for a, b in judged[(c.customer_id, meter)]):
+                            a < day_start(day) + ONE_DAY and day_start(day) < b
+                            for a, b in judged[(c.customer_id, meter)]):
                         continue  # its invoice's `adjust|` finding covers it
                     findings.append(_stripe_finding(c, meter, day, f, policy, prefix, window))
                 except KEY_DATA_ERRORS as e:
