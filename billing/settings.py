@@ -76,6 +76,9 @@ class Settings(BaseSettings):
         default=False, alias="RECON_AUTO_APPROVE_OVER_REPORTING"
     )
     recon_page_size: int = Field(default=500, ge=1, le=MAX_PAGE_SIZE, alias="RECON_PAGE_SIZE")
+    # Stripe's invoice finalization grace (1 h default, up to 72 h): used for a period whose
+    # draft invoice is not in the mirror (the draft's automatically_finalizes_at wins).
+    recon_invoice_grace_seconds: int = Field(default=3600, ge=0, le=259200, alias="RECON_INVOICE_GRACE_SECONDS")
     recon_stripe_concurrency: int = Field(default=8, ge=1, alias="RECON_STRIPE_CONCURRENCY")
 
     # Webhook receiver (`billing-recon webhooks serve`).

@@ -235,19 +235,54 @@ class StripeGateway:
                 return CancelOutcome.CANCELLED, msg
             return CancelOutcome.REJECTED, msg
 
+    # ------------------------------------------------------------------ invoice adjustments
+
+    async def create_adjustment(self, kind: str, *, identifier: str, customer: str, invoice: str,
+                                amount: int, currency: str, description: str, paid_invoice: bool,
+                                metadata: dict[str, str]) -> str:
+        """One invoice adjustment (reconcile/adjustments.py), its Idempotency-Key the outbox
+        identifier: an invoice item for the customer's next invoice, a credit note on `invoice`
+        (a paid one credited to the customer's balance) or a customer balance credit. Returns
+        the Stripe object's id."""
+        opts = {"idempotency_key": f"invoice-adjustment-{identifier}"}
+        v1 = self._client.v1
+        if kind == "invoice_item":
+            obj = await self._call("create_invoice_item", v1.invoice_items.create_async, params={
+                "customer": customer, "amount": amount, "currency": currency, "description": description,
+                "metadata": metadata}, options=opts)
+        elif kind == "credit_note":
+            params: dict[str, Any] = {
+                "invoice": invoice, "memo": description, "metadata": metadata, "reason": "order_change",
+                "lines": [{"type": "custom_line_item", "unit_amount": amount, "quantity": 1,
+                           "description": description}]}
+            if paid_invoice:
+                params["credit_amount"] = amount
+            obj = await self._call("create_credit_note", v1.credit_notes.create_async, params=params, options=opts)
+        else:
+            obj = await self._call("create_customer_balance_transaction",
+                                   v1.customers.balance_transactions.create_async, customer, params={
+                                       "amount": -amount, "currency": currency, "description": description,
+                                       "metadata": metadata}, options=opts)
+        return str(obj.id)
+
     # ------------------------------------------------------------------ objects and events
 
     async def retrieve(self, kind: str, object_id: str) -> dict | None:
         """The current state of a Stripe object as a plain dict; None when Stripe has no such
-        object (404). `kind`: customer, subscription, invoice or checkout.session."""
+        object (404). `kind`: customer, subscription, invoice, checkout.session or price."""
         resources: dict[str, Any] = {
             "customer": self._client.v1.customers,
             "subscription": self._client.v1.subscriptions,
             "invoice": self._client.v1.invoices,
             "checkout.session": self._client.v1.checkout.sessions,
+            "price": self._client.v1.prices,
         }
+        # Tiered prices come with their tiers (the mirror prices invoice adjustments).
+        params = {"subscription": {"expand": ["items.data.price.tiers"]},
+                  "price": {"expand": ["tiers"]}}.get(kind)
         try:
-            obj = await self._call(f"retrieve_{kind.replace('.', '_')}", resources[kind].retrieve_async, object_id)
+            obj = await self._call(f"retrieve_{kind.replace('.', '_')}", resources[kind].retrieve_async, object_id,
+                                   params=params)
         except stripe.InvalidRequestError as e:
             if e.http_status == 404:
                 return None

@@ -23,7 +23,7 @@ from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.audit import AuditInput, write_audit
 from common.heartbeat import Heartbeater, resume
-from reconcile import runs, store
+from reconcile import periods_store, runs, store
 from reconcile.corrections import CorrectionWriter
 from reconcile.plans import Finding
 from reconcile.runs import is_data_error
@@ -153,7 +153,7 @@ class UsageActivities:
             await self._hold_if_paused()
             await self.writer.flush_planned([c.customer_id for c in batch], now, counts)
 
-        rows = await store.read_batch(self.pool, ctx, batch)
+        rows = await store.read_batch(self.pool, ctx, batch, await self._tiered_prices(batch))
         read_at = datetime.now(UTC)
         summaries = await self._read_summaries(ctx, batch)
         plan = plan_batch(rows, summaries, ScanPolicy.for_page(ctx, inp.write_mode, verify=inp.verify, now=now))
@@ -165,6 +165,18 @@ class UsageActivities:
             approved = [f for f in plan.findings if f.status == DiscrepancyStatus.APPROVED]
             counts = counts.add(await self.writer.apply_all(ctx, approved, stripe_read_at=read_at))
         return counts
+
+    async def _tiered_prices(self, batch: list[Customer]) -> dict[str, dict]:
+        """Tiered prices the subscription mirror holds without their tiers, read from Stripe
+        (tiers expanded) so closed periods can be priced; rare: a retrieve expands them."""
+        async with self.pool.acquire() as conn:
+            ids = await periods_store.prices_missing_tiers(conn, [c.customer_id for c in batch])
+        out = {}
+        for price_id in ids:
+            price = await self.stripe.retrieve("price", price_id)
+            if price is not None:
+                out[price_id] = price
+        return out
 
     async def _read_summaries(self, ctx: RunContext, batch: list[Customer]) -> Summaries:
         """Stripe's daily values per (customer, meter), and the pairs Stripe refused to read

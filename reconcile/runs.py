@@ -13,10 +13,11 @@ from temporalio.exceptions import ApplicationError
 
 from autoheal import switch
 from billing import correlation, metrics
-from billing.periods import billing_period, current_period_window
+from billing.periods import STRIPE_PAST_WINDOW, billing_period, current_period_window
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.types import RunStatus
+from reconcile import periods_store
 from reconcile.types import (
     AWAITING_APPROVAL,
     Counts,
@@ -98,6 +99,15 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
     # meter in the account must not fail every run (the schedules' included).
     wanted = req.meters or sorted(n for n, m in by_name.items() if m.formula == "sum")
     skipped = {} if req.meters else {n: m.formula for n, m in by_name.items() if m.formula != "sum"}
+    if req.start_date is None and not req.lookback_days:
+        # The default window follows the subscriptions: from the earliest current period (or a
+        # previous one still in its invoice grace), never past Stripe's 35-day window; the
+        # calendar month too while some customer in scope has no metered subscription.
+        async with pool.acquire() as conn:
+            earliest, covered = await periods_store.earliest_period_start(
+                conn, [by_name[m].id for m in wanted], sorted(set(req.customers)))
+        if earliest is not None:
+            start = max(earliest if covered else min(start, earliest), inp.today - STRIPE_PAST_WINDOW)
 
     s = settings
     policy = Policy(
@@ -107,6 +117,7 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
             req.auto_approve_over_reporting if req.auto_approve_over_reporting is not None
             else s.recon_auto_approve_over_reporting),
         page_size=req.page_size or s.recon_page_size,
+        invoice_grace_seconds=s.recon_invoice_grace_seconds,
     )
     ctx = RunContext(
         run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,

@@ -149,6 +149,8 @@ class Policy(BaseModel):
     settle_seconds: int = Field(ge=0, le=MAX_SETTLE_SECONDS)
     auto_approve_over_reporting: bool
     page_size: int = Field(ge=1, le=MAX_PAGE_SIZE)
+    # Stripe's invoice finalization grace when the mirror has no draft to read it from.
+    invoice_grace_seconds: int = Field(default=3600, ge=0, le=259200)
 
 
 class RunContext(BaseModel):

@@ -26,6 +26,13 @@ DISCREPANCY_COLUMNS = [
     "discrepancy_key", "kind", "status", "customer_id", "stripe_customer_id", "meter", "usage_day",
     "period_start", "ledger_value", "counter_value", "pushed_value", "stripe_value", "diff",
     "diff_pct", "beyond_epsilon", "action", "detail",
+    # Closed billing periods (needs_invoice_adjustment): what finance invoices or credits.
+    "adjust_quantity", "adjust_amount", "currency", "stripe_invoice_id",
+]
+# `report --export-adjustments`: the closed periods' findings, for finance.
+ADJUSTMENT_COLUMNS = [
+    "customer_id", "stripe_customer_id", "meter", "period_start", "stripe_invoice_id",
+    "adjust_quantity", "adjust_amount", "currency", "status", "action", "detail", "discrepancy_key",
 ]
 
 

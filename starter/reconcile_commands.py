@@ -196,28 +196,38 @@ def report(run_id: str = typer.Argument(..., metavar="RUN", help="Run id (workfl
            as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
            export_discrepancies: Path | None = typer.Option(
                None, "--export-discrepancies", callback=new_file,
-               help="Write every discrepancy to this CSV (its folder must exist)")) -> None:
+               help="Write every discrepancy to this CSV (its folder must exist)"),
+           export_adjustments: Path | None = typer.Option(
+               None, "--export-adjustments", callback=new_file,
+               help="Write the closed periods' invoice adjustments (quantity, amount in minor units) "
+                    "to this CSV, for finance")) -> None:
     """Show a run's counts and discrepancies."""
     data = read(queries.report, run_id)
     if data is None:
         raise fail(f"no reconciliation run {run_id!r}")
     if export_discrepancies:
         _export(data["discrepancies"], export_discrepancies)
+    adjustments = [d for d in data["discrepancies"] if d.get("adjust_quantity") is not None]
+    if export_adjustments:
+        _export(adjustments, export_adjustments, queries.ADJUSTMENT_COLUMNS)
     if as_json:
         print(json.dumps(data, default=str))
         return
     print_report(data)
     if export_discrepancies:
         console.print(f"wrote {len(data['discrepancies'])} discrepancies to {export_discrepancies}")
+    if export_adjustments:
+        console.print(f"wrote {len(adjustments)} invoice adjustments to {export_adjustments}")
 
 
-def _export(discrepancies: list[dict[str, Any]], path: Path) -> None:
+def _export(discrepancies: list[dict[str, Any]], path: Path,
+            columns: list[str] = queries.DISCREPANCY_COLUMNS) -> None:
     try:
         with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=queries.DISCREPANCY_COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for d in discrepancies:
-                w.writerow({k: d.get(k) for k in queries.DISCREPANCY_COLUMNS})
+                w.writerow({k: d.get(k) for k in columns})
     except OSError as e:
         raise fail(f"cannot write {path}: {e.strerror}", EXIT_BAD_INPUT) from e
 
