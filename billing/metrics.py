@@ -60,11 +60,17 @@ PAUSED = "billing_autoheal_paused"  # global switch (1) + runs paused one by one
 PAUSED_SINCE = "billing_autoheal_paused_since_timestamp"  # when the oldest current pause began
 COLLECTOR_REFRESH = "billing_metrics_collector_last_refresh_timestamp"  # last good refresh
 
-COUNTERS = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_QUOTA, CORRECTIONS, STRIPE_REQUESTS,
+# The Stripe circuit breaker (circuit/): 0 closed, 1 open, 2 half-open (from Postgres).
+STRIPE_CIRCUIT_STATE = "billing_stripe_circuit_state"
+NOTIFICATIONS = "billing_notifications"  # {kind, target, outcome=sent|retry|failed}: delivery attempts
+
+COUNTERS: tuple[str, ...] = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_QUOTA, CORRECTIONS, STRIPE_REQUESTS,
             STRIPE_RETRIES, WEBHOOK_RECEIVED, WEBHOOK_PROCESSED)
 HISTOGRAMS = (DURATION, STRIPE_DURATION)
-GAUGES = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, DIFF_PCT, EPSILON, OPEN_RUNS,
+GAUGES: tuple[str, ...] = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, DIFF_PCT, EPSILON, OPEN_RUNS,
           WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH)
+COUNTERS += (NOTIFICATIONS,)
+GAUGES += (STRIPE_CIRCUIT_STATE,)
 
 HISTOGRAM_BUCKETS: dict[str, list[float]] = {
     DURATION: [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800],
@@ -110,6 +116,8 @@ class _Instruments:
                 WEBHOOK_RECEIVED, "Stripe webhook deliveries received, by outcome"),
             WEBHOOK_PROCESSED: m.create_counter(
                 WEBHOOK_PROCESSED, "Stripe events handled, by event type family and status"),
+            NOTIFICATIONS: m.create_counter(
+                NOTIFICATIONS, "Notification delivery attempts by kind, target and outcome"),
         }
         self.histograms = {
             DURATION: m.create_histogram_float(
@@ -139,6 +147,8 @@ class _Instruments:
                 PAUSED_SINCE, "Unix time the oldest current pause began (0 if none)"),
             COLLECTOR_REFRESH: m.create_gauge_float(
                 COLLECTOR_REFRESH, "Unix time the Postgres-derived gauges were last refreshed"),
+            STRIPE_CIRCUIT_STATE: m.create_gauge_float(
+                STRIPE_CIRCUIT_STATE, "Stripe circuit breaker: 0 closed, 1 open, 2 half-open (from Postgres)"),
         }
 
 
@@ -221,3 +231,12 @@ def record_webhook_processed(type_family: str, status: str) -> None:
     `event_type_family(event.type)` as `type_family`."""
     _add(WEBHOOK_PROCESSED, 1, {"type_family": type_family,
                                 "status": status if status in WEBHOOK_STATUSES else "failed"})
+
+
+# --- notifications (notify/) ----------------------------------------------------------------------
+
+
+def record_notification(kind: str, target: str, outcome: str) -> None:
+    """One delivery attempt of a notification to a target: `sent`, `retry` (transient failure,
+    tried again later) or `failed` (given up: permanent refusal or attempts exhausted)."""
+    _add(NOTIFICATIONS, 1, {"kind": kind, "target": target, "outcome": outcome})

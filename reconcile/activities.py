@@ -76,11 +76,11 @@ class UsageActivities:
 
     @activity.defn(name="usage.set_run_status")
     async def set_run_status(self, inp: RunStatusUpdate) -> None:
-        await runs.set_run_status(self.pool, inp)
+        await runs.set_run_status(self.pool, inp, self.settings)
 
     @activity.defn(name="usage.finish_run")
     async def finish_run(self, inp: FinishRunInput) -> FinishRunResult:
-        return await runs.finish_run(self.pool, inp)
+        return await runs.finish_run(self.pool, inp, self.settings)
 
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:

@@ -10,13 +10,16 @@ from types import ModuleType
 import allocations
 import autoheal
 import backfill
+import circuit
 import credits
 import health
+import notify
 import reconcile
 import resync
 import webhooks
 
 JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
+JOBS += (notify, circuit)
 
 
 def all_workflows() -> list[type]:

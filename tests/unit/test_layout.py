@@ -25,7 +25,7 @@ def test_worker_receiver_and_cli_do_not_import_devstack() -> None:
 
 # Product packages: everything but the emulator (a dev tool with its own layout), tests and bench.
 PRODUCT = ("activities", "allocations", "autoheal", "backfill", "billing", "common", "credits", "devstack",
-           "health", "reconcile", "resync", "starter", "webhooks", "workflows")
+           "health", "reconcile", "resync", "starter", "webhooks", "workflows", "notify", "circuit")
 MAX_MODULE_LINES = 400
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,125 @@
+"""The notifications outbox (billing.notifications, migration 0017): `emit` records a
+notification, in the caller's transaction, once per (subject, kind); `deliver_due` sends what is
+due to every configured target and records each answer.
+
+Exactly once, as far as a receiver can tell: a row is claimed (attempts + 1, next attempt pushed
+back) before anything is sent, each target's success is recorded as soon as it answers, and a
+target already answered is never sent again. A worker that dies between a send and its record
+leaves the row to be claimed again after its backoff: the same event id goes out again, which the
+JSON webhook (`Idempotency-Key`) and PagerDuty (`dedup_key`) receivers fold into one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import asyncpg
+
+from billing import metrics
+from notify.targets import DeliveryError, Request
+from notify.types import DeliverResult, Notification, event_id
+
+log = logging.getLogger(__name__)
+
+# A failed attempt is tried again after 5 s, doubling up to 15 min.
+FIRST_BACKOFF = timedelta(seconds=5)
+MAX_BACKOFF = timedelta(minutes=15)
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, attempts - 1))
+
+
+async def emit(conn: asyncpg.Connection | asyncpg.Pool, n: Notification) -> bool:
+    """Record `n` for delivery (in the caller's transaction when `conn` is in one). False when
+    the same (subject, kind) was recorded before: nothing new is sent."""
+    key = n.dedupe_key()
+    row = await conn.fetchval(
+        """
+        INSERT INTO billing.notifications (dedupe_key, event_id, kind, subject, body)
+        VALUES ($1, $2, $3, $4, $5::jsonb)
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING true
+        """, key, event_id(key), n.kind.value, n.subject, n.model_dump(mode="json"))
+    return bool(row)
+
+
+Sender = Callable[[Request], Awaitable[None]]
+RequestsFor = Callable[[Notification, str], dict[str, Request]]
+
+
+async def claim_due(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    """Due pending rows, each claimed for one attempt: attempts + 1 and the next attempt pushed
+    back by the backoff (`backoff(attempts)`), so a claim that dies mid-send is retried, not lost."""
+    return await pool.fetch(
+        """
+        WITH due AS (
+            SELECT dedupe_key FROM billing.notifications
+             WHERE status = 'pending' AND next_attempt_at <= now()
+             ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+        UPDATE billing.notifications n
+           SET attempts = n.attempts + 1,
+               next_attempt_at = now() + least($3::interval, $2::interval * power(2, n.attempts))
+          FROM due WHERE n.dedupe_key = due.dedupe_key
+        RETURNING n.dedupe_key, n.event_id, n.kind, n.body, n.delivered, n.attempts
+        """, limit, FIRST_BACKOFF, MAX_BACKOFF)
+
+
+async def deliver_row(pool: asyncpg.Pool, row: asyncpg.Record, requests_for: RequestsFor, send: Sender,
+                      max_attempts: int) -> str:
+    """Send one claimed row to every configured target it has not reached yet; returns the
+    row's new status (`pending` means: tried again later)."""
+    n = Notification.model_validate(row["body"])
+    delivered: dict = row["delivered"] or {}
+    requests = requests_for(n, row["event_id"])
+    if not requests:
+        await _finish(pool, row["dedupe_key"], "no_target", None)
+        return "no_target"
+    errors: list[str] = []
+    permanent = False
+    for target, req in requests.items():
+        if target in delivered:
+            continue
+        try:
+            await send(req)
+        except DeliveryError as e:
+            errors.append(f"{target}: {e}")
+            permanent = permanent or e.permanent
+            metrics.record_notification(n.kind.value, target, "failed" if e.permanent else "retry")
+            continue
+        # Recorded target by target: a later target's failure never resends this one.
+        await pool.execute(
+            "UPDATE billing.notifications SET delivered = delivered || jsonb_build_object($2::text, now()) "
+            "WHERE dedupe_key = $1", row["dedupe_key"], target)
+        metrics.record_notification(n.kind.value, target, "sent")
+    if not errors:
+        await _finish(pool, row["dedupe_key"], "sent", None)
+        return "sent"
+    error = "; ".join(errors)
+    if permanent or row["attempts"] >= max_attempts:
+        log.error("notification %s (%s) given up after %d attempt(s): %s", row["dedupe_key"], n.kind.value,
+                  row["attempts"], error)
+        await _finish(pool, row["dedupe_key"], "failed", error)
+        return "failed"
+    log.warning("notification %s (%s) attempt %d failed, retried later: %s", row["dedupe_key"], n.kind.value,
+                row["attempts"], error)
+    await pool.execute("UPDATE billing.notifications SET last_error = $2 WHERE dedupe_key = $1",
+                       row["dedupe_key"], error)
+    return "pending"
+
+
+async def _finish(pool: asyncpg.Pool, key: str, status: str, error: str | None) -> None:
+    await pool.execute(
+        "UPDATE billing.notifications SET status = $2, last_error = coalesce($3, last_error), finished_at = now() "
+        "WHERE dedupe_key = $1", key, status, error)
+
+
+def tally(result: DeliverResult, status: str) -> DeliverResult:
+    if status == "sent":
+        result.sent += 1
+    elif status == "failed":
+        result.failed += 1
+    elif status == "pending":
+        result.retrying += 1
+    return result
