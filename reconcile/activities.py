@@ -22,6 +22,7 @@ from autoheal import switch
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.audit import AuditInput, write_audit
+from common.failures import permanent_in_group
 from common.heartbeat import Heartbeater, resume
 from reconcile import runs, store
 from reconcile.corrections import CorrectionWriter
@@ -182,11 +183,17 @@ class UsageActivities:
                     out.unreadable[(c.customer_id, meter)] = (
                         f"Stripe refused the summary read: {e.user_message or e}")
 
-        async with asyncio.TaskGroup() as tg:
-            for c in batch:
-                if c.stripe_customer_id:
-                    for m in ctx.meters:
-                        tg.create_task(one(c, m.stripe_meter_id, m.event_name))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for c in batch:
+                    if c.stripe_customer_id:
+                        for m in ctx.meters:
+                            tg.create_task(one(c, m.stripe_meter_id, m.event_name))
+        except BaseExceptionGroup as group:
+            # A refusal no retry fixes (Stripe refused the API key) fails the page for good.
+            if (permanent := permanent_in_group(group)) is not None:
+                raise permanent from group
+            raise
         return out
 
     # ------------------------------------------------------------------ applying a stored plan
