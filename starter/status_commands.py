@@ -37,6 +37,8 @@ async def gather_status() -> dict[str, Any]:
         open_discrepancies = await queries.open_discrepancies(conn, latest_run) if latest_run else 0
         inbox = await queries.inbox_counts(conn)
         oldest_received = await queries.oldest_waiting_event(conn)
+        circuit = await queries.stripe_circuit(conn)
+        notifications = await queries.notification_counts(conn)
     now = datetime.now(UTC)
     status: dict[str, Any] = {
         "autoheal": {"paused": bool(ah and ah["paused"]), "since": ah["since"] if ah else None,
@@ -47,6 +49,10 @@ async def gather_status() -> dict[str, Any]:
                   "processed": inbox.get("processed", 0), "ignored": inbox.get("ignored", 0),
                   "oldest_received_age_seconds": (now - oldest_received).total_seconds() if oldest_received else None},
         "schedules": [], "running": [], "temporal": "ok",
+        "stripe_circuit": {"state": circuit["state"] if circuit else "closed",
+                           "since": circuit["since"] if circuit else None,
+                           "reason": circuit["reason"] if circuit else None},
+        "notifications": {"pending": notifications.get("pending", 0), "failed": notifications.get("failed", 0)},
     }
     if last is not None:
         status["last_successful_reconciliation"] = {
@@ -100,6 +106,15 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
                       f"{a['actor']}: {a['reason']}")
     else:
         console.print("auto-healing [green]active[/green]")
+    c = data["stripe_circuit"]
+    if c["state"] == "closed":
+        console.print("Stripe circuit [green]closed[/green]")
+    else:
+        console.print(f"Stripe circuit [bold red]{c['state'].upper().replace('_', '-')}[/bold red] since "
+                      f"{c['since']:%Y-%m-%d %H:%M:%S} UTC: {c['reason']}")
+    n = data["notifications"]
+    if n["pending"] or n["failed"]:
+        console.print(f"notifications: {n['pending']} pending, [red]{n['failed']} failed[/red]")
     last = data["last_successful_reconciliation"]
     if last:
         hours = last["age_seconds"] / 3600
