@@ -27,8 +27,13 @@ FIRST_BACKOFF = timedelta(seconds=5)
 MAX_BACKOFF = timedelta(minutes=15)
 
 
+# Doubling past this many attempts is past MAX_BACKOFF already (and would overflow).
+MAX_DOUBLINGS = 20
+
+
 def backoff(attempts: int) -> timedelta:
-    return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, attempts - 1))
+    """The wait after the `attempts`-th attempt (claim_due computes the same in SQL)."""
+    return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(MAX_DOUBLINGS, max(0, attempts - 1)))
 
 
 async def emit(conn: asyncpg.Connection | asyncpg.Pool, n: Notification) -> bool:
@@ -60,10 +65,10 @@ async def claim_due(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
         UPDATE billing.notifications n
            SET attempts = n.attempts + 1,
-               next_attempt_at = now() + least($3::interval, $2::interval * power(2, n.attempts))
+               next_attempt_at = now() + least($3::interval, $2::interval * power(2, least(n.attempts, $4)))
           FROM due WHERE n.dedupe_key = due.dedupe_key
         RETURNING n.dedupe_key, n.event_id, n.kind, n.body, n.delivered, n.attempts
-        """, limit, FIRST_BACKOFF, MAX_BACKOFF)
+        """, limit, FIRST_BACKOFF, MAX_BACKOFF, MAX_DOUBLINGS)
 
 
 async def deliver_row(pool: asyncpg.Pool, row: asyncpg.Record, requests_for: RequestsFor, send: Sender,
