@@ -62,7 +62,7 @@ COLLECTOR_REFRESH = "billing_metrics_collector_last_refresh_timestamp"  # last g
 
 # The Stripe circuit breaker (circuit/): 0 closed, 1 open, 2 half-open (from Postgres).
 STRIPE_CIRCUIT_STATE = "billing_stripe_circuit_state"
-NOTIFICATIONS = "billing_notifications"  # {kind, target, outcome=sent|retry|failed}: delivery attempts
+NOTIFICATIONS = "billing_notifications"  # {kind, target, outcome=sent|retry|failed|no_target}: deliveries
 
 COUNTERS: tuple[str, ...] = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_QUOTA, CORRECTIONS, STRIPE_REQUESTS,
             STRIPE_RETRIES, WEBHOOK_RECEIVED, WEBHOOK_PROCESSED)
@@ -238,5 +238,6 @@ def record_webhook_processed(type_family: str, status: str) -> None:
 
 def record_notification(kind: str, target: str, outcome: str) -> None:
     """One delivery attempt of a notification to a target: `sent`, `retry` (transient failure,
-    tried again later) or `failed` (given up: permanent refusal or attempts exhausted)."""
+    tried again later), `failed` (given up: a refusal, or the attempts ran out) or `no_target`
+    (target `none`: recorded, but no target is configured)."""
     _add(NOTIFICATIONS, 1, {"kind": kind, "target": target, "outcome": outcome})

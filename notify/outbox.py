@@ -79,9 +79,11 @@ async def deliver_row(pool: asyncpg.Pool, row: asyncpg.Record, requests_for: Req
     delivered: dict = row["delivered"] or {}
     requests = requests_for(n, row["event_id"])
     if not requests:
+        metrics.record_notification(n.kind.value, "none", "no_target")
         await _finish(pool, row["dedupe_key"], "no_target", None)
         return "no_target"
     errors: list[str] = []
+    failed_targets: list[str] = []
     permanent = False
     for target, req in requests.items():
         if target in delivered:
@@ -90,8 +92,8 @@ async def deliver_row(pool: asyncpg.Pool, row: asyncpg.Record, requests_for: Req
             await send(req)
         except DeliveryError as e:
             errors.append(f"{target}: {e}")
+            failed_targets.append(target)
             permanent = permanent or e.permanent
-            metrics.record_notification(n.kind.value, target, "failed" if e.permanent else "retry")
             continue
         # Recorded target by target: a later target's failure never resends this one.
         await pool.execute(
@@ -102,7 +104,10 @@ async def deliver_row(pool: asyncpg.Pool, row: asyncpg.Record, requests_for: Req
         await _finish(pool, row["dedupe_key"], "sent", None)
         return "sent"
     error = "; ".join(errors)
-    if permanent or row["attempts"] >= max_attempts:
+    given_up = permanent or row["attempts"] >= max_attempts
+    for target in failed_targets:
+        metrics.record_notification(n.kind.value, target, "failed" if given_up else "retry")
+    if given_up:
         log.error("notification %s (%s) given up after %d attempt(s): %s", row["dedupe_key"], n.kind.value,
                   row["attempts"], error)
         await _finish(pool, row["dedupe_key"], "failed", error)
