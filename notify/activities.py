@@ -52,6 +52,8 @@ class NotifyActivities:
         result = DeliverResult(poll_seconds=self.settings.notify_poll_seconds)
         async with self.pool.acquire() as conn:
             result.emitted = await sweeps.sweep(conn, self.settings)
+            result.emitted += await sweeps.failed_job_runs(
+                conn, self.client, self.settings, activity.info().workflow_namespace or "default")
         rows = await outbox.claim_due(self.pool, inp.limit)
         if not rows:
             return result
