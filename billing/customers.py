@@ -37,3 +37,14 @@ async def link_customer(conn: asyncpg.Connection | asyncpg.Pool, customer_id: st
                                                 stripe_customer_id))
     except asyncpg.UniqueViolationError as e:
         raise CustomerLinkConflict(str(e)) from e
+
+
+async def find_customer(conn: asyncpg.Connection | asyncpg.Pool, ref: str) -> asyncpg.Record | None:
+    """The customer row `ref` names: our customer id first, else its Stripe customer id (a
+    receiver's placeholder row has the Stripe id as both)."""
+    return await conn.fetchrow(
+        """
+        SELECT customer_id, stripe_customer_id, email, name, deleted_at FROM billing.customers
+         WHERE customer_id = $1 OR stripe_customer_id = $1
+         ORDER BY (customer_id = $1) DESC LIMIT 1
+        """, ref)

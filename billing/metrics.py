@@ -59,6 +59,10 @@ WEBHOOK_BACKLOG_AGE = "billing_webhook_inbox_oldest_age_seconds"  # oldest event
 PAUSED = "billing_autoheal_paused"  # global switch (1) + runs paused one by one (observe-only)
 PAUSED_SINCE = "billing_autoheal_paused_since_timestamp"  # when the oldest current pause began
 COLLECTOR_REFRESH = "billing_metrics_collector_last_refresh_timestamp"  # last good refresh
+# Daily checks (checks/, from billing.daily_check_*): the last result of each check.
+DAILY_CHECK_FAILED = "billing_daily_check_failed"  # {check}: 1 when its last result failed
+DAILY_CHECK_FINDINGS = "billing_daily_check_findings"  # {check}: what its last result found wrong
+DAILY_CHECKS_LAST_RUN = "billing_daily_checks_last_run_timestamp"  # when the last run finished (0: never)
 
 # The Stripe circuit breaker (circuit/): 0 closed, 1 open, 2 half-open (from Postgres).
 STRIPE_CIRCUIT_STATE = "billing_stripe_circuit_state"
@@ -68,7 +72,8 @@ COUNTERS: tuple[str, ...] = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_
             STRIPE_RETRIES, WEBHOOK_RECEIVED, WEBHOOK_PROCESSED)
 HISTOGRAMS = (DURATION, STRIPE_DURATION)
 GAUGES: tuple[str, ...] = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, DIFF_PCT, EPSILON, OPEN_RUNS,
-          WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH)
+          WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH,
+          DAILY_CHECK_FAILED, DAILY_CHECK_FINDINGS, DAILY_CHECKS_LAST_RUN)
 COUNTERS += (NOTIFICATIONS,)
 GAUGES += (STRIPE_CIRCUIT_STATE,)
 
@@ -147,6 +152,12 @@ class _Instruments:
                 PAUSED_SINCE, "Unix time the oldest current pause began (0 if none)"),
             COLLECTOR_REFRESH: m.create_gauge_float(
                 COLLECTOR_REFRESH, "Unix time the Postgres-derived gauges were last refreshed"),
+            DAILY_CHECK_FAILED: m.create_gauge_float(
+                DAILY_CHECK_FAILED, "1 when the last result of a daily check failed, else 0"),
+            DAILY_CHECK_FINDINGS: m.create_gauge_float(
+                DAILY_CHECK_FINDINGS, "What the last result of a daily check found wrong (ids, events, keys)"),
+            DAILY_CHECKS_LAST_RUN: m.create_gauge_float(
+                DAILY_CHECKS_LAST_RUN, "Unix time the last daily checks run finished (0 if never)"),
             STRIPE_CIRCUIT_STATE: m.create_gauge_float(
                 STRIPE_CIRCUIT_STATE, "Stripe circuit breaker: 0 closed, 1 open, 2 half-open (from Postgres)"),
         }

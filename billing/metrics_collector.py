@@ -18,6 +18,8 @@ import asyncpg
 
 from billing import metrics
 from billing.settings import Settings
+from checks import metrics as checks_metrics
+from checks import store as checks_store
 from common.audit import AuditAction
 from common.types import RunStatus
 from reconcile.types import Counts
@@ -105,7 +107,9 @@ class MetricsCollector:
             open_runs = await conn.fetch(_OPEN_RUNS_SQL, OPEN_STATUSES)
             backlog = await conn.fetch(_BACKLOG_SQL)
             paused = await conn.fetchrow(_PAUSED_SQL, PAUSE_ACTIONS, AuditAction.RUN_PAUSE.value)
+            daily_checks = await checks_store.last_results(conn)
             circuit = await conn.fetchval("SELECT state FROM billing.stripe_circuit")
+        checks_metrics.publish(daily_checks)
         metrics.set_gauge(metrics.STRIPE_CIRCUIT_STATE, CIRCUIT_STATE_VALUES.get(circuit or "closed", 0.0))
         self._publish(last_success, last_runs, diffs, open_runs, backlog, paused)
 

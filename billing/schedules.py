@@ -31,10 +31,12 @@ from temporalio.workflow import _Definition
 
 from allocations.workflow import ReconcileAllocations
 from backfill.workflow import CatchUpBackfill
+from checks.workflow import DailyChecks
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
 from resync.invoices_workflow import ResyncInvoices
 from resync.workflow import ResyncSubscriptions
+from revenue.workflow import RevenueReconciliation
 from webhooks.replay_workflow import ReplayWebhooks
 
 SCHEDULE_ID_PREFIX = "billing-"
@@ -51,7 +53,7 @@ OVERLAP = {
 KNOWN_WORKFLOWS: dict[str, Callable[..., Awaitable[Any]]] = {
     _Definition.must_from_class(wf).name or wf.__name__: wf.run
     for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, ResyncInvoices, RepairCredits, CatchUpBackfill,
-               ReconcileAllocations)
+               ReconcileAllocations, RevenueReconciliation, DailyChecks)
 }
 
 

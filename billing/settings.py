@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     # How long the receiver waits for Temporal before answering anyway (the event is stored).
     webhook_start_timeout_seconds: float = Field(default=5.0, alias="WEBHOOK_START_TIMEOUT_SECONDS")
 
+    # Daily checks (checks/, docs/checks.md): a counter whose key no successful reconciliation
+    # covered for this many days is stale; inbox rows received/failed for longer than this many
+    # minutes are a backlog (and Stripe events younger than it are not yet counted as missed).
+    checks_stale_counter_days: int = Field(default=2, ge=1, le=400, alias="CHECKS_STALE_COUNTER_DAYS")
+    checks_backlog_minutes: int = Field(default=60, ge=1, le=10080, alias="CHECKS_BACKLOG_MINUTES")
+
     # Temporal task queue used by the worker and every starter.
     task_queue: str = Field(default="billing-recon", alias="BILLING_TASK_QUEUE")
 

@@ -279,11 +279,11 @@ class StripeGateway:
         return [e.to_dict(for_json=True) for e in page.data], bool(page.has_more)
 
     async def list_subscriptions_page(
-        self, *, customer: str | None, starting_after: str | None, limit: int = 100,
+        self, *, customer: str | None, starting_after: str | None, limit: int = 100, status: str = "all",
     ) -> tuple[list[dict], bool]:
-        """One page of /v1/subscriptions with every status (`status=all`: canceled included;
-        Stripe's default leaves canceled ones out), newest first."""
-        params: dict = {"status": "all", "limit": limit}
+        """One page of /v1/subscriptions, newest first: with every status by default (`status=all`:
+        canceled included; Stripe's default leaves canceled ones out), or in one status."""
+        params: dict = {"status": status, "limit": limit}
         if customer:
             params["customer"] = customer
         if starting_after:
@@ -309,3 +309,29 @@ class StripeGateway:
             params["starting_after"] = starting_after
         page = await self._call("list_invoices", self._client.v1.invoices.list_async, params=params)
         return [i.to_dict(for_json=True) for i in page.data], bool(page.has_more)
+
+    async def list_checkout_sessions_page(
+        self, *, customer: str, starting_after: str | None = None, limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page of a customer's Checkout Sessions (every status), newest first."""
+        params: dict = {"customer": customer, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call("list_checkout_sessions", self._client.v1.checkout.sessions.list_async, params=params)
+        return [s.to_dict(for_json=True) for s in page.data], bool(page.has_more)
+    async def list_created_page(
+        self, kind: str, *, created_gte: int, created_lt: int, starting_after: str | None, limit: int = 100,
+    ) -> tuple[list[dict], bool]:
+        """One page, newest first, of the objects of `kind` (invoice, invoice_payment, refund or
+        balance_transaction) created in [created_gte, created_lt) (unix seconds)."""
+        resources: dict[str, Any] = {
+            "invoice": self._client.v1.invoices,
+            "invoice_payment": self._client.v1.invoice_payments,
+            "refund": self._client.v1.refunds,
+            "balance_transaction": self._client.v1.balance_transactions,
+        }
+        params: dict = {"created": {"gte": created_gte, "lt": created_lt}, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = await self._call(f"list_{kind}s", resources[kind].list_async, params=params)
+        return [o.to_dict(for_json=True) for o in page.data], bool(page.has_more)

@@ -58,6 +58,12 @@ class AuditAction(StrEnum):
     # The application's `billing.link_customer` re-keyed the receiver's placeholder customer row
     # (customer_id = its Stripe id) to the application's id (written by SQL: migration 0012).
     CUSTOMER_LINK = "customer.link"
+    # RepairCustomer: the customer row's email, name or deletion rewritten from Stripe (never the mapping).
+    CUSTOMER_RESYNC = "customer.resync"
+    # Revenue reconciliation (RevenueReconciliation): an invoice mirror row fixed or created from
+    # Stripe, and a refund of an invoice's charge recorded in billing.invoice_refunds.
+    REVENUE_INVOICE_RESYNC = "revenue.invoice_resync"
+    REVENUE_RECORD_REFUND = "revenue.record_refund"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

@@ -60,7 +60,7 @@ class InvoiceResyncActivities:
 
         async def compare(invoices: list[dict[str, Any]], listed_at: datetime) -> None:
             await compare_page(self.pool, ctx, INVOICES, invoices, mirror_rows(INVOICES, invoices), listed_at, cp,
-                               _write)
+                               write_invoice)
 
         done = await compare_listing(self.pool, cp, list_page, compare, inp.max_pages)
         return page_result(InvoicePageResult, cp, done)
@@ -132,7 +132,8 @@ class InvoiceResyncActivities:
             return True
 
 
-async def _write(conn: asyncpg.Connection, cur: asyncpg.Record | None, row: InvoiceRow, raw: dict[str, Any],
-                 listed_at: datetime) -> str | None:
+async def write_invoice(conn: asyncpg.Connection, cur: asyncpg.Record | None, row: InvoiceRow, raw: dict[str, Any],
+                        listed_at: datetime) -> str | None:
+    """The mirror's write of a fix (`mirror.WriteRow`); RevenueReconciliation's fixes use it too."""
     await upsert_invoice(conn, row, raw, read_at=listed_at)
     return await _customer_of(conn, row.stripe_customer_id)

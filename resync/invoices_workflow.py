@@ -11,9 +11,9 @@ recorded, a deleted draft) is found and, in apply mode, fixed.
    `deleted`); anything else is reported `missing_in_stripe`, never deleted.
 
 A workflow of its own rather than a phase of ResyncSubscriptions: invoices grow every period
-(far more rows than subscriptions, so their own cadence and window), a new phase would change
-ResyncSubscriptions' recorded histories and result, and RevenueReconciliation's "apply =
-invoice mirror resync" can start this one alone.
+(far more rows than subscriptions, so their own cadence and window) and a new phase would change
+ResyncSubscriptions' recorded histories and result. RevenueReconciliation fixes the invoices it
+finds with this job's fix (resync/mirror.py `fix_row`, `write_invoice`).
 
 While auto-healing is paused an apply run is observe-only (each page checks before writing)."""
 

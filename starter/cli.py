@@ -29,11 +29,15 @@ def _mount() -> None:
         allocations_commands,
         autoheal_commands,
         backfill_commands,
+        checks_commands,
         credits_commands,
+        customer_commands,
         demo,
         dev,
+        incident_commands,
         reconcile_commands,
         resync_commands,
+        revenue_commands,
         schedule_commands,
         setup_commands,
         status_commands,
@@ -54,6 +58,10 @@ def _mount() -> None:
     credits_commands.register(app)
     app.command("stripe-emulator", help="Run the local Stripe emulator.")(emulator_cli.run)
     allocations_commands.register(app)
+    customer_commands.register(app)
+    revenue_commands.register(app)
+    checks_commands.register(app)
+    incident_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

@@ -69,16 +69,19 @@ async def run_decision(conn: asyncpg.Connection, run: str) -> asyncpg.Record | N
         "SELECT status, approved_by, rejected_by FROM billing.reconciliation_runs WHERE run_id = $1", run)
 
 
+# `status` reports the usage reconciliation: revenue runs (kind 'revenue') share the runs table
+# but keep their findings in billing.revenue_findings.
 async def last_successful_apply(conn: asyncpg.Connection) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT run_id, workflow_run_id, mode, window_start, window_end, finished_at
            FROM billing.reconciliation_runs WHERE status = 'completed' AND mode = 'apply' AND NOT observe_only
+                AND kind = 'usage'
            ORDER BY finished_at DESC NULLS LAST LIMIT 1""")
 
 
 async def latest_finished_run(conn: asyncpg.Connection) -> str | None:
     return await conn.fetchval(
-        "SELECT run_id FROM billing.reconciliation_runs WHERE finished_at IS NOT NULL "
+        "SELECT run_id FROM billing.reconciliation_runs WHERE finished_at IS NOT NULL AND kind = 'usage' "
         "ORDER BY finished_at DESC LIMIT 1")
 
 
@@ -239,3 +242,27 @@ async def duration_rows(conn: asyncpg.Connection, customer_id: str) -> dict[str,
         rows = await conn.fetch(f"SELECT * FROM billing.{table} WHERE {where}", customer_id)
         out[table] = sorted((tuple(r.values()) for r in rows), key=repr)
     return out
+
+
+# ---------------------------------------------------------------------------- revenue reconciliation
+
+REVENUE_DAY_COLUMNS = [
+    "day", "currency", "local_count", "local_paid", "local_refunded", "stripe_count", "stripe_paid",
+    "stripe_refunded", "payments_paid", "out_of_band", "balance_net", "drift", "findings",
+]
+REVENUE_FINDING_COLUMNS = [
+    "day", "stripe_invoice_id", "kind", "status", "customer_id", "stripe_customer_id", "currency",
+    "local_status", "stripe_status", "local_amount_paid", "stripe_amount_paid", "local_refunded",
+    "stripe_refunded", "detail",
+]
+
+
+async def revenue_report(conn: asyncpg.Connection, run: str) -> dict[str, Any]:
+    """A revenue run's day totals (per currency) and findings, in order."""
+    days = await conn.fetch(
+        f"SELECT {', '.join(REVENUE_DAY_COLUMNS)} FROM billing.revenue_days WHERE run_id = $1 ORDER BY day, currency",
+        run)
+    findings = await conn.fetch(
+        f"SELECT {', '.join(REVENUE_FINDING_COLUMNS)} FROM billing.revenue_findings WHERE run_id = $1 "
+        "ORDER BY day, stripe_invoice_id, kind", run)
+    return {"days": [dict(r) for r in days], "findings": [dict(r) for r in findings]}

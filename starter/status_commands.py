@@ -12,6 +12,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from backfill.workflow import CatchUpBackfill
+from checks import store as checks_store
+from checks.workflow import DailyChecks
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
 from resync.workflow import ResyncSubscriptions
@@ -23,7 +25,7 @@ from webhooks.replay_workflow import ReplayWebhooks
 
 # The workflows `status` lists while they run.
 OUR_WORKFLOWS = [workflow_type(w) for w in (ReconcileUsage, CatchUpBackfill, ReplayWebhooks, ResyncSubscriptions,
-                                            RepairCredits)]
+                                            RepairCredits, DailyChecks)]
 JSON_HELP = "Print one JSON document instead of tables"
 
 # ---------------------------------------------------------------------------- status
@@ -37,6 +39,7 @@ async def gather_status() -> dict[str, Any]:
         open_discrepancies = await queries.open_discrepancies(conn, latest_run) if latest_run else 0
         inbox = await queries.inbox_counts(conn)
         oldest_received = await queries.oldest_waiting_event(conn)
+        daily_checks = await checks_store.last_results(conn)
         circuit = await queries.stripe_circuit(conn)
         notifications = await queries.notification_counts(conn)
     now = datetime.now(UTC)
@@ -49,6 +52,8 @@ async def gather_status() -> dict[str, Any]:
                   "processed": inbox.get("processed", 0), "ignored": inbox.get("ignored", 0),
                   "oldest_received_age_seconds": (now - oldest_received).total_seconds() if oldest_received else None},
         "schedules": [], "running": [], "temporal": "ok",
+        "daily_checks": [{"check": r["check_name"], "passed": r["passed"], "summary": r["summary"],
+                          "run_id": r["run_id"], "finished_at": r["finished_at"]} for r in daily_checks],
         "stripe_circuit": {"state": circuit["state"] if circuit else "closed",
                            "since": circuit["since"] if circuit else None,
                            "reason": circuit["reason"] if circuit else None},
@@ -127,6 +132,7 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     i = data["inbox"]
     age = f", oldest waiting {i['oldest_received_age_seconds']:.0f}s" if i["oldest_received_age_seconds"] else ""
     console.print(f"webhook inbox: {i['received']} received, {i['failed']} failed{age}")
+    _print_daily_checks(data["daily_checks"])
     if data["temporal"] != "ok":
         err.print(f"[red]Temporal {data['temporal']}[/red]")
         return
@@ -137,6 +143,16 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     for r in data["running"]:
         t.add_row(r["workflow_id"], r["type"], r.get("progress", ""), r["link"] or "")
     console.print(t)
+
+
+def _print_daily_checks(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("daily checks: [yellow]never run[/yellow] (billing-recon checks)")
+        return
+    failed = [r["check"] for r in rows if not r["passed"]]
+    last = max(r["finished_at"] for r in rows)
+    verdict = f"[red]failing: {', '.join(failed)}[/red]" if failed else "[green]all passed[/green]"
+    console.print(f"daily checks ({last:%Y-%m-%d %H:%M} UTC): {verdict}")
 
 
 # ---------------------------------------------------------------------------- audit

@@ -173,6 +173,11 @@ class Store:
                 "checkout.session",
                 "webhook_endpoint",
                 "billing.meter",
+                "invoice_payment",
+                "charge",
+                "refund",
+                "balance_transaction",
+                "invoiceitem",
             )
         }
         self.webhook_secrets: dict[str, str] = {}

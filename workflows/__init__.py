@@ -10,15 +10,20 @@ from types import ModuleType
 import allocations
 import autoheal
 import backfill
+import checks
 import circuit
 import credits
+import customer
 import health
 import notify
 import reconcile
 import resync
+import revenue
 import webhooks
 
-JOBS: tuple[ModuleType, ...] = (reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations)
+JOBS: tuple[ModuleType, ...] = (
+    reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue, checks,
+)
 JOBS += (notify, circuit)
 
 

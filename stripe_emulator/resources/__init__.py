@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 from . import (
+    balance_transactions,
+    charges,
     checkout_sessions,
     customers,
     events,
+    invoice_payments,
+    invoiceitems,
     invoices,
     meter_event_adjustments,
     meter_event_summaries,
@@ -14,6 +18,7 @@ from . import (
     meters,
     prices,
     products,
+    refunds,
     subscription_items,
     subscriptions,
     webhook_endpoints,
@@ -30,10 +35,15 @@ RESOURCES = (
     prices,
     subscriptions,
     subscription_items,
+    invoiceitems,
     invoices,
     checkout_sessions,
     webhook_endpoints,
     events,
+    invoice_payments,
+    charges,
+    refunds,
+    balance_transactions,
 )
 
 ROUTES: tuple[Route, ...] = tuple(route for module in RESOURCES for route in module.ROUTES)

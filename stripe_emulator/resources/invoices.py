@@ -27,6 +27,8 @@ from .base import (
     retrieve,
     set_fields,
 )
+from .charges import create_charge
+from .invoice_payments import cancel_default_payment, open_default_payment, settle_default_payment
 
 
 def create_invoice(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
@@ -112,9 +114,10 @@ def mark_uncollectible(s: Store, ctx: RequestContext | None, p: Params, id: str)
 
 def pay_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> dict[str, Any]:
     inv = s.col("invoice").get(id)
+    out_of_band = to_bool(p.get("paid_out_of_band", False), "paid_out_of_band")
     if inv["status"] == "draft":
         finalize(s, ctx, inv)
-    pay(s, ctx, inv)
+    pay(s, ctx, inv, out_of_band=out_of_band)
     return inv
 
 
@@ -129,6 +132,7 @@ def void_invoice(s: Store, ctx: RequestContext | None, p: Params, id: str) -> di
     prev = {"status": inv["status"]}
     inv["status"] = "void"
     inv["status_transitions"]["voided_at"] = s.now()
+    cancel_default_payment(s, inv)
     s.emit("invoice.voided", inv, ctx, prev)
     return inv
 
@@ -283,6 +287,7 @@ def finalize(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
     inv["status_transitions"]["finalized_at"] = now
     inv["hosted_invoice_url"] = f"https://invoice.stripe.com/i/emulator/{inv['id']}"
     inv["invoice_pdf"] = f"https://pay.stripe.com/invoice/emulator/{inv['id']}/pdf"
+    open_default_payment(s, inv)
     s.emit("invoice.finalized", inv, ctx, prev)
 
 
@@ -290,7 +295,11 @@ def finalize(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
 VOIDABLE = PAYABLE = ("open", "uncollectible")
 
 
-def pay(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
+def pay(
+    s: Store, ctx: RequestContext | None, inv: dict[str, Any], out_of_band: bool = False
+) -> None:
+    """Pay an open (or uncollectible) invoice: by a charge through Stripe (its balance
+    transaction and the default invoice payment), or out of band (no money through Stripe)."""
     if inv["status"] not in PAYABLE:
         raise StripeError(
             400, f"Invoice is already {inv['status']}.", code="invoice_unexpected_state"
@@ -307,6 +316,12 @@ def pay(s: Store, ctx: RequestContext | None, inv: dict[str, Any]) -> None:
     inv["amount_paid"] = inv["amount_due"]
     inv["amount_remaining"] = 0
     inv["status_transitions"]["paid_at"] = now
+    charge = None
+    if not out_of_band and inv["amount_paid"] > 0:
+        charge = create_charge(
+            s, inv["customer"], inv["amount_paid"], inv["currency"], f"Invoice {inv['number']}"
+        )
+    settle_default_payment(s, inv, charge["id"] if charge else None)
     s.emit("invoice.paid", inv, ctx, prev)
     s.emit("invoice.payment_succeeded", inv, ctx)
     # Paying the overdue invoice brings a past_due subscription back to active, as in Stripe.

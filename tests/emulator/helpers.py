@@ -66,3 +66,13 @@ async def day_total(client: stripe.StripeClient, meter_id: str, customer: str, n
     )
     assert len(page.data) == 1
     return page.data[0].aggregated_value
+
+
+def assert_keys(obj, fixture: dict, kind: str) -> None:
+    data = obj.to_dict() if hasattr(obj, "to_dict") else obj
+    missing = set(fixture) - set(data)
+    assert not missing, f"{kind} lacks {sorted(missing)}"
+    if "livemode" in data:
+        assert data["livemode"] is False
+    if "object" in fixture and kind != "deleted_customer":
+        assert data["object"] == fixture["object"]

@@ -5,17 +5,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from .helpers import make_customer, make_meter, push
-
-
-def assert_keys(obj, fixture: dict, kind: str) -> None:
-    data = obj.to_dict() if hasattr(obj, "to_dict") else obj
-    missing = set(fixture) - set(data)
-    assert not missing, f"{kind} lacks {sorted(missing)}"
-    if "livemode" in data:
-        assert data["livemode"] is False
-    if "object" in fixture and kind != "deleted_customer":
-        assert data["object"] == fixture["object"]
+from .helpers import assert_keys, make_customer, make_meter, push
 
 
 async def _billing_setup(client):

@@ -164,7 +164,8 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
     client = temporal_env.client
     defs = schedules.load()
     assert {d.name for d in defs} == {"usage-sync", "full-reconciliation", "webhook-replay",
-                                      "subscription-resync", "invoice-resync", "credit-repair", "allocations-reconcile"}
+                                      "subscription-resync", "invoice-resync", "credit-repair", "allocations-reconcile",
+                                      "daily-checks", "revenue-reconciliation"}
     tag = uuid.uuid4().hex[:6]
     for d in defs:  # private ids: the dev server is shared by the whole test session
         d.name = f"{d.name}-{tag}"
@@ -183,7 +184,8 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
         assert timeouts == {"usage-sync": timedelta(hours=1), "full-reconciliation": timedelta(hours=12),
                             "webhook-replay": timedelta(hours=3), "subscription-resync": timedelta(hours=6),
                             "credit-repair": timedelta(hours=6), "invoice-resync": timedelta(hours=6),
-                            "allocations-reconcile": timedelta(minutes=50)}
+                            "allocations-reconcile": timedelta(minutes=50), "daily-checks": timedelta(hours=2),
+                            "revenue-reconciliation": timedelta(hours=12)}
         assert sync.policy.overlap == ScheduleOverlapPolicy.SKIP
         assert sync.policy.catchup_window == timedelta(minutes=10)
         assert sync.spec.intervals[0].every == timedelta(minutes=5)

@@ -24,8 +24,9 @@ def test_worker_receiver_and_cli_do_not_import_devstack() -> None:
     assert result.stdout.strip() == "[]"
 
 # Product packages: everything but the emulator (a dev tool with its own layout), tests and bench.
-PRODUCT = ("activities", "allocations", "autoheal", "backfill", "billing", "common", "credits", "devstack",
-           "health", "reconcile", "resync", "starter", "webhooks", "workflows", "notify", "circuit")
+PRODUCT = ("activities", "allocations", "autoheal", "backfill", "billing", "checks", "common", "credits", "customer",
+           "devstack", "health", "incidents", "reconcile", "resync", "revenue", "starter", "webhooks", "workflows",
+           "notify", "circuit")
 MAX_MODULE_LINES = 400
 ROOT = Path(__file__).resolve().parents[2]
 

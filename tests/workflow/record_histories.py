@@ -2,7 +2,7 @@
 with an embedded Postgres and the Stripe emulator (the session fixtures of tests/conftest.py).
 
     .venv/bin/python tests/workflow/record_histories.py       # or
-    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k resync | -k invoice | -k dismiss]
+    .venv/bin/pytest tests/workflow/record_histories.py [-k webhook | -k operations | -k resync | -k invoice | -k dismiss | -k revenue]
 
 Not collected by a plain `pytest` run (the file name does not match test_*.py). Re-record when a
 workflow changes *on purpose* and commit the new files next to the old ones (keep the old ones:
@@ -489,6 +489,47 @@ async def test_record_histories(temporal_env, postgres_dsn, clean_db, emulator, 
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size} bytes)")
 
+
+async def record_revenue(client: Client, settings: Settings, task_queue: str, stripe_client) -> list[Path]:
+    """RevenueReconciliation (dry-run, apply) over today: two paid invoices the mirror never
+    heard of, one of them partly refunded."""
+    from revenue.types import RevenueInput, RevenueResult
+
+    tag = f"rec{uuid.uuid4().hex[:6]}"
+    cus = await stripe_client.v1.customers.create_async(params={"name": tag, "metadata": {"customer_id": tag}})
+    charges = []
+    for amount in (1200, 800):
+        inv = await stripe_client.v1.invoices.create_async(params={"customer": cus.id, "auto_advance": False})
+        await stripe_client.v1.invoice_items.create_async(
+            params={"customer": cus.id, "invoice": inv.id, "amount": amount})
+        await stripe_client.v1.invoices.pay_async(inv.id)
+        payment = (await stripe_client.v1.invoice_payments.list_async(params={"invoice": inv.id})).data[0]
+        charges.append(payment.payment.charge)
+    await stripe_client.v1.refunds.create_async(params={"charge": charges[0], "amount": 200})
+    today = datetime.now(UTC).date()
+    paths: list[Path] = []
+    w, close = await worker_module.build_worker(client, settings, task_queue=task_queue)
+    try:
+        async with w:
+            for mode in (Mode.DRY_RUN, Mode.APPLY):
+                handle = await client.start_workflow(
+                    "RevenueReconciliation",
+                    RevenueInput(since=today, until=today, mode=mode, actor="recorder", page_size=1),
+                    id=f"{tag}-revenue-{mode.value}", task_queue=task_queue, result_type=RevenueResult)
+                res = await asyncio.wait_for(handle.result(), 120)
+                assert res.counts.by_kind == {"missing_locally": 2}, res
+                paths.append(await save(handle, f"revenue_reconciliation_{mode.value.replace('-', '_')}"))
+    finally:
+        await close()
+    return paths
+
+
+async def test_record_revenue_histories(temporal_env, postgres_dsn, clean_db, emulator, stripe_client, task_queue):
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    paths = await record_revenue(temporal_env.client, settings_for(postgres_dsn, emulator), task_queue,
+                                 stripe_client)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-s", "-p", "no:cacheprovider"]))
