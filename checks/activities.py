@@ -13,7 +13,7 @@ from temporalio import activity
 
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
-from checks import policy, store
+from checks import notices, policy, store
 from checks.policy import DayTypeTally, tally_key
 from checks.types import CheckRequest, CheckResult, RecordChecksInput
 from common.heartbeat import heartbeat_pages, resume
@@ -134,5 +134,6 @@ class CheckActivities:
 
     @activity.defn(name="checks.record")
     async def record(self, inp: RecordChecksInput) -> None:
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             await store.record_results(conn, inp)
+            await notices.on_recorded(conn, inp)
