@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import pytest
+from temporalio.service import RPCError
 
 from autoheal.control import signal_autoheal
 from autoheal.workflow import AutoHealControl
@@ -21,9 +22,13 @@ pytestmark = pytest.mark.integration
 
 
 async def _wait_actor(handle, actor: str, paused: bool) -> None:
+    s = None
     for _ in range(150):
-        s = await handle.query(AutoHealControl.state)
-        if s.paused == paused and s.actor == actor:
+        try:
+            s = await handle.query(AutoHealControl.state)
+        except RPCError:  # a loaded machine: the first workflow task may not have run yet
+            s = None
+        if s is not None and s.paused == paused and s.actor == actor:
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"switch never {paused} by {actor}: {s}")
