@@ -18,6 +18,7 @@ from checks.policy import DayTypeTally, tally_key
 from checks.types import CheckRequest, CheckResult, RecordChecksInput
 from common.heartbeat import heartbeat_pages, resume
 from common.paged_activities import mark_seen
+from notify.outbox import never_failing
 from webhooks.activities import type_patterns
 
 
@@ -136,4 +137,5 @@ class CheckActivities:
     async def record(self, inp: RecordChecksInput) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await store.record_results(conn, inp)
-            await notices.on_recorded(conn, inp)
+            async with never_failing(conn, inp.run_id):
+                await notices.on_recorded(conn, inp)

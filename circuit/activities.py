@@ -32,6 +32,8 @@ from notify.types import Notification, NotificationKind, Severity, dedupe_key
 
 log = logging.getLogger(__name__)
 
+PROBE_FAILED = "; probe failed: "
+
 
 def episode(opened_at: datetime | None) -> str:
     """The subject of an open episode's notifications (opened, then closed)."""
@@ -102,7 +104,9 @@ class CircuitActivities:
             if row.state != CircuitState.HALF_OPEN:  # a retried activity: decided already
                 return CheckResult(state=row.state, since=row.since, reason=row.reason, next_check_seconds=next_check)
             if not probe.ok:
-                row = await store.set_state(conn, CircuitState.OPEN, f"{row.reason}; probe failed: {probe.error}")
+                # The figures that opened it, and the latest probe's failure (not every one).
+                opened_by = (row.reason or "").split(PROBE_FAILED)[0]
+                row = await store.set_state(conn, CircuitState.OPEN, f"{opened_by}{PROBE_FAILED}{probe.error}")
                 log.warning("Stripe circuit stays open: probe failed: %s", probe.error)
                 return CheckResult(state=row.state, transition=Transition.REOPENED, reason=row.reason,
                                    since=row.since, next_check_seconds=next_check)

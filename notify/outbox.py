@@ -11,7 +11,8 @@ JSON webhook (`Idempotency-Key`) and PagerDuty (`dedup_key`) receivers fold into
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import asyncpg
@@ -34,6 +35,17 @@ MAX_DOUBLINGS = 20
 def backoff(attempts: int) -> timedelta:
     """The wait after the `attempts`-th attempt (claim_due computes the same in SQL)."""
     return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(MAX_DOUBLINGS, max(0, attempts - 1)))
+
+
+@asynccontextmanager
+async def never_failing(conn: asyncpg.Connection, what: str) -> AsyncIterator[None]:
+    """Recording a notification never fails what it reports: an error inside is logged and
+    swallowed, and a savepoint undoes its partial writes (the caller's transaction goes on)."""
+    try:
+        async with conn.transaction():
+            yield
+    except Exception:
+        log.exception("notification for %s not recorded", what)
 
 
 async def emit(conn: asyncpg.Connection | asyncpg.Pool, n: Notification) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 # One NotificationDispatcher per task queue (per deployment): its workflow id.
 DISPATCHER_ID_PREFIX = "billing-notifications"
@@ -15,6 +15,9 @@ DISPATCHER_ID_PREFIX = "billing-notifications"
 
 def dispatcher_id(task_queue: str) -> str:
     return f"{DISPATCHER_ID_PREFIX}:{task_queue}"
+
+
+MAX_TITLE = 300
 
 
 class NotificationKind(StrEnum):
@@ -42,8 +45,8 @@ class Notification(BaseModel):
     its deduplication key: the same pair is recorded, and so sent, once."""
 
     kind: NotificationKind
-    subject: str = Field(min_length=1, max_length=500)
-    title: str = Field(min_length=1, max_length=500)
+    subject: str = Field(min_length=1)
+    title: str = Field(min_length=1)
     text: str = ""
     severity: Severity = Severity.WARNING
     # The exact CLI commands that act on it (approve/reject a plan, resume, ...).
@@ -54,6 +57,13 @@ class Notification(BaseModel):
     # Closes an earlier notification (the circuit closing resolves its opening): PagerDuty gets
     # a `resolve` for that one's dedup_key.
     resolves: str | None = None
+
+    @field_validator("title")
+    @classmethod
+    def _short_title(cls, title: str) -> str:
+        # A title names a run id, which can be long: cut, never refused (a notification must
+        # never fail what it reports).
+        return title if len(title) <= MAX_TITLE else title[: MAX_TITLE - 1] + "…"
 
     def dedupe_key(self) -> str:
         return dedupe_key(self.subject, self.kind)

@@ -17,6 +17,7 @@ from billing.periods import billing_period, current_period_window
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.types import RunStatus
+from notify.outbox import never_failing
 from reconcile import notices
 from reconcile.types import (
     AWAITING_APPROVAL,
@@ -165,7 +166,8 @@ async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate, settings: Set
             inp.run_id, inp.status.value, inp.approved_by, inp.rejected_by, inp.reason,
         )
         if run is not None:
-            await notices.on_status(conn, settings, run, inp.status)
+            async with never_failing(conn, inp.run_id):
+                await notices.on_status(conn, settings, run, inp.status)
         if inp.reject_held:
             await conn.execute(
                 "UPDATE billing.discrepancies SET status = $2, updated_at = now() "
@@ -244,7 +246,8 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput, settings: Settings
             inp.error, inp.observe_only,
         )
         if row is not None:
-            await notices.on_status(conn, settings, row, inp.status)
+            async with never_failing(conn, inp.context.run_id):
+                await notices.on_status(conn, settings, row, inp.status)
         findings = await conn.fetch(
             "SELECT kind, coalesce(action, 'none') AS action, count(*) AS n "
             "FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key NOT LIKE 'verify|%' "

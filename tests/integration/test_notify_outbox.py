@@ -86,3 +86,13 @@ async def test_attempts_run_out_into_failed_and_no_target_is_said(clean_db):
     assert statuses == ["pending", "pending", "failed"]
     await outbox.emit(clean_db, note("run-f@1"))
     assert await _deliver(clean_db, Targets(), requests={}) == {"run-f@1|run_failed": "no_target"}
+
+
+async def test_a_notification_that_fails_to_record_never_fails_what_it_reports(clean_db):
+    async with clean_db.acquire() as conn, conn.transaction():
+        await outbox.emit(conn, note("run-g@1"))  # the business write's stand-in
+        async with outbox.never_failing(conn, "run-g"):
+            await outbox.emit(conn, note("run-h@1"))
+            await conn.execute("SELECT 1 / 0")  # the notification's SQL fails
+    # The caller's transaction committed; the failed notification's partial write was undone.
+    assert [r["subject"] for r in await clean_db.fetch("SELECT subject FROM billing.notifications")] == ["run-g@1"]

@@ -78,3 +78,8 @@ async def test_no_answer_is_retried_and_2xx_is_done() -> None:
 def test_backoff_doubles_from_5_s_to_at_most_15_min() -> None:
     assert [backoff(n).total_seconds() for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
     assert backoff(50).total_seconds() == 900
+
+
+def test_a_long_title_is_cut_not_refused() -> None:
+    n = Notification(kind=NotificationKind.RUN_FAILED, subject="x" * 2000, title="run " + "x" * 2000 + " failed")
+    assert len(n.title) == 300 and n.title.endswith("…") and len(n.subject) == 2000
