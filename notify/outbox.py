@@ -145,3 +145,12 @@ def tally(result: DeliverResult, status: str) -> DeliverResult:
     elif status == "pending":
         result.retrying += 1
     return result
+
+
+async def retry_failed(conn: asyncpg.Connection, dedupe_key: str | None) -> int:
+    """Give failed notifications (one, or every one) a fresh round of attempts, after the target
+    was fixed; returns how many. Targets that answered before are not sent again."""
+    result = await conn.execute(
+        "UPDATE billing.notifications SET status = 'pending', attempts = 0, next_attempt_at = now(), "
+        "finished_at = NULL WHERE status = 'failed' AND ($1::text IS NULL OR dedupe_key = $1)", dedupe_key)
+    return int(result.split()[-1])
