@@ -61,7 +61,13 @@ class CircuitActivities:
             row = await store.lock_state(conn)
             await store.prune(conn)
             if not s.stripe_circuit_enabled:
-                return CheckResult(state=row.state, since=row.since, reason=row.reason, next_check_seconds=next_check)
+                if row.state == CircuitState.CLOSED:
+                    return CheckResult(state=row.state, since=row.since, next_check_seconds=next_check)
+                # Turned off while open: closed at once, and its own pause resumed.
+                row = await store.set_state(conn, CircuitState.CLOSED, "circuit breaker disabled")
+                sw = await switch.state(conn)
+                return CheckResult(state=row.state, transition=Transition.CLOSED, reason=row.reason, since=row.since,
+                                   next_check_seconds=next_check, resume=sw.paused and sw.actor == CIRCUIT_ACTOR)
             if row.state == CircuitState.CLOSED:
                 figures = await store.figures(conn, s.stripe_circuit_window_seconds, row.since)
                 if not should_open(figures, self._threshold()):

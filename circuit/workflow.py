@@ -43,10 +43,10 @@ class StripeCircuit:
                 self._show(res)
                 probe = await workflow.execute_activity_method(CircuitActivities.probe, **smoke_check())
                 res = await workflow.execute_activity_method(CircuitActivities.record_probe, probe, **short_step())
-                if res.resume:
-                    await workflow.execute_activity_method(
-                        CircuitActivities.resume_autoheal, AutohealSignal(reason="Stripe circuit closed: probe succeeded"),
-                        **short_step())
+            if res.resume:  # closed by a probe (or by turning the breaker off), its own pause in force
+                await workflow.execute_activity_method(
+                    CircuitActivities.resume_autoheal, AutohealSignal(reason=f"Stripe circuit closed: {res.reason}"),
+                    **short_step())
             self._last = res
             self._show(res)
             await workflow.sleep(timedelta(seconds=res.next_check_seconds))

@@ -69,3 +69,28 @@ async def test_an_operator_pause_taken_over_from_the_circuit_is_never_resumed_by
             "SELECT action, actor FROM billing.audit_log WHERE entity_type = 'autoheal' ORDER BY at, id")
         assert [(r["action"], r["actor"]) for r in audit] == [
             ("autoheal.pause", CIRCUIT_ACTOR), ("autoheal.pause", "alice"), ("autoheal.resume", "alice")]
+
+
+async def test_turning_the_breaker_off_while_open_closes_it_and_resumes_only_its_own_pause(
+    clean_db, postgres_dsn, emulator, temporal_env,
+):
+    from billing.stripe_gateway import StripeGateway, make_stripe_client
+    from circuit.activities import CircuitActivities
+    from circuit.types import Transition
+    from tests.integration.recon_helpers import make_settings
+
+    settings = make_settings(postgres_dsn, emulator, STRIPE_CIRCUIT_ENABLED=False)
+    acts = CircuitActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings, temporal_env.client)
+    try:
+        for actor, resume in ((CIRCUIT_ACTOR, True), ("alice", False)):
+            await clean_db.execute(
+                "INSERT INTO billing.stripe_circuit (id, state, opened_at, reason) VALUES (true, 'open', now(), 'x') "
+                "ON CONFLICT (id) DO UPDATE SET state = 'open', reason = 'x'")
+            await clean_db.execute(
+                "INSERT INTO billing.autoheal_state (id, paused, since, actor) VALUES (true, true, now(), $1) "
+                "ON CONFLICT (id) DO UPDATE SET paused = true, since = now(), actor = $1", actor)
+            res = await acts.check()
+            assert (res.state.value, res.transition, res.resume) == ("closed", Transition.CLOSED, resume), actor
+            assert (await acts.check()).transition == Transition.NONE  # closed now: nothing more
+    finally:
+        await clean_db.execute("UPDATE billing.autoheal_state SET paused = false")
