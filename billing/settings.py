@@ -160,6 +160,14 @@ class Settings(BaseSettings):
         default=None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     )
 
+    # Dead-man's switch (docs/temporal-ui.md#dead-mans-switch): after each successful run of
+    # these schedules, the worker pings this URL (healthchecks-style; `{schedule}` is replaced
+    # by the schedule's name, for one check per schedule). Unset: no ping.
+    deadman_ping_url: str | None = Field(default=None, alias="DEADMAN_PING_URL")
+    deadman_ping_schedules: str = Field(default="usage-sync,full-reconciliation", alias="DEADMAN_PING_SCHEDULES")
+    # Also ping `<url>/fail` after a failed scheduled run (healthchecks alerts at once).
+    deadman_ping_on_failure: bool = Field(default=False, alias="DEADMAN_PING_ON_FAILURE")
+
     # Notifications (notify/, docs/notifications.md). A target is on when its URL or key is set;
     # none set: notifications are recorded in billing.notifications and not sent.
     notify_webhook_url: str | None = Field(default=None, alias="NOTIFY_WEBHOOK_URL")
@@ -198,6 +206,20 @@ class Settings(BaseSettings):
     # login name (USER), else "cli".
     billing_actor: str | None = Field(default=None, alias="BILLING_ACTOR")
     login_user: str | None = Field(default=None, alias="USER")
+
+    @field_validator("deadman_ping_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"DEADMAN_PING_URL must be an http(s) URL, not {value!r}")
+        return value.strip()
+
+    def deadman_schedules(self) -> set[str]:
+        """The schedule names (billing/schedules.toml) whose successful runs ping."""
+        return {n.strip() for n in self.deadman_ping_schedules.split(",") if n.strip()}
 
     @field_validator(
         "emulator_summary_lag_seconds", "temporal_http_port", "temporal_metrics_port",

@@ -311,6 +311,18 @@ class ReconcileResult(BaseModel):
     # What the run left out and why (RunContext.warnings), e.g. meters that are not sum meters.
     warnings: list[str] = Field(default_factory=list)
 
+    def ui_outcome(self) -> str:
+        """`BillingOutcome` of the run (common/ui.py upserts it when the run ends)."""
+        from reconcile.details import outcome_of
+
+        return outcome_of(self).value
+
+    def ui_details(self) -> str:
+        """The run's final current details in the Temporal UI: outcome, counts, what is left."""
+        from reconcile.details import result_details
+
+        return result_details(self)
+
 
 ReconcileUsageInput.model_rebuild()
 

@@ -42,6 +42,7 @@ def _mount() -> None:
         schedule_commands,
         setup_commands,
         status_commands,
+        visibility,
         webhook_commands,
     )
     from stripe_emulator import cli as emulator_cli
@@ -63,6 +64,7 @@ def _mount() -> None:
     revenue_commands.register(app)
     checks_commands.register(app)
     incident_commands.register(app)
+    visibility.register(app)
     notify_commands.register(app)
 
 

@@ -121,8 +121,9 @@ async def notification_counts(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def audit(conn: asyncpg.Connection, *, customer: str | None, since: datetime | None, action: str | None,
-                limit: int) -> list[dict[str, Any]]:
-    """Newest first. `customer`: rows that touched it (its own or as the entity)."""
+                limit: int, workflow_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Newest first. `customer`: rows that touched it (its own or as the entity); `workflow_ids`:
+    rows written by those workflows (None: any)."""
     rows = await conn.fetch(
         """
         SELECT id, at, actor, action, entity_type, entity_id, customer_id, before, after, reason,
@@ -131,8 +132,9 @@ async def audit(conn: asyncpg.Connection, *, customer: str | None, since: dateti
         WHERE ($1::text IS NULL OR customer_id = $1 OR (entity_type = 'customer' AND entity_id = $1))
           AND ($2::timestamptz IS NULL OR at >= $2)
           AND ($3::text IS NULL OR action = $3)
+          AND ($5::text[] IS NULL OR workflow_id = ANY($5))
         ORDER BY at DESC, id DESC LIMIT $4
-        """, customer, since, action, limit)
+        """, customer, since, action, limit, workflow_ids)
     return [dict(r) for r in rows]
 
 

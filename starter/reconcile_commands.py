@@ -18,6 +18,8 @@ from temporalio.service import RPCError
 
 from billing import correlation
 from billing.policy import MAX_SETTLE_SECONDS
+from common import ui
+from common.types import Mode
 from reconcile.types import (
     ApprovalDecision,
     ApprovalResult,
@@ -26,7 +28,7 @@ from reconcile.types import (
     ReconcileUsageInput,
 )
 from reconcile.workflow import ReconcileUsage
-from starter import queries
+from starter import queries, visibility
 from starter.follow import Step, Watch, start_and_follow
 from starter.kit import (
     EXIT_BAD_INPUT,
@@ -263,8 +265,21 @@ def _num(v: Any) -> str:
 
 def runs(open_only: bool = typer.Option(False, "--open", help="Only runs not finished (running, waiting, paused)"),
          limit: int = typer.Option(20, min=1, max=10_000, help="How many, newest first"),
-         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """List reconciliation runs: status, when, correlation id, and whether auto-healing is paused."""
+         as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+         kind: str | None = typer.Option(None, help=visibility.KIND_HELP),
+         mode: Mode | None = typer.Option(None, help="Only runs in this mode (BillingMode)"),
+         outcome: ui.Outcome | None = typer.Option(None, help=visibility.OUTCOME_HELP),
+         customer: str | None = typer.Option(None, help="Only runs naming this customer (BillingCustomerIds)"),
+         correlation_id: str | None = typer.Option(None, help="Only runs started under this correlation id"),
+         schedule: str | None = typer.Option(None, help="Only runs this schedule started (usage-sync, ...)")) -> None:
+    """List reconciliation runs: status, when, correlation id, and whether auto-healing is paused.
+    With --kind/--mode/--outcome/--customer/--correlation-id/--schedule: every job's runs, found
+    through Temporal's visibility API by their search attributes (docs/temporal-ui.md)."""
+    query = visibility.visibility_query(kind=kind, mode=mode, outcome=outcome, customer=customer,
+                                        correlation_id=correlation_id, schedule=schedule, open_only=open_only)
+    if query is not None:
+        visibility.print_runs(run(visibility.find_runs(query, limit)), query, as_json=as_json)
+        return
     rows = read(queries.runs, open_only=open_only, limit=limit)
     if as_json:
         print(json.dumps(rows, default=str))
