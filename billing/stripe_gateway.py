@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 
 from billing import metrics
 from billing.settings import Settings
+from billing.stripe_health import HEALTH, ErrorReason
 from billing.telemetry import stripe_span
 
 
@@ -62,8 +63,10 @@ class InstrumentedHTTPXClient(stripe.HTTPXClient):
                 method, url, headers, post_data)
         except stripe.APIConnectionError:
             metrics.record_stripe_request(operation, "network_error", time.monotonic() - started)
+            HEALTH.record_status(None)
             raise
         metrics.record_stripe_request(operation, str(status), time.monotonic() - started)
+        HEALTH.record_status(status)
         return content, status, response_headers
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,7 @@ class StripeGateway:
                 except stripe.RateLimitError:
                     self.rate_limit_retries += 1
                     if attempt == RATE_LIMIT_RETRIES - 1:
+                        HEALTH.record_error(ErrorReason.RATE_LIMITED)  # the circuit counts it
                         raise
                     log.warning("Stripe answered 429 (rate limited) to %s; retry %d of %d", operation,
                                 attempt + 1, RATE_LIMIT_RETRIES - 1)
@@ -162,6 +166,11 @@ class StripeGateway:
             if not page.has_more or not page.data:
                 return meters
             params = {"limit": 100, "starting_after": page.data[-1].id}
+
+    async def probe(self) -> None:
+        """The circuit breaker's half-open probe: the cheapest read there is (one meter, one
+        page). Raises what Stripe's answer raises."""
+        await self._call("probe", self._client.v1.billing.meters.list_async, params={"limit": 1})
 
     async def daily_summaries(
         self, meter_id: str, stripe_customer_id: str, start: date, end_inclusive: date

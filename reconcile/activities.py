@@ -22,6 +22,7 @@ from autoheal import switch
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.audit import AuditInput, write_audit
+from common.failures import permanent_in_group
 from common.heartbeat import Heartbeater, resume
 from reconcile import periods_store, runs, store
 from reconcile.corrections import CorrectionWriter
@@ -76,11 +77,11 @@ class UsageActivities:
 
     @activity.defn(name="usage.set_run_status")
     async def set_run_status(self, inp: RunStatusUpdate) -> None:
-        await runs.set_run_status(self.pool, inp)
+        await runs.set_run_status(self.pool, inp, self.settings)
 
     @activity.defn(name="usage.finish_run")
     async def finish_run(self, inp: FinishRunInput) -> FinishRunResult:
-        return await runs.finish_run(self.pool, inp)
+        return await runs.finish_run(self.pool, inp, self.settings)
 
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:
@@ -194,11 +195,17 @@ class UsageActivities:
                     out.unreadable[(c.customer_id, meter)] = (
                         f"Stripe refused the summary read: {e.user_message or e}")
 
-        async with asyncio.TaskGroup() as tg:
-            for c in batch:
-                if c.stripe_customer_id:
-                    for m in ctx.meters:
-                        tg.create_task(one(c, m.stripe_meter_id, m.event_name))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for c in batch:
+                    if c.stripe_customer_id:
+                        for m in ctx.meters:
+                            tg.create_task(one(c, m.stripe_meter_id, m.event_name))
+        except BaseExceptionGroup as group:
+            # A refusal no retry fixes (Stripe refused the API key) fails the page for good.
+            if (permanent := permanent_in_group(group)) is not None:
+                raise permanent from group
+            raise
         return out
 
     # ------------------------------------------------------------------ applying a stored plan

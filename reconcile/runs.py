@@ -17,7 +17,8 @@ from billing.periods import STRIPE_PAST_WINDOW, billing_period, current_period_w
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.types import RunStatus
-from reconcile import periods_store
+from notify.outbox import never_failing
+from reconcile import notices, periods_store
 from reconcile.types import (
     AWAITING_APPROVAL,
     Counts,
@@ -160,9 +161,9 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
     return ctx
 
 
-async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
-    async with pool.acquire() as conn:
-        await conn.execute(
+async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate, settings: Settings) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        run = await conn.fetchrow(
             """
             UPDATE billing.reconciliation_runs
                SET status = $2,
@@ -170,9 +171,13 @@ async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
                    rejected_by = coalesce($4, rejected_by),
                    decision_reason = coalesce($5, decision_reason)
              WHERE run_id = $1
+            RETURNING run_id, workflow_run_id, kind, mode, error
             """,
             inp.run_id, inp.status.value, inp.approved_by, inp.rejected_by, inp.reason,
         )
+        if run is not None:
+            async with never_failing(conn, inp.run_id):
+                await notices.on_status(conn, settings, run, inp.status)
         if inp.reject_held:
             await conn.execute(
                 "UPDATE billing.discrepancies SET status = $2, updated_at = now() "
@@ -230,7 +235,7 @@ async def recorded_counts(conn: asyncpg.Connection, inp: FinishRunInput) -> Fini
                            verify_counts=None if verify_counts is None else merge(verify_counts, True))
 
 
-async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult:
+async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput, settings: Settings) -> FinishRunResult:
     async with pool.acquire() as conn, conn.transaction():
         final = await recorded_counts(conn, inp)
         row = await conn.fetchrow(
@@ -241,8 +246,8 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult
                SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4, observe_only = $5
               FROM prev
              WHERE r.run_id = $1
-            RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode,
-                      extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
+            RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode, r.run_id, r.workflow_run_id,
+                      r.error, extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
             """,
             inp.context.run_id, inp.status.value,
             {**final.counts.model_dump(),
@@ -250,6 +255,9 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult
              "warnings": inp.context.warnings()},
             inp.error, inp.observe_only,
         )
+        if row is not None:
+            async with never_failing(conn, inp.context.run_id):
+                await notices.on_status(conn, settings, row, inp.status)
         findings = await conn.fetch(
             "SELECT kind, coalesce(action, 'none') AS action, count(*) AS n "
             "FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key NOT LIKE 'verify|%' "

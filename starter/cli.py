@@ -35,6 +35,7 @@ def _mount() -> None:
         demo,
         dev,
         incident_commands,
+        notify_commands,
         reconcile_commands,
         resync_commands,
         revenue_commands,
@@ -64,6 +65,7 @@ def _mount() -> None:
     checks_commands.register(app)
     incident_commands.register(app)
     visibility.register(app)
+    notify_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

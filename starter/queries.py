@@ -105,6 +105,28 @@ async def autoheal(conn: asyncpg.Connection) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT paused, since, actor, reason FROM billing.autoheal_state")
 
 
+async def stripe_circuit(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT state, since, opened_at, reason, paused_by_circuit FROM billing.stripe_circuit")
+
+
+async def notifications(conn: asyncpg.Connection, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT created_at, kind, subject, status, attempts, delivered, last_error, dedupe_key, event_id,
+               body->>'title' AS title
+          FROM billing.notifications
+         WHERE $1::text IS NULL OR status = $1
+         ORDER BY created_at DESC LIMIT $2
+        """, status, limit)
+    return [dict(r) for r in rows]
+
+
+async def notification_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM billing.notifications GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
 async def audit(conn: asyncpg.Connection, *, customer: str | None, since: datetime | None, action: str | None,
                 limit: int, workflow_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Newest first. `customer`: rows that touched it (its own or as the entity); `workflow_ids`:

@@ -41,6 +41,8 @@ async def gather_status() -> dict[str, Any]:
         inbox = await queries.inbox_counts(conn)
         oldest_received = await queries.oldest_waiting_event(conn)
         daily_checks = await checks_store.last_results(conn)
+        circuit = await queries.stripe_circuit(conn)
+        notifications = await queries.notification_counts(conn)
     now = datetime.now(UTC)
     status: dict[str, Any] = {
         "autoheal": {"paused": bool(ah and ah["paused"]), "since": ah["since"] if ah else None,
@@ -53,6 +55,10 @@ async def gather_status() -> dict[str, Any]:
         "schedules": [], "running": [], "temporal": "ok", "awaiting_approval": None,
         "daily_checks": [{"check": r["check_name"], "passed": r["passed"], "summary": r["summary"],
                           "run_id": r["run_id"], "finished_at": r["finished_at"]} for r in daily_checks],
+        "stripe_circuit": {"state": circuit["state"] if circuit else "closed",
+                           "since": circuit["since"] if circuit else None,
+                           "reason": circuit["reason"] if circuit else None},
+        "notifications": {"pending": notifications.get("pending", 0), "failed": notifications.get("failed", 0)},
     }
     if last is not None:
         status["last_successful_reconciliation"] = {
@@ -107,6 +113,15 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
                       f"{a['actor']}: {a['reason']}")
     else:
         console.print("auto-healing [green]active[/green]")
+    c = data["stripe_circuit"]
+    if c["state"] == "closed":
+        console.print("Stripe circuit [green]closed[/green]")
+    else:
+        console.print(f"Stripe circuit [bold red]{c['state'].upper().replace('_', '-')}[/bold red] since "
+                      f"{c['since']:%Y-%m-%d %H:%M:%S} UTC: {c['reason']}")
+    n = data["notifications"]
+    if n["pending"] or n["failed"]:
+        console.print(f"notifications: {n['pending']} pending, [red]{n['failed']} failed[/red]")
     last = data["last_successful_reconciliation"]
     if last:
         hours = last["age_seconds"] / 3600

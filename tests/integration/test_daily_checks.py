@@ -221,3 +221,26 @@ async def test_subscription_usage_and_inbox_checks_against_postgres_and_stripe(
     backlog = await env.run(acts.inbox_backlog, req(backlog_minutes=60))
     assert (backlog.passed, backlog.figures["failed"], backlog.figures["received"]) == (False, 1, 0)
     assert [i.key for i in backlog.items] == ["evt_old_failed"] and "boom" in backlog.items[0].detail
+
+
+async def test_a_run_with_failed_checks_notifies_once(clean_db, postgres_dsn, emulator):
+    """`checks.record` records one `daily_check_failed` notification per run with failed checks
+    (notify/), in the results' transaction; recorded again (a retry), still one; all passed: none."""
+    now = datetime.now(UTC)
+    settings = make_settings(postgres_dsn, emulator)
+    acts = CheckActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+    results = [CheckResult(check=name, passed=name != CheckName.STALE_COUNTERS, summary=f"{name} summary",
+                           findings=int(name == CheckName.STALE_COUNTERS)) for name in CheckName]
+    failing = RecordChecksInput(run_id="checks-failing", workflow_run_id="r1", started_at=now, finished_at=now,
+                                results=results)
+    passing = RecordChecksInput(run_id="checks-passing", workflow_run_id="r2", started_at=now, finished_at=now,
+                                results=[r.model_copy(update={"passed": True, "findings": 0}) for r in results])
+    env = ActivityEnvironment()
+    for inp in (failing, failing, passing):
+        await env.run(acts.record, inp)
+    rows = await clean_db.fetch("SELECT kind, subject, body FROM billing.notifications")
+    assert [(r["kind"], r["subject"]) for r in rows] == [("daily_check_failed", "checks-failing@r1")]
+    body = rows[0]["body"]
+    assert body["title"] == "Daily checks: 1 failed (stale_counters)"
+    assert body["fields"] == {"stale_counters": "stale_counters summary"}
+    assert "billing-recon checks --last" in body["commands"]
