@@ -73,7 +73,7 @@ def push_timestamp(usage_day: date, now: datetime, window: PushWindow | None = N
 #
 # Since API 2025-03-31.basil each subscription item carries its own current_period_start/end.
 # A customer's periods for a meter come from the metered item billing it (the subscription
-# mirror, migration 0019); calendar months remain the fallback. docs/reconciliation.md
+# mirror, migration 0018); calendar months remain the fallback. docs/reconciliation.md
 # "Billing periods" has the rules and their limits.
 
 # A grace push must reach Stripe (and be counted) before the draft finalizes: no grace push is

@@ -1,4 +1,4 @@
-"""The circuit's SQL (migration 0018): every worker's tally of Stripe outcomes, and the one row
+"""The circuit's SQL (migration 0017): every worker's tally of Stripe outcomes, and the one row
 of state."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The notifications outbox (billing.notifications, migration 0017): `emit` records a
+"""The notifications outbox (billing.notifications, migration 0016): `emit` records a
 notification, in the caller's transaction, once per (subject, kind); `deliver_due` sends what is
 due to every configured target and records each answer.
 

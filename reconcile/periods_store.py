@@ -1,4 +1,4 @@
-"""Reads of billing periods (migration 0019): each customer's metered subscription items, the
+"""Reads of billing periods (migration 0018): each customer's metered subscription items, the
 state of the invoice of their previous period, and the closed periods (final invoices) the
 window overlaps, with what they billed, what we adjusted since and the exact ledger. Read in
 the batch's snapshot (reconcile/store.py read_batch) and by the apply-time re-checks, which also

@@ -248,7 +248,7 @@ async def upsert_subscription(
 
 async def write_subscription_items(conn: asyncpg.Connection, sub_id: str, stripe_customer_id: str,
                                    raw: dict[str, Any]) -> None:
-    """The subscription's anchor and its items' prices, meters and periods (migration 0019), as
+    """The subscription's anchor and its items' prices, meters and periods (migration 0018), as
     the copy just read from Stripe has them: the billing periods of the reconciliation."""
     await conn.execute("UPDATE billing.subscriptions SET billing_cycle_anchor = $2 WHERE stripe_subscription_id = $1",
                        sub_id, ts(raw.get("billing_cycle_anchor")))
