@@ -21,6 +21,7 @@ from circuit.types import CIRCUIT_ACTOR
 from common.types import Mode, RunStatus
 from reconcile.types import ReconcileResult
 
+from .autoheal_helpers import global_switch
 from .notify_helpers import dumps, running_sink, stop_singletons, worker_env
 from .recon_helpers import assert_stripe_equals_ledger, seed_world, start
 from .worker_helpers import spawn_worker, stop_worker
@@ -55,7 +56,9 @@ async def test_stripe_failing_opens_the_circuit_pauses_writes_then_closes_and_co
     client = temporal_env.client
     log = tmp_path / "worker.log"
     worker = None
-    async with running_sink() as (sink, url):
+    # global_switch: the circuit's pause starts AutoHealControl (one global id) on this test's
+    # task queue; it must not outlive the test, or the next test's switch talks to a dead queue.
+    async with global_switch(client, clean_db), running_sink() as (sink, url):
         env = worker_env(postgres_dsn, emulator, temporal_env, task_queue, NOTIFY_WEBHOOK_URL=url, **CIRCUIT)
         try:
             worker = spawn_worker(env, log)
