@@ -30,6 +30,7 @@ def _mount() -> None:
         autoheal_commands,
         backfill_commands,
         checks_commands,
+        console_commands,
         credits_commands,
         customer_commands,
         demo,
@@ -62,9 +63,10 @@ def _mount() -> None:
     revenue_commands.register(app)
     checks_commands.register(app)
     incident_commands.register(app)
+    console_commands.register(app)
 
 
-SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}
+SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev", "console"}
 
 
 def main() -> None:

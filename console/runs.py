@@ -1,0 +1,142 @@
+"""Runs: a filtered, keyset-paged list; a run page with counts, discrepancies (filters, CSV
+export) and, for a plan waiting for approval, Approve/Reject with a reason through
+ReconcileUsage's `approve`/`reject` updates (`starter.reconcile_commands.decide`, as
+`billing-recon approve/reject`), recorded with the signed-in actor."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from common.types import ApprovalDecision, RunStatus
+from console import queries
+from console.settings import Role
+from console.web import Ctx, guard, refuse
+from starter.queries import DISCREPANCY_COLUMNS
+from starter.reconcile_commands import decide
+
+CSV_BATCH = 2000
+
+
+def _choice(ctx: Ctx, name: str, allowed: list[str]) -> str | None:
+    value = ctx.request.query_params.get(name) or None
+    return value if value in allowed else None
+
+
+@guard(Role.VIEWER)
+async def runs_list(ctx: Ctx) -> Response:
+    q = ctx.request.query_params
+    kind = _choice(ctx, "kind", queries.RUN_KINDS)
+    mode = _choice(ctx, "mode", queries.RUN_MODES)
+    status = _choice(ctx, "status", queries.RUN_STATUSES)
+    open_only = q.get("open") == "1"
+    try:
+        page = max(0, int(q.get("page") or 0))
+    except ValueError:
+        return refuse(400, "page is not a number")
+    async with ctx.app.pool.acquire() as conn:
+        rows = await queries.runs(conn, kind=kind, mode=mode, status=status, open_only=open_only,
+                                  offset=page * queries.PAGE_ROWS, limit=queries.PAGE_ROWS + 1)
+    more = len(rows) > queries.PAGE_ROWS
+    rows = rows[:queries.PAGE_ROWS]
+    filters = {"kind": kind or "", "mode": mode or "", "status": status or "", "open": "1" if open_only else ""}
+    return ctx.render("runs.html", rows=rows, more=more, filters=filters, page=page, kinds=queries.RUN_KINDS,
+                      modes=queries.RUN_MODES, statuses=queries.RUN_STATUSES)
+
+
+def _discrepancy_filters(ctx: Ctx) -> tuple[str | None, str | None]:
+    q = ctx.request.query_params
+    return (q.get("kind") or None), (q.get("status") or None)
+
+
+@guard(Role.VIEWER)
+async def run_page(ctx: Ctx) -> Response:
+    kind, status = _discrepancy_filters(ctx)
+    try:
+        page = max(0, int(ctx.request.query_params.get("page") or 0))
+    except ValueError:
+        return refuse(400, "page is not a number")
+    async with ctx.app.pool.acquire() as conn:
+        run = await queries.run_row(conn, ctx.request.path_params["ref"])
+        if run is None:
+            return refuse(404, "no such reconciliation run")
+        run_id = run["run_id"]
+        breakdown = await queries.discrepancy_breakdown(conn, run_id)
+        rows = await queries.discrepancies(conn, run_id, kind=kind, status=status, after=None,
+                                           limit=queries.PAGE_ROWS + 1, offset=page * queries.PAGE_ROWS)
+    more = len(rows) > queries.PAGE_ROWS
+    counts = {k: v for k, v in (run["counts"] or {}).items() if k not in ("verify", "warnings") and v}
+    return ctx.render("run.html", run=run, counts=counts, warnings=(run["counts"] or {}).get("warnings") or [],
+                      breakdown=breakdown, rows=rows[:queries.PAGE_ROWS], more=more,
+                      filters={"kind": kind or "", "status": status or ""},
+                      kinds=sorted({b["kind"] for b in breakdown}), statuses=sorted({b["status"] for b in breakdown}),
+                      awaiting=run["status"] == RunStatus.AWAITING_APPROVAL.value, ref=queries.run_ref(run),
+                      page=page)
+
+
+@guard(Role.VIEWER)
+async def run_csv(ctx: Ctx) -> Response:
+    """Every discrepancy matching the filters, the columns of `billing-recon report --export-discrepancies`,
+    streamed in key order (a run with 100k keys is never held in memory)."""
+    kind, status = _discrepancy_filters(ctx)
+    async with ctx.app.pool.acquire() as conn:
+        run = await queries.run_row(conn, ctx.request.path_params["ref"])
+    if run is None:
+        return refuse(404, "no such reconciliation run")
+    run_id = run["run_id"]
+
+    async def body() -> AsyncIterator[str]:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=DISCREPANCY_COLUMNS)
+        writer.writeheader()
+        after = None
+        while True:
+            async with ctx.app.pool.acquire() as conn:
+                batch = await queries.discrepancies(conn, run_id, kind=kind, status=status, after=after,
+                                                    limit=CSV_BATCH)
+            writer.writerows(batch)
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+            if len(batch) < CSV_BATCH:
+                return
+            after = batch[-1]["discrepancy_key"]
+
+    return StreamingResponse(body(), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{_safe(queries.run_ref(run))}-discrepancies.csv"'})
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+async def _decide(ctx: Ctx, approved: bool) -> Response:
+    async with ctx.app.pool.acquire() as conn:
+        run = await queries.run_row(conn, ctx.request.path_params["ref"])
+    if run is None:
+        return refuse(404, "no such reconciliation run")
+    handle = (await ctx.app.temporal()).get_workflow_handle(run["run_id"])
+    decision = ApprovalDecision(actor=ctx.who.actor, reason=ctx.field("reason"))
+    verb = "approve" if approved else "reject"
+    try:
+        await decide(handle, decision, approved=approved)
+    except WorkflowUpdateFailedError as e:
+        return refuse(409, f"{verb} refused: {getattr(e.cause, 'message', e.cause)}")
+    except RPCError as e:
+        return refuse(409, f"{verb} refused: {e.message}")
+    return RedirectResponse(f"/runs/{queries.run_ref(run)}?done={verb}d", status_code=303)
+
+
+@guard(Role.APPROVER, post=True)
+async def approve(ctx: Ctx) -> Response:
+    return await _decide(ctx, True)
+
+
+@guard(Role.APPROVER, post=True)
+async def reject(ctx: Ctx) -> Response:
+    return await _decide(ctx, False)
