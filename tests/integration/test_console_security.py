@@ -1,0 +1,102 @@
+"""The console refuses before anything happens: an unauthenticated request, a viewer trying to
+approve, an operator's POST without (or with someone else's, or a cross-site) CSRF token. Each
+refusal is checked to have written nothing: no audit row, the pause switch and the run as they
+were, no workflow started. Against the real console process, Postgres and Temporal."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.service import RPCError
+
+from autoheal.types import AUTOHEAL_WORKFLOW_ID
+from tests.integration.console_helpers import console_process, csrf_of, signed_in
+
+pytestmark = pytest.mark.integration
+
+PLAN_RUN = "console-security-plan"
+
+
+@pytest.fixture
+async def console(cli_env, tmp_path, clean_db):
+    await clean_db.execute(
+        "INSERT INTO billing.reconciliation_runs (run_id, workflow_run_id, mode, window_start, window_end, status) "
+        "VALUES ($1, '3f0c2a56-1111-4222-8333-444455556666', 'plan', current_date, current_date, 'awaiting_approval')",
+        PLAN_RUN)
+    with console_process(cli_env, tmp_path / "console.log") as base:
+        yield base
+
+
+async def nothing_written(pool, temporal_client) -> None:
+    assert await pool.fetchval("SELECT count(*) FROM billing.audit_log") == 0
+    assert await pool.fetchval("SELECT count(*) FROM billing.autoheal_state WHERE paused") == 0
+    run = await pool.fetchrow("SELECT status, approved_by, rejected_by FROM billing.reconciliation_runs "
+                              "WHERE run_id = $1", PLAN_RUN)
+    assert dict(run) == {"status": "awaiting_approval", "approved_by": None, "rejected_by": None}
+    with pytest.raises(RPCError):  # never started by a refused pause
+        await temporal_client.get_workflow_handle(AUTOHEAL_WORKFLOW_ID).describe()
+
+
+async def test_unauthenticated_requests_are_refused(console, clean_db, temporal_env):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=console, follow_redirects=False) as anon:
+        page = await anon.get("/")
+        assert page.status_code == 303 and page.headers["location"] == "/login"
+        for path in ("/runs", "/audit", "/customers", "/incidents", f"/runs/{PLAN_RUN}/discrepancies.csv"):
+            r = await anon.get(path)
+            assert r.status_code == 303, path
+        login = await anon.get("/login")
+        token = csrf_of(login.text)
+        for path, data in (("/pause", {"reason": "x"}), (f"/runs/{PLAN_RUN}/approve", {}),
+                           ("/customers", {"customer": "acme"}), ("/customers/repair", {"customer": "acme"})):
+            r = await anon.post(path, data={"csrf_token": token, **data})
+            assert r.status_code == 401, path
+        # A wrong token does not sign in; a token in the URL is never read.
+        r = await anon.post("/login", data={"csrf_token": token, "token": "not-a-token-0123456789"})
+        assert r.status_code == 401 and "console_session" not in r.cookies
+        r = await anon.get("/login?token=viewer-token-0123456789abcdef")
+        assert "console_session" not in r.cookies
+        assert (await anon.get("/")).status_code == 303
+        # Every response carries the security headers.
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
+    await nothing_written(clean_db, temporal_env.client)
+
+
+async def test_a_viewer_cannot_approve_pause_or_repair(console, clean_db, temporal_env):
+    async with signed_in(console, "vera-viewer") as viewer:
+        page = await viewer.get(f"/runs/{PLAN_RUN}")
+        assert page.status_code == 200 and "needs the approver role" in page.text and 'id="approve"' not in page.text
+        token = csrf_of(page.text)
+        for path in (f"/runs/{PLAN_RUN}/approve", f"/runs/{PLAN_RUN}/reject", "/pause", "/resume", "/customers/repair"):
+            r = await viewer.post(path, data={"csrf_token": token, "reason": "viewer tries", "customer": "acme"})
+            assert r.status_code == 403, path
+            assert "vera-viewer is a viewer" in r.text
+    async with signed_in(console, "otto-operator") as operator:
+        token = csrf_of((await operator.get("/")).text)
+        r = await operator.post(f"/runs/{PLAN_RUN}/approve", data={"csrf_token": token, "reason": "not mine"})
+        assert r.status_code == 403 and "needs the approver role" in r.text
+    await nothing_written(clean_db, temporal_env.client)
+
+
+async def test_posts_without_a_valid_csrf_token_are_refused(console, clean_db, temporal_env):
+    async with signed_in(console, "ada-approver") as approver, signed_in(console, "otto-operator") as operator:
+        own = csrf_of((await approver.get("/")).text)
+        others = csrf_of((await operator.get("/")).text)
+        cases = [
+            ({"reason": "no token"}, {}),
+            ({"reason": "empty", "csrf_token": ""}, {}),
+            ({"reason": "forged", "csrf_token": "0" * 64}, {}),
+            ({"reason": "someone else's", "csrf_token": others}, {}),
+            ({"reason": "cross-site", "csrf_token": own}, {"Origin": "https://evil.example"}),
+        ]
+        for data, headers in cases:
+            for path in ("/pause", f"/runs/{PLAN_RUN}/approve"):
+                r = await approver.post(path, data=data, headers=headers)
+                assert r.status_code == 403, (path, data["reason"])
+                assert "CSRF" in r.text or "cross-origin" in r.text
+        # Without its cookie (another browser), the page's token is useless too.
+        approver.cookies.delete("console_csrf")
+        r = await approver.post("/pause", data={"reason": "cookie gone", "csrf_token": own})
+        assert r.status_code == 403
+    await nothing_written(clean_db, temporal_env.client)
