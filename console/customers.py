@@ -29,7 +29,6 @@ from customer.types import (
     CustomerView,
     InspectCustomerInput,
     RepairCustomerInput,
-    RepairCustomerResult,
 )
 from starter.customer_commands import repair_workflow_id
 from starter.customer_view import CUSTOMER_ROWS, INVOICE_COLUMNS, SUBSCRIPTION_COLUMNS
@@ -103,14 +102,14 @@ async def follow(ctx: Ctx) -> Response:
         f"RunId = '{run_id}' AND WorkflowType = 'RepairCustomer'", limit=1)]
     if not found:
         return refuse(404, "no such repair (yet: reload in a moment)")
-    handle = client.get_workflow_handle(found[0].id, run_id=run_id)
+    handle = client.get_workflow_handle_for(RepairCustomer.run, found[0].id, run_id=run_id)
     desc = await handle.describe()
     if desc.status == WorkflowExecutionStatus.RUNNING:
         progress = await handle.query(RepairCustomer.progress)
         return ctx.render("repair.html", running=True, progress=progress, result=None, error=None,
                           refresh=REFRESH_SECONDS, workflow_id=found[0].id, run_id=run_id)
     try:
-        result: RepairCustomerResult = await handle.result()
+        result = await handle.result()
     except WorkflowFailureError as e:
         return ctx.render("repair.html", running=False, progress=None, result=None, refresh=None,
                           error=str(getattr(e.cause, "message", e.cause)), workflow_id=found[0].id, run_id=run_id)

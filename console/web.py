@@ -145,7 +145,7 @@ SECURITY_HEADERS = [
      b"form-action 'self'; base-uri 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # never to other sites; no-referrer would make Origin "null"
     (b"cache-control", b"no-store"),
 ]
 

@@ -110,6 +110,7 @@ class Browser:
             options.add_argument(flag)
         self.driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         self.driver.set_page_load_timeout(120)
+        self.driver.implicitly_wait(10)  # a click returns before the next page has loaded
 
     async def call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)

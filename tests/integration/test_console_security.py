@@ -59,7 +59,7 @@ async def test_unauthenticated_requests_are_refused(console, clean_db, temporal_
         assert (await anon.get("/")).status_code == 303
         # Every response carries the security headers.
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
-        assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "same-origin"
     await nothing_written(clean_db, temporal_env.client)
 
 
