@@ -38,7 +38,7 @@ USERS = {
 
 def chromium_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+    for path in (CHROMIUM, CHROMEDRIVER):
         if not Path(path).exists():
             return f"{path} is missing: install the Debian packages chromium and chromium-driver (.ci/run does)"
     return None
