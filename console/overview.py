@@ -5,6 +5,7 @@ Pause and resume go through AutoHealControl exactly as `billing-recon pause/resu
 
 from __future__ import annotations
 
+import asyncpg
 import typer
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -63,13 +64,19 @@ async def logout(ctx: Ctx) -> Response:
 async def overview(ctx: Ctx) -> Response:
     status = await gather_status(await ctx.app.temporal())
     run_id = status["open_discrepancies_run"]
-    by_kind, open_ref = [], None
-    if run_id:
-        async with ctx.app.pool.acquire() as conn:
+    last = status["last_successful_reconciliation"]
+    by_kind: list[dict] = []
+    async with ctx.app.pool.acquire() as conn:
+        if run_id:
             by_kind = await open_findings_by_kind(conn, run_id)
-            run = await run_row(conn, run_id)
-        open_ref = run_ref(run) if run else None
-    return ctx.render("overview.html", status=status, by_kind=by_kind, open_ref=open_ref)
+        # Links name runs by their opaque ref (console.queries.run_ref), never by workflow id.
+        refs = {r: await _ref(conn, r) for r in {run_id, last["run_id"] if last else None} if r}
+    return ctx.render("overview.html", status=status, by_kind=by_kind, refs=refs, circuit=None)
+
+
+async def _ref(conn: asyncpg.Connection, run_id: str) -> str:
+    run = await run_row(conn, run_id)
+    return run_ref(run) if run else run_id
 
 
 async def _switch(ctx: Ctx, paused: bool) -> Response:

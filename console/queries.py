@@ -113,7 +113,7 @@ async def audit(conn: asyncpg.Connection, *, customer: str | None, actor: str | 
 async def revenue_runs(conn: asyncpg.Connection, *, limit: int = PAGE_ROWS) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """
-        SELECT r.run_id, r.mode, r.status, r.window_start, r.window_end, r.started_at, r.finished_at,
+        SELECT r.run_id, r.workflow_run_id, r.mode, r.status, r.window_start, r.window_end, r.started_at, r.finished_at,
                (SELECT count(*) FROM billing.revenue_findings f WHERE f.run_id = r.run_id) AS findings
           FROM billing.reconciliation_runs r
          WHERE r.kind = 'revenue'
