@@ -9,6 +9,7 @@ import pytest
 from temporalio.service import RPCError
 
 from autoheal.types import AUTOHEAL_WORKFLOW_ID
+from tests.integration.cli_helpers import cli
 from tests.integration.console_helpers import console_process, csrf_of, signed_in
 
 pytestmark = pytest.mark.integration
@@ -100,3 +101,13 @@ async def test_posts_without_a_valid_csrf_token_are_refused(console, clean_db, t
         r = await approver.post("/pause", data={"reason": "cookie gone", "csrf_token": own})
         assert r.status_code == 403
     await nothing_written(clean_db, temporal_env.client)
+
+
+async def test_the_console_refuses_to_start_open_or_misconfigured(cli_env):
+    env = {k: v for k, v in cli_env.items() if not k.startswith("CONSOLE_")}
+    code, out, err = await cli(env, "console")
+    assert code == 2 and err.strip() == ("error: CONSOLE_TOKENS is empty: nobody could sign in (set actor:role:token "
+                                         "entries, or CONSOLE_AUTH=proxy)")
+    code, out, err = await cli({**env, "CONSOLE_TOKENS": "alice:root:alice-secret-0123456789"}, "console")
+    assert code == 1 and err.startswith("invalid settings: CONSOLE_TOKENS") and "alice-secret" not in err
+    assert "Traceback" not in err
