@@ -64,6 +64,9 @@ class AuditAction(StrEnum):
     # Stripe, and a refund of an invoice's charge recorded in billing.invoice_refunds.
     REVENUE_INVOICE_RESYNC = "revenue.invoice_resync"
     REVENUE_RECORD_REFUND = "revenue.record_refund"
+    # An approved invoice adjustment for a closed billing period (ReconcileUsage plan mode):
+    # an invoice item, a credit note or a customer balance credit (its kind in `after`).
+    USAGE_INVOICE_ADJUSTMENT = "usage.invoice_adjustment"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

@@ -40,6 +40,7 @@ ROUTES = [
     Route("/pause", overview.pause, methods=["POST"]),
     Route("/resume", overview.resume, methods=["POST"]),
     Route("/runs", runs.runs_list),
+    Route("/runs/search", runs.runs_search),
     Route("/runs/{ref}", runs.run_page),
     Route("/runs/{ref}/discrepancies.csv", runs.run_csv),
     Route("/runs/{ref}/approve", runs.approve, methods=["POST"]),

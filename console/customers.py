@@ -29,6 +29,7 @@ from customer.types import (
     CustomerView,
     InspectCustomerInput,
     RepairCustomerInput,
+    RepairCustomerResult,
 )
 from starter.customer_commands import repair_workflow_id
 from starter.customer_view import CUSTOMER_ROWS, INVOICE_COLUMNS, SUBSCRIPTION_COLUMNS
@@ -102,7 +103,7 @@ async def follow(ctx: Ctx) -> Response:
         f"RunId = '{run_id}' AND WorkflowType = 'RepairCustomer'", limit=1)]
     if not found:
         return refuse(404, "no such repair (yet: reload in a moment)")
-    handle = client.get_workflow_handle_for(RepairCustomer.run, found[0].id, run_id=run_id)
+    handle = client.get_workflow_handle(found[0].id, run_id=run_id, result_type=RepairCustomerResult)
     desc = await handle.describe()
     if desc.status == WorkflowExecutionStatus.RUNNING:
         progress = await handle.query(RepairCustomer.progress)

@@ -71,7 +71,7 @@ async def overview(ctx: Ctx) -> Response:
             by_kind = await open_findings_by_kind(conn, run_id)
         # Links name runs by their opaque ref (console.queries.run_ref), never by workflow id.
         refs = {r: await _ref(conn, r) for r in {run_id, last["run_id"] if last else None} if r}
-    return ctx.render("overview.html", status=status, by_kind=by_kind, refs=refs, circuit=None)
+    return ctx.render("overview.html", status=status, by_kind=by_kind, refs=refs)
 
 
 async def _ref(conn: asyncpg.Connection, run_id: str) -> str:

@@ -9,14 +9,17 @@ import csv
 import io
 from collections.abc import AsyncIterator
 
+import typer
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from common.types import ApprovalDecision, RunStatus
+from common import ui
+from common.types import ApprovalDecision, Mode, RunStatus
 from console import queries
 from console.settings import Role
 from console.web import Ctx, guard, refuse
+from starter import visibility
 from starter.queries import DISCREPANCY_COLUMNS
 from starter.reconcile_commands import decide
 
@@ -140,3 +143,34 @@ async def approve(ctx: Ctx) -> Response:
 @guard(Role.APPROVER, post=True)
 async def reject(ctx: Ctx) -> Response:
     return await _decide(ctx, False)
+
+
+SEARCH_LIMIT = 100
+
+
+@guard(Role.VIEWER)
+async def runs_search(ctx: Ctx) -> Response:
+    """Every job's runs (not only reconciliations) found in Temporal by our search attributes,
+    as `billing-recon runs --kind/--mode/--outcome/--schedule/--correlation-id` finds them.
+    Customer ids are not a filter here: they would sit in the URL (the audit page filters by
+    customer, by POST)."""
+    q = ctx.request.query_params
+    filters = {k: q.get(k) or "" for k in ("kind", "mode", "outcome", "schedule", "correlation_id")}
+    open_only = q.get("open") == "1"
+    rows: list[dict] = []
+    error = None
+    try:
+        mode = Mode(filters["mode"]) if filters["mode"] else None
+        outcome = ui.Outcome(filters["outcome"]) if filters["outcome"] else None
+        query = visibility.visibility_query(
+            kind=filters["kind"] or None, mode=mode, outcome=outcome, correlation_id=filters["correlation_id"] or None,
+            schedule=filters["schedule"] or None, open_only=open_only)
+        if query is not None:
+            rows = await visibility.find_runs(query, SEARCH_LIMIT, await ctx.app.temporal())
+    except ValueError:
+        error = "unknown mode or outcome"
+    except typer.Exit:
+        error = "Temporal refused the filter: a value may hold letters, digits and _.:@/+- only, and the search " \
+                "attributes must be registered (billing-recon temporal setup)"
+    return ctx.render("runs_search.html", rows=rows, filters=filters, open_only=open_only, error=error,
+                      modes=queries.RUN_MODES, outcomes=[o.value for o in ui.Outcome], limit=SEARCH_LIMIT)

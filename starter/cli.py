@@ -36,12 +36,14 @@ def _mount() -> None:
         demo,
         dev,
         incident_commands,
+        notify_commands,
         reconcile_commands,
         resync_commands,
         revenue_commands,
         schedule_commands,
         setup_commands,
         status_commands,
+        visibility,
         webhook_commands,
     )
     from stripe_emulator import cli as emulator_cli
@@ -63,6 +65,8 @@ def _mount() -> None:
     revenue_commands.register(app)
     checks_commands.register(app)
     incident_commands.register(app)
+    visibility.register(app)
+    notify_commands.register(app)
     console_commands.register(app)
 
 

@@ -81,6 +81,9 @@ class Config:
     webhook_signature_clock: str = "emulator"  # or "real"
     faults: list[Fault] = field(default_factory=list)
     seed: int = 0
+    # Stripe's invoice finalization grace period: a renewal invoice stays a draft this long
+    # after its period ends (Stripe: 1 h by default, configurable up to 72 h).
+    invoice_finalization_grace_seconds: float = 3600.0
 
     FIELDS = (
         "rate_limit",
@@ -94,6 +97,7 @@ class Config:
         "webhook_signature_clock",
         "faults",
         "seed",
+        "invoice_finalization_grace_seconds",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +122,10 @@ class Config:
                 v = float(v)
                 if v < 0:
                     raise ValueError(f"{k} must be >= 0")
+            elif k == "invoice_finalization_grace_seconds":
+                v = float(v)
+                if not 0 <= v <= 72 * 3600:
+                    raise ValueError(f"{k} must be within 0..259200 (Stripe allows up to 72 h)")
             elif k == "drop_webhooks":
                 v = bool(v)
             elif k == "webhook_drop_rate":

@@ -178,6 +178,8 @@ class Store:
                 "refund",
                 "balance_transaction",
                 "invoiceitem",
+                "credit_note",
+                "customer_balance_transaction",
             )
         }
         self.webhook_secrets: dict[str, str] = {}

@@ -7,6 +7,8 @@ from . import (
     balance_transactions,
     charges,
     checkout_sessions,
+    credit_notes,
+    customer_balance_transactions,
     customers,
     events,
     invoice_payments,
@@ -44,6 +46,8 @@ RESOURCES = (
     charges,
     refunds,
     balance_transactions,
+    credit_notes,
+    customer_balance_transactions,
 )
 
 ROUTES: tuple[Route, ...] = tuple(route for module in RESOURCES for route in module.ROUTES)

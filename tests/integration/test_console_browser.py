@@ -82,6 +82,9 @@ async def test_approve_pause_resume_repair_and_filter_the_audit_log(stack, clean
     approvals = await pool.fetch("SELECT actor, reason, workflow_id FROM billing.audit_log WHERE action = 'run.approve'")
     assert [dict(a) for a in approvals] == [{"actor": ACTOR, "reason": "checked the plan", "workflow_id": run_id}]
     assert len(await emulator_admin.meter_events()) == proposed
+    # The same run found in Temporal by its search attributes.
+    await browser.get("/runs/search?kind=reconcile-usage&outcome=drift_fixed")
+    assert run_id in await browser.texts("#found td a")
 
     # ---- pause and resume auto-healing
     await browser.get("/")
