@@ -126,10 +126,19 @@ class Browser:
         await self.call(go)
 
     async def click(self, element_id: str) -> None:
-        await self.call(lambda: self.driver.find_element("id", element_id).click())
+        """Click a button or link that loads a page, and wait until the next page replaced this one."""
+        await self.call(self._navigate, "id", element_id)
 
     async def click_link(self, text: str) -> None:
-        await self.call(lambda: self.driver.find_element("link text", text).click())
+        await self.call(self._navigate, "link text", text)
+
+    def _navigate(self, by: str, value: str) -> None:
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        page = self.driver.find_element("tag name", "html")
+        self.driver.find_element(by, value).click()
+        WebDriverWait(self.driver, 120).until(expected_conditions.staleness_of(page))
 
     async def text(self, element_id: str) -> str:
         return await self.call(lambda: self.driver.find_element("id", element_id).text)

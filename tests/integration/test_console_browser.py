@@ -7,11 +7,15 @@ customer, filter the audit log; each is then checked in Postgres and in Temporal
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from autoheal.types import AUTOHEAL_WORKFLOW_ID
 from autoheal.workflow import AutoHealControl
+from common import ui
+from common.client import connect
 from common.types import Mode
 from customer.repair_workflow import RepairCustomer
 from reconcile.types import Phase, RunStatus
@@ -53,7 +57,9 @@ async def test_approve_pause_resume_repair_and_filter_the_audit_log(stack, clean
     world = await seed_world(pool, stripe_client, n_customers=3)
     planned, repaired = world.customer_ids[:2], world.customer_ids[2]
     run_id = f"plan-{world.tag}"
-    handle = await start(client, task_queue, world.request(mode=Mode.PLAN, customers=planned), run_id)
+    # Started as the CLI starts it (with the default interceptors: its Temporal UI search attributes).
+    cli_client = await connect(temporal_env.address)
+    handle = await start(cli_client, task_queue, world.request(mode=Mode.PLAN, customers=planned), run_id)
     await wait_phase(handle, Phase.AWAITING_APPROVAL)
     proposed = await pool.fetchval("SELECT count(*) FROM billing.discrepancies WHERE run_id = $1 "
                                    "AND status = 'proposed'", run_id)
@@ -83,8 +89,15 @@ async def test_approve_pause_resume_repair_and_filter_the_audit_log(stack, clean
     assert [dict(a) for a in approvals] == [{"actor": ACTOR, "reason": "checked the plan", "workflow_id": run_id}]
     assert len(await emulator_admin.meter_events()) == proposed
     # The same run found in Temporal by its search attributes.
-    await browser.get("/runs/search?kind=reconcile-usage&outcome=drift_fixed")
-    assert run_id in await browser.texts("#found td a")
+    outcome = (await client.get_workflow_handle(run_id).describe()).typed_search_attributes.get(ui.OUTCOME)
+    assert outcome is not None
+    for _ in range(40):  # visibility is eventually consistent
+        await browser.get(f"/runs/search?kind=reconcile-usage&outcome={outcome}")
+        if run_id in await browser.texts("#found td a"):
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError(f"{run_id} ({outcome}) not found through /runs/search")
 
     # ---- pause and resume auto-healing
     await browser.get("/")

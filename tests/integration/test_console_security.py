@@ -18,29 +18,36 @@ PLAN_RUN = "console-security-plan"
 
 
 @pytest.fixture
-async def console(cli_env, tmp_path, clean_db):
+async def console(cli_env, tmp_path, clean_db, temporal_env):
     await clean_db.execute(
         "INSERT INTO billing.reconciliation_runs (run_id, workflow_run_id, mode, window_start, window_end, status) "
         "VALUES ($1, '3f0c2a56-1111-4222-8333-444455556666', 'plan', current_date, current_date, 'awaiting_approval')",
         PLAN_RUN)
     with console_process(cli_env, tmp_path / "console.log") as base:
-        yield base
+        yield base, await autoheal_run(temporal_env.client)
 
 
-async def nothing_written(pool, temporal_client) -> None:
+async def autoheal_run(temporal_client) -> str | None:
+    """The latest AutoHealControl execution's run id (None: never started on this server)."""
+    try:
+        return (await temporal_client.get_workflow_handle(AUTOHEAL_WORKFLOW_ID).describe()).run_id
+    except RPCError:
+        return None
+
+
+async def nothing_written(pool, temporal_client, autoheal_before: str | None) -> None:
     assert await pool.fetchval("SELECT count(*) FROM billing.audit_log") == 0
     assert await pool.fetchval("SELECT count(*) FROM billing.autoheal_state WHERE paused") == 0
     run = await pool.fetchrow("SELECT status, approved_by, rejected_by FROM billing.reconciliation_runs "
                               "WHERE run_id = $1", PLAN_RUN)
     assert dict(run) == {"status": "awaiting_approval", "approved_by": None, "rejected_by": None}
-    with pytest.raises(RPCError):  # never started by a refused pause
-        await temporal_client.get_workflow_handle(AUTOHEAL_WORKFLOW_ID).describe()
+    assert await autoheal_run(temporal_client) == autoheal_before  # no AutoHealControl started by a refusal
 
 
 async def test_unauthenticated_requests_are_refused(console, clean_db, temporal_env):
     import httpx
 
-    async with httpx.AsyncClient(base_url=console, follow_redirects=False) as anon:
+    async with httpx.AsyncClient(base_url=console[0], follow_redirects=False) as anon:
         page = await anon.get("/")
         assert page.status_code == 303 and page.headers["location"] == "/login"
         for path in ("/runs", "/audit", "/customers", "/incidents", f"/runs/{PLAN_RUN}/discrepancies.csv"):
@@ -61,11 +68,11 @@ async def test_unauthenticated_requests_are_refused(console, clean_db, temporal_
         # Every response carries the security headers.
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "same-origin"
-    await nothing_written(clean_db, temporal_env.client)
+    await nothing_written(clean_db, temporal_env.client, console[1])
 
 
 async def test_a_viewer_cannot_approve_pause_or_repair(console, clean_db, temporal_env):
-    async with signed_in(console, "vera-viewer") as viewer:
+    async with signed_in(console[0], "vera-viewer") as viewer:
         page = await viewer.get(f"/runs/{PLAN_RUN}")
         assert page.status_code == 200 and "needs the approver role" in page.text and 'id="approve"' not in page.text
         token = csrf_of(page.text)
@@ -73,15 +80,15 @@ async def test_a_viewer_cannot_approve_pause_or_repair(console, clean_db, tempor
             r = await viewer.post(path, data={"csrf_token": token, "reason": "viewer tries", "customer": "acme"})
             assert r.status_code == 403, path
             assert "vera-viewer is a viewer" in r.text
-    async with signed_in(console, "otto-operator") as operator:
+    async with signed_in(console[0], "otto-operator") as operator:
         token = csrf_of((await operator.get("/")).text)
         r = await operator.post(f"/runs/{PLAN_RUN}/approve", data={"csrf_token": token, "reason": "not mine"})
         assert r.status_code == 403 and "needs the approver role" in r.text
-    await nothing_written(clean_db, temporal_env.client)
+    await nothing_written(clean_db, temporal_env.client, console[1])
 
 
 async def test_posts_without_a_valid_csrf_token_are_refused(console, clean_db, temporal_env):
-    async with signed_in(console, "ada-approver") as approver, signed_in(console, "otto-operator") as operator:
+    async with signed_in(console[0], "ada-approver") as approver, signed_in(console[0], "otto-operator") as operator:
         own = csrf_of((await approver.get("/")).text)
         others = csrf_of((await operator.get("/")).text)
         cases = [
@@ -100,7 +107,7 @@ async def test_posts_without_a_valid_csrf_token_are_refused(console, clean_db, t
         approver.cookies.delete("console_csrf")
         r = await approver.post("/pause", data={"reason": "cookie gone", "csrf_token": own})
         assert r.status_code == 403
-    await nothing_written(clean_db, temporal_env.client)
+    await nothing_written(clean_db, temporal_env.client, console[1])
 
 
 async def test_the_console_refuses_to_start_open_or_misconfigured(cli_env):
