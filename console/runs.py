@@ -20,7 +20,7 @@ from console import queries
 from console.settings import Role
 from console.web import Ctx, guard, refuse
 from starter import visibility
-from starter.queries import DISCREPANCY_COLUMNS
+from starter.queries import DISCREPANCY_COLUMNS, run_decision
 from starter.reconcile_commands import decide
 
 CSV_BATCH = 2000
@@ -128,10 +128,16 @@ async def _decide(ctx: Ctx, approved: bool) -> Response:
     verb = "approve" if approved else "reject"
     try:
         await decide(handle, decision, approved=approved)
-    except WorkflowUpdateFailedError as e:
-        return refuse(409, f"{verb} refused: {getattr(e.cause, 'message', e.cause)}")
-    except RPCError as e:
-        return refuse(409, f"{verb} refused: {e.message}")
+    except (WorkflowUpdateFailedError, RPCError) as e:
+        message = getattr(e.cause, "message", e.cause) if isinstance(e, WorkflowUpdateFailedError) else e.message
+        # The same decision made already is a no-op, as `billing-recon approve` says it.
+        async with ctx.app.pool.acquire() as conn:
+            earlier = await run_decision(conn, run["run_id"])
+        by = earlier and (earlier["approved_by"] if approved else earlier["rejected_by"])
+        if by:
+            # (who decided is on the page, never in the URL)
+            return RedirectResponse(f"/runs/{queries.run_ref(run)}?done=already+{verb}d", status_code=303)
+        return refuse(409, f"{verb} refused: {message}")
     return RedirectResponse(f"/runs/{queries.run_ref(run)}?done={verb}d", status_code=303)
 
 
