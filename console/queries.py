@@ -94,19 +94,38 @@ async def audit(conn: asyncpg.Connection, *, customer: str | None, actor: str | 
                 since: datetime | None, until: datetime | None, before: tuple[datetime, int] | None,
                 limit: int = AUDIT_ROWS) -> list[dict[str, Any]]:
     """Newest first. `customer`: rows that touched it (its own or as the entity), as
-    `billing-recon audit --customer`; `until` exclusive; `before`: (at, id) of the last row shown."""
+    `billing-recon audit --customer`; `until` exclusive; `before`: (at, id) of the last row shown.
+    Only the given filters enter the SQL (values always as parameters): an `$n IS NULL OR ...`
+    term would keep the planner from the (actor, at) and (action, at) indexes, and a rare actor
+    would cost a walk through the whole log."""
+    terms: list[str] = []
+    args: list[Any] = []
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if customer is not None:
+        p = param(customer)
+        terms.append(f"(customer_id = {p} OR (entity_type = 'customer' AND entity_id = {p}))")
+    if actor is not None:
+        terms.append(f"actor = {param(actor)}")
+    if action is not None:
+        terms.append(f"action = {param(action)}")
+    if since is not None:
+        terms.append(f"at >= {param(since)}")
+    if until is not None:
+        terms.append(f"at < {param(until)}")
+    if before is not None:
+        terms.append(f"(at, id) < ({param(before[0])}, {param(before[1])})")
+    where = f"WHERE {' AND '.join(terms)}" if terms else ""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT id, at, actor, action, entity_type, entity_id, customer_id, before, after, reason,
                workflow_id, run_id, correlation_id
-          FROM billing.audit_log
-         WHERE ($1::text IS NULL OR customer_id = $1 OR (entity_type = 'customer' AND entity_id = $1))
-           AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action = $3)
-           AND ($4::timestamptz IS NULL OR at >= $4) AND ($5::timestamptz IS NULL OR at < $5)
-           AND ($6::timestamptz IS NULL OR (at, id) < ($6, $7))
-         ORDER BY at DESC, id DESC LIMIT $8
-        """, customer, actor, action, since, until, before[0] if before else None, before[1] if before else None,
-        limit)
+          FROM billing.audit_log {where}
+         ORDER BY at DESC, id DESC LIMIT {param(limit)}
+        """, *args)
     return [dict(r) for r in rows]
 
 
