@@ -10,7 +10,6 @@ CREATE INDEX IF NOT EXISTS reconciliation_runs_workflow_run_idx
 -- The audit log filtered by actor or by action, newest first (customer and time: 0004).
 CREATE INDEX IF NOT EXISTS audit_log_actor_at_idx ON billing.audit_log (actor, at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS audit_log_action_at_idx ON billing.audit_log (action, at DESC, id DESC);
--- Newest first without a filter: (at, id) as the page is ordered.
-CREATE INDEX IF NOT EXISTS audit_log_at_id_idx ON billing.audit_log (at DESC, id DESC);
+-- (Newest first without a filter, and by time: audit_log_at_idx of 0004.)
 -- A run's discrepancies by kind (the run page's kind filter and the overview's open findings).
 CREATE INDEX IF NOT EXISTS discrepancies_run_kind_idx ON billing.discrepancies (run_id, kind, discrepancy_key);
