@@ -98,6 +98,7 @@ async def test_approve_pause_resume_repair_and_filter_the_audit_log(stack, clean
         await asyncio.sleep(0.25)
     else:
         raise AssertionError(f"{run_id} ({outcome}) not found through /runs/search")
+    await browser.screenshot("runs-search")
 
     # ---- pause and resume auto-healing
     await browser.get("/")

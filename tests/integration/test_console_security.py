@@ -5,10 +5,15 @@ were, no workflow started. Against the real console process, Postgres and Tempor
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+
 import pytest
 from temporalio.service import RPCError
 
 from autoheal.types import AUTOHEAL_WORKFLOW_ID
+from starter.queries import DISCREPANCY_COLUMNS
 from tests.integration.cli_helpers import cli
 from tests.integration.console_helpers import console_process, csrf_of, signed_in
 
@@ -23,6 +28,9 @@ async def console(cli_env, tmp_path, clean_db, temporal_env):
         "INSERT INTO billing.reconciliation_runs (run_id, workflow_run_id, mode, window_start, window_end, status) "
         "VALUES ($1, '3f0c2a56-1111-4222-8333-444455556666', 'plan', current_date, current_date, 'awaiting_approval')",
         PLAN_RUN)
+    await clean_db.execute(
+        "INSERT INTO billing.discrepancies (run_id, discrepancy_key, kind, customer_id, meter, ledger_value, status) "
+        "VALUES ($1, 'console-security-key', 'under_reported', 'acme', 'api_requests', 5, 'observed')", PLAN_RUN)
     with console_process(cli_env, tmp_path / "console.log") as base:
         yield base, await autoheal_run(temporal_env.client)
 
@@ -73,6 +81,16 @@ async def test_unauthenticated_requests_are_refused(console, clean_db, temporal_
 
 async def test_a_viewer_cannot_approve_pause_or_repair(console, clean_db, temporal_env):
     async with signed_in(console[0], "vera-viewer") as viewer:
+        # A viewer reads and downloads.
+        export = await viewer.get(f"/runs/{PLAN_RUN}/discrepancies.csv?kind=under_reported")
+        assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(export.text)))
+        assert export.text.splitlines()[0] == ",".join(DISCREPANCY_COLUMNS)
+        assert [(r["discrepancy_key"], r["kind"], r["customer_id"], r["ledger_value"]) for r in rows] == [
+            ("console-security-key", "under_reported", "acme", "5")]
+        report = await viewer.get("/incidents/report.json?since=2026-11-01&until=2026-11-08")
+        assert report.status_code == 200 and json.loads(report.text)["since"].startswith("2026-11-01")
+        assert "attachment" in report.headers["content-disposition"]
         page = await viewer.get(f"/runs/{PLAN_RUN}")
         assert page.status_code == 200 and "needs the approver role" in page.text and 'id="approve"' not in page.text
         token = csrf_of(page.text)
