@@ -85,11 +85,16 @@ class Ctx:
     def render(self, template: str, status_code: int = 200, **data: Any) -> HTMLResponse:
         body = templates.get_template(template).render(
             who=self.who, csrf_token=self.csrf_token, path=self.request.url.path, Role=Role,
-            done=self.request.query_params.get("done"), **data)
+            done=DONE.get(self.request.query_params.get("done") or ""), **data)
         return HTMLResponse(body, status_code=status_code)
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
+
+# What an action's redirect may announce (`?done=`): only these, so a crafted link cannot put
+# words of its own on the page.
+DONE = {v: v for v in ("paused", "resumed", "unchanged", "approved", "rejected", "already approved",
+                       "already rejected")}
 
 
 def refuse(status: int, message: str) -> HTMLResponse:

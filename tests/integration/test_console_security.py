@@ -91,6 +91,8 @@ async def test_a_viewer_cannot_approve_pause_or_repair(console, clean_db, tempor
         report = await viewer.get("/incidents/report.json?since=2026-11-01&until=2026-11-08")
         assert report.status_code == 200 and json.loads(report.text)["since"].startswith("2026-11-01")
         assert "attachment" in report.headers["content-disposition"]
+        crafted = await viewer.get("/?done=call+0800+to+restore+your+account")
+        assert crafted.status_code == 200 and "0800" not in crafted.text
         page = await viewer.get(f"/runs/{PLAN_RUN}")
         assert page.status_code == 200 and "needs the approver role" in page.text and 'id="approve"' not in page.text
         token = csrf_of(page.text)
