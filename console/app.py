@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -16,11 +17,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from billing import db
 from console import customers, overview, records, runs
 from console.settings import ConsoleSettings
-from console.web import Console, SecurityHeaders
+from console.web import Console, SecurityHeaders, refuse
+from starter.kit import Unreachable
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -70,7 +73,16 @@ def create_app(settings: ConsoleSettings, database_url: str, *, client: Client |
         finally:
             await pool.close()
 
-    return Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
+    return Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)],
+                     exception_handlers={Unreachable: _unavailable, RPCError: _unavailable,
+                                         OSError: _unavailable, asyncpg.PostgresError: _unavailable})
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """Temporal or Postgres did not answer: one line, 503, as the CLI says it (exit 1)."""
+    message = exc.message if isinstance(exc, RPCError) else str(exc)
+    log.warning("%s %s: %s", request.method, request.url.path, message)
+    return refuse(503, f"not available right now: {message.splitlines()[0] if message else type(exc).__name__}")
 
 
 def serve(settings: ConsoleSettings, database_url: str) -> None:

@@ -16,6 +16,7 @@ from console.queries import open_findings_by_kind, run_ref, run_row
 from console.settings import Role
 from console.web import Console, Ctx, guard, refuse, set_csrf_cookie, templates
 from starter.autoheal_commands import set_global_pause
+from starter.kit import Unreachable
 from starter.status_commands import gather_status
 
 LOGIN_NO_ACTOR = ""  # the login form's CSRF token is bound to no actor yet
@@ -62,7 +63,11 @@ async def logout(ctx: Ctx) -> Response:
 
 @guard(Role.VIEWER)
 async def overview(ctx: Ctx) -> Response:
-    status = await gather_status(await ctx.app.temporal())
+    try:
+        client = await ctx.app.temporal()
+    except Unreachable:
+        client = None  # gather_status tries once more and reports Temporal unreachable on the page
+    status = await gather_status(client)
     run_id = status["open_discrepancies_run"]
     last = status["last_successful_reconciliation"]
     by_kind: list[dict] = []

@@ -13,6 +13,7 @@ import pytest
 from temporalio.service import RPCError
 
 from autoheal.types import AUTOHEAL_WORKFLOW_ID
+from devstack.processes import free_port
 from starter.queries import DISCREPANCY_COLUMNS
 from tests.integration.cli_helpers import cli
 from tests.integration.console_helpers import console_process, csrf_of, signed_in
@@ -138,3 +139,16 @@ async def test_the_console_refuses_to_start_open_or_misconfigured(cli_env):
     code, out, err = await cli({**env, "CONSOLE_TOKENS": "alice:root:alice-secret-0123456789"}, "console")
     assert code == 1 and err.startswith("invalid settings: CONSOLE_TOKENS") and "alice-secret" not in err
     assert "Traceback" not in err
+
+
+async def test_temporal_unreachable_is_one_line_and_writes_nothing(cli_env, tmp_path, clean_db, temporal_env):
+    before = await autoheal_run(temporal_env.client)
+    closed = f"127.0.0.1:{free_port()}"
+    with console_process(cli_env, tmp_path / "console.log", TEMPORAL_ADDRESS=closed) as base:
+        async with signed_in(base, "ada-approver") as approver:
+            page = await approver.get("/")
+            assert page.status_code == 200 and "Temporal unreachable" in page.text  # the rest still shows
+            r = await approver.post("/pause", data={"csrf_token": csrf_of(page.text), "reason": "x"})
+            assert r.status_code == 503 and "not available right now" in r.text and "Traceback" not in r.text
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.audit_log") == 0
+    assert await autoheal_run(temporal_env.client) == before
