@@ -174,6 +174,7 @@ async def measure(app: Any, big_ref: str, repeat: int) -> dict[str, dict[str, fl
 
 async def main(args: argparse.Namespace) -> None:
     stack = Stack()
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
     try:
         print("starting Postgres and the Temporal dev server", file=sys.stderr)
         await stack.start()
@@ -209,6 +210,11 @@ async def main(args: argparse.Namespace) -> None:
                           "seq_scans": seq, "plans": plans}))
     finally:
         await stack.stop()
+        for key, value in saved.items():  # the app read them; leave the caller's environment as it was
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
