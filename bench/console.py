@@ -215,6 +215,9 @@ async def main(args: argparse.Namespace) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        from billing.settings import get_settings
+
+        get_settings.cache_clear()  # read from the environment above
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
