@@ -157,20 +157,33 @@ SEARCH_LIMIT = 100
 @guard(Role.VIEWER)
 async def runs_search(ctx: Ctx) -> Response:
     """Every job's runs (not only reconciliations) found in Temporal by our search attributes,
-    as `billing-recon runs --kind/--mode/--outcome/--schedule/--correlation-id` finds them.
-    Customer ids are not a filter here: they would sit in the URL (the audit page filters by
-    customer, by POST)."""
+    as `billing-recon runs --kind/--mode/--outcome/--schedule/--correlation-id` finds them."""
     q = ctx.request.query_params
-    filters = {k: q.get(k) or "" for k in ("kind", "mode", "outcome", "schedule", "correlation_id")}
-    open_only = q.get("open") == "1"
+    return await _search(ctx, {k: q.get(k) or "" for k in SEARCH_FILTERS}, q.get("open") == "1", customer=None)
+
+
+@guard(Role.VIEWER, post=True)
+async def runs_of_customer(ctx: Ctx) -> Response:
+    """`runs --customer C` (BillingCustomerIds): by POST, since a customer id must not sit in a URL."""
+    customer = ctx.field("customer")
+    if customer is None:
+        return refuse(400, "name a customer")
+    return await _search(ctx, dict.fromkeys(SEARCH_FILTERS, ""), False, customer=customer)
+
+
+SEARCH_FILTERS = ("kind", "mode", "outcome", "schedule", "correlation_id")
+
+
+async def _search(ctx: Ctx, filters: dict[str, str], open_only: bool, *, customer: str | None) -> Response:
     rows: list[dict] = []
     error = None
     try:
         mode = Mode(filters["mode"]) if filters["mode"] else None
         outcome = ui.Outcome(filters["outcome"]) if filters["outcome"] else None
         query = visibility.visibility_query(
-            kind=filters["kind"] or None, mode=mode, outcome=outcome, correlation_id=filters["correlation_id"] or None,
-            schedule=filters["schedule"] or None, open_only=open_only)
+            kind=filters["kind"] or None, mode=mode, outcome=outcome, customer=customer,
+            correlation_id=filters["correlation_id"] or None, schedule=filters["schedule"] or None,
+            open_only=open_only)
         if query is not None:
             rows = await visibility.find_runs(query, SEARCH_LIMIT, await ctx.app.temporal())
     except ValueError:
@@ -179,4 +192,5 @@ async def runs_search(ctx: Ctx) -> Response:
         error = "Temporal refused the filter: a value may hold letters, digits and _.:@/+- only, and the search " \
                 "attributes must be registered (billing-recon temporal setup)"
     return ctx.render("runs_search.html", rows=rows, filters=filters, open_only=open_only, error=error,
-                      modes=queries.RUN_MODES, outcomes=[o.value for o in ui.Outcome], limit=SEARCH_LIMIT)
+                      customer=customer or "", modes=queries.RUN_MODES, outcomes=[o.value for o in ui.Outcome],
+                      limit=SEARCH_LIMIT)

@@ -99,6 +99,9 @@ async def test_approve_pause_resume_repair_and_filter_the_audit_log(stack, clean
     else:
         raise AssertionError(f"{run_id} ({outcome}) not found through /runs/search")
     await browser.screenshot("runs-search")
+    await browser.fill("runs-customer", planned[0])  # by POST: the id stays out of the URL
+    await browser.click("search-customer-runs")
+    assert run_id in await browser.texts("#found td a") and planned[0] not in await browser.path()
 
     # ---- pause and resume auto-healing
     await browser.get("/")
