@@ -152,3 +152,28 @@ async def test_temporal_unreachable_is_one_line_and_writes_nothing(cli_env, tmp_
             assert r.status_code == 503 and "not available right now" in r.text and "Traceback" not in r.text
     assert await clean_db.fetchval("SELECT count(*) FROM billing.audit_log") == 0
     assert await autoheal_run(temporal_env.client) == before
+
+
+async def test_a_viewer_reads_a_revenue_run_and_downloads_it(console, clean_db):
+    ref = "7a1d3c9e-2222-4333-8444-555566667777"
+    await clean_db.execute(
+        "INSERT INTO billing.reconciliation_runs (run_id, workflow_run_id, kind, mode, window_start, window_end, "
+        "status) VALUES ('revenue-week-48', $1, 'revenue', 'dry-run', '2026-11-20', '2026-11-26', 'completed')", ref)
+    await clean_db.execute(
+        "INSERT INTO billing.revenue_days VALUES ('revenue-week-48', '2026-11-21', 'usd', 3, 4500, 0, 4, 6000, 0, "
+        "6000, 0, 6000, -1500, 1)")
+    await clean_db.execute(
+        "INSERT INTO billing.revenue_findings (run_id, stripe_invoice_id, kind, day, customer_id, currency, "
+        "stripe_status, stripe_amount_paid, status) VALUES ('revenue-week-48', 'in_123', 'missing_locally', "
+        "'2026-11-21', 'acme', 'usd', 'paid', 1500, 'observed')")
+    async with signed_in(console[0], "vera-viewer") as viewer:
+        listing = await viewer.get("/revenue")
+        assert listing.status_code == 200 and f'href="/revenue/{ref}"' in listing.text
+        page = await viewer.get(f"/revenue/{ref}")
+        assert page.status_code == 200 and "in_123" in page.text and "-1500" in page.text
+        days = list(csv.DictReader(io.StringIO((await viewer.get(f"/revenue/{ref}/days.csv")).text)))
+        assert [(d["day"], d["drift"], d["findings"]) for d in days] == [("2026-11-21", "-1500", "1")]
+        findings = list(csv.DictReader(io.StringIO((await viewer.get(f"/revenue/{ref}/findings.csv")).text)))
+        assert [(f["stripe_invoice_id"], f["kind"], f["status"]) for f in findings] == [
+            ("in_123", "missing_locally", "observed")]
+        assert (await viewer.get(f"/revenue/{PLAN_RUN}")).status_code == 404  # a usage run is not a revenue run
