@@ -1,5 +1,5 @@
 """The local stack on embedded defaults: Temporal dev server, Postgres, Stripe emulator, worker,
-webhook receiver. Development and tests only: production code never imports this package (it
+webhook receiver and operator console. Development and tests only: production code never imports this package (it
 finds the stack's database through `billing.database_url`).
 
 Everything lives in ONE folder (`settings.state_dir`, default `./.state`):
@@ -31,6 +31,7 @@ launcher, stopping), `postgres` (the embedded server), `components` (each compon
 from devstack.api import adown, aup, down, info, is_alive, status, up
 from devstack.config import (
     COMPONENTS,
+    CONSOLE,
     EMULATOR,
     EMULATOR_STATE,
     POSTGRES,
@@ -51,6 +52,7 @@ from devstack.config import (
 
 __all__ = [
     "COMPONENTS",
+    "CONSOLE",
     "EMULATOR",
     "EMULATOR_STATE",
     "POSTGRES",

@@ -13,6 +13,7 @@ from billing.database_url import unix_socket_path
 from devstack.components import (
     register_search_attributes,
     register_webhook_endpoint,
+    start_console,
     start_emulator,
     start_postgres,
     start_temporal,
@@ -21,6 +22,7 @@ from devstack.components import (
 )
 from devstack.config import (
     COMPONENTS,
+    CONSOLE,
     EMULATOR,
     POSTGRES,
     STATE_ENTRIES,
@@ -131,6 +133,7 @@ def up(config: StackConfig | None = None, *, worker: bool = True, log: Say | Non
             ensure(WEBHOOKS, lambda: start_webhooks(config, database_url))
             endpoint = register_webhook_endpoint(config)
             say(f"webhooks: emulator delivers to {config.webhook_url} ({endpoint})")
+            ensure(CONSOLE, lambda: start_console(config, database_url))
 
         state.temporal_address = config.temporal_address
         state.temporal_ui_url = config.temporal_ui_url
@@ -203,7 +206,7 @@ def down(
 
         # The worker first (it drains activities that still need the others), then the rest
         # at once: each takes a few seconds to shut down gracefully.
-        for stage in ([WORKER, WEBHOOKS], [EMULATOR, TEMPORAL, POSTGRES]):
+        for stage in ([WORKER, WEBHOOKS, CONSOLE], [EMULATOR, TEMPORAL, POSTGRES]):
             names = [n for n in stage if n in state.components]
             if not names:
                 continue

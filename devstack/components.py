@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from devstack.config import (
+    CONSOLE,
     DATABASE_NAME,
     DEFAULT_DEV_METRICS_ADDRESS,
     DEFAULT_DEV_WEBHOOK_METRICS_ADDRESS,
@@ -321,3 +322,35 @@ def register_webhook_endpoint(config: StackConfig) -> str:
     return client.v1.webhook_endpoints.create(
         params={"url": config.webhook_url, "enabled_events": ["*"],
                 "description": "billing-recon local stack"}).id
+
+
+# --- operator console ---------------------------------------------------------------------------
+
+
+def console_token(config: StackConfig) -> str:
+    """The local console's token, made once and kept in the state folder (readable by its owner only)."""
+    path = config.console_token_file
+    if path.exists():
+        return path.read_text().strip()
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+def start_console(config: StackConfig, database_url: str) -> ComponentRecord:
+    """`python -m console` on loopback, one approver (actor `dev`) signing in with the token in
+    `.state/console-token`."""
+    host, port = config.console_host, config.console_port
+    refuse_foreign_port(host, port, "CONSOLE_PORT")
+    command = [sys.executable, "-m", "console"]
+    env = {**app_env(config, database_url), "CONSOLE_HOST": host, "CONSOLE_PORT": str(port),
+           "CONSOLE_AUTH": "token", "CONSOLE_TOKENS": f"dev:approver:{console_token(config)}",
+           "TEMPORAL_UI_URL": config.temporal_ui_url}
+    log = config.log(CONSOLE)
+    proc = launch(CONSOLE, command, log, ready=lambda: http_ok(f"{config.console_url}/health"), env=env,
+                  cwd=config.cwd, timeout=STARTUP_TIMEOUT_SECONDS)  # fmt: skip
+    return record(CONSOLE, proc, log, command, f"{config.console_url} (token: {config.console_token_file})",
+                  host, port)

@@ -21,8 +21,9 @@ POSTGRES = "postgres"
 EMULATOR = "emulator"
 WORKER = "worker"
 WEBHOOKS = "webhooks"
+CONSOLE = "console"
 # Start order; `down` stops in reverse.
-COMPONENTS = (TEMPORAL, POSTGRES, EMULATOR, WORKER, WEBHOOKS)
+COMPONENTS = (TEMPORAL, POSTGRES, EMULATOR, WORKER, WEBHOOKS, CONSOLE)
 
 DEFAULT_TEMPORAL_PORT = 7233
 # The dev worker's Prometheus endpoint unless METRICS_BIND_ADDRESS says otherwise.
@@ -38,8 +39,9 @@ LOG_DIR = "logs"
 PGDATA_DIR = "pgdata"
 TEMPORAL_DB = "temporal.db"
 EMULATOR_STATE = "emulator-state.pickle"  # its temp file, `<name>.tmp`, is covered below
+CONSOLE_TOKEN_FILE = "console-token"  # the local console's sign-in token (mode 0600)
 # What a state folder may contain; `down --purge` refuses to delete anything else.
-STATE_ENTRIES = {STACK_FILE, LOCK_FILE, LOG_DIR, PGDATA_DIR, TEMPORAL_DB, EMULATOR_STATE}
+STATE_ENTRIES = {STACK_FILE, LOCK_FILE, LOG_DIR, PGDATA_DIR, TEMPORAL_DB, EMULATOR_STATE, CONSOLE_TOKEN_FILE}
 STATE_ENTRY_PREFIXES = (TEMPORAL_DB,)  # temporal.db-wal, temporal.db-shm
 
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -77,6 +79,8 @@ class StackConfig(BaseModel):
     webhook_secret: str = "whsec_emulator"
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8088
+    console_host: str = "127.0.0.1"
+    console_port: int = 8090
     # Prometheus endpoints of the worker and the receiver ("" = none); None: the default
     # address when its port is free (a second stack then runs without one instead of failing).
     worker_metrics_address: str | None = None
@@ -109,11 +113,20 @@ class StackConfig(BaseModel):
             "webhook_port": s.webhook_port,
             "task_queue": s.task_queue,
             "database_url": s.database_url,
+            **_console_address(),
         }
         values.update(overrides)
         config = cls(**values)
         config.state_dir = config.state_dir.expanduser().resolve()
         return config
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.console_host}:{self.console_port}"
+
+    @property
+    def console_token_file(self) -> Path:
+        return self.state_dir / CONSOLE_TOKEN_FILE
 
     @property
     def temporal_address(self) -> str:
@@ -221,6 +234,7 @@ class StackInfo(BaseModel):
     def address_lines(self) -> list[tuple[str, str]]:
         """(label, address) pairs for printing."""
         webhooks = self.components.get(WEBHOOKS)
+        console = self.components.get(CONSOLE)
         return [
             ("Temporal gRPC", self.temporal_address),
             ("Temporal UI", self.temporal_ui_url),
@@ -228,6 +242,7 @@ class StackInfo(BaseModel):
             ("STRIPE_API_BASE", self.stripe_api_base),
             ("Task queue", self.task_queue),
             *([("Webhooks", webhooks.address)] if webhooks is not None else []),
+            *([("Console", console.address)] if console is not None else []),
             ("Logs", str(self.log_dir)),
         ]
 
@@ -259,6 +274,14 @@ class StackStatus(BaseModel):
     @property
     def recorded(self) -> bool:
         return any(c.state in ("running", "dead") for c in self.components)
+
+
+def _console_address() -> dict[str, Any]:
+    """CONSOLE_HOST / CONSOLE_PORT (console.settings), the console's address under `dev up` too."""
+    from console.settings import ConsoleSettings
+
+    c = ConsoleSettings()  # read now, not cached: a test's stack sets its own port
+    return {"console_host": c.host, "console_port": c.port}
 
 
 def load_state(state_dir: Path) -> StackState:

@@ -30,6 +30,7 @@ def _mount() -> None:
         autoheal_commands,
         backfill_commands,
         checks_commands,
+        console_commands,
         credits_commands,
         customer_commands,
         demo,
@@ -66,9 +67,10 @@ def _mount() -> None:
     incident_commands.register(app)
     visibility.register(app)
     notify_commands.register(app)
+    console_commands.register(app)
 
 
-SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}
+SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev", "console"}
 
 
 def main() -> None:

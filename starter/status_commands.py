@@ -32,7 +32,8 @@ JSON_HELP = "Print one JSON document instead of tables"
 # ---------------------------------------------------------------------------- status
 
 
-async def gather_status() -> dict[str, Any]:
+async def gather_status(client: Client | None = None) -> dict[str, Any]:
+    """`client`: a connected one to reuse (the console's); else one is connected."""
     async with database() as conn:
         ah = await queries.autoheal(conn)
         last = await queries.last_successful_apply(conn)
@@ -66,7 +67,7 @@ async def gather_status() -> dict[str, Any]:
             "finished_at": last["finished_at"], "age_seconds": (now - last["finished_at"]).total_seconds(),
             "link": run_link(last["run_id"], last["workflow_run_id"])}
     try:
-        client = await temporal()
+        client = client or await temporal()
         status["schedules"] = await describe_schedules(client)
         status["running"] = await running_workflows(client)
         status["awaiting_approval"] = await visibility.count_awaiting_approval(client)

@@ -38,7 +38,7 @@ DEFAULT_PORTS = {7233, 8233, 12111}
 @pytest.fixture
 def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Environment of a private stack; `down` runs at the end whatever the test did."""
-    temporal_port, ui_port, emulator_port, webhook_port = free_ports(4, avoid=DEFAULT_PORTS)
+    temporal_port, ui_port, emulator_port, webhook_port, console_port = free_ports(5, avoid=DEFAULT_PORTS)
     # Not under pytest's tmp_path: a concurrent pytest session resets /tmp/pytest-of-<user> to
     # 0700, which locks out the embedded Postgres' own user when we run as root. Short, too:
     # the Postgres unix socket lives in pgdata (108-byte limit).
@@ -52,6 +52,7 @@ def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     monkeypatch.setenv("TEMPORAL_UI_PORT", str(ui_port))
     monkeypatch.setenv("EMULATOR_PORT", str(emulator_port))
     monkeypatch.setenv("WEBHOOK_PORT", str(webhook_port))
+    monkeypatch.setenv("CONSOLE_PORT", str(console_port))
     monkeypatch.setenv("BILLING_TASK_QUEUE", f"stack-test-{temporal_port}")
     settings = Settings()
     try:
@@ -103,6 +104,7 @@ async def test_up_twice_status_down(
         stack.EMULATOR: "running",
         stack.WORKER: "stopped",
         stack.WEBHOOKS: "stopped",
+        stack.CONSOLE: "stopped",
     }
     assert not result.dead
 
@@ -152,6 +154,12 @@ async def test_worker_and_webhook_receiver_are_started_wired_and_stopped(stack_e
     assert _alive(worker) and _alive(receiver)
     assert stack.WORKER_READY_MARKER in worker.log.read_text()
     assert receiver.address == config.webhook_url
+    # The console: on loopback, signing in with the token kept (owner-only) in the state folder.
+    console = info.components[stack.CONSOLE]
+    assert _alive(console) and console.host == "127.0.0.1"
+    assert http_ok(f"{config.console_url}/health")
+    assert config.console_token_file.stat().st_mode & 0o777 == 0o600
+    assert len(config.console_token_file.read_text().strip()) >= 16
     again = await stack.aup(config, worker=True)
     assert again.started == []
 
@@ -175,7 +183,7 @@ async def test_worker_and_webhook_receiver_are_started_wired_and_stopped(stack_e
     finally:
         await conn.close()
     await stack.adown(config, purge=True)
-    assert not _alive(worker) and not _alive(receiver)
+    assert not _alive(worker) and not _alive(receiver) and not _alive(console)
     assert not config.state_dir.exists()
 
 
