@@ -1,5 +1,5 @@
 """The console's reads of Postgres beyond `starter.queries` (which it reuses): filtered and paged
-lists that a page shows 50 or 100 rows of at a time. Plain SELECTs, indexed (0020_console_indexes
+lists that a page shows 50 or 100 rows of at a time. Plain SELECTs, indexed (0019_console_indexes
 and earlier), keyset-paged so that a page costs the same with 10k runs or 1M audit rows.
 Nothing here writes."""
 
