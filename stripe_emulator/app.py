@@ -160,6 +160,13 @@ class EmulatorApp:
         return self.respond(err.status, _dumps(err.body(request_id)), request_id, headers)
 
     async def api(self, request: Request) -> Response:
+        seen: dict[str, str] = {}
+        response = await self._api(request, seen)
+        if "route" in seen:
+            self.store.request_log.add(seen["route"], response.status_code, seen["key"])
+        return response
+
+    async def _api(self, request: Request, seen: dict[str, str]) -> Response:
         s = self.store
         request_id = new_request_id()
         method = request.method.upper()
@@ -177,8 +184,12 @@ class EmulatorApp:
             )
             return self.error_response(err, request_id)
         template, handler, path_params = matched
-        if not s.bucket.take():
-            return self.error_response(rate_limited(), request_id)
+        route = f"{method} {template}"
+        about = (path_params.get("id", ""), request.query_params.get("customer", ""))
+        seen.update(route=route, key="/".join(p for p in about if p))
+        limited = s.limits.admit(route)
+        if limited is not None:
+            return self.error_response(rate_limited(limited), request_id)
 
         body = await request.body() if method == "POST" else b""
         try:

@@ -161,11 +161,16 @@ def as_json(observation: dict[str, Any]) -> Any:
     return json.loads(json.dumps(data, default=str))  # Decimal fields as their text
 
 
+# Config fields added after emulator-state-v1 was saved: a file without them loads their defaults.
+CONFIG_FIELDS_SINCE_V1 = ("endpoint_rate_limit", "endpoint_rate_limits", "request_log_size")
+
+
 def comparable(observed: dict[str, Any]) -> dict[str, Any]:
-    """``as_json`` data with only the POST request stats: the GET counts include the
-    observations' own reads."""
+    """``as_json`` data with only the POST request stats (the GET counts include the
+    observations' own reads) and the config fields an earlier version's file had."""
     stats = {k: v for k, v in observed["stats"].items() if k.startswith("POST")}
-    return {**observed, "stats": stats}
+    config = {k: v for k, v in observed["config"].items() if k not in CONFIG_FIELDS_SINCE_V1}
+    return {**observed, "stats": stats, "config": config}
 
 
 SAVED_STATE = Path(__file__).parent / "fixtures" / "emulator-state-v1.pickle"
