@@ -64,6 +64,8 @@ class AuditAction(StrEnum):
     # Stripe, and a refund of an invoice's charge recorded in billing.invoice_refunds.
     REVENUE_INVOICE_RESYNC = "revenue.invoice_resync"
     REVENUE_RECORD_REFUND = "revenue.record_refund"
+    # The shared Stripe budget's limits changed (`billing-recon budget set`).
+    BUDGET_SET = "budget.set"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

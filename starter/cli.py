@@ -29,6 +29,7 @@ def _mount() -> None:
         allocations_commands,
         autoheal_commands,
         backfill_commands,
+        budget_commands,
         checks_commands,
         credits_commands,
         customer_commands,
@@ -62,6 +63,7 @@ def _mount() -> None:
     revenue_commands.register(app)
     checks_commands.register(app)
     incident_commands.register(app)
+    budget_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

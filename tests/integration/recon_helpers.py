@@ -41,6 +41,7 @@ def make_settings(postgres_dsn: str, emulator: str, **extra: Any) -> Settings:
         "DATABASE_URL": postgres_dsn,
         "STRIPE_API_BASE": emulator,
         "STRIPE_RATE_LIMIT": 0,
+        "STRIPE_BUDGET": "process",  # unlimited: tests of the shared budget ask for it
         "RECON_SETTLE_SECONDS": 1,
         "STRIPE_MAX_NETWORK_RETRIES": 2,
     }
