@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     stripe_api_key: str = Field(default="sk_test_emulator", alias="STRIPE_API_KEY")
     stripe_api_base: str = Field(default="http://127.0.0.1:12111", alias="STRIPE_API_BASE")
     stripe_webhook_secret: str = Field(default="whsec_emulator", alias="STRIPE_WEBHOOK_SECRET")
+    # The signing secret of the event destination sending thin events (async meter errors) to
+    # /webhooks/stripe/thin; unset: STRIPE_WEBHOOK_SECRET.
+    stripe_event_destination_secret: str | None = Field(default=None, alias="STRIPE_EVENT_DESTINATION_SECRET")
     # Client-side limiter shared by every Stripe call of one worker (ops/s). Test mode allows 25.
     stripe_rate_limit: float = Field(default=20.0, alias="STRIPE_RATE_LIMIT")
     # "shared": every Stripe request also waits for its slot in the budget every worker shares

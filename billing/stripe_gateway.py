@@ -247,6 +247,18 @@ class StripeGateway:
 
     # ------------------------------------------------------------------ objects and events
 
+    async def retrieve_v2_event(self, event_id: str) -> dict | None:
+        """The full v2 event (with `data`) a thin notification names; None when Stripe has no
+        such event (404)."""
+        try:
+            resp = await self._call("retrieve_v2_event", self._client.raw_request_async, "get",
+                                    f"/v2/core/events/{quote(event_id, safe='')}")
+        except stripe.InvalidRequestError as e:
+            if e.http_status == 404:
+                return None
+            raise
+        return dict(resp.data)
+
     async def retrieve(self, kind: str, object_id: str) -> dict | None:
         """The current state of a Stripe object as a plain dict; None when Stripe has no such
         object (404). `kind`: customer, subscription, invoice or checkout.session."""

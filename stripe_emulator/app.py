@@ -194,10 +194,18 @@ class EmulatorApp:
         body = await request.body() if method == "POST" else b""
         try:
             pairs = parse_qsl(request.url.query, keep_blank_values=True)
-            if body:
-                pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-            params = parse_pairs(pairs)
-        except FormError as exc:
+            if body and path.startswith("/v2/"):
+                # v2 bodies are JSON (FACTS)
+                doc = json.loads(body)
+                if not isinstance(doc, dict):
+                    raise FormError("the JSON body must be an object")
+                params = {**parse_pairs(pairs), **doc}
+                pairs += sorted((k, json.dumps(v, sort_keys=True)) for k, v in params.items())
+            else:
+                if body:
+                    pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+                params = parse_pairs(pairs)
+        except (FormError, ValueError) as exc:
             return self.error_response(StripeError(400, str(exc)), request_id)
 
         idem_key = request.headers.get("idempotency-key") if method in ("POST", "DELETE") else None

@@ -158,11 +158,13 @@ class Store:
                 "refund",
                 "balance_transaction",
                 "invoiceitem",
+                "v2.core.event_destination",
             )
         }
         self.webhook_secrets: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []
         self.events_by_id: dict[str, dict[str, Any]] = {}
+        self.v2_events: dict[str, dict[str, Any]] = {}  # GET /v2/core/events/{id} (not persisted)
         self.idempotency: dict[tuple[str, str], SavedResponse] = {}
         self.in_flight: set[tuple[str, str]] = set()
         self.stats: dict[str, int] = {}
