@@ -1,6 +1,6 @@
 """Async meter errors (webhooks/meter_errors.py): Stripe accepts a push, then rejects it and
 says so with a thin event to an event destination. The receiver marks the push failed within
-seconds; once the cause is fixed, the next pass pushes the key again under a new identifier, and
+seconds; once the cause is fixed, the next tick pushes the key again under a new identifier, and
 Stripe counts the usage exactly once (the emulator's record)."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from common.types import Mode, RunStatus
 from stripe_emulator.webhooks import sign
-from tests.integration.recon_helpers import ledger_by_key, run, running_worker, seed_world
+from tests.integration.recon_helpers import ledger_by_key, run_tick, running_worker, seed_world
 from tests.integration.webhook_helpers import receiver, webhook_settings
 from webhooks.meter_errors import THIN_PATH
 
@@ -51,9 +50,9 @@ async def test_an_async_meter_error_fails_the_push_and_the_next_pass_fixes_it_on
             "enabled_events": [ERROR_REPORT], "webhook_endpoint": {"url": url + THIN_PATH}})
         assert dest.id.startswith("ed_")
 
-        first = await run(temporal_env.client, task_queue, world.request(mode=Mode.APPLY, settle_seconds=0),
-                          f"first-{world.tag}")
-        assert first.counts.corrections_pushed == len(world.meters)
+        # The tick pushes from our outbox without reading Stripe: accepted, then rejected.
+        first = await run_tick(temporal_env.client, task_queue)
+        assert first.counts.pushed == len(world.meters)
         failed = await _wait_failed(clean_db, cid)
         assert all("meter_event_customer_not_found" in r["error"] for r in failed)
         reports = await clean_db.fetch("SELECT processed_at, marked, identifiers FROM billing.meter_error_reports")
@@ -65,16 +64,16 @@ async def test_an_async_meter_error_fails_the_push_and_the_next_pass_fixes_it_on
         # The mapping is fixed; the next pass pushes the usage again, under new identifiers.
         await clean_db.execute("UPDATE billing.customers SET stripe_customer_id = $2 WHERE customer_id = $1",
                                cid, real_sid)
-        second = await run(temporal_env.client, task_queue, world.request(mode=Mode.APPLY, settle_seconds=0),
-                           f"second-{world.tag}")
-        assert second.status == RunStatus.COMPLETED
+        second = await run_tick(temporal_env.client, task_queue)
+        assert second.counts.queued_keys == len(world.meters) and second.counts.pushed == len(world.meters)
+        assert await clean_db.fetchval("SELECT count(*) FROM billing.usage_sync_queue") == 0
 
     counted = await emulator_admin.meter_events(customer=real_sid)
     ledger = await ledger_by_key(clean_db, world)
     for meter in world.meters:
         events = [e for e in counted if e["event_name"] == meter]
         assert len(events) == 1, events  # one push per key: no double push
-        assert Decimal(str(events[0]["value"])) == ledger[(cid, meter, world.end)]
+        assert Decimal(events[0]["payload"]["value"]) == ledger[(cid, meter, world.end)]
         assert events[0]["identifier"] not in {r["identifier"] for r in failed}
 
 

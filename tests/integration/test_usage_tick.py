@@ -7,20 +7,22 @@ request log."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from temporalio.client import WorkflowFailureError
 
 from billing import schedules
 from common.types import Mode
-from reconcile.tick_types import UsageTickInput, UsageTickResult
+from reconcile.tick_types import UsageTickInput
 from reconcile.tick_workflow import UsageTick
 from tests.integration.recon_helpers import (
+    LONG_SETTLE,
     assert_counters_equal_ledger,
     assert_stripe_equals_ledger,
     make_settings,
+    run_tick,
     running_worker,
     seed_world,
 )
@@ -29,12 +31,6 @@ pytestmark = pytest.mark.integration
 
 PUSH = "POST /v1/billing/meter_events"
 SUMMARIES = "GET /v1/billing/meters/{id}/event_summaries"
-LONG_SETTLE = 3600
-
-
-async def tick(client, task_queue: str, **kw) -> UsageTickResult:
-    inp = UsageTickInput(actor="pytest", **{"settle_seconds": LONG_SETTLE, **kw})
-    return await client.execute_workflow(UsageTick.run, inp, id=f"tick-{uuid.uuid4().hex[:8]}", task_queue=task_queue)
 
 
 async def calls(admin) -> Counter:
@@ -51,11 +47,11 @@ async def test_a_tick_touches_only_what_changed(clean_db, stripe_client, emulato
     client = temporal_env.client
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         await emulator_admin.reset_request_log()
-        first = await tick(client, task_queue, page_size=30)  # every key is new: three pages
+        first = await run_tick(client, task_queue, page_size=30)  # every key is new: three pages
         assert first.counts.changed_keys == n_keys and first.counts.pushed == n_keys and first.pages == 3
         assert await calls(emulator_admin) == {PUSH: n_keys}  # no summary read at all
 
-        idle = await tick(client, task_queue)
+        idle = await run_tick(client, task_queue)
         assert idle.counts.changed_keys == 0 and await calls(emulator_admin) == {}
 
         # The application writes straight into the ledger (the documented SQL contract).
@@ -66,12 +62,12 @@ async def test_a_tick_touches_only_what_changed(clean_db, stripe_client, emulato
             INSERT INTO billing.usage_events (request_id, customer_id, meter, quantity, occurred_at)
             SELECT 'direct-' || c, c, 'api_requests', 7, $2 FROM unnest($1::text[]) AS c
             """, grown, today + timedelta(seconds=1))
-        changed = await tick(client, task_queue)
+        changed = await run_tick(client, task_queue)
         assert (changed.counts.changed_keys, changed.counts.pushed, changed.counts.counters_repaired) == (2, 2, 2)
         assert changed.counts.stripe_reads == 0 and await calls(emulator_admin) == {PUSH: 2}
 
         # Everything has settled (settle window 0): one read per (customer, meter), then confirmed.
-        settled = await tick(client, task_queue, settle_seconds=0)
+        settled = await run_tick(client, task_queue, settle_seconds=0)
         assert settled.counts.settled_keys == n_keys and settled.counts.confirmed == n_keys + 2
         assert settled.counts.pushed == 0 and settled.counts.lost == 0
         made = await calls(emulator_admin)
@@ -95,7 +91,7 @@ async def test_a_failed_page_retried_pushes_each_key_once(clean_db, stripe_clien
                                             "status": 500, "after": True, "max_count": 3}])
     try:
         async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
-            result = await tick(temporal_env.client, task_queue)
+            result = await run_tick(temporal_env.client, task_queue)
     finally:
         await emulator_admin.configure(faults=[])
     assert result.counts.changed_keys == 3 * len(world.meters)
@@ -110,11 +106,12 @@ async def test_dry_run_and_pause_write_nothing_and_the_schedule_runs_the_tick(
         clean_db, stripe_client, emulator, emulator_admin, postgres_dsn, temporal_env, task_queue):
     world = await seed_world(clean_db, stripe_client, n_customers=2, days=1)
     async with running_worker(temporal_env.client, make_settings(postgres_dsn, emulator), task_queue):
-        dry = await tick(temporal_env.client, task_queue, mode=Mode.DRY_RUN)
+        dry = await run_tick(temporal_env.client, task_queue, mode=Mode.DRY_RUN)
         assert dry.observe_only and dry.counts.changed_keys == 2 * len(world.meters) and dry.counts.pushed == 0
         assert await clean_db.fetchval("SELECT count(*) FROM billing.stripe_usage_pushes") == 0
-        with pytest.raises(Exception, match="supports dry-run and apply"):
-            await tick(temporal_env.client, task_queue, mode=Mode.PLAN)
+        with pytest.raises(WorkflowFailureError) as refused:
+            await run_tick(temporal_env.client, task_queue, mode=Mode.PLAN)
+        assert "supports dry-run and apply" in str(refused.value.cause)
         (usage_sync,) = [d for d in schedules.load() if d.name == "usage-sync"]
         assert usage_sync.workflow == "UsageTick"
         inp = UsageTickInput.model_validate({**usage_sync.input, "settle_seconds": LONG_SETTLE})
