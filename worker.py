@@ -23,8 +23,11 @@ from billing.metrics_collector import MetricsCollector
 from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from billing.telemetry import init_process
+from circuit import control as circuit_control
+from circuit.flusher import run_flusher
 from common.client import connect, default_interceptors, exit_skipping_finalization
 from common.deps import Dependencies
+from notify import control as notify_control
 from workflows import all_workflows
 
 log = logging.getLogger("billing.worker")
@@ -73,11 +76,14 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
     stop_collector = asyncio.Event()
     collector = (asyncio.create_task(MetricsCollector(pool, settings).run(stop_collector))
                  if collect_metrics else None)
+    # This worker's Stripe outcomes, for the circuit breaker (circuit/flusher.py).
+    flusher = asyncio.create_task(run_flusher(pool, settings, stop_collector))
 
     async def close() -> None:
         stop_collector.set()
         if collector is not None:
             await collector
+        await flusher
         await pool.close()
 
     return worker, close
@@ -96,6 +102,9 @@ async def run(settings: Settings | None = None) -> None:
     try:
         async with worker:
             log.warning("worker started on task queue %s", settings.task_queue)
+            # The deployment's singletons (one per task queue; already running: left as they are).
+            await notify_control.ensure_running(client, settings.task_queue)
+            await circuit_control.ensure_running(client, settings.task_queue)
             await stop.wait()
             log.warning("shutting down: draining running activities")
     finally:

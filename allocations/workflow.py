@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         RunOutcome,
         StartInput,
     )
+    from common import ui
     from common.audit import AuditAction
     from common.paged import ErrorType
     from common.types import Mode, PauseRequest
@@ -170,11 +171,13 @@ class ReconcileAllocations:
                 s.phase = Phase.AWAITING_APPROVAL if s.counts.fixable else Phase.DONE
 
         if s.phase == Phase.AWAITING_APPROVAL:
+            ui.set_outcome(ui.Outcome.AWAITING_APPROVAL)
             try:
                 await workflow.wait_condition(lambda: s.decision is not None,
                                               timeout=timedelta(seconds=inp.approval_timeout_seconds))
             except TimeoutError:
                 pass
+            ui.set_outcome(ui.Outcome.RUNNING)
             if not s.approved:
                 s.phase = Phase.DONE
                 await self._handlers_finished()

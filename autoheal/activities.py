@@ -29,7 +29,8 @@ class AutohealActivities:
         """Flip the switch and audit it, in one transaction (idempotent: a retried activity or a
         repeated pause changes and audits nothing more)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            before, after = await switch.set_paused(conn, paused=inp.paused, actor=inp.actor, reason=inp.reason)
+            before, after = await switch.set_paused(conn, paused=inp.paused, actor=inp.actor, reason=inp.reason,
+                                                    only_if_paused_by=inp.only_if_paused_by)
             if before != after:
                 action = AuditAction.AUTOHEAL_PAUSE if inp.paused else AuditAction.AUTOHEAL_RESUME
                 await write_audit(conn, AuditInput(

@@ -26,6 +26,7 @@ class SetAutohealInput(BaseModel):
     reason: str | None = None
     workflow_id: str | None = None
     run_id: str | None = None
+    only_if_paused_by: str | None = None  # see PauseRequest.only_if_paused_by
 
 
 class BroadcastInput(BaseModel):

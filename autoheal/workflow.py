@@ -55,9 +55,15 @@ class AutoHealControl:
                 self._state = await workflow.execute_activity_method(
                     AutohealActivities.set_autoheal,
                     SetAutohealInput(paused=paused, actor=req.actor, reason=req.reason,
-                                     workflow_id=info.workflow_id, run_id=info.run_id),
+                                     workflow_id=info.workflow_id, run_id=info.run_id,
+                                     only_if_paused_by=req.only_if_paused_by),
                     **short_step())
                 self._show()
+                if self._state.paused != paused:
+                    # A conditional resume (only_if_paused_by) that did not apply: someone
+                    # else's pause is in force, the runs stay paused.
+                    handled += 1
+                    continue
                 await workflow.execute_activity_method(
                     AutohealActivities.broadcast,
                     BroadcastInput(signal="pause" if paused else "resume", request=req,

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         DayOutcome,
         DayResult,
     )
+    from common import ui
     from common.types import STRIPE_EVENT_RETENTION_DAYS, Mode, PauseRequest
     from reconcile.types import Counts, ReconcileResult, ReconcileUsageInput
     from webhooks.types import ReplayResult, ReplayWebhooksInput
@@ -110,6 +111,7 @@ class CatchUpBackfill:
                 finally:
                     p.days_in_flight.remove(day)
                     p.days_done += 1
+                    self._show_progress()
 
         results = await asyncio.gather(*(one(d) for d in days))
         p.days_failed = [r.day for r in results if r.outcome == DayOutcome.FAILED]
@@ -148,8 +150,14 @@ class CatchUpBackfill:
                                    "run the backfill again after `billing-recon resume`")
         return DayResult(day=day, run_id=run_id, outcome=DayOutcome.DONE, counts=result.counts)
 
+    def _show_progress(self) -> None:
+        info = workflow.info()
+        ui.show_progress(ui.state_details(f"CatchUpBackfill {info.workflow_id}: {self._progress.phase}",
+                                          self._progress))
+
     async def _replay(self, inp: CatchUpBackfillInput, end: date) -> dict:
         self._progress.phase = "replay"
+        self._show_progress()
         now = workflow.now()
         since = max(datetime.combine(inp.start_date, time(), tzinfo=UTC),
                     now - timedelta(days=STRIPE_EVENT_RETENTION_DAYS) + timedelta(minutes=1))
@@ -169,6 +177,7 @@ class CatchUpBackfill:
 
     async def _resync(self, inp: CatchUpBackfillInput) -> dict:
         self._progress.phase = "resync"
+        self._show_progress()
         child_id = f"backfill-resync-{inp.start_date}-{inp.end_date}-{inp.mode.value}"
         try:
             r = await workflow.execute_child_workflow(

@@ -64,12 +64,18 @@ DAILY_CHECK_FAILED = "billing_daily_check_failed"  # {check}: 1 when its last re
 DAILY_CHECK_FINDINGS = "billing_daily_check_findings"  # {check}: what its last result found wrong
 DAILY_CHECKS_LAST_RUN = "billing_daily_checks_last_run_timestamp"  # when the last run finished (0: never)
 
-COUNTERS = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_QUOTA, CORRECTIONS, STRIPE_REQUESTS,
+# The Stripe circuit breaker (circuit/): 0 closed, 1 open, 2 half-open (from Postgres).
+STRIPE_CIRCUIT_STATE = "billing_stripe_circuit_state"
+NOTIFICATIONS = "billing_notifications"  # {kind, target, outcome=sent|retry|failed|no_target}: deliveries
+
+COUNTERS: tuple[str, ...] = (RUNS, DISCREPANCIES, DRIFT, DEDUPE, FAILURES, OVER_QUOTA, CORRECTIONS, STRIPE_REQUESTS,
             STRIPE_RETRIES, WEBHOOK_RECEIVED, WEBHOOK_PROCESSED)
 HISTOGRAMS = (DURATION, STRIPE_DURATION)
-GAUGES = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, DIFF_PCT, EPSILON, OPEN_RUNS,
+GAUGES: tuple[str, ...] = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, DIFF_PCT, EPSILON, OPEN_RUNS,
           WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH,
           DAILY_CHECK_FAILED, DAILY_CHECK_FINDINGS, DAILY_CHECKS_LAST_RUN)
+COUNTERS += (NOTIFICATIONS,)
+GAUGES += (STRIPE_CIRCUIT_STATE,)
 
 HISTOGRAM_BUCKETS: dict[str, list[float]] = {
     DURATION: [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800],
@@ -115,6 +121,8 @@ class _Instruments:
                 WEBHOOK_RECEIVED, "Stripe webhook deliveries received, by outcome"),
             WEBHOOK_PROCESSED: m.create_counter(
                 WEBHOOK_PROCESSED, "Stripe events handled, by event type family and status"),
+            NOTIFICATIONS: m.create_counter(
+                NOTIFICATIONS, "Notification delivery attempts by kind, target and outcome"),
         }
         self.histograms = {
             DURATION: m.create_histogram_float(
@@ -150,6 +158,8 @@ class _Instruments:
                 DAILY_CHECK_FINDINGS, "What the last result of a daily check found wrong (ids, events, keys)"),
             DAILY_CHECKS_LAST_RUN: m.create_gauge_float(
                 DAILY_CHECKS_LAST_RUN, "Unix time the last daily checks run finished (0 if never)"),
+            STRIPE_CIRCUIT_STATE: m.create_gauge_float(
+                STRIPE_CIRCUIT_STATE, "Stripe circuit breaker: 0 closed, 1 open, 2 half-open (from Postgres)"),
         }
 
 
@@ -232,3 +242,13 @@ def record_webhook_processed(type_family: str, status: str) -> None:
     `event_type_family(event.type)` as `type_family`."""
     _add(WEBHOOK_PROCESSED, 1, {"type_family": type_family,
                                 "status": status if status in WEBHOOK_STATUSES else "failed"})
+
+
+# --- notifications (notify/) ----------------------------------------------------------------------
+
+
+def record_notification(kind: str, target: str, outcome: str) -> None:
+    """One delivery attempt of a notification to a target: `sent`, `retry` (transient failure,
+    tried again later), `failed` (given up: a refusal, or the attempts ran out) or `no_target`
+    (target `none`: recorded, but no target is configured)."""
+    _add(NOTIFICATIONS, 1, {"kind": kind, "target": target, "outcome": outcome})

@@ -86,6 +86,10 @@ SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM g) AS n,
 """
 
 
+# billing_stripe_circuit_state's encoding of billing.stripe_circuit.state.
+CIRCUIT_STATE_VALUES = {"closed": 0.0, "open": 1.0, "half_open": 2.0}
+
+
 class MetricsCollector:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
@@ -104,7 +108,9 @@ class MetricsCollector:
             backlog = await conn.fetch(_BACKLOG_SQL)
             paused = await conn.fetchrow(_PAUSED_SQL, PAUSE_ACTIONS, AuditAction.RUN_PAUSE.value)
             daily_checks = await checks_store.last_results(conn)
+            circuit = await conn.fetchval("SELECT state FROM billing.stripe_circuit")
         checks_metrics.publish(daily_checks)
+        metrics.set_gauge(metrics.STRIPE_CIRCUIT_STATE, CIRCUIT_STATE_VALUES.get(circuit or "closed", 0.0))
         self._publish(last_success, last_runs, diffs, open_runs, backlog, paused)
 
     def _publish(self, last_success, last_runs, diffs, open_runs, backlog, paused) -> None:

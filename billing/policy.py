@@ -14,7 +14,7 @@ from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Any
 
-from billing.periods import push_timestamp
+from billing.periods import PushWindow, closed_detail, push_timestamp
 
 # Stripe aggregates in floats; values closer than this are equal.
 TOLERANCE = Decimal("0.000001")
@@ -210,7 +210,7 @@ def classify_stripe_key(
     now: datetime,
     settle: timedelta,
     epsilon: Decimal,
-    auto_approve_over_reporting: bool,
+    auto_approve_over_reporting: bool, window: PushWindow | None = None,
 ) -> StripeFinding:
     live = [p for p in pushes if p.status in LIVE_STATUSES]
     pushed = sum((p.value for p in live), Decimal(0))
@@ -235,9 +235,9 @@ def classify_stripe_key(
         confirm = [p.identifier for p in live if p.status == PushStatus.SENT and not _is_unsettled(p, now, settle)]
         return finding(FindingKind.OK, confirm=confirm)
 
-    ts = push_timestamp(day, now)
+    ts = push_timestamp(day, now, window)  # inside a period Stripe still bills (window: periods.py)
     outside_window = finding(FindingKind.NEEDS_INVOICE_ADJUSTMENT, beyond_epsilon=beyond,
-                             detail="day is outside Stripe's 35-day meter event window")
+                             detail=closed_detail(window))
 
     if unsettled != 0:
         # Act only on what is true whether or not the in-flight writes have landed: usage

@@ -27,11 +27,15 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.common import TypedSearchAttributes
+from temporalio.service import RPCError
 from temporalio.workflow import _Definition
 
 from allocations.workflow import ReconcileAllocations
 from backfill.workflow import CatchUpBackfill
 from checks.workflow import DailyChecks
+from common import ui
+from common.ui_interceptor import warn_unregistered
 from credits.repair_workflow import RepairCredits
 from reconcile.tick_workflow import UsageTick
 from reconcile.workflow import ReconcileUsage
@@ -127,7 +131,11 @@ class ScheduleDef(BaseModel):
     def schedule_id(self) -> str:
         return SCHEDULE_ID_PREFIX + self.name
 
-    def to_schedule(self, task_queue: str) -> Schedule:
+    def to_schedule(self, task_queue: str, *, search_attributes: bool = True) -> Schedule:
+        """`search_attributes=False`: for a namespace where ours are not registered."""
+        meta = ui.start_metadata(self.workflow, f"sched-{self.name}-<time>",
+                                 _input_model(KNOWN_WORKFLOWS[self.workflow]).model_validate(self.input),
+                                 correlation_id=None, note=f"Started by schedule `{self.schedule_id}`: {self.note}")
         if self.every is not None:
             spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=parse_duration(self.every))])
         else:
@@ -138,7 +146,9 @@ class ScheduleDef(BaseModel):
         return Schedule(
             action=ScheduleActionStartWorkflow(
                 KNOWN_WORKFLOWS[self.workflow], args=[self.input], id=f"sched-{self.name}", task_queue=task_queue,
-                execution_timeout=parse_duration(self.execution_timeout)),
+                execution_timeout=parse_duration(self.execution_timeout),
+                typed_search_attributes=meta.search_attributes if search_attributes else TypedSearchAttributes.empty,
+                static_summary=meta.summary, static_details=meta.details),
             spec=spec,
             policy=SchedulePolicy(overlap=OVERLAP[self.overlap],
                                   catchup_window=parse_duration(self.catchup_window)),
@@ -172,23 +182,37 @@ def load(path: Path | None = None) -> list[ScheduleDef]:
 
 async def apply(client: Client, defs: list[ScheduleDef], task_queue: str) -> dict[str, str]:
     """Create each schedule, or update it in place. A schedule paused by an operator stays
-    paused (its note too) unless the file says `paused = true`. Returns name -> created|updated."""
+    paused (its note too) unless the file says `paused = true`. Returns name -> created|updated.
+    Where our search attributes are not registered (`billing-recon temporal setup`), schedules
+    are applied without them (their runs still run; they cannot be found by them), warning once."""
     outcome: dict[str, str] = {}
+    with_attributes = True
     for d in defs:
-        desired = d.to_schedule(task_queue)
         try:
-            await client.create_schedule(d.schedule_id, desired)
-            outcome[d.name] = "created"
+            outcome[d.name] = await _create_or_update(
+                client, d, d.to_schedule(task_queue, search_attributes=with_attributes))
             continue
-        except ScheduleAlreadyRunningError:
-            pass
-
-        def update(current: ScheduleUpdateInput, desired: Schedule = desired, d: ScheduleDef = d) -> ScheduleUpdate:
-            state = current.description.schedule.state
-            if state.paused and not d.paused:
-                desired.state = state  # an operator's pause (and its note) wins
-            return ScheduleUpdate(schedule=desired)
-
-        await client.get_schedule_handle(d.schedule_id).update(update)
-        outcome[d.name] = "updated"
+        except RPCError as e:
+            if not (with_attributes and ui.unregistered_attribute(e)):
+                raise
+            warn_unregistered(e)
+            with_attributes = False
+        outcome[d.name] = await _create_or_update(client, d, d.to_schedule(task_queue, search_attributes=False))
     return outcome
+
+
+async def _create_or_update(client: Client, d: ScheduleDef, desired: Schedule) -> str:
+    try:
+        await client.create_schedule(d.schedule_id, desired)
+        return "created"
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def update(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        state = current.description.schedule.state
+        if state.paused and not d.paused:
+            desired.state = state  # an operator's pause (and its note) wins
+        return ScheduleUpdate(schedule=desired)
+
+    await client.get_schedule_handle(d.schedule_id).update(update)
+    return "updated"

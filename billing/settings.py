@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         default=False, alias="RECON_AUTO_APPROVE_OVER_REPORTING"
     )
     recon_page_size: int = Field(default=500, ge=1, le=MAX_PAGE_SIZE, alias="RECON_PAGE_SIZE")
+    # Stripe's invoice finalization grace (1 h default, up to 72 h): used for a period whose
+    # draft invoice is not in the mirror (the draft's automatically_finalizes_at wins).
+    recon_invoice_grace_seconds: int = Field(default=3600, ge=0, le=259200, alias="RECON_INVOICE_GRACE_SECONDS")
     recon_stripe_concurrency: int = Field(default=8, ge=1, alias="RECON_STRIPE_CONCURRENCY")
 
     # Webhook receiver (`billing-recon webhooks serve`).
@@ -167,6 +170,45 @@ class Settings(BaseSettings):
         default=None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     )
 
+    # Dead-man's switch (docs/temporal-ui.md#dead-mans-switch): after each successful run of
+    # these schedules, the worker pings this URL (healthchecks-style; `{schedule}` is replaced
+    # by the schedule's name, for one check per schedule). Unset: no ping.
+    deadman_ping_url: str | None = Field(default=None, alias="DEADMAN_PING_URL")
+    deadman_ping_schedules: str = Field(default="usage-sync,full-reconciliation", alias="DEADMAN_PING_SCHEDULES")
+    # Also ping `<url>/fail` after a failed scheduled run (healthchecks alerts at once).
+    deadman_ping_on_failure: bool = Field(default=False, alias="DEADMAN_PING_ON_FAILURE")
+
+    # Notifications (notify/, docs/notifications.md). A target is on when its URL or key is set;
+    # none set: notifications are recorded in billing.notifications and not sent.
+    notify_webhook_url: str | None = Field(default=None, alias="NOTIFY_WEBHOOK_URL")
+    notify_slack_webhook_url: str | None = Field(default=None, alias="NOTIFY_SLACK_WEBHOOK_URL")
+    notify_pagerduty_routing_key: str | None = Field(default=None, alias="NOTIFY_PAGERDUTY_ROUTING_KEY")
+    notify_pagerduty_url: str = Field(
+        default="https://events.pagerduty.com/v2/enqueue", alias="NOTIFY_PAGERDUTY_URL")
+    # One HTTP request to a target gets this long.
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=300, alias="NOTIFY_TIMEOUT_SECONDS")
+    # Attempts per notification before it is marked failed (backoff 5 s doubling to 15 min).
+    notify_max_attempts: int = Field(default=12, ge=1, le=1000, alias="NOTIFY_MAX_ATTEMPTS")
+    # How often the dispatcher looks for notifications to send and for stuck runs / long pauses.
+    notify_poll_seconds: float = Field(default=5.0, ge=0.2, le=3600, alias="NOTIFY_POLL_SECONDS")
+    # A run not finished this long after it started is reported stuck (awaiting approval excepted).
+    notify_stuck_run_seconds: int = Field(default=6 * 3600, ge=60, alias="NOTIFY_STUCK_RUN_SECONDS")
+    # Auto-healing paused this long is reported (the BillingAutoHealingPausedTooLong threshold).
+    notify_paused_too_long_seconds: int = Field(default=4 * 3600, ge=60, alias="NOTIFY_PAUSED_TOO_LONG_SECONDS")
+
+    # Stripe circuit breaker (circuit/, docs/circuit-breaker.md): when, over the window, Stripe
+    # errors (5xx, network errors and timeouts, 429s left after the gateway's retries, async
+    # meter errors) are at least MIN_ERRORS and at least ERROR_RATE of the requests, auto-healing
+    # is paused (actor circuit-breaker) until a probe after OPEN_SECONDS succeeds.
+    stripe_circuit_enabled: bool = Field(default=True, alias="STRIPE_CIRCUIT_ENABLED")
+    stripe_circuit_window_seconds: int = Field(default=60, ge=5, le=3600, alias="STRIPE_CIRCUIT_WINDOW_SECONDS")
+    stripe_circuit_min_errors: int = Field(default=20, ge=1, alias="STRIPE_CIRCUIT_MIN_ERRORS")
+    stripe_circuit_error_rate: float = Field(default=0.5, gt=0, le=1, alias="STRIPE_CIRCUIT_ERROR_RATE")
+    stripe_circuit_open_seconds: int = Field(default=120, ge=1, le=86400, alias="STRIPE_CIRCUIT_OPEN_SECONDS")
+    stripe_circuit_check_seconds: float = Field(default=10.0, ge=0.5, le=600, alias="STRIPE_CIRCUIT_CHECK_SECONDS")
+    # How often each worker adds its Stripe outcomes to billing.stripe_call_tally.
+    stripe_circuit_flush_seconds: float = Field(default=2.0, ge=0.2, le=60, alias="STRIPE_CIRCUIT_FLUSH_SECONDS")
+
     # CLI: a caller's (a script's, a CI job's) own correlation id, carried into workflows,
     # activities, audit rows and logs; unset: a new id per command.
     correlation_id: str | None = Field(default=None, alias="BILLING_CORRELATION_ID")
@@ -175,8 +217,23 @@ class Settings(BaseSettings):
     billing_actor: str | None = Field(default=None, alias="BILLING_ACTOR")
     login_user: str | None = Field(default=None, alias="USER")
 
+    @field_validator("deadman_ping_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"DEADMAN_PING_URL must be an http(s) URL, not {value!r}")
+        return value.strip()
+
+    def deadman_schedules(self) -> set[str]:
+        """The schedule names (billing/schedules.toml) whose successful runs ping."""
+        return {n.strip() for n in self.deadman_ping_schedules.split(",") if n.strip()}
+
     @field_validator(
-        "emulator_summary_lag_seconds", "temporal_http_port", "temporal_metrics_port", mode="before"
+        "emulator_summary_lag_seconds", "temporal_http_port", "temporal_metrics_port",
+        "notify_webhook_url", "notify_slack_webhook_url", "notify_pagerduty_routing_key", mode="before"
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

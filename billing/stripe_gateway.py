@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from billing import metrics
 from billing.settings import Settings
+from billing.stripe_health import HEALTH, ErrorReason
 from billing.telemetry import stripe_span
 
 if TYPE_CHECKING:
@@ -68,8 +69,10 @@ class InstrumentedHTTPXClient(stripe.HTTPXClient):
                 method, url, headers, post_data)
         except stripe.APIConnectionError:
             metrics.record_stripe_request(operation, "network_error", time.monotonic() - started)
+            HEALTH.record_status(None)
             raise
         metrics.record_stripe_request(operation, str(status), time.monotonic() - started)
+        HEALTH.record_status(status)
         return content, status, response_headers
 
 log = logging.getLogger(__name__)
@@ -148,6 +151,7 @@ class StripeGateway:
                 except stripe.RateLimitError:
                     self.rate_limit_retries += 1
                     if attempt == RATE_LIMIT_RETRIES - 1:
+                        HEALTH.record_error(ErrorReason.RATE_LIMITED)  # the circuit counts it
                         raise
                     log.warning("Stripe answered 429 (rate limited) to %s; retry %d of %d", operation,
                                 attempt + 1, RATE_LIMIT_RETRIES - 1)
@@ -172,6 +176,11 @@ class StripeGateway:
             if not page.has_more or not page.data:
                 return meters
             params = {"limit": 100, "starting_after": page.data[-1].id}
+
+    async def probe(self) -> None:
+        """The circuit breaker's half-open probe: the cheapest read there is (one meter, one
+        page). Raises what Stripe's answer raises."""
+        await self._call("probe", self._client.v1.billing.meters.list_async, params={"limit": 1})
 
     async def daily_summaries(
         self, meter_id: str, stripe_customer_id: str, start: date, end_inclusive: date
@@ -245,6 +254,36 @@ class StripeGateway:
                 return CancelOutcome.CANCELLED, msg
             return CancelOutcome.REJECTED, msg
 
+    # ------------------------------------------------------------------ invoice adjustments
+
+    async def create_adjustment(self, kind: str, *, identifier: str, customer: str, invoice: str,
+                                amount: int, currency: str, description: str, paid_invoice: bool,
+                                metadata: dict[str, str]) -> str:
+        """One invoice adjustment (reconcile/adjustments.py), its Idempotency-Key the outbox
+        identifier: an invoice item for the customer's next invoice, a credit note on `invoice`
+        (a paid one credited to the customer's balance) or a customer balance credit. Returns
+        the Stripe object's id."""
+        opts = {"idempotency_key": f"invoice-adjustment-{identifier}"}
+        v1 = self._client.v1
+        if kind == "invoice_item":
+            obj = await self._call("create_invoice_item", v1.invoice_items.create_async, params={
+                "customer": customer, "amount": amount, "currency": currency, "description": description,
+                "metadata": metadata}, options=opts)
+        elif kind == "credit_note":
+            params: dict[str, Any] = {
+                "invoice": invoice, "memo": description, "metadata": metadata, "reason": "order_change",
+                "lines": [{"type": "custom_line_item", "unit_amount": amount, "quantity": 1,
+                           "description": description}]}
+            if paid_invoice:
+                params["credit_amount"] = amount
+            obj = await self._call("create_credit_note", v1.credit_notes.create_async, params=params, options=opts)
+        else:
+            obj = await self._call("create_customer_balance_transaction",
+                                   v1.customers.balance_transactions.create_async, customer, params={
+                                       "amount": -amount, "currency": currency, "description": description,
+                                       "metadata": metadata}, options=opts)
+        return str(obj.id)
+
     # ------------------------------------------------------------------ objects and events
 
     async def retrieve_v2_event(self, event_id: str) -> dict | None:
@@ -261,15 +300,20 @@ class StripeGateway:
 
     async def retrieve(self, kind: str, object_id: str) -> dict | None:
         """The current state of a Stripe object as a plain dict; None when Stripe has no such
-        object (404). `kind`: customer, subscription, invoice or checkout.session."""
+        object (404). `kind`: customer, subscription, invoice, checkout.session or price."""
         resources: dict[str, Any] = {
             "customer": self._client.v1.customers,
             "subscription": self._client.v1.subscriptions,
             "invoice": self._client.v1.invoices,
             "checkout.session": self._client.v1.checkout.sessions,
+            "price": self._client.v1.prices,
         }
+        # Tiered prices come with their tiers (the mirror prices invoice adjustments).
+        params = {"subscription": {"expand": ["items.data.price.tiers"]},
+                  "price": {"expand": ["tiers"]}}.get(kind)
         try:
-            obj = await self._call(f"retrieve_{kind.replace('.', '_')}", resources[kind].retrieve_async, object_id)
+            obj = await self._call(f"retrieve_{kind.replace('.', '_')}", resources[kind].retrieve_async, object_id,
+                                   params=params)
         except stripe.InvalidRequestError as e:
             if e.http_status == 404:
                 return None

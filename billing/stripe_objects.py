@@ -97,6 +97,23 @@ def subscription_row(sub: dict[str, Any]) -> SubscriptionRow:
     )
 
 
+def subscription_item_rows(sub: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items of a subscription as `billing.subscription_items` rows: price, meter (metered
+    prices), cycle and current period (basil: the period lives on the item)."""
+    rows = []
+    for it in (sub.get("items") or {}).get("data") or []:
+        price = it.get("price") if isinstance(it.get("price"), dict) else {"id": it.get("price")}
+        rec = price.get("recurring") or {}
+        rows.append({
+            "id": it["id"], "price_id": price.get("id"), "meter_id": rec.get("meter"),
+            "usage_type": rec.get("usage_type"), "price": price, "interval": rec.get("interval"),
+            "interval_count": rec.get("interval_count"),
+            "current_period_start": ts(it.get("current_period_start")),
+            "current_period_end": ts(it.get("current_period_end")),
+        })
+    return rows
+
+
 # Our own status of an invoice Stripe deleted (only drafts can be): Stripe then has no object
 # and no status; the mirror keeps the row with this status and `deleted_at`.
 INVOICE_DELETED = "deleted"

@@ -13,11 +13,12 @@ from temporalio import activity
 
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
-from checks import policy, store
+from checks import notices, policy, store
 from checks.policy import DayTypeTally, tally_key
 from checks.types import CheckRequest, CheckResult, RecordChecksInput
 from common.heartbeat import heartbeat_pages, resume
 from common.paged_activities import mark_seen
+from notify.outbox import never_failing
 from webhooks.activities import type_patterns
 
 
@@ -134,5 +135,7 @@ class CheckActivities:
 
     @activity.defn(name="checks.record")
     async def record(self, inp: RecordChecksInput) -> None:
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             await store.record_results(conn, inp)
+            async with never_failing(conn, inp.run_id):
+                await notices.on_recorded(conn, inp)

@@ -100,3 +100,7 @@ class DailyChecksResult(BaseModel):
     @property
     def failed(self) -> list[CheckName]:
         return [c.check for c in self.checks if not c.passed]
+
+    def ui_outcome(self) -> str:
+        """`BillingOutcome` of the run: a failed check needs a human (the checks only read)."""
+        return "clean" if self.passed else "needs_attention"

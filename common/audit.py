@@ -66,6 +66,9 @@ class AuditAction(StrEnum):
     REVENUE_RECORD_REFUND = "revenue.record_refund"
     # The shared Stripe budget's limits changed (`billing-recon budget set`).
     BUDGET_SET = "budget.set"
+    # An approved invoice adjustment for a closed billing period (ReconcileUsage plan mode):
+    # an invoice item, a credit note or a customer balance credit (its kind in `after`).
+    USAGE_INVOICE_ADJUSTMENT = "usage.invoice_adjustment"
 
 
 # The names used before the dotted vocabulary (migration 0007 renames the rows that hold them).

@@ -21,6 +21,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 
 from billing.correlation import CorrelationInterceptor
+from common.ui_interceptor import UiInterceptor
 
 
 class BadInputIsPermanentFailureConverter(DefaultFailureConverter):
@@ -53,8 +54,9 @@ def connect_config(address: str | None = None) -> dict[str, Any]:
 
 def default_interceptors() -> list[Interceptor]:
     """Every client (CLI, worker, receiver) carries the correlation id and the OpenTelemetry
-    span context into what it starts; both also act as worker interceptors."""
-    return [CorrelationInterceptor(), TracingInterceptor()]
+    span context into what it starts, and gives it its Temporal UI metadata (common/ui.py);
+    all also act as worker interceptors."""
+    return [CorrelationInterceptor(), TracingInterceptor(), UiInterceptor()]
 
 
 async def connect(

@@ -26,3 +26,14 @@ def failure_type(e: Underneath) -> str | None:
 def permanent_failure(e: Underneath, default_type: str) -> ApplicationError:
     """Fail the workflow with the cause's message and type (else `default_type`), for good."""
     return ApplicationError(failure_message(e), type=failure_type(e) or default_type, non_retryable=True)
+
+
+def permanent_in_group(group: BaseExceptionGroup) -> ApplicationError | None:
+    """The first non-retryable ApplicationError in a TaskGroup's group (at any depth), if any:
+    raised instead of the group, it fails the activity for good (a group is retried, forever)."""
+    for e in group.exceptions:
+        if isinstance(e, ApplicationError) and e.non_retryable:
+            return e
+        if isinstance(e, BaseExceptionGroup) and (found := permanent_in_group(e)) is not None:
+            return found
+    return None

@@ -91,3 +91,16 @@ def smoke_check() -> ActivityOptions:
     a few tries (it never retries forever)."""
     return {"start_to_close_timeout": timedelta(seconds=30),
             "retry_policy": RetryPolicy(initial_interval=RETRY_INITIAL_INTERVAL, maximum_attempts=3)}
+
+
+# An external ping (the dead-man's switch): a few quick tries, then the run goes on without it.
+PING_TIMEOUT = timedelta(seconds=30)
+PING_MAXIMUM_ATTEMPTS = 5
+
+
+def external_ping(*non_retryable: str) -> ActivityOptions:
+    """A best-effort call to an outside service: bounded retries; the caller never fails on it."""
+    return {"start_to_close_timeout": PING_TIMEOUT,
+            "retry_policy": RetryPolicy(initial_interval=RETRY_INITIAL_INTERVAL, backoff_coefficient=2.0,
+                                        maximum_interval=PING_TIMEOUT, maximum_attempts=PING_MAXIMUM_ATTEMPTS,
+                                        non_retryable_error_types=list(non_retryable) or None)}

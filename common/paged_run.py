@@ -27,6 +27,7 @@ from common.failures import permanent_failure
 from common.options import heartbeat_page, report_query, short_step
 
 with workflow.unsafe.imports_passed_through():
+    from common import ui
     from common.paged import (
         PERMANENT_ERRORS,
         CleanupInput,
@@ -104,6 +105,7 @@ class PagedRun(Generic[InputT, CarryT, ResultT]):
         s = self._state
 
         while s.phase != DONE:
+            self._show_progress(s)
             if await self.step(inp, s):
                 s.phase = self.NEXT_PHASE[s.phase]
                 s.cursor = None
@@ -113,6 +115,10 @@ class PagedRun(Generic[InputT, CarryT, ResultT]):
         await workflow.execute_activity_method(
             PagedRunActivities.cleanup, CleanupInput(run_id=s.context.run_id), **STEP)
         return self.result(s)
+
+    def _show_progress(self, s: CarryT) -> None:
+        info = workflow.info()
+        ui.show_progress(ui.state_details(f"{info.workflow_type} {info.workflow_id}: {s.phase}", s))
 
     async def _maybe_continue_as_new(self, inp: InputT) -> None:
         if not workflow.info().is_continue_as_new_suggested():

@@ -46,6 +46,9 @@ class ApprovalDecision(BaseModel):
 class PauseRequest(BaseModel):
     actor: str = Field(min_length=1)
     reason: str | None = None
+    # A resume of the global switch that applies only while this actor's pause is in force (the
+    # Stripe circuit breaker resumes its own pause, never an operator's).
+    only_if_paused_by: str | None = None
 
 
 STRIPE_EVENT_RETENTION_DAYS = 30  # GET /v1/events only returns the last 30 days

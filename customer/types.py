@@ -306,3 +306,13 @@ class RepairCustomerResult(BaseModel):
     @property
     def failed(self) -> bool:
         return any(s.failed for s in self.steps)
+
+    def ui_outcome(self) -> str:
+        """`BillingOutcome` of the repair (common/ui.py upserts it when the run ends)."""
+        if self.failed or (self.mode == Mode.APPLY and not self.paused and self.after):
+            return "needs_attention"
+        if not self.before:
+            return "clean"
+        if self.paused:
+            return "observe_only"
+        return "drift_fixed" if self.mode == Mode.APPLY else "drift_found"

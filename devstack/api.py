@@ -11,6 +11,7 @@ from typing import Any
 
 from billing.database_url import unix_socket_path
 from devstack.components import (
+    register_search_attributes,
     register_webhook_endpoint,
     start_emulator,
     start_postgres,
@@ -97,6 +98,8 @@ def up(config: StackConfig | None = None, *, worker: bool = True, log: Say | Non
             return record
 
         ensure(TEMPORAL, lambda: start_temporal(config))
+        registered = run_sync(lambda: register_search_attributes(config.temporal_address))
+        say(f"temporal: search attributes {'added: ' + ', '.join(registered.added) if registered.added else 'registered'}")
 
         exported = config.database_url
         if exported and not owns_database(config, state, exported):

@@ -15,6 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -47,6 +48,9 @@ from devstack.processes import (
     port_open,
     run_sync,
 )
+
+if TYPE_CHECKING:
+    from common.ui_setup import Registration
 
 EMULATOR_READY_PATH = "/_emulator/clock"
 
@@ -121,6 +125,15 @@ async def temporal_healthy(address: str) -> bool:
         return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
     except Exception:
         return False
+
+
+async def register_search_attributes(address: str) -> Registration:
+    """Our custom search attributes in the dev server's namespace (idempotent, common/ui_setup)."""
+    from temporalio.client import Client
+
+    from common.ui_setup import register_search_attributes as register
+
+    return await register(await Client.connect(address))
 
 
 def spawn_temporal(log: Path, command: list[str], host: str, port: int) -> subprocess.Popen[bytes]:

@@ -22,5 +22,6 @@ def workflows() -> list[type]:
 def build_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from common.deps import activity_methods
     from health.activities import HealthActivities
+    from health.deadman import DeadmanActivities
 
-    return activity_methods(HealthActivities(deps.pool, deps.stripe))
+    return activity_methods(HealthActivities(deps.pool, deps.stripe), DeadmanActivities(deps.settings))

@@ -22,8 +22,9 @@ from autoheal import switch
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.audit import AuditInput, write_audit
+from common.failures import permanent_in_group
 from common.heartbeat import Heartbeater, resume
-from reconcile import runs, store
+from reconcile import periods_store, runs, store
 from reconcile.corrections import CorrectionWriter
 from reconcile.plans import Finding
 from reconcile.runs import is_data_error
@@ -76,11 +77,11 @@ class UsageActivities:
 
     @activity.defn(name="usage.set_run_status")
     async def set_run_status(self, inp: RunStatusUpdate) -> None:
-        await runs.set_run_status(self.pool, inp)
+        await runs.set_run_status(self.pool, inp, self.settings)
 
     @activity.defn(name="usage.finish_run")
     async def finish_run(self, inp: FinishRunInput) -> FinishRunResult:
-        return await runs.finish_run(self.pool, inp)
+        return await runs.finish_run(self.pool, inp, self.settings)
 
     @activity.defn(name="usage.audit")
     async def audit(self, inp: AuditInput) -> None:
@@ -153,7 +154,7 @@ class UsageActivities:
             await self._hold_if_paused()
             await self.writer.flush_planned([c.customer_id for c in batch], now, counts)
 
-        rows = await store.read_batch(self.pool, ctx, batch)
+        rows = await store.read_batch(self.pool, ctx, batch, await self._tiered_prices(batch))
         read_at = datetime.now(UTC)
         summaries = await self._read_summaries(ctx, batch)
         plan = plan_batch(rows, summaries, ScanPolicy.for_page(ctx, inp.write_mode, verify=inp.verify, now=now))
@@ -165,6 +166,18 @@ class UsageActivities:
             approved = [f for f in plan.findings if f.status == DiscrepancyStatus.APPROVED]
             counts = counts.add(await self.writer.apply_all(ctx, approved, stripe_read_at=read_at))
         return counts
+
+    async def _tiered_prices(self, batch: list[Customer]) -> dict[str, dict]:
+        """Tiered prices the subscription mirror holds without their tiers, read from Stripe
+        (tiers expanded) so closed periods can be priced; rare: a retrieve expands them."""
+        async with self.pool.acquire() as conn:
+            ids = await periods_store.prices_missing_tiers(conn, [c.customer_id for c in batch])
+        out = {}
+        for price_id in ids:
+            price = await self.stripe.retrieve("price", price_id)
+            if price is not None:
+                out[price_id] = price
+        return out
 
     async def _read_summaries(self, ctx: RunContext, batch: list[Customer]) -> Summaries:
         """Stripe's daily values per (customer, meter), and the pairs Stripe refused to read
@@ -182,11 +195,17 @@ class UsageActivities:
                     out.unreadable[(c.customer_id, meter)] = (
                         f"Stripe refused the summary read: {e.user_message or e}")
 
-        async with asyncio.TaskGroup() as tg:
-            for c in batch:
-                if c.stripe_customer_id:
-                    for m in ctx.meters:
-                        tg.create_task(one(c, m.stripe_meter_id, m.event_name))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for c in batch:
+                    if c.stripe_customer_id:
+                        for m in ctx.meters:
+                            tg.create_task(one(c, m.stripe_meter_id, m.event_name))
+        except BaseExceptionGroup as group:
+            # A refusal no retry fixes (Stripe refused the API key) fails the page for good.
+            if (permanent := permanent_in_group(group)) is not None:
+                raise permanent from group
+            raise
         return out
 
     # ------------------------------------------------------------------ applying a stored plan

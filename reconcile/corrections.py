@@ -22,7 +22,7 @@ from decimal import Decimal
 import asyncpg
 import stripe
 
-from billing.periods import billing_period, push_timestamp
+from billing.periods import push_timestamp, push_window
 from billing.policy import (
     PlannedPush,
     PushKind,
@@ -34,8 +34,9 @@ from billing.policy import (
 )
 from billing.stripe_gateway import CancelOutcome, PushOutcome, StripeGateway
 from common.audit import AuditAction, AuditInput, write_audit
-from reconcile import store
-from reconcile.plans import CounterCorrection, Finding, StripeCorrection
+from reconcile import periods_store, store
+from reconcile.adjustments import AdjustmentWriter
+from reconcile.plans import CounterCorrection, Finding, InvoiceAdjustment, StripeCorrection
 from reconcile.runs import is_data_error
 from reconcile.types import Counts, DiscrepancyStatus, RunContext
 
@@ -80,6 +81,7 @@ class CorrectionWriter:
         self.pool = pool
         self.stripe = stripe
         self.concurrency = concurrency
+        self.adjustments = AdjustmentWriter(pool, stripe)
 
     # ------------------------------------------------------------------ outbox upkeep
 
@@ -167,6 +169,8 @@ class CorrectionWriter:
             else:
                 status, detail = DiscrepancyStatus.STALE, f"{stale}; re-planned by the next scan"
                 counts.stale_skipped += 1
+        elif isinstance(f.plan, InvoiceAdjustment):
+            status, detail = await self.adjustments.apply(ctx, f, f.plan, counts)
         else:
             assert isinstance(f.plan, StripeCorrection)
             status, detail = await self._correct_key(ctx, f, f.plan, counts, reread_stripe=reread_stripe)
@@ -180,9 +184,9 @@ class CorrectionWriter:
         c = plan.counter
         entity = f"{f.customer_id}|{f.meter}|{c.period_start}"
         async with self.pool.acquire() as conn, conn.transaction():
-            # The period the scan summed (calendar months, billing/periods.py).
+            # The period the scan summed (the counter's own, billing/periods.py).
             ledger, invalid = await store.key_ledger(conn, f.customer_id, f.meter, c.period_start,
-                                                     billing_period(c.period_start)[1])
+                                                     c.period_end)
             if invalid or ledger != c.value:
                 return f"the period's ledger changed since it was read ({c.value} -> {ledger})" + (
                     f", {invalid} unusable row(s)" if invalid else "")
@@ -239,10 +243,14 @@ class CorrectionWriter:
                     return (DiscrepancyStatus.FAILED,
                             f"Stripe refused the summary read of the apply-time re-check: {e.user_message or e}"[:500])
             p = ctx.policy
+            # The key's billing period now: a plan made in a grace window is not pushed once the
+            # invoice is final (then the fresh reading is needs_invoice_adjustment: stale).
+            item = (await periods_store.item_periods(conn, ctx, [f.customer_id])).get((f.customer_id, f.meter))
+            window = push_window(day, _now(), item, timedelta(seconds=p.invoice_grace_seconds)) if item else None
             fresh = classify_stripe_key(
                 customer_id=f.customer_id, meter=f.meter, day=day, ledger=ledger, stripe=stripe_value,
                 pushes=pushes, now=_now(), settle=timedelta(seconds=p.settle_seconds), epsilon=p.epsilon,
-                auto_approve_over_reporting=p.auto_approve_over_reporting)
+                auto_approve_over_reporting=p.auto_approve_over_reporting, window=window)
             rc = recheck_correction(cancel=plan.cancel, mark_failed=plan.mark_failed,
                                     push=plan.push.value if plan.push else None, fresh=fresh, pushes=pushes)
             if rc.stale:
@@ -251,6 +259,10 @@ class CorrectionWriter:
                 return DiscrepancyStatus.STALE, f"{rc.stale}; not applied, re-planned by the next scan"[:500]
             kept = plan.model_copy(update={"cancel": rc.cancel, "mark_failed": rc.mark_failed,
                                            "push": plan.push if rc.push else None})
+            final = await periods_store.final_in_stripe(self.stripe, item, kept.push)
+            if final:
+                counts.stale_skipped += 1
+                return DiscrepancyStatus.STALE, f"{final}; not pushed, judged with the invoice by the next run"
             status, detail = await self._correct_key_locked(conn, ctx, f, kept, counts)
             if rc.stale and status == DiscrepancyStatus.APPLIED:
                 return DiscrepancyStatus.STALE, f"applied {kept.action or 'marking lost pushes'} only: {rc.stale}"[:500]

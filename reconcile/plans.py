@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter
@@ -59,17 +60,54 @@ class StripeCorrection(BaseModel):
             "cancel" if self.cancel else "", f"push_{self.push.kind}" if self.push else ""] if x)
 
 
+class AdjustmentKind(StrEnum):
+    """`invoice_adjustments.kind` (the SQL CHECK constraint lists the same values)."""
+
+    INVOICE_ITEM = "invoice_item"  # under-billing: a pending item, billed on the next invoice
+    CREDIT_NOTE = "credit_note"  # over-billing on an open or paid invoice
+    BALANCE_CREDIT = "balance_credit"  # over-billing on an uncollectible invoice (or past creditable)
+
+
+class InvoiceAdjustment(BaseModel):
+    """Money for a closed period (its invoice is final), through the outbox
+    `invoice_adjustments` under `identifier` (also the Stripe Idempotency-Key). Only planned in
+    plan mode, applied after approval, re-checked at apply time (reconcile/adjustments.py)."""
+
+    adjustment: AdjustmentKind
+    identifier: str
+    stripe_invoice_id: str
+    period_start: datetime
+    period_end: datetime
+    quantity: Decimal  # units: > 0 under-billed, < 0 over-billed
+    amount: int  # minor units, > 0
+    currency: str
+    price_id: str
+    billed: Decimal  # what the invoice billed plus earlier adjustments, when planned
+    ledger: Decimal  # the period's ledger when planned
+    description: str
+
+    @property
+    def action(self) -> str:
+        return str(self.adjustment)
+
+    @property
+    def needs_approval(self) -> bool:
+        return True
+
+
 def _plan_shape(v: Any) -> str:
     if isinstance(v, dict):
-        return "counter" if "counter" in v else "stripe"
-    return "counter" if isinstance(v, CounterCorrection) else "stripe"
+        return "counter" if "counter" in v else "adjustment" if "adjustment" in v else "stripe"
+    return ("counter" if isinstance(v, CounterCorrection)
+            else "adjustment" if isinstance(v, InvoiceAdjustment) else "stripe")
 
 
 # What a finding's correction does: stored as `discrepancies.action_params` (its JSON) and read
 # back by validation. The JSON is the shape action_params always had (the counter's values
 # under "counter"; a Stripe key's fields at the top), so rows of older versions validate as is.
 CorrectionPlan = Annotated[
-    Annotated[CounterCorrection, Tag("counter")] | Annotated[StripeCorrection, Tag("stripe")],
+    Annotated[CounterCorrection, Tag("counter")] | Annotated[StripeCorrection, Tag("stripe")]
+    | Annotated[InvoiceAdjustment, Tag("adjustment")],
     Discriminator(_plan_shape),
 ]
 _CORRECTION_PLAN: TypeAdapter[CorrectionPlan] = TypeAdapter(CorrectionPlan)
@@ -108,6 +146,11 @@ class Finding:
     plan: CorrectionPlan | None = None
     detail: str = ""
     over_quota_transition: bool = False
+    # A closed period's finding (`needs_invoice_adjustment`): what finance needs.
+    adjust_quantity: Decimal | None = None
+    adjust_amount: int | None = None  # minor units, signed like the quantity
+    currency: str | None = None
+    stripe_invoice_id: str | None = None
 
     @property
     def action(self) -> str | None:

@@ -13,10 +13,12 @@ from temporalio.exceptions import ApplicationError
 
 from autoheal import switch
 from billing import correlation, metrics
-from billing.periods import billing_period, current_period_window
+from billing.periods import STRIPE_PAST_WINDOW, billing_period, current_period_window
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway
 from common.types import RunStatus
+from notify.outbox import never_failing
+from reconcile import notices, periods_store
 from reconcile.types import (
     AWAITING_APPROVAL,
     Counts,
@@ -98,6 +100,15 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
     # meter in the account must not fail every run (the schedules' included).
     wanted = req.meters or sorted(n for n, m in by_name.items() if m.formula == "sum")
     skipped = {} if req.meters else {n: m.formula for n, m in by_name.items() if m.formula != "sum"}
+    if req.start_date is None and not req.lookback_days:
+        # The default window follows the subscriptions: from the earliest current period (or a
+        # previous one still in its invoice grace), never past Stripe's 35-day window; the
+        # calendar month too while some customer in scope has no metered subscription.
+        async with pool.acquire() as conn:
+            earliest, covered = await periods_store.earliest_period_start(
+                conn, [by_name[m].id for m in wanted], sorted(set(req.customers)))
+        if earliest is not None:
+            start = max(earliest if covered else min(start, earliest), inp.today - STRIPE_PAST_WINDOW)
 
     s = settings
     policy = Policy(
@@ -107,6 +118,7 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
             req.auto_approve_over_reporting if req.auto_approve_over_reporting is not None
             else s.recon_auto_approve_over_reporting),
         page_size=req.page_size or s.recon_page_size,
+        invoice_grace_seconds=s.recon_invoice_grace_seconds,
     )
     ctx = RunContext(
         run_id=inp.run_id, workflow_run_id=inp.workflow_run_id, mode=req.mode,
@@ -149,9 +161,9 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
     return ctx
 
 
-async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
-    async with pool.acquire() as conn:
-        await conn.execute(
+async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate, settings: Settings) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        run = await conn.fetchrow(
             """
             UPDATE billing.reconciliation_runs
                SET status = $2,
@@ -159,9 +171,13 @@ async def set_run_status(pool: asyncpg.Pool, inp: RunStatusUpdate) -> None:
                    rejected_by = coalesce($4, rejected_by),
                    decision_reason = coalesce($5, decision_reason)
              WHERE run_id = $1
+            RETURNING run_id, workflow_run_id, kind, mode, error
             """,
             inp.run_id, inp.status.value, inp.approved_by, inp.rejected_by, inp.reason,
         )
+        if run is not None:
+            async with never_failing(conn, inp.run_id):
+                await notices.on_status(conn, settings, run, inp.status)
         if inp.reject_held:
             await conn.execute(
                 "UPDATE billing.discrepancies SET status = $2, updated_at = now() "
@@ -219,7 +235,7 @@ async def recorded_counts(conn: asyncpg.Connection, inp: FinishRunInput) -> Fini
                            verify_counts=None if verify_counts is None else merge(verify_counts, True))
 
 
-async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult:
+async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput, settings: Settings) -> FinishRunResult:
     async with pool.acquire() as conn, conn.transaction():
         final = await recorded_counts(conn, inp)
         row = await conn.fetchrow(
@@ -230,8 +246,8 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult
                SET status = $2, counts = $3::jsonb, finished_at = now(), error = $4, observe_only = $5
               FROM prev
              WHERE r.run_id = $1
-            RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode,
-                      extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
+            RETURNING prev.finished_at IS NULL AS first_finish, r.kind, r.mode, r.run_id, r.workflow_run_id,
+                      r.error, extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
             """,
             inp.context.run_id, inp.status.value,
             {**final.counts.model_dump(),
@@ -239,6 +255,9 @@ async def finish_run(pool: asyncpg.Pool, inp: FinishRunInput) -> FinishRunResult
              "warnings": inp.context.warnings()},
             inp.error, inp.observe_only,
         )
+        if row is not None:
+            async with never_failing(conn, inp.context.run_id):
+                await notices.on_status(conn, settings, row, inp.status)
         findings = await conn.fetch(
             "SELECT kind, coalesce(action, 'none') AS action, count(*) AS n "
             "FROM billing.discrepancies WHERE run_id = $1 AND discrepancy_key NOT LIKE 'verify|%' "

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from billing.periods import billing_period, days_in, push_timestamp
+from billing.periods import (
+    ItemPeriod,
+    PushWindow,
+    day_start,
+    days_in,
+    period_of,
+    push_timestamp,
+    push_window,
+)
 from billing.policy import (
     MAX_QUANTITY,
     FindingKind,
@@ -22,6 +30,7 @@ from billing.policy import (
     classify_counter,
     classify_stripe_key,
 )
+from reconcile.adjust import ClosedPeriod, plan_closed_period
 from reconcile.plans import CounterCorrection, CounterRepair, Finding, StripeCorrection
 from reconcile.types import Counts, DiscrepancyStatus, RunContext, WriteMode
 
@@ -78,6 +87,11 @@ class BatchRows:
     ledger_days: list[LedgerDay] = field(default_factory=list)
     counters: list[CounterRow] = field(default_factory=list)
     pushes: list[OutboxRow] = field(default_factory=list)
+    # The metered subscription item billing each (customer, meter): its periods (billing/
+    # periods.py); a pair without one uses calendar months.
+    items: dict[tuple[str, str], ItemPeriod] = field(default_factory=dict)
+    # Periods on a final invoice overlapping the window: judged whole (reconcile/adjust.py).
+    closed: list[ClosedPeriod] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ class ScanPolicy:
     verify: bool = False  # the verify pass: keys are recorded under "verify|..."
     # Active meters left out of scope because they do not aggregate with sum: name -> formula.
     unsupported: dict[str, str] = field(default_factory=dict)
+    grace: timedelta = timedelta(hours=1)  # invoice grace when the mirror has no draft
+    run_id: str = ""
 
     @classmethod
     def for_page(cls, ctx: RunContext, write_mode: WriteMode, *, verify: bool, now: datetime) -> ScanPolicy:
@@ -111,7 +127,8 @@ class ScanPolicy:
             unsupported=dict(ctx.unsupported_meters),
             epsilon=ctx.policy.epsilon, settle=timedelta(seconds=ctx.policy.settle_seconds),
             auto_approve_over_reporting=ctx.policy.auto_approve_over_reporting,
-            write_mode=write_mode, now=now, verify=verify)
+            write_mode=write_mode, now=now, verify=verify,
+            grace=timedelta(seconds=ctx.policy.invoice_grace_seconds), run_id=ctx.run_id)
 
 
 # --------------------------------------------------------------------------- output
@@ -124,6 +141,7 @@ class BatchPlan:
     counts: Counts
 
 
+ONE_DAY = timedelta(days=1)
 # Keys that could not be compared: counted as failures, nothing here can correct them.
 _UNREADABLE = (FindingKind.UNMAPPED_CUSTOMER, FindingKind.STRIPE_READ_FAILED, FindingKind.INVALID_USAGE)
 # What one key's data can raise in the arithmetic (a NaN compared, a value too long to
@@ -140,7 +158,7 @@ _STATUS_OF_WRITE_MODE = {
 def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> BatchPlan:
     """Every finding of a batch, in a stable order: unmetered usage, counters, unreadable
     summaries, then each customer's Stripe keys (meter by meter, day by day)."""
-    ledger, period_totals, unmetered, dedupes, poisoned = _ledger(rows.ledger_days, policy)
+    ledger, day_totals, unmetered, dedupes, poisoned = _ledger(rows.ledger_days, policy)
     pushes: dict[tuple[str, str, date], list[Push]] = defaultdict(list)
     for o in rows.pushes:
         pushes[(o.customer_id, o.meter, o.usage_day)].append(o.push)
@@ -170,8 +188,7 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
             customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter, ledger=total,
             status=DiscrepancyStatus.OBSERVED,
             detail="no active Stripe meter has this event name: this usage is never billed"))
-    findings += _counter_findings(rows.counters, period_totals, sids, policy.write_mode, prefix,
-                                  poisoned={(c, m, d.replace(day=1)) for c, m, d in poisoned})
+    findings += _counter_findings(rows, day_totals, sids, policy.write_mode, prefix, poisoned)
     for (cust, meter), message in sorted(summaries.unreadable.items()):
         findings.append(Finding(
             key=f"{prefix}stripe|{cust}|{meter}|read", kind=FindingKind.STRIPE_READ_FAILED,
@@ -181,10 +198,18 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
     confirm: list[str] = []
     keys_checked = 0
     days = days_in(policy.window_start, policy.window_end)
+    # Closed periods are judged whole (one finding per invoice), not day by day.
+    judged: dict[tuple[str, str], list[tuple[datetime, datetime]]] = defaultdict(list)
+    for cp in rows.closed:
+        judged[(cp.customer_id, cp.meter)].append((cp.period_start, cp.period_end))
+        closed_finding = plan_closed_period(cp, policy.write_mode, policy.run_id, prefix)
+        if closed_finding is not None:
+            findings.append(closed_finding)
     for c in rows.customers:
         for meter in policy.meters:
             readable = (c.customer_id, meter) not in summaries.unreadable
             stripe_days = summaries.values.get((c.customer_id, meter), {})
+            item = rows.items.get((c.customer_id, meter))
             for day in days:
                 key = (c.customer_id, meter, day)
                 L = ledger.get(key, Decimal(0))
@@ -205,14 +230,19 @@ def plan_batch(rows: BatchRows, summaries: Summaries, policy: ScanPolicy) -> Bat
                     continue
                 keys_checked += 1
                 try:
+                    window = push_window(day, policy.now, item, policy.grace) if item else None
                     f = classify_stripe_key(
                         customer_id=c.customer_id, meter=meter, day=day, ledger=L, stripe=S,
                         pushes=key_pushes, now=policy.now, settle=policy.settle, epsilon=policy.epsilon,
-                        auto_approve_over_reporting=policy.auto_approve_over_reporting)
+                        auto_approve_over_reporting=policy.auto_approve_over_reporting, window=window)
                     if f.kind == FindingKind.OK:
                         confirm += f.confirm
                         continue
-                    findings.append(_stripe_finding(c, meter, day, f, policy, prefix))
+                    if f.kind == FindingKind.NEEDS_INVOICE_ADJUSTMENT and any(
+                            a < day_start(day) + ONE_DAY and day_start(day) < b
+                            for a, b in judged[(c.customer_id, meter)]):
+                        continue  # its invoice's `adjust|` finding covers it
+                    findings.append(_stripe_finding(c, meter, day, f, policy, prefix, window))
                 except KEY_DATA_ERRORS as e:
                     findings.append(invalid_usage(
                         f"{prefix}stripe|{c.customer_id}|{meter}|{day}", c.customer_id,
@@ -270,12 +300,13 @@ def _ledger(
     days: list[LedgerDay], policy: ScanPolicy,
 ) -> tuple[dict[tuple[str, str, date], Decimal], dict[tuple[str, str, date], Decimal],
            dict[tuple[str, str], Decimal], int, dict[tuple[str, str, date], LedgerDay]]:
-    """The window's daily values of metered usage, every period's totals (counters are checked
-    for every meter), the window's unmetered usage, the duplicates absorbed, and the days
-    holding rows reconciliation cannot use (of every period read: they poison its counter)."""
+    """The window's daily values of metered usage, every day's total read (the counters' periods
+    are summed from them; counters are checked for every meter), the window's unmetered usage,
+    the duplicates absorbed, and the days holding rows reconciliation cannot use (of every
+    period read: they poison its counter)."""
     metered = set(policy.meters)
     ledger: dict[tuple[str, str, date], Decimal] = {}
-    period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)
+    day_totals: dict[tuple[str, str, date], Decimal] = {}
     unmetered: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     poisoned: dict[tuple[str, str, date], LedgerDay] = {}
     dedupes = 0
@@ -283,8 +314,7 @@ def _ledger(
         if r.invalid or not r.total.is_finite():
             poisoned[(r.customer_id, r.meter, r.day)] = r
             continue
-        # Billing periods are calendar months (billing/periods.py).
-        period_totals[(r.customer_id, r.meter, r.day.replace(day=1))] += r.total
+        day_totals[(r.customer_id, r.meter, r.day)] = r.total
         if not policy.window_start <= r.day <= policy.window_end:
             continue
         if r.meter in metered:
@@ -292,25 +322,42 @@ def _ledger(
             dedupes += r.dupes
         elif not policy.meter_filter:
             unmetered[(r.customer_id, r.meter)] += r.total
-    return ledger, period_totals, unmetered, dedupes, poisoned
+    return ledger, day_totals, unmetered, dedupes, poisoned
 
 
 def _counter_findings(
-    counters: list[CounterRow], period_totals: dict[tuple[str, str, date], Decimal],
+    rows_in: BatchRows, day_totals: dict[tuple[str, str, date], Decimal],
     sids: dict[str, str | None], mode: WriteMode, prefix: str,
-    poisoned: set[tuple[str, str, date]],
+    poisoned: dict[tuple[str, str, date], LedgerDay],
 ) -> list[Finding]:
-    rows = {(r.customer_id, r.meter, r.period_start): r for r in counters}
+    """Counters per (customer, meter, period): the periods of the metered item billing the
+    meter, else calendar months (billing/periods.py). A stored counter is compared with the
+    ledger over its own [period_start, period_end), whatever periods it was written for: a
+    counter kept per calendar month for an anchored customer is never zeroed as an orphan."""
+    periods: dict[tuple[str, str, date], date] = {}  # expected counters: key -> period end
+    for (cust, meter, d) in [*day_totals, *poisoned]:
+        start, end = period_of(d, rows_in.items.get((cust, meter)))
+        periods[(cust, meter, start)] = end
+    rows = {(r.customer_id, r.meter, r.period_start): r for r in rows_in.counters}
+    for key, r in rows.items():
+        periods[key] = r.period_end
+    by_pair: dict[tuple[str, str], list[tuple[date, Decimal]]] = defaultdict(list)
+    for (cust, meter, d), total in day_totals.items():
+        by_pair[(cust, meter)].append((d, total))
+    bad = defaultdict(list)
+    for (cust, meter, d) in poisoned:
+        bad[(cust, meter)].append(d)
     out: list[Finding] = []
-    for key in sorted(set(period_totals) | set(rows)):
+    for key in sorted(periods):
         cust, meter, pstart = key
-        if key in poisoned:
+        pend = periods[key]
+        if any(pstart <= d < pend for d in bad[(cust, meter)]):
             continue  # the period's true total is unknown: reported as invalid_usage
         row = rows.get(key)
-        L = period_totals.get(key, Decimal(0))
+        in_period = [t for d, t in by_pair[(cust, meter)] if pstart <= d < pend]
+        L = sum(in_period, Decimal(0))
         try:
-            cf = classify_counter(L, row.value if row else None, row.quota if row else None,
-                                  key in period_totals)
+            cf = classify_counter(L, row.value if row else None, row.quota if row else None, bool(in_period))
             if not cf.needs_repair:
                 continue
             out.append(Finding(
@@ -318,7 +365,7 @@ def _counter_findings(
                 kind=cf.kind, customer_id=cust, stripe_customer_id=sids.get(cust), meter=meter,
                 period_start=pstart, ledger=L, counter=cf.counter,
                 plan=CounterCorrection(counter=CounterRepair(
-                    period_start=pstart, period_end=row.period_end if row else billing_period(pstart)[1],
+                    period_start=pstart, period_end=pend,
                     expected_before=cf.counter, value=L, quota=cf.quota)),
                 status=_status(cf.kind, False, mode),
                 over_quota_transition=cf.over_quota_transition,
@@ -332,13 +379,13 @@ def _counter_findings(
 
 
 def _stripe_finding(c: Customer, meter: str, day: date, f: StripeFinding, policy: ScanPolicy,
-                    prefix: str) -> Finding:
+                    prefix: str, window: PushWindow | None) -> Finding:
     plan = None
     if f.push or f.cancel:
         plan = StripeCorrection(
             expected_pushed=f.pushed, needs_approval=f.needs_approval, cancel=f.cancel,
             mark_failed=f.mark_failed, push=f.push,
-            timestamp=f.push.event_timestamp if f.push else push_timestamp(day, policy.now))
+            timestamp=f.push.event_timestamp if f.push else push_timestamp(day, policy.now, window))
     return Finding(
         key=f"{prefix}stripe|{c.customer_id}|{meter}|{day}", kind=f.kind, customer_id=c.customer_id,
         stripe_customer_id=c.stripe_customer_id, meter=meter, usage_day=day,

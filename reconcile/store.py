@@ -21,6 +21,7 @@ from billing.policy import (
     PushStatus,
     diff_pct,
 )
+from reconcile import periods_store
 from reconcile.plans import Finding, plan_from_json, plan_to_json
 from reconcile.scan import BatchRows, CounterRow, Customer, LedgerDay, OutboxRow
 from reconcile.types import AWAITING_APPROVAL, TOUCHED, DiscrepancyStatus, RunContext
@@ -53,17 +54,27 @@ async def customers_page(
     return [Customer(r["customer_id"], r["stripe_customer_id"]) for r in rows]
 
 
-async def read_batch(pool: asyncpg.Pool, ctx: RunContext, customers: list[Customer]) -> BatchRows:
-    """Ledger, counters and outbox of a batch in one snapshot: an app committing an event and
-    its counter increment between two reads must not look like drift."""
+async def read_batch(pool: asyncpg.Pool, ctx: RunContext, customers: list[Customer],
+                     prices: dict[str, dict[str, Any]] | None = None) -> BatchRows:
+    """Ledger, counters, outbox and billing periods of a batch in one snapshot: an app
+    committing an event and its counter increment between two reads must not look like drift.
+    The ledger is read over every period the window overlaps (the subscription items' periods,
+    calendar months, and the periods stored counters were written for)."""
     ids = [c.customer_id for c in customers]
     periods = periods_overlapping(ctx.window_start, ctx.window_end)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        items = await periods_store.item_periods(conn, ctx, ids)
+        counter_rows = await counters(conn, ids, ctx.window_start, ctx.window_end, ctx.meter_filter)
+        bounds = [periods[0][0], periods[-1][1]]
+        for item in items.values():
+            bounds += [item.period_of(ctx.window_start)[0], item.period_of(ctx.window_end)[1]]
+        bounds += [r["period_start"] for r in counter_rows] + [r["period_end"] for r in counter_rows]
         # Counters are checked against the ledger for every meter, Stripe-metered or not.
-        day_rows = await ledger_days(conn, ids, periods, ctx.meter_filter)
-        counter_rows = await counters(conn, ids, [p[0] for p in periods], ctx.meter_filter)
+        day_rows = await ledger_days(conn, ids, [(min(bounds), max(bounds))], ctx.meter_filter)
         push_rows = await pushes(conn, ids, ctx.window_start, ctx.window_end)
+        closed = await periods_store.closed_periods(conn, ctx, ids, prices)
     return BatchRows(
+        items=items, closed=closed,
         customers=customers,
         ledger_days=[LedgerDay(r["customer_id"], r["meter"], r["day"], _dec(r["total"]),
                                int(r["dupes"] or 0), int(r["invalid"]), tuple(r["invalid_ids"] or ()))
@@ -110,16 +121,17 @@ async def ledger_days(
 
 
 async def counters(
-    conn: asyncpg.Connection, customers: list[str], period_starts: list[date], meters: list[str]
+    conn: asyncpg.Connection, customers: list[str], start: date, end_inclusive: date, meters: list[str]
 ) -> list[asyncpg.Record]:
+    """The counters of every period overlapping the window, whatever periods they were kept for."""
     return await conn.fetch(
         """
         SELECT customer_id, meter, period_start, period_end, value, quota
           FROM billing.usage_counters
-         WHERE customer_id = ANY($1) AND period_start = ANY($2)
-           AND (cardinality($3::text[]) = 0 OR meter = ANY($3))
+         WHERE customer_id = ANY($1) AND period_start <= $3 AND period_end > $2
+           AND (cardinality($4::text[]) = 0 OR meter = ANY($4))
         """,
-        customers, period_starts, meters,
+        customers, start, end_inclusive, meters,
     )
 
 
@@ -188,6 +200,7 @@ async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Findin
         if f.ledger is not None else None,
         diff_pct(f.ledger, f.stripe) if f.ledger is not None and f.stripe is not None else None,
         f.beyond_epsilon, f.action, plan_to_json(f.plan), f.status, f.detail,
+        f.adjust_quantity, f.adjust_amount, f.currency, f.stripe_invoice_id,
     ) for f in findings]
     async with pool.acquire() as conn:
         await conn.executemany(
@@ -195,15 +208,18 @@ async def record_findings(pool: asyncpg.Pool, run_id: str, findings: list[Findin
             INSERT INTO billing.discrepancies
                 (run_id, discrepancy_key, kind, customer_id, stripe_customer_id, meter, usage_day,
                  period_start, ledger_value, counter_value, pushed_value, stripe_value, diff,
-                 diff_pct, beyond_epsilon, action, action_params, status, detail)
-            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+                 diff_pct, beyond_epsilon, action, action_params, status, detail,
+                 adjust_quantity, adjust_amount, currency, stripe_invoice_id)
+            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23)
             ON CONFLICT (run_id, discrepancy_key) DO UPDATE SET
                 kind = EXCLUDED.kind, ledger_value = EXCLUDED.ledger_value,
                 counter_value = EXCLUDED.counter_value, pushed_value = EXCLUDED.pushed_value,
                 stripe_value = EXCLUDED.stripe_value, diff = EXCLUDED.diff, diff_pct = EXCLUDED.diff_pct,
                 beyond_epsilon = EXCLUDED.beyond_epsilon, action = EXCLUDED.action,
                 action_params = EXCLUDED.action_params, status = EXCLUDED.status,
-                detail = EXCLUDED.detail, updated_at = now()
+                detail = EXCLUDED.detail, adjust_quantity = EXCLUDED.adjust_quantity,
+                adjust_amount = EXCLUDED.adjust_amount, currency = EXCLUDED.currency,
+                stripe_invoice_id = EXCLUDED.stripe_invoice_id, updated_at = now()
             """,
             rows,
         )
@@ -232,7 +248,9 @@ async def awaiting_approval(pool: asyncpg.Pool, run_id: str, *, after: str | Non
                     period_start=r["period_start"], ledger=r["ledger_value"], counter=r["counter_value"],
                     pushed=r["pushed_value"], stripe=r["stripe_value"], beyond_epsilon=r["beyond_epsilon"],
                     plan=plan_from_json(r["action_params"]), status=DiscrepancyStatus(r["status"]),
-                    detail=r["detail"] or ""))
+                    detail=r["detail"] or "", adjust_quantity=r["adjust_quantity"],
+                    adjust_amount=r["adjust_amount"], currency=r["currency"],
+                    stripe_invoice_id=r["stripe_invoice_id"]))
             except ValueError as e:  # a pydantic ValidationError, an unknown kind or status
                 await conn.execute(
                     "UPDATE billing.discrepancies SET status = $3, detail = $4, updated_at = now() "

@@ -149,6 +149,8 @@ class Policy(BaseModel):
     settle_seconds: int = Field(ge=0, le=MAX_SETTLE_SECONDS)
     auto_approve_over_reporting: bool
     page_size: int = Field(ge=1, le=MAX_PAGE_SIZE)
+    # Stripe's invoice finalization grace when the mirror has no draft to read it from.
+    invoice_grace_seconds: int = Field(default=3600, ge=0, le=259200)
 
 
 class RunContext(BaseModel):
@@ -310,6 +312,18 @@ class ReconcileResult(BaseModel):
     observe_only: bool = False
     # What the run left out and why (RunContext.warnings), e.g. meters that are not sum meters.
     warnings: list[str] = Field(default_factory=list)
+
+    def ui_outcome(self) -> str:
+        """`BillingOutcome` of the run (common/ui.py upserts it when the run ends)."""
+        from reconcile.details import outcome_of
+
+        return outcome_of(self).value
+
+    def ui_details(self) -> str:
+        """The run's final current details in the Temporal UI: outcome, counts, what is left."""
+        from reconcile.details import result_details
+
+        return result_details(self)
 
 
 ReconcileUsageInput.model_rebuild()

@@ -21,9 +21,12 @@ from common.options import heartbeat_page, short_step
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from common import ui
     from common.audit import AuditAction, AuditInput
     from common.types import Mode, PauseRequest, RunStatus
+    from health.deadman import ping_after_run
     from reconcile.activities import UsageActivities
+    from reconcile.details import progress_details
     from reconcile.types import (
         ApplyPlanInput,
         ApprovalDecision,
@@ -146,6 +149,7 @@ class ReconcileUsage:
         except ActivityError as e:
             if self._state is not None:
                 await self._finish(RunStatus.FAILED, error=failure_message(e))
+            await ping_after_run(failed=True)
             raise permanent_failure(e, "ReconciliationFailed") from e
 
     async def _run(self, inp: ReconcileUsageInput) -> ReconcileResult:
@@ -165,6 +169,7 @@ class ReconcileUsage:
             self._paused = self._paused or ctx.globally_paused
         s = self._state
         ctx = s.context
+        self._show_progress()
 
         if s.phase == Phase.SCANNING:
             await self._page_loop(inp, verify=False)
@@ -184,8 +189,11 @@ class ReconcileUsage:
 
         if s.phase == Phase.AWAITING_APPROVAL:
             await self._set_status(RunStatus.AWAITING_APPROVAL)
+            ui.set_outcome(ui.Outcome.AWAITING_APPROVAL)
+            self._show_progress()
             decided = await self._wait(lambda: s.decision is not None,
                                        timedelta(seconds=inp.approval_timeout_seconds))
+            ui.set_outcome(ui.Outcome.RUNNING)
             # An update accepted in the same activation as the timeout still counts.
             decided = decided or s.decision is not None
             approved = decided and bool(s.approved)
@@ -227,6 +235,7 @@ class ReconcileUsage:
             await workflow.sleep(timedelta(seconds=ctx.policy.settle_seconds))
             s.phase = Phase.VERIFYING
             s.cursor = None
+            self._show_progress()
 
         if s.phase == Phase.VERIFYING:
             await self._set_status(RunStatus.VERIFYING)
@@ -256,6 +265,7 @@ class ReconcileUsage:
                 s.counts = s.counts.add(res.counts)
             s.pages_done += 1
             s.cursor = res.next_cursor
+            self._show_progress()
             if s.cursor is None:
                 return
             await self._maybe_continue_as_new(inp)
@@ -338,8 +348,15 @@ class ReconcileUsage:
         if recorded is not None:  # None: a finish_run from before counts came from records
             # The writes of a page attempt killed mid-way are in the records, not in the tally.
             s.counts, s.verify_counts = recorded.counts, recorded.verify_counts
-        return ReconcileResult(
+        result = ReconcileResult(
             run_id=s.context.run_id, status=status, mode=s.context.mode,
             window_start=s.context.window_start, window_end=s.context.window_end,
             counts=s.counts, verify_counts=s.verify_counts, finished_at=workflow.now(),
             observe_only=s.observe_only, warnings=s.context.warnings())
+        if status == RunStatus.COMPLETED and not s.observe_only:
+            await ping_after_run(failed=False)
+        return result
+
+    def _show_progress(self) -> None:
+        assert self._state is not None
+        ui.show_progress(progress_details(self._state, paused=self._paused))

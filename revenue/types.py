@@ -218,5 +218,16 @@ class RevenueResult(BaseModel):
     counts: RevenueCounts
     paused: bool  # auto-healing was paused: observe-only, nothing written
 
+    def ui_outcome(self) -> str:
+        """`BillingOutcome` of the run (common/ui.py upserts it when the run ends)."""
+        c = self.counts
+        if self.paused and c.findings:
+            return "observe_only"
+        if c.unfixable or c.fix_failures:
+            return "needs_attention"
+        if not c.findings:
+            return "clean"
+        return "drift_fixed" if self.mode == "apply" else "drift_found"
+
 
 RevenueInput.model_rebuild()

@@ -9,10 +9,11 @@ import asyncio
 
 import typer
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
-from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealControlInput, AutohealView
+from autoheal.control import signal_autoheal
+from autoheal.switch import TAKEN_OVER_ACTORS
+from autoheal.types import AUTOHEAL_WORKFLOW_ID, AutohealView
 from autoheal.workflow import AutoHealControl
 from billing.settings import get_settings
 from common.types import PauseRequest
@@ -42,19 +43,17 @@ async def set_global_pause(paused: bool, actor: str, reason: str | None, *,
     """Signal AutoHealControl (starting it if needed) and wait until the switch has moved.
     Returns the state and whether it changed: already in the asked state, nothing is sent."""
     current = await global_state()
-    if current is not None and current.paused == paused:
+    # An operator's pause takes over the circuit breaker's (which the circuit would resume).
+    take_over = paused and current is not None and current.actor in TAKEN_OVER_ACTORS and actor != current.actor
+    if current is not None and current.paused == paused and not take_over:
         return current, False
-    client = await temporal()
-    handle = await client.start_workflow(
-        AutoHealControl.run, AutohealControlInput(), id=AUTOHEAL_WORKFLOW_ID, task_queue=get_settings().task_queue,
-        start_signal="pause" if paused else "resume", start_signal_args=[PauseRequest(actor=actor, reason=reason)],
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+    handle = await signal_autoheal(await temporal(), get_settings().task_queue, paused,
+                                   PauseRequest(actor=actor, reason=reason))
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         try:
             state = await handle.query(AutoHealControl.state)
-            if state.paused == paused:
+            if state.paused == paused and (not take_over or state.actor == actor):
                 return state, True
         except RPCError:
             pass  # not started yet

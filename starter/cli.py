@@ -36,12 +36,14 @@ def _mount() -> None:
         demo,
         dev,
         incident_commands,
+        notify_commands,
         reconcile_commands,
         resync_commands,
         revenue_commands,
         schedule_commands,
         setup_commands,
         status_commands,
+        visibility,
         webhook_commands,
     )
     from stripe_emulator import cli as emulator_cli
@@ -64,6 +66,8 @@ def _mount() -> None:
     checks_commands.register(app)
     incident_commands.register(app)
     budget_commands.register(app)
+    visibility.register(app)
+    notify_commands.register(app)
 
 
 SERVER_COMMANDS = {"worker", "webhooks", "stripe-emulator", "dev"}

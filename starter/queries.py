@@ -26,6 +26,13 @@ DISCREPANCY_COLUMNS = [
     "discrepancy_key", "kind", "status", "customer_id", "stripe_customer_id", "meter", "usage_day",
     "period_start", "ledger_value", "counter_value", "pushed_value", "stripe_value", "diff",
     "diff_pct", "beyond_epsilon", "action", "detail",
+    # Closed billing periods (needs_invoice_adjustment): what finance invoices or credits.
+    "adjust_quantity", "adjust_amount", "currency", "stripe_invoice_id",
+]
+# `report --export-adjustments`: the closed periods' findings, for finance.
+ADJUSTMENT_COLUMNS = [
+    "customer_id", "stripe_customer_id", "meter", "period_start", "stripe_invoice_id",
+    "adjust_quantity", "adjust_amount", "currency", "status", "action", "detail", "discrepancy_key",
 ]
 
 
@@ -98,9 +105,32 @@ async def autoheal(conn: asyncpg.Connection) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT paused, since, actor, reason FROM billing.autoheal_state")
 
 
+async def stripe_circuit(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT state, since, opened_at, reason, paused_by_circuit FROM billing.stripe_circuit")
+
+
+async def notifications(conn: asyncpg.Connection, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """
+        SELECT created_at, kind, subject, status, attempts, delivered, last_error, dedupe_key, event_id,
+               body->>'title' AS title
+          FROM billing.notifications
+         WHERE $1::text IS NULL OR status = $1
+         ORDER BY created_at DESC LIMIT $2
+        """, status, limit)
+    return [dict(r) for r in rows]
+
+
+async def notification_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM billing.notifications GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
 async def audit(conn: asyncpg.Connection, *, customer: str | None, since: datetime | None, action: str | None,
-                limit: int) -> list[dict[str, Any]]:
-    """Newest first. `customer`: rows that touched it (its own or as the entity)."""
+                limit: int, workflow_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Newest first. `customer`: rows that touched it (its own or as the entity); `workflow_ids`:
+    rows written by those workflows (None: any)."""
     rows = await conn.fetch(
         """
         SELECT id, at, actor, action, entity_type, entity_id, customer_id, before, after, reason,
@@ -109,8 +139,9 @@ async def audit(conn: asyncpg.Connection, *, customer: str | None, since: dateti
         WHERE ($1::text IS NULL OR customer_id = $1 OR (entity_type = 'customer' AND entity_id = $1))
           AND ($2::timestamptz IS NULL OR at >= $2)
           AND ($3::text IS NULL OR action = $3)
+          AND ($5::text[] IS NULL OR workflow_id = ANY($5))
         ORDER BY at DESC, id DESC LIMIT $4
-        """, customer, since, action, limit)
+        """, customer, since, action, limit, workflow_ids)
     return [dict(r) for r in rows]
 
 

@@ -18,6 +18,8 @@ from temporalio.service import RPCError
 
 from billing import correlation
 from billing.policy import MAX_SETTLE_SECONDS
+from common import ui
+from common.types import Mode
 from reconcile.types import (
     ApprovalDecision,
     ApprovalResult,
@@ -26,7 +28,7 @@ from reconcile.types import (
     ReconcileUsageInput,
 )
 from reconcile.workflow import ReconcileUsage
-from starter import queries
+from starter import queries, visibility
 from starter.follow import Step, Watch, start_and_follow
 from starter.kit import (
     EXIT_BAD_INPUT,
@@ -194,28 +196,38 @@ def report(run_id: str = typer.Argument(..., metavar="RUN", help="Run id (workfl
            as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
            export_discrepancies: Path | None = typer.Option(
                None, "--export-discrepancies", callback=new_file,
-               help="Write every discrepancy to this CSV (its folder must exist)")) -> None:
+               help="Write every discrepancy to this CSV (its folder must exist)"),
+           export_adjustments: Path | None = typer.Option(
+               None, "--export-adjustments", callback=new_file,
+               help="Write the closed periods' invoice adjustments (quantity, amount in minor units) "
+                    "to this CSV, for finance")) -> None:
     """Show a run's counts and discrepancies."""
     data = read(queries.report, run_id)
     if data is None:
         raise fail(f"no reconciliation run {run_id!r}")
     if export_discrepancies:
         _export(data["discrepancies"], export_discrepancies)
+    adjustments = [d for d in data["discrepancies"] if d.get("adjust_quantity") is not None]
+    if export_adjustments:
+        _export(adjustments, export_adjustments, queries.ADJUSTMENT_COLUMNS)
     if as_json:
         print(json.dumps(data, default=str))
         return
     print_report(data)
     if export_discrepancies:
         console.print(f"wrote {len(data['discrepancies'])} discrepancies to {export_discrepancies}")
+    if export_adjustments:
+        console.print(f"wrote {len(adjustments)} invoice adjustments to {export_adjustments}")
 
 
-def _export(discrepancies: list[dict[str, Any]], path: Path) -> None:
+def _export(discrepancies: list[dict[str, Any]], path: Path,
+            columns: list[str] = queries.DISCREPANCY_COLUMNS) -> None:
     try:
         with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=queries.DISCREPANCY_COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for d in discrepancies:
-                w.writerow({k: d.get(k) for k in queries.DISCREPANCY_COLUMNS})
+                w.writerow({k: d.get(k) for k in columns})
     except OSError as e:
         raise fail(f"cannot write {path}: {e.strerror}", EXIT_BAD_INPUT) from e
 
@@ -263,8 +275,21 @@ def _num(v: Any) -> str:
 
 def runs(open_only: bool = typer.Option(False, "--open", help="Only runs not finished (running, waiting, paused)"),
          limit: int = typer.Option(20, min=1, max=10_000, help="How many, newest first"),
-         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """List reconciliation runs: status, when, correlation id, and whether auto-healing is paused."""
+         as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+         kind: str | None = typer.Option(None, help=visibility.KIND_HELP),
+         mode: Mode | None = typer.Option(None, help="Only runs in this mode (BillingMode)"),
+         outcome: ui.Outcome | None = typer.Option(None, help=visibility.OUTCOME_HELP),
+         customer: str | None = typer.Option(None, help="Only runs naming this customer (BillingCustomerIds)"),
+         correlation_id: str | None = typer.Option(None, help="Only runs started under this correlation id"),
+         schedule: str | None = typer.Option(None, help="Only runs this schedule started (usage-sync, ...)")) -> None:
+    """List reconciliation runs: status, when, correlation id, and whether auto-healing is paused.
+    With --kind/--mode/--outcome/--customer/--correlation-id/--schedule: every job's runs, found
+    through Temporal's visibility API by their search attributes (docs/temporal-ui.md)."""
+    query = visibility.visibility_query(kind=kind, mode=mode, outcome=outcome, customer=customer,
+                                        correlation_id=correlation_id, schedule=schedule, open_only=open_only)
+    if query is not None:
+        visibility.print_runs(run(visibility.find_runs(query, limit)), query, as_json=as_json)
+        return
     rows = read(queries.runs, open_only=open_only, limit=limit)
     if as_json:
         print(json.dumps(rows, default=str))

@@ -14,10 +14,11 @@ from temporalio.service import RPCError
 from backfill.workflow import CatchUpBackfill
 from checks import store as checks_store
 from checks.workflow import DailyChecks
+from common import ui
 from credits.repair_workflow import RepairCredits
 from reconcile.workflow import ReconcileUsage
 from resync.workflow import ResyncSubscriptions
-from starter import queries
+from starter import queries, visibility
 from starter.follow import workflow_type
 from starter.kit import Unreachable, console, database, err, moment, read, run, run_link, temporal
 from starter.schedule_commands import describe_schedules, print_schedules
@@ -40,6 +41,8 @@ async def gather_status() -> dict[str, Any]:
         inbox = await queries.inbox_counts(conn)
         oldest_received = await queries.oldest_waiting_event(conn)
         daily_checks = await checks_store.last_results(conn)
+        circuit = await queries.stripe_circuit(conn)
+        notifications = await queries.notification_counts(conn)
     now = datetime.now(UTC)
     status: dict[str, Any] = {
         "autoheal": {"paused": bool(ah and ah["paused"]), "since": ah["since"] if ah else None,
@@ -49,9 +52,13 @@ async def gather_status() -> dict[str, Any]:
         "inbox": {"received": inbox.get("received", 0), "failed": inbox.get("failed", 0),
                   "processed": inbox.get("processed", 0), "ignored": inbox.get("ignored", 0),
                   "oldest_received_age_seconds": (now - oldest_received).total_seconds() if oldest_received else None},
-        "schedules": [], "running": [], "temporal": "ok",
+        "schedules": [], "running": [], "temporal": "ok", "awaiting_approval": None,
         "daily_checks": [{"check": r["check_name"], "passed": r["passed"], "summary": r["summary"],
                           "run_id": r["run_id"], "finished_at": r["finished_at"]} for r in daily_checks],
+        "stripe_circuit": {"state": circuit["state"] if circuit else "closed",
+                           "since": circuit["since"] if circuit else None,
+                           "reason": circuit["reason"] if circuit else None},
+        "notifications": {"pending": notifications.get("pending", 0), "failed": notifications.get("failed", 0)},
     }
     if last is not None:
         status["last_successful_reconciliation"] = {
@@ -62,6 +69,7 @@ async def gather_status() -> dict[str, Any]:
         client = await temporal()
         status["schedules"] = await describe_schedules(client)
         status["running"] = await running_workflows(client)
+        status["awaiting_approval"] = await visibility.count_awaiting_approval(client)
     except Unreachable as e:
         status["temporal"] = f"unreachable: {e.__cause__}"
     except RPCError as e:
@@ -105,6 +113,15 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
                       f"{a['actor']}: {a['reason']}")
     else:
         console.print("auto-healing [green]active[/green]")
+    c = data["stripe_circuit"]
+    if c["state"] == "closed":
+        console.print("Stripe circuit [green]closed[/green]")
+    else:
+        console.print(f"Stripe circuit [bold red]{c['state'].upper().replace('_', '-')}[/bold red] since "
+                      f"{c['since']:%Y-%m-%d %H:%M:%S} UTC: {c['reason']}")
+    n = data["notifications"]
+    if n["pending"] or n["failed"]:
+        console.print(f"notifications: {n['pending']} pending, [red]{n['failed']} failed[/red]")
     last = data["last_successful_reconciliation"]
     if last:
         hours = last["age_seconds"] / 3600
@@ -121,6 +138,9 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     if data["temporal"] != "ok":
         err.print(f"[red]Temporal {data['temporal']}[/red]")
         return
+    if data["awaiting_approval"]:
+        console.print(f"[yellow]awaiting approval: {data['awaiting_approval']} run(s)[/yellow] "
+                      "(billing-recon runs --outcome awaiting_approval)")
     print_schedules(data["schedules"])
     t = Table(title="running workflows")
     for col in ("workflow", "type", "progress", "link"):
@@ -147,10 +167,21 @@ def audit(customer: str | None = typer.Option(None, help="Only writes that touch
           since: datetime | None = typer.Option(None, parser=moment, help="2026-11-01, 2026-11-01T12:00:00Z or 3d/12h"),
           action: str | None = typer.Option(None, help="Only this action (e.g. credits.grant)"),
           limit: int = typer.Option(200, min=1, max=100_000, help="How many, newest first"),
-          as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Every corrective action: who, why, before/after, and a link to its workflow run."""
+          as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+          workflow_id: str | None = typer.Option(None, help="Only writes of this workflow (run id of `runs`)"),
+          kind: str | None = typer.Option(None, help=visibility.KIND_HELP),
+          outcome: ui.Outcome | None = typer.Option(None, help=visibility.OUTCOME_HELP)) -> None:
+    """Every corrective action: who, why, before/after, and a link to its workflow run.
+    --kind/--outcome: only writes of the runs Temporal's visibility API finds by those search
+    attributes (the newest 1000 such runs)."""
+    workflow_ids = [workflow_id] if workflow_id else None
+    query = visibility.visibility_query(kind=kind, outcome=outcome)
+    if query is not None:
+        found = {r["workflow_id"] for r in run(visibility.find_runs(query, visibility.MAX_AUDIT_RUNS))}
+        workflow_ids = sorted(found & set(workflow_ids) if workflow_ids else found)
     rows = [{**r, "link": run_link(r["workflow_id"], r["run_id"])}
-            for r in read(queries.audit, customer=customer, since=since, action=action, limit=limit)]
+            for r in read(queries.audit, customer=customer, since=since, action=action, limit=limit,
+                          workflow_ids=workflow_ids)]
     if as_json:
         print(json.dumps(rows, default=str))
         return

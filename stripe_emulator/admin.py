@@ -15,7 +15,7 @@ from starlette.routing import Route
 from .errors import StripeError
 from .resources.base import public
 from .resources.checkout_sessions import complete_checkout_session
-from .resources.invoices import fail_invoice_payment
+from .resources.invoices import fail_invoice_payment, finalize_due_invoices
 from .resources.meter_events import seed_meter_events
 from .resources.subscriptions import roll_subscriptions
 from .state import RequestContext, Store, new_request_id
@@ -61,6 +61,12 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
             except (ValueError, TypeError) as exc:
                 return _bad(str(exc))
         store.reset_state()
+        # A test clock that starts in the past (negative) or future: only at a reset, before any
+        # object exists, so time still only moves forward for every object.
+        try:
+            store.clock.offset = float(body.get("clock_offset_seconds", 0))
+        except (ValueError, TypeError) as exc:
+            return _bad(str(exc))
         return JSONResponse({"ok": True, "now": store.now(), "config": store.config.to_dict()})
 
     async def config(request: Request) -> Response:
@@ -82,6 +88,7 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         except (ValueError, TypeError) as exc:
             return _bad(str(exc))
         roll_subscriptions(store)
+        finalize_due_invoices(store)
         return JSONResponse({"now": store.now()})
 
     async def freeze(request: Request) -> Response:
@@ -209,11 +216,14 @@ class EmulatorAdmin:
         return await self._call("GET", "/health")
 
     async def reset(
-        self, *, reset_config: bool = False, config: dict[str, Any] | None = None
+        self, *, reset_config: bool = False, config: dict[str, Any] | None = None,
+        clock_offset_seconds: float = 0,
     ) -> None:
         body: dict[str, Any] = {"reset_config": reset_config}
         if config:
             body["config"] = config
+        if clock_offset_seconds:
+            body["clock_offset_seconds"] = clock_offset_seconds
         await self._call("POST", "/reset", json=body)
 
     async def configure(self, **fields: Any) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class Config:
     endpoint_rate_limits: dict[str, float] = field(default_factory=dict)
     # Entries kept by the request log (GET /_emulator/requests/log), oldest dropped first.
     request_log_size: int = 500_000
+    # Stripe's invoice finalization grace period: a renewal invoice stays a draft this long
+    # after its period ends (Stripe: 1 h by default, configurable up to 72 h).
+    invoice_finalization_grace_seconds: float = 3600.0
 
     FIELDS = (
         "rate_limit",
@@ -104,6 +107,7 @@ class Config:
         "endpoint_rate_limit",
         "endpoint_rate_limits",
         "request_log_size",
+        "invoice_finalization_grace_seconds",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +134,10 @@ class Config:
                 v = float(v)
                 if v < 0:
                     raise ValueError(f"{k} must be >= 0")
+            elif k == "invoice_finalization_grace_seconds":
+                v = float(v)
+                if not 0 <= v <= 72 * 3600:
+                    raise ValueError(f"{k} must be within 0..259200 (Stripe allows up to 72 h)")
             elif k == "drop_webhooks":
                 v = bool(v)
             elif k == "webhook_drop_rate":

@@ -159,6 +159,8 @@ class Store:
                 "balance_transaction",
                 "invoiceitem",
                 "v2.core.event_destination",
+                "credit_note",
+                "customer_balance_transaction",
             )
         }
         self.webhook_secrets: dict[str, str] = {}

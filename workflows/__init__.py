@@ -11,9 +11,11 @@ import allocations
 import autoheal
 import backfill
 import checks
+import circuit
 import credits
 import customer
 import health
+import notify
 import reconcile
 import resync
 import revenue
@@ -22,6 +24,7 @@ import webhooks
 JOBS: tuple[ModuleType, ...] = (
     reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue, checks,
 )
+JOBS += (notify, circuit)
 
 
 def all_workflows() -> list[type]:

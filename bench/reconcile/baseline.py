@@ -110,7 +110,7 @@ class Baseline:
         periods = periods_overlapping(a.start, a.end)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             day_rows = await store.ledger_days(conn, ids, periods, names)
-            counter_rows = await store.counters(conn, ids, [p[0] for p in periods], names)
+            counter_rows = await store.counters(conn, ids, a.start, a.end, names)
             push_rows = await store.pushes(conn, ids, a.start, a.end)
         ledger: dict[tuple[str, str, date], Decimal] = {}
         period_totals: dict[tuple[str, str, date], Decimal] = defaultdict(Decimal)

@@ -161,7 +161,7 @@ async def establish(dsn: str, emulator_url: str, stripe_client: stripe.StripeCli
     conn = await db.connect(dsn)
     try:
         await conn.execute("""
-            TRUNCATE billing.discrepancies, billing.reconciliation_runs, billing.audit_log;
+            TRUNCATE billing.discrepancies, billing.reconciliation_runs, billing.audit_log CASCADE;  -- CASCADE: revenue findings reference runs
             DELETE FROM billing.stripe_usage_pushes WHERE run_id IS DISTINCT FROM 'bench-seed';
             UPDATE billing.stripe_usage_pushes SET status = 'confirmed', error = NULL, cancelled_at = NULL
              WHERE status <> 'confirmed';

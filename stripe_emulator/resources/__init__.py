@@ -7,6 +7,8 @@ from . import (
     balance_transactions,
     charges,
     checkout_sessions,
+    credit_notes,
+    customer_balance_transactions,
     customers,
     event_destinations,
     events,
@@ -46,6 +48,8 @@ RESOURCES = (
     charges,
     refunds,
     balance_transactions,
+    credit_notes,
+    customer_balance_transactions,
 )
 
 ROUTES: tuple[Route, ...] = tuple(route for module in RESOURCES for route in module.ROUTES)

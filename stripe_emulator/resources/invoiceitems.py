@@ -1,14 +1,14 @@
 """Invoice items: ``POST /v1/invoiceitems`` (and retrieve). An item given an ``invoice`` (a
 draft of the same customer) becomes one of its lines at once and raises its totals; an item
-without one waits for the customer's next invoice (the emulator keeps it pending: its
-subscription invoices do not pick pending items up). Amount in minor units, integer."""
+without one waits for the customer's next invoice: the next renewal draft of a subscription
+picks up the customer's pending items (``attach_pending_items``), as in Stripe. Amount in minor units, integer."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import StripeError, invalid, missing
-from ..params import to_int
+from ..params import paginate, to_bool, to_int
 from ..state import RequestContext, Store, new_id
 from .base import Params, Route, merge_metadata, retrieve
 
@@ -68,6 +68,14 @@ def create_invoiceitem(s: Store, ctx: RequestContext | None, p: Params) -> dict[
     return item
 
 
+def attach_pending_items(s: Store, inv: dict[str, Any]) -> None:
+    """Move the customer's pending items (no invoice yet, same currency) onto draft ``inv``."""
+    for item in s.col("invoiceitem").objects.values():
+        if item["invoice"] is None and item["customer"] == inv["customer"] and item["currency"] == inv["currency"]:
+            item["invoice"] = inv["id"]
+            _add_line(inv, item)
+
+
 def _add_line(inv: dict[str, Any], item: dict[str, Any]) -> None:
     amount = item["amount"]
     inv["lines"]["data"].append(
@@ -109,7 +117,19 @@ def _add_line(inv: dict[str, Any], item: dict[str, Any]) -> None:
         inv[k] += amount
 
 
+def list_invoiceitems(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
+    """Filters ``customer``, ``invoice`` and ``pending`` (true: not on an invoice yet)."""
+    customer, invoice = p.get("customer"), p.get("invoice")
+    pending = to_bool(p["pending"], "pending") if "pending" in p else None
+    items = s.col("invoiceitem").newest_first(
+        lambda o: (customer is None or o["customer"] == customer)
+        and (invoice is None or o["invoice"] == invoice)
+        and (pending is None or (o["invoice"] is None) == pending))
+    return paginate(items, p, "/v1/invoiceitems", "invoiceitem")
+
+
 ROUTES = (
+    Route("GET", "/v1/invoiceitems", list_invoiceitems),
     Route("POST", "/v1/invoiceitems", create_invoiceitem),
     Route("GET", "/v1/invoiceitems/{id}", retrieve("invoiceitem")),
 )

@@ -29,6 +29,8 @@ from .base import (
 )
 from .charges import create_charge
 from .invoice_payments import cancel_default_payment, open_default_payment, settle_default_payment
+from .invoiceitems import attach_pending_items
+from .prices import price_amount
 
 
 def create_invoice(s: Store, ctx: RequestContext | None, p: Params) -> dict[str, Any]:
@@ -372,30 +374,78 @@ def subscription_invoice(
     period: tuple[int, int],
     usage: bool = False,
 ) -> dict[str, Any]:
-    """Create, finalize and pay an invoice for a subscription (charge succeeds in the emulator)."""
+    """The invoice of a subscription. At creation (``usage`` False) it is finalized and paid at
+    once (the charge succeeds in the emulator). At a renewal (``usage`` True) it bills the
+    period that ended: it is created as a **draft** holding the customer's pending invoice
+    items, and finalized by ``finalize_due_invoices`` once its ``automatically_finalizes_at``
+    (period end + ``invoice_finalization_grace_seconds``, Stripe's default 1 h) has passed; its
+    metered lines take the meter's usage in the period at that moment, as in Stripe."""
     lines = []
     for iid in sub["_item_ids"]:
         it = s.col("subscription_item").objects[iid]
         price = it["price"]
-        metered = (price["recurring"] or {}).get("usage_type") == "metered"
-        if metered:
-            if not usage:
-                continue
-            meter = s.col("billing.meter").objects.get(price["recurring"]["meter"])
-            qty_f = 0.0
-            if meter is not None:
-                qty_f = reported_usage(s, meter, sub["customer"], period[0], period[1])
-            qty = int(qty_f)
-        else:
-            qty = it["quantity"] or 1
-        unit = price["unit_amount"] or 0
-        lines.append(invoice_line(s, price, qty, qty * unit, period, sub["id"], it["id"], metered))
+        if (price["recurring"] or {}).get("usage_type") == "metered":
+            continue
+        qty = it["quantity"] or 1
+        lines.append(invoice_line(s, price, qty, price_amount(price, qty), period, sub["id"], it["id"], False))
     inv = new_invoice(s, sub["customer"], sub["id"], reason, lines, period, sub["currency"])
+    if usage:
+        inv["_metered"] = [
+            iid
+            for iid in sub["_item_ids"]
+            if (s.col("subscription_item").objects[iid]["price"]["recurring"] or {}).get("usage_type")
+            == "metered"
+        ]
+        inv["automatically_finalizes_at"] = period[1] + int(s.config.invoice_finalization_grace_seconds)
+        _price_usage(s, inv)
+        attach_pending_items(s, inv)
     s.col("invoice").add(inv)
-    s.emit("invoice.created", inv, ctx)
-    finalize(s, ctx, inv)
-    pay(s, ctx, inv)
+    s.emit("invoice.created", public(inv), ctx)
+    if not usage:
+        finalize(s, ctx, inv)
+        pay(s, ctx, inv)
     return inv
+
+
+def _price_usage(s: Store, inv: dict[str, Any]) -> None:
+    """(Re)price the metered lines of a renewal draft from the meters' usage in its period."""
+    old = set(inv.get("_usage_lines") or ())
+    keep = [line for line in inv["lines"]["data"] if line["id"] not in old]
+    inv["_usage_lines"] = []
+    period = (inv["period_start"], inv["period_end"])
+    sub_id = _subscription_id(inv)
+    for iid in inv.get("_metered") or []:
+        it = s.col("subscription_item").objects.get(iid)
+        if it is None:
+            continue
+        price = it["price"]
+        meter = s.col("billing.meter").objects.get(price["recurring"]["meter"])
+        qty = reported_usage(s, meter, inv["customer"], *period) if meter is not None else 0.0
+        line = invoice_line(s, price, qty, price_amount(price, qty), period, sub_id, iid, True)
+        line["invoice"] = inv["id"]
+        inv["_usage_lines"].append(line["id"])
+        keep.append(line)
+    inv["lines"]["data"] = keep
+    inv["lines"]["total_count"] = len(keep)
+    total = sum(line["amount"] for line in keep)
+    for k in ("amount_due", "amount_remaining", "subtotal", "subtotal_excluding_tax", "total",
+              "total_excluding_tax"):
+        inv[k] = total
+
+
+def finalize_due_invoices(s: Store) -> None:
+    """Finalize (and charge) every renewal draft whose grace period is over, after the emulator
+    clock moved: its usage lines take the usage reported by then (``invoice.finalized``)."""
+    now = s.now()
+    for inv in list(s.col("invoice").objects.values()):
+        due = inv.get("automatically_finalizes_at")
+        if inv["status"] != "draft" or due is None or due > now or not inv["auto_advance"]:
+            continue
+        _price_usage(s, inv)
+        finalize(s, None, inv)
+        inv["automatically_finalizes_at"] = None
+        if inv["collection_method"] == "charge_automatically":
+            pay(s, None, inv)
 
 
 def invoice_line(s: Store, price, qty, amount, period, sub_id, si_id, metered) -> dict[str, Any]:
@@ -404,7 +454,7 @@ def invoice_line(s: Store, price, qty, amount, period, sub_id, si_id, metered) -
         "object": "line_item",
         "amount": amount,
         "currency": price["currency"],
-        "description": f"{qty} × {price['product']}",
+        "description": f"{qty:g} × {price['product']}",
         "discount_amounts": [],
         "discountable": True,
         "discounts": [],
@@ -429,7 +479,7 @@ def invoice_line(s: Store, price, qty, amount, period, sub_id, si_id, metered) -
             "type": "price_details",
             "unit_amount_decimal": price["unit_amount_decimal"],
         },
-        "quantity": qty,
+        "quantity": int(qty),
         "quantity_decimal": str(qty),
         "subscription": sub_id,
         "subtotal": amount,

@@ -64,7 +64,26 @@ def create_subscription(s: Store, ctx: RequestContext | None, p: Params) -> dict
         trial_end = to_int(trial_end, "trial_end")
     else:
         trial_end = None
-    period_end = trial_end or add_interval(now, rec["interval"], rec["interval_count"])
+    anchor = p.get("billing_cycle_anchor")
+    natural_end = add_interval(now, rec["interval"], rec["interval_count"])
+    if anchor not in (None, ""):
+        anchor = to_int(anchor, "billing_cycle_anchor")
+        if anchor < now:
+            raise invalid("billing_cycle_anchor cannot be in the past.", "billing_cycle_anchor")
+        if anchor > natural_end:
+            raise invalid(
+                f"billing_cycle_anchor cannot be later than next natural billing date ({natural_end}) for plan",
+                "billing_cycle_anchor",
+            )
+        if trial_end:
+            raise invalid(
+                "You may only specify one of these parameters: billing_cycle_anchor, trial_end.",
+                "billing_cycle_anchor",
+            )
+    else:
+        anchor = None
+    # The first period runs to the anchor (a shorter, prorated period) or one interval.
+    period_end = trial_end or anchor or natural_end
     items = [make_item(s, sub_id, spec, i, (now, period_end)) for i, spec in enumerate(items_spec)]
     for it in items:
         s.col("subscription_item").add(it)
@@ -75,7 +94,7 @@ def create_subscription(s: Store, ctx: RequestContext | None, p: Params) -> dict
         "application": None,
         "application_fee_percent": None,
         "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
-        "billing_cycle_anchor": period_end if trial_end else now,
+        "billing_cycle_anchor": period_end if (trial_end or anchor) else now,
         "billing_cycle_anchor_config": None,
         "billing_mode": {
             "type": "flexible",
@@ -161,6 +180,10 @@ def update_subscription(s: Store, ctx: RequestContext | None, p: Params, id: str
         sub["cancel_at"] = first["current_period_end"] if flag else None
     if "cancel_at" in p:
         sub["cancel_at"] = to_int(p["cancel_at"], "cancel_at") if p["cancel_at"] else None
+    if p.get("billing_cycle_anchor") == "now":
+        reset_anchor(s, ctx, sub)
+    elif p.get("billing_cycle_anchor") not in (None, "", "unchanged"):
+        raise invalid("Invalid billing_cycle_anchor: must be one of now or unchanged", "billing_cycle_anchor")
     if "items" in p:
         specs = as_list(p["items"])
         first = s.col("subscription_item").objects[sub["_item_ids"][0]]
@@ -193,6 +216,24 @@ def update_subscription(s: Store, ctx: RequestContext | None, p: Params, id: str
     return sub
 
 
+def reset_anchor(s: Store, ctx: RequestContext | None, sub: dict[str, Any]) -> None:
+    """``billing_cycle_anchor=now``: the current period ends now (its usage is invoiced, a
+    draft with the usual grace) and a full period starts now."""
+    items = [s.col("subscription_item").objects[i] for i in sub["_item_ids"]]
+    now = s.now()
+    start = items[0]["current_period_start"]
+    rec = items[0]["price"]["recurring"] or {"interval": "month", "interval_count": 1}
+    for it in items:
+        it["current_period_start"] = now
+        it["current_period_end"] = add_interval(now, rec["interval"], rec["interval_count"])
+    sub["billing_cycle_anchor"] = now
+    if sub["status"] == "trialing":
+        sub["status"], sub["trial_end"] = "active", now
+    sync_items(s, sub)
+    inv = subscription_invoice(s, ctx, sub, "subscription_update", (start, now), usage=True)
+    sub["latest_invoice"] = inv["id"]
+
+
 def mark_canceled(s: Store, ctx: RequestContext | None, sub: dict[str, Any]) -> None:
     """End ``sub`` now (``customer.subscription.deleted``)."""
     before = snapshot(public(sub))
@@ -216,6 +257,13 @@ def cancel_subscription(s: Store, ctx: RequestContext | None, p: Params, id: str
             code="resource_missing",
             param="id",
         )
+    if to_bool(p.get("invoice_now", False), "invoice_now"):
+        # The final invoice bills the usage of the period so far (a draft, with the grace).
+        first = s.col("subscription_item").objects[sub["_item_ids"][0]]
+        inv = subscription_invoice(
+            s, ctx, sub, "subscription_cycle", (first["current_period_start"], s.now()), usage=True
+        )
+        sub["latest_invoice"] = inv["id"]
     mark_canceled(s, ctx, sub)
     return sub
 
@@ -275,11 +323,15 @@ def roll_subscriptions(s: Store) -> None:
             start, end = items[0]["current_period_start"], items[0]["current_period_end"]
             before = snapshot(public(sub))
             if sub["cancel_at"] and sub["cancel_at"] <= end:
+                # The last period's usage is still invoiced (a draft, with the grace).
+                inv = subscription_invoice(s, None, sub, "subscription_cycle", (start, end), usage=True)
+                sub["latest_invoice"] = inv["id"]
                 mark_canceled(s, None, sub)
                 break
             price = items[0]["price"]
             rec = price["recurring"] or {"interval": "month", "interval_count": 1}
-            new_end = add_interval(end, rec["interval"], rec["interval_count"])
+            anchor_day = datetime.fromtimestamp(sub["billing_cycle_anchor"], UTC).day
+            new_end = add_interval(end, rec["interval"], rec["interval_count"], anchor_day)
             for it in items:
                 it["current_period_start"] = end
                 it["current_period_end"] = new_end

@@ -162,7 +162,8 @@ def as_json(observation: dict[str, Any]) -> Any:
 
 
 # Config fields added after emulator-state-v1 was saved: a file without them loads their defaults.
-CONFIG_FIELDS_SINCE_V1 = ("endpoint_rate_limit", "endpoint_rate_limits", "request_log_size")
+CONFIG_FIELDS_SINCE_V1 = ("endpoint_rate_limit", "endpoint_rate_limits", "request_log_size",
+                         "invoice_finalization_grace_seconds")
 
 
 def comparable(observed: dict[str, Any]) -> dict[str, Any]:

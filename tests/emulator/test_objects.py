@@ -191,8 +191,15 @@ async def test_subscription_renews_with_usage_invoice(client, admin):
     renewed = await client.v1.subscriptions.retrieve_async(sub.id)
     assert renewed["items"].data[0].current_period_start == end
     inv = await client.v1.invoices.retrieve_async(renewed.latest_invoice)
-    assert inv.billing_reason == "subscription_cycle" and inv.amount_paid == 42
+    # Stripe's finalization grace: a draft for an hour after the period, usage can still come.
+    assert inv.billing_reason == "subscription_cycle" and inv.status == "draft"
+    assert inv.automatically_finalizes_at == end + 3600 and inv.amount_due == 42
     assert inv.parent.subscription_details.subscription == sub.id
+    await push(client, cus.id, "4", timestamp=end - 60)  # late usage inside the old period
+    await admin.advance_clock(3600)
+    inv = await client.v1.invoices.retrieve_async(inv.id)
+    assert inv.status == "paid" and inv.amount_paid == 50
+    assert inv.automatically_finalizes_at is None
 
 
 async def test_invoice_lifecycle(client):

@@ -23,11 +23,12 @@ from allocations.types import (
     TimeUnit,
 )
 from allocations.workflow import ReconcileAllocations
+from tests.integration.recon_helpers import OBSERVATION_TABLES
 
 GPU = "gpu.a100"
 METER = "gpu_minutes"
 # Tables a run's own report writes even in dry-run (like reconcile's discrepancies).
-REPORT_TABLES = ("allocation_findings",)
+REPORT_TABLES = ("allocation_findings", *OBSERVATION_TABLES)
 
 
 async def add_customer(pool: asyncpg.Pool, customer_id: str, stripe_customer_id: str | None = None) -> None:

@@ -343,7 +343,11 @@ async def inject_all_drift(pool: asyncpg.Pool, sc: stripe.StripeClient, world: W
 # ---------------------------------------------------------------- snapshots
 
 
-SNAPSHOT_EXCLUDED = ("reconciliation_runs", "discrepancies")
+# A run's own report rows, and what any run or request leaves behind that is not a write to the
+# billing state: what operators are told (notifications) and each worker's tally of Stripe
+# answers (the circuit breaker's input).
+OBSERVATION_TABLES = ("notifications", "stripe_call_tally")
+SNAPSHOT_EXCLUDED = ("reconciliation_runs", "discrepancies", *OBSERVATION_TABLES)
 
 
 async def snapshot_billing(pool: asyncpg.Pool) -> dict[str, list[tuple]]:

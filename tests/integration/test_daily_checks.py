@@ -16,6 +16,7 @@ from billing.stripe_gateway import StripeGateway, make_stripe_client
 from checks import store
 from checks.activities import CheckActivities
 from checks.types import CheckItem, CheckName, CheckRequest, CheckResult, RecordChecksInput
+from common import ui
 from reconcile.types import ReconcileResult
 from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, run, running_worker, seed_world
@@ -24,6 +25,12 @@ pytestmark = pytest.mark.integration
 
 # No grace: the test's events and usage are seconds old.
 FAST = ("--grace-minutes", "0", "--backlog-minutes", "1", "--webhook-days", "2")
+
+
+async def outcome(client, workflow_id: str) -> str | None:
+    """The run's BillingOutcome search attribute (upserted by the worker as the run ends)."""
+    desc = await client.get_workflow_handle(workflow_id).describe()
+    return desc.typed_search_attributes.get(ui.OUTCOME)
 
 
 def by_check(doc: dict) -> dict[str, dict]:
@@ -50,6 +57,7 @@ async def test_checks_pass_clean_and_name_a_webhook_gap_and_a_stale_counter(
             "active_subscriptions", "webhook_gaps", "usage_without_counter", "stale_counters", "inbox_backlog"}
         assert by_check(clean)["webhook_gaps"]["figures"]["stripe_events"] > 0  # it did compare something
         assert by_check(clean)["stale_counters"]["figures"]["checked"] == 2  # one counter per customer
+        assert await outcome(client, clean["run_id"]) == "clean"  # BillingOutcome in the Temporal UI
 
         # Injected: an event Stripe has and the inbox never got; reconciliation stopped 3 days ago
         # and since then only c0 was reconciled.
@@ -66,6 +74,7 @@ async def test_checks_pass_clean_and_name_a_webhook_gap_and_a_stale_counter(
         assert code == 1, (out, err)
         checks = by_check(found)
         assert found["passed"] is False
+        assert await outcome(client, found["run_id"]) == "needs_attention"
         assert {c for c, r in checks.items() if not r["passed"]} == {"webhook_gaps", "stale_counters"}
         gap = checks["webhook_gaps"]
         day = datetime.fromtimestamp(lost_event.created, tz=UTC).date()
@@ -212,3 +221,26 @@ async def test_subscription_usage_and_inbox_checks_against_postgres_and_stripe(
     backlog = await env.run(acts.inbox_backlog, req(backlog_minutes=60))
     assert (backlog.passed, backlog.figures["failed"], backlog.figures["received"]) == (False, 1, 0)
     assert [i.key for i in backlog.items] == ["evt_old_failed"] and "boom" in backlog.items[0].detail
+
+
+async def test_a_run_with_failed_checks_notifies_once(clean_db, postgres_dsn, emulator):
+    """`checks.record` records one `daily_check_failed` notification per run with failed checks
+    (notify/), in the results' transaction; recorded again (a retry), still one; all passed: none."""
+    now = datetime.now(UTC)
+    settings = make_settings(postgres_dsn, emulator)
+    acts = CheckActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+    results = [CheckResult(check=name, passed=name != CheckName.STALE_COUNTERS, summary=f"{name} summary",
+                           findings=int(name == CheckName.STALE_COUNTERS)) for name in CheckName]
+    failing = RecordChecksInput(run_id="checks-failing", workflow_run_id="r1", started_at=now, finished_at=now,
+                                results=results)
+    passing = RecordChecksInput(run_id="checks-passing", workflow_run_id="r2", started_at=now, finished_at=now,
+                                results=[r.model_copy(update={"passed": True, "findings": 0}) for r in results])
+    env = ActivityEnvironment()
+    for inp in (failing, failing, passing):
+        await env.run(acts.record, inp)
+    rows = await clean_db.fetch("SELECT kind, subject, body FROM billing.notifications")
+    assert [(r["kind"], r["subject"]) for r in rows] == [("daily_check_failed", "checks-failing@r1")]
+    body = rows[0]["body"]
+    assert body["title"] == "Daily checks: 1 failed (stale_counters)"
+    assert body["fields"] == {"stale_counters": "stale_counters summary"}
+    assert "billing-recon checks --last" in body["commands"]

@@ -20,10 +20,13 @@ import asyncpg
 import psutil
 import pytest
 import stripe
+from temporalio.client import Client
 
 import devstack as stack
 from billing.database_url import DatabaseNotConfigured, resolve_database_url
 from billing.settings import Settings
+from common.ui import SEARCH_ATTRIBUTES
+from common.ui_setup import registered
 from devstack.postgres import embedded_server, postgres_pid
 from devstack.processes import free_ports, http_ok, live_process
 
@@ -115,6 +118,9 @@ async def test_up_twice_status_down(
     finally:
         await conn.close()
     assert stack.info(config).env()["DATABASE_URL"] == url
+    # Our search attributes are registered in the dev server's namespace (docs/temporal-ui.md).
+    have = await registered(await Client.connect(first.temporal_address))
+    assert {k.name: int(k.indexed_value_type) for k in SEARCH_ATTRIBUTES}.items() <= have.items()
 
     # A dead component is reported, and `up` restarts only that one.
     emulator = first.components[stack.EMULATOR]

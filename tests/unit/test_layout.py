@@ -25,7 +25,8 @@ def test_worker_receiver_and_cli_do_not_import_devstack() -> None:
 
 # Product packages: everything but the emulator (a dev tool with its own layout), tests and bench.
 PRODUCT = ("activities", "allocations", "autoheal", "backfill", "billing", "checks", "common", "credits", "customer",
-           "devstack", "health", "incidents", "reconcile", "resync", "revenue", "starter", "webhooks", "workflows")
+           "devstack", "health", "incidents", "reconcile", "resync", "revenue", "starter", "webhooks", "workflows",
+           "notify", "circuit")
 MAX_MODULE_LINES = 400
 ROOT = Path(__file__).resolve().parents[2]
 

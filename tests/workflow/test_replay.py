@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from temporalio import workflow
-from temporalio.worker import Replayer
+from temporalio.worker import Interceptor, Replayer
 
-from common.client import data_converter
+from common.client import data_converter, default_interceptors
 from tests.workflow.histories import HISTORIES, load
 from workflows import all_workflows
 
@@ -53,9 +53,14 @@ def test_histories_cover_continue_as_new_approval_signals_and_children():
     assert "continuedExecutionRunId" in last["workflowExecutionStartedEventAttributes"]
 
 
+# The worker's own workflow interceptors (common/ui_interceptor.py upserts every run's outcome):
+# a history is replayed as the worker ran it.
+WORKER_INTERCEPTORS = [i for i in default_interceptors() if isinstance(i, Interceptor)]
+
+
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 async def test_replay(path: Path):
-    replayer = Replayer(workflows=all_workflows(), data_converter=data_converter)
+    replayer = Replayer(workflows=all_workflows(), data_converter=data_converter, interceptors=WORKER_INTERCEPTORS)
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure!r}"
 
@@ -68,6 +73,27 @@ class SmokeReordered:
     async def run(self, check: dict) -> dict:
         check = await workflow.execute_activity("health.stripe", check, start_to_close_timeout=timedelta(seconds=30))
         return await workflow.execute_activity("health.postgres", check, start_to_close_timeout=timedelta(seconds=30))
+
+
+def test_histories_cover_the_ui_metadata_and_the_deadman_ping():
+    """Runs carrying our search attributes (outcome upserts behind the ui patch) and a scheduled
+    run that pinged the dead-man's switch are recorded (tests/workflow/record_ui_histories.py)."""
+    plan = json.loads((HISTORIES / "reconcile_usage_ui_plan_approve.json").read_text())["events"]
+    started = plan[0]["workflowExecutionStartedEventAttributes"]
+    assert "BillingRunKind" in started["searchAttributes"]["indexedFields"]
+    assert any(e["eventType"] == "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES" and "BillingOutcome" in json.dumps(e)
+               for e in plan)
+    scheduled = (HISTORIES / "reconcile_usage_ui_scheduled.json").read_text()
+    assert "TemporalScheduledById" in scheduled and '"deadman.ping"' in scheduled
+
+
+async def test_the_ui_histories_need_the_worker_interceptors():
+    """The outcome upserts are commands of the interceptor: a worker (or replayer) without it
+    would not reproduce them. Every worker gets it from `common.client.default_interceptors`."""
+    replayer = Replayer(workflows=all_workflows(), data_converter=data_converter)
+    result = await replayer.replay_workflow(load(HISTORIES / "reconcile_usage_ui_scheduled.json"),
+                                            raise_on_replay_failure=False)
+    assert result.replay_failure is not None and "nondetermin" in str(result.replay_failure).lower()
 
 
 async def test_replay_detects_a_non_deterministic_change():
