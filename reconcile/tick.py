@@ -31,7 +31,7 @@ import asyncpg
 from temporalio import activity
 
 from autoheal import switch
-from billing.periods import billing_period, push_timestamp
+from billing.periods import ItemPeriod, period_of, push_timestamp, push_window
 from billing.policy import (
     LIVE_STATUSES,
     FindingKind,
@@ -45,10 +45,10 @@ from billing.policy import (
 from billing.settings import Settings
 from billing.stripe_gateway import PushOutcome, StripeGateway
 from common.audit import AuditAction, AuditInput, write_audit
-from reconcile import store
+from reconcile import periods_store, store
 from reconcile.corrections import CorrectionWriter, key_locked
 from reconcile.tick_types import TickCounts, TickPageInput, TickPageResult
-from reconcile.types import Counts
+from reconcile.types import Counts, MeterInfo, RunContext
 from webhooks.meter_errors import sweep_reports
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,30 @@ class TickActivities:
         self.stripe = stripe
         self.settings = settings
         self.writer = TickWriter(pool, stripe, concurrency=KEY_CONCURRENCY)
+        self._meters: dict[str, str] = {}  # event name -> Stripe meter id, read once per worker
+
+    async def _meter_ids(self, names: set[str], counts: TickCounts) -> dict[str, str]:
+        if not names <= set(self._meters):  # first use, or a meter created since
+            self._meters = {m.event_name: m.id for m in await self.stripe.list_meters()}
+            counts.stripe_reads += 1
+        return self._meters
+
+    async def _items(self, keys: list[Key], counts: TickCounts) -> dict[tuple[str, str], ItemPeriod]:
+        """The metered subscription items billing the keys (their periods and push windows)."""
+        meters = await self._meter_ids({k[1] for k in keys}, counts)
+        # item_periods reads only the context's meters.
+        ctx = RunContext.model_construct(meters=[MeterInfo(event_name=n, stripe_meter_id=i) for n, i in meters.items()])
+        async with self.pool.acquire() as conn:
+            return await periods_store.item_periods(conn, ctx, sorted({k[0] for k in keys}))
 
     @activity.defn(name="usage_tick.observe_only")
     async def observe_only(self) -> bool:
         """Whether auto-healing is paused (then the tick only reports)."""
         return await switch.paused(self.pool)
+
+    @property
+    def _grace(self) -> timedelta:
+        return timedelta(seconds=self.settings.recon_invoice_grace_seconds)
 
     @activity.defn(name="usage_tick.settle_seconds")
     async def settle_seconds(self) -> int:
@@ -133,18 +152,19 @@ class TickActivities:
                 flushed = Counts()
                 await self.writer.flush_planned(sorted(mapping), now, flushed)
                 counts.stripe_writes += flushed.stripe_writes
+            items = await self._items(list(keys), counts)
             sem = asyncio.Semaphore(KEY_CONCURRENCY)
 
             async def one(key: Key, seen: int | None) -> None:
                 async with sem:
-                    await self._sync_key(inp, key, seen, mapping.get(key[0]), counts)
+                    await self._sync_key(inp, key, seen, mapping.get(key[0]), items.get(key[:2]), counts)
                     activity.heartbeat()
 
             async with asyncio.TaskGroup() as tg:
                 for key, seen in keys.items():
                     tg.create_task(one(key, seen))
             if inp.write:
-                await self._repair_counters(inp, keys, counts)
+                await self._repair_counters(inp, keys, items, counts)
         return TickPageResult(counts=counts, more=more)
 
     # ------------------------------------------------------------------ which keys
@@ -183,7 +203,7 @@ class TickActivities:
     # ------------------------------------------------------------------ one key from the outbox
 
     async def _sync_key(self, inp: TickPageInput, key: Key, seen: int | None, stripe_customer_id: str | None,
-                        counts: TickCounts) -> None:
+                        item: ItemPeriod | None, counts: TickCounts) -> None:
         customer_id, meter, day = key
         async with self.pool.acquire() as conn, key_locked(conn, customer_id, meter, day):
             row = await conn.fetchrow(
@@ -198,16 +218,18 @@ class TickActivities:
                 pushes = await store.key_pushes(conn, customer_id, meter, day)
                 pushed = sum((p.value for p in pushes if p.status in LIVE_STATUSES), Decimal(0))
                 delta = ledger - pushed
-                timestamp = push_timestamp(day, _now())
+                # Under a subscription, inside the period Stripe still bills (its invoice grace
+                # included); a closed period is the full pass's invoice adjustment.
+                window = push_window(day, _now(), item, self._grace) if item else None
+                timestamp = push_timestamp(day, _now(), window)
                 if abs(delta) > _tolerance(ledger) and inp.write:
-                    if timestamp is None:
+                    kind = PushKind.DELTA if delta > 0 else PushKind.COMPENSATION
+                    ident = correction_identifier(customer_id, meter, day, kind, pushed, pushed, ledger, len(pushes))
+                    planned = PlannedPush(ident, delta, kind, timestamp) if timestamp else None
+                    if planned is None or await periods_store.final_in_stripe(self.stripe, item, planned):
                         counts.outside_window += 1
                     else:
-                        kind = PushKind.DELTA if delta > 0 else PushKind.COMPENSATION
-                        ident = correction_identifier(customer_id, meter, day, kind, pushed, pushed, ledger,
-                                                      len(pushes))
-                        await self.writer.push(conn, inp, key, stripe_customer_id,
-                                               PlannedPush(ident, delta, kind, timestamp), counts)
+                        await self.writer.push(conn, inp, key, stripe_customer_id, planned, counts)
             if inp.write:
                 await conn.execute(
                     "DELETE FROM billing.usage_sync_queue WHERE customer_id = $1 AND meter = $2 AND usage_day = $3",
@@ -230,8 +252,8 @@ class TickActivities:
             """, now - timedelta(seconds=inp.settle_seconds), oldest, inp.page_size)
         if not rows:
             return
-        meters = {m.event_name: m.id for m in await self.stripe.list_meters()}
-        counts.stripe_reads += 1
+        meters = await self._meter_ids({r["meter"] for r in rows}, counts)
+        items = await self._items([(r["customer_id"], r["meter"], r["usage_day"]) for r in rows], counts)
         groups: dict[tuple[str, str, str], list[date]] = defaultdict(list)
         for r in rows:
             groups[(r["customer_id"], r["meter"], r["stripe_customer_id"])].append(r["usage_day"])
@@ -244,10 +266,11 @@ class TickActivities:
             activity.heartbeat()
             for day in days:
                 counts.settled_keys += 1
-                await self._settle_key(inp, (customer_id, meter, day), summaries.get(day, Decimal(0)), now, counts)
+                await self._settle_key(inp, (customer_id, meter, day), summaries.get(day, Decimal(0)), now,
+                                       items.get((customer_id, meter)), counts)
 
     async def _settle_key(self, inp: TickPageInput, key: Key, stripe_value: Decimal, now: datetime,
-                          counts: TickCounts) -> None:
+                          item: ItemPeriod | None, counts: TickCounts) -> None:
         customer_id, meter, day = key
         async with self.pool.acquire() as conn, key_locked(conn, customer_id, meter, day):
             ledger = await conn.fetchval(
@@ -257,7 +280,8 @@ class TickActivities:
             finding = classify_stripe_key(
                 customer_id=customer_id, meter=meter, day=day, ledger=Decimal(ledger), stripe=stripe_value,
                 pushes=pushes, now=now, settle=timedelta(seconds=inp.settle_seconds),
-                epsilon=self.settings.recon_epsilon, auto_approve_over_reporting=False)
+                epsilon=self.settings.recon_epsilon, auto_approve_over_reporting=False,
+                window=push_window(day, now, item, self._grace) if item else None)
             if finding.kind == FindingKind.OK:
                 counts.confirmed += len(finding.confirm)
                 if inp.write:
@@ -282,9 +306,11 @@ class TickActivities:
 
     # ------------------------------------------------------------------ counters
 
-    async def _repair_counters(self, inp: TickPageInput, keys: dict[Key, int | None], counts: TickCounts) -> None:
-        """Counters of the changed keys' periods = the rollup's sum over the period."""
-        periods = {(c, m, billing_period(day)) for c, m, day in keys}
+    async def _repair_counters(self, inp: TickPageInput, keys: dict[Key, int | None],
+                               items: dict[tuple[str, str], ItemPeriod], counts: TickCounts) -> None:
+        """Counters of the changed keys' periods (the subscription item's, else calendar
+        months) = the rollup's sum over the period."""
+        periods = {(c, m, period_of(day, items.get((c, m)))) for c, m, day in keys}
         async with self.pool.acquire() as conn:
             for customer_id, meter, (start, end) in sorted(periods):
                 async with conn.transaction():
