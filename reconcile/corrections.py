@@ -72,10 +72,6 @@ async def _key_locked(conn: asyncpg.Connection, customer_id: str, meter: str, da
         await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
 
 
-# The key's lock, for the usage tick's writes (reconcile/tick.py).
-key_locked = _key_locked
-
-
 class CorrectionWriter:
     def __init__(self, pool: asyncpg.Pool, stripe: StripeGateway, concurrency: int) -> None:
         self.pool = pool

@@ -46,7 +46,7 @@ from billing.settings import Settings
 from billing.stripe_gateway import PushOutcome, StripeGateway
 from common.audit import AuditAction, AuditInput, write_audit
 from reconcile import periods_store, store
-from reconcile.corrections import CorrectionWriter, key_locked
+from reconcile.corrections import CorrectionWriter, _key_locked
 from reconcile.tick_types import TickCounts, TickPageInput, TickPageResult
 from reconcile.types import Counts, MeterInfo, RunContext
 from webhooks.meter_errors import sweep_reports
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 STRIPE_WINDOW_DAYS = 35
 # Keys synced side by side within a page (each holds a pooled connection and its key's lock).
 KEY_CONCURRENCY = 8
+# Keys are written under the full pass's own key lock (`_key_locked`): a tick and a full pass
+# never correct one key at once.
 LOST_REASON = "lost_push"
 
 Key = tuple[str, str, date]
@@ -205,7 +207,7 @@ class TickActivities:
     async def _sync_key(self, inp: TickPageInput, key: Key, seen: int | None, stripe_customer_id: str | None,
                         item: ItemPeriod | None, counts: TickCounts) -> None:
         customer_id, meter, day = key
-        async with self.pool.acquire() as conn, key_locked(conn, customer_id, meter, day):
+        async with self.pool.acquire() as conn, _key_locked(conn, customer_id, meter, day):
             row = await conn.fetchrow(
                 "SELECT quantity, invalid FROM billing.usage_daily WHERE customer_id = $1 AND meter = $2 "
                 "AND usage_day = $3", customer_id, meter, day)
@@ -272,7 +274,7 @@ class TickActivities:
     async def _settle_key(self, inp: TickPageInput, key: Key, stripe_value: Decimal, now: datetime,
                           item: ItemPeriod | None, counts: TickCounts) -> None:
         customer_id, meter, day = key
-        async with self.pool.acquire() as conn, key_locked(conn, customer_id, meter, day):
+        async with self.pool.acquire() as conn, _key_locked(conn, customer_id, meter, day):
             ledger = await conn.fetchval(
                 "SELECT quantity FROM billing.usage_daily WHERE customer_id = $1 AND meter = $2 AND usage_day = $3",
                 customer_id, meter, day) or Decimal(0)
