@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -136,6 +137,7 @@ async def main(args) -> None:
                       flush=True)
     finally:
         terminate(emulator.pid)
+        shutil.rmtree(folder, ignore_errors=True)
         await pg.close()
 
 

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -159,6 +160,7 @@ async def main(args: argparse.Namespace) -> None:
                 print(json.dumps(await run_size(events, args.customers, api_base, admin)), flush=True)
     finally:
         terminate(emulator.pid)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
