@@ -18,6 +18,7 @@ from temporalio.worker import Interceptor, Worker
 
 from activities import all_activities
 from billing import correlation, db
+from billing.budget import StripeBudget
 from billing.metrics_collector import MetricsCollector
 from billing.settings import Settings, get_settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
@@ -58,7 +59,8 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
     also refresh the Postgres-derived gauges until close()."""
     pool = await db.create_pool(
         database_url(settings), min_size=settings.database_pool_min, max_size=settings.database_pool_max)
-    gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit))
+    budget = StripeBudget(pool) if settings.stripe_budget == "shared" else None
+    gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit), budget)
     deps = Dependencies(pool=pool, stripe=gateway, settings=settings, temporal=client)
     worker = Worker(
         client,

@@ -13,7 +13,7 @@ import urllib.parse
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,8 +62,15 @@ class Settings(BaseSettings):
     stripe_api_key: str = Field(default="sk_test_emulator", alias="STRIPE_API_KEY")
     stripe_api_base: str = Field(default="http://127.0.0.1:12111", alias="STRIPE_API_BASE")
     stripe_webhook_secret: str = Field(default="whsec_emulator", alias="STRIPE_WEBHOOK_SECRET")
+    # The signing secret of the event destination sending thin events (async meter errors) to
+    # /webhooks/stripe/thin; unset: STRIPE_WEBHOOK_SECRET.
+    stripe_event_destination_secret: str | None = Field(default=None, alias="STRIPE_EVENT_DESTINATION_SECRET")
     # Client-side limiter shared by every Stripe call of one worker (ops/s). Test mode allows 25.
     stripe_rate_limit: float = Field(default=20.0, alias="STRIPE_RATE_LIMIT")
+    # "shared": every Stripe request also waits for its slot in the budget every worker shares
+    # (billing/budget.py: the account's and each endpoint's limits in Postgres, `billing-recon
+    # budget set`); "process": only STRIPE_RATE_LIMIT, per worker (tests, a single worker).
+    stripe_budget: Literal["shared", "process"] = Field(default="shared", alias="STRIPE_BUDGET")
     stripe_max_network_retries: int = Field(default=2, alias="STRIPE_MAX_NETWORK_RETRIES")
     stripe_timeout_seconds: float = Field(default=30.0, alias="STRIPE_TIMEOUT_SECONDS")
 

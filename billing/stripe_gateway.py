@@ -1,5 +1,6 @@
 """The one way this project talks to Stripe: the official SDK's StripeClient, behind one
-client-side rate limiter shared by every call of the process. Translates Stripe's answers into
+client-side rate limiter shared by every call of the process and, with STRIPE_BUDGET=shared, the
+budget shared by every worker (billing/budget.py). Translates Stripe's answers into
 outcomes the reconciler can act on; transient failures (429, 5xx, network) are raised so that
 Temporal retries the activity.
 
@@ -14,11 +15,13 @@ import contextvars
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import stripe
@@ -30,12 +33,15 @@ from billing.settings import Settings
 from billing.stripe_health import HEALTH, ErrorReason
 from billing.telemetry import stripe_span
 
+if TYPE_CHECKING:
+    from billing.budget import StripeBudget
+
 
 @dataclass
 class _CallState:
     operation: str
     requests: int = 0
-    limiter: AsyncLimiter | None = None
+    slot: Callable[[], Awaitable[None]] | None = None  # waits for one more request's slot
 
 
 # The gateway call in progress (set by StripeGateway._call): names the HTTP requests it makes.
@@ -55,8 +61,8 @@ class InstrumentedHTTPXClient(stripe.HTTPXClient):
             state.requests += 1
             if state.requests > 1:
                 metrics.record_stripe_retry(operation, "sdk")
-                if state.limiter is not None:
-                    await state.limiter.acquire()
+                if state.slot is not None:
+                    await state.slot()
         started = time.monotonic()
         try:
             content, status, response_headers = await super().request_async(
@@ -118,24 +124,28 @@ class Meter:
 
 
 class StripeGateway:
-    def __init__(self, client: stripe.StripeClient, limiter: AsyncLimiter | None) -> None:
+    def __init__(self, client: stripe.StripeClient, limiter: AsyncLimiter | None,
+                 budget: StripeBudget | None = None) -> None:
         self._client = client
-        self._limiter = limiter
+        self._limiter = limiter  # this process's ceiling (STRIPE_RATE_LIMIT)
+        self._budget = budget  # every worker's: the account's and each endpoint's (billing/budget.py)
         # 429s answered by Stripe and retried here (each one is logged): a limiter sized right
         # keeps this at zero.
         self.rate_limit_retries = 0
 
-    async def _slot(self) -> None:
+    async def _slot(self, operation: str) -> None:
         if self._limiter is not None:
             await self._limiter.acquire()
+        if self._budget is not None:
+            await self._budget.slot(operation)
 
     async def _call(self, operation: str, fn, *args, **kwargs):
         """One Stripe call under the limiter. A 429 (another process shares the account's
         limit) is retried here with backoff before it fails the activity."""
         with stripe_span(operation) as span:
             for attempt in range(RATE_LIMIT_RETRIES):
-                await self._slot()
-                token = _call_state.set(_CallState(operation, limiter=self._limiter))
+                await self._slot(operation)
+                token = _call_state.set(_CallState(operation, slot=partial(self._slot, operation)))
                 try:
                     return await fn(*args, **kwargs)
                 except stripe.RateLimitError:
@@ -275,6 +285,18 @@ class StripeGateway:
         return str(obj.id)
 
     # ------------------------------------------------------------------ objects and events
+
+    async def retrieve_v2_event(self, event_id: str) -> dict | None:
+        """The full v2 event (with `data`) a thin notification names; None when Stripe has no
+        such event (404)."""
+        try:
+            resp = await self._call("retrieve_v2_event", self._client.raw_request_async, "get",
+                                    f"/v2/core/events/{quote(event_id, safe='')}")
+        except stripe.InvalidRequestError as e:
+            if e.http_status == 404:
+                return None
+            raise
+        return dict(resp.data)
 
     async def retrieve(self, kind: str, object_id: str) -> dict | None:
         """The current state of a Stripe object as a plain dict; None when Stripe has no such

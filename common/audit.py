@@ -64,6 +64,8 @@ class AuditAction(StrEnum):
     # Stripe, and a refund of an invoice's charge recorded in billing.invoice_refunds.
     REVENUE_INVOICE_RESYNC = "revenue.invoice_resync"
     REVENUE_RECORD_REFUND = "revenue.record_refund"
+    # The shared Stripe budget's limits changed (`billing-recon budget set`).
+    BUDGET_SET = "budget.set"
     # An approved invoice adjustment for a closed billing period (ReconcileUsage plan mode):
     # an invoice item, a credit note or a customer balance credit (its kind in `after`).
     USAGE_INVOICE_ADJUSTMENT = "usage.invoice_adjustment"

@@ -14,13 +14,16 @@ if TYPE_CHECKING:
 
 
 def workflows() -> list[type]:
+    from reconcile.tick_workflow import UsageTick
     from reconcile.workflow import ReconcileUsage
 
-    return [ReconcileUsage]
+    return [ReconcileUsage, UsageTick]
 
 
 def build_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from common.deps import activity_methods
     from reconcile.activities import UsageActivities
+    from reconcile.tick import TickActivities
 
-    return activity_methods(UsageActivities(deps.pool, deps.stripe, deps.settings))
+    return [*activity_methods(UsageActivities(deps.pool, deps.stripe, deps.settings)),
+            *activity_methods(TickActivities(deps.pool, deps.stripe, deps.settings))]

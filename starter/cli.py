@@ -29,6 +29,7 @@ def _mount() -> None:
         allocations_commands,
         autoheal_commands,
         backfill_commands,
+        budget_commands,
         checks_commands,
         console_commands,
         credits_commands,
@@ -65,6 +66,7 @@ def _mount() -> None:
     revenue_commands.register(app)
     checks_commands.register(app)
     incident_commands.register(app)
+    budget_commands.register(app)
     visibility.register(app)
     notify_commands.register(app)
     console_commands.register(app)

@@ -120,6 +120,20 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         store.stats.clear()
         return JSONResponse({"ok": True})
 
+    async def request_log(request: Request) -> Response:
+        q = request.query_params
+        try:
+            since = float(q.get("since") or 0)
+        except ValueError as exc:
+            return _bad(str(exc))
+        entries = store.request_log.select(since, q.get("route") or None)
+        # [wall-clock unix seconds, route, HTTP status, "<id>/<customer>"], oldest first
+        return JSONResponse({"data": [e.to_list() for e in entries], "count": len(entries)})
+
+    async def request_log_reset(request: Request) -> Response:
+        store.request_log.clear()
+        return JSONResponse({"ok": True})
+
     def on_object(
         action: Callable[[Store, RequestContext, str], dict[str, Any]],
     ) -> Callable[[Request], Awaitable[Response]]:
@@ -164,6 +178,8 @@ def admin_routes(emu: EmulatorApp) -> list[Route]:
         Route(f"{PREFIX}/meter_events/bulk", meter_events_bulk, methods=["POST"]),
         Route(f"{PREFIX}/requests/stats", stats, methods=["GET"]),
         Route(f"{PREFIX}/requests/stats/reset", stats_reset, methods=["POST"]),
+        Route(f"{PREFIX}/requests/log", request_log, methods=["GET"]),
+        Route(f"{PREFIX}/requests/log/reset", request_log_reset, methods=["POST"]),
         Route(f"{PREFIX}/checkout_sessions/{{id}}/complete", complete, methods=["POST"]),
         Route(f"{PREFIX}/webhook_deliveries", deliveries, methods=["GET"]),
         Route(f"{PREFIX}/invoices/{{id}}/fail_payment", fail_payment, methods=["POST"]),
@@ -242,6 +258,16 @@ class EmulatorAdmin:
 
     async def reset_request_stats(self) -> None:
         await self._call("POST", "/requests/stats/reset")
+
+    async def request_log(self, since: float = 0.0, route: str | None = None) -> list[list[Any]]:
+        """[unix seconds, route, status, "<id>/<customer>"] per API request, oldest first."""
+        params: dict[str, Any] = {"since": since}
+        if route:
+            params["route"] = route
+        return (await self._call("GET", "/requests/log", params=params))["data"]
+
+    async def reset_request_log(self) -> None:
+        await self._call("POST", "/requests/log/reset")
 
     async def complete_checkout_session(self, id: str) -> dict[str, Any]:
         return await self._call("POST", f"/checkout_sessions/{id}/complete")

@@ -160,6 +160,13 @@ class EmulatorApp:
         return self.respond(err.status, _dumps(err.body(request_id)), request_id, headers)
 
     async def api(self, request: Request) -> Response:
+        seen: dict[str, str] = {}
+        response = await self._api(request, seen)
+        if "route" in seen:
+            self.store.request_log.add(seen["route"], response.status_code, seen["key"])
+        return response
+
+    async def _api(self, request: Request, seen: dict[str, str]) -> Response:
         s = self.store
         request_id = new_request_id()
         method = request.method.upper()
@@ -177,16 +184,28 @@ class EmulatorApp:
             )
             return self.error_response(err, request_id)
         template, handler, path_params = matched
-        if not s.bucket.take():
-            return self.error_response(rate_limited(), request_id)
+        route = f"{method} {template}"
+        about = (path_params.get("id", ""), request.query_params.get("customer", ""))
+        seen.update(route=route, key="/".join(p for p in about if p))
+        limited = s.limits.admit(route)
+        if limited is not None:
+            return self.error_response(rate_limited(limited), request_id)
 
         body = await request.body() if method == "POST" else b""
         try:
             pairs = parse_qsl(request.url.query, keep_blank_values=True)
-            if body:
-                pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-            params = parse_pairs(pairs)
-        except FormError as exc:
+            if body and path.startswith("/v2/"):
+                # v2 bodies are JSON (FACTS)
+                doc = json.loads(body)
+                if not isinstance(doc, dict):
+                    raise FormError("the JSON body must be an object")
+                params = {**parse_pairs(pairs), **doc}
+                pairs += sorted((k, json.dumps(v, sort_keys=True)) for k, v in params.items())
+            else:
+                if body:
+                    pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+                params = parse_pairs(pairs)
+        except (FormError, ValueError) as exc:
             return self.error_response(StripeError(400, str(exc)), request_id)
 
         idem_key = request.headers.get("idempotency-key") if method in ("POST", "DELETE") else None

@@ -41,6 +41,12 @@ def run(
         envvar="EMULATOR_SAVE_INTERVAL_SECONDS",
         help="With --state-file: seconds between saves when something changed; 0 = off.",
     ),
+    endpoint_rate_limit: float = typer.Option(
+        25.0,
+        envvar="EMULATOR_ENDPOINT_RATE_LIMIT",
+        help="Requests per second per endpoint (Stripe: 25, live mode too); 0 = none. "
+        "--rate-limit 0 switches this off too.",
+    ),
 ) -> None:
     """Serve the local Stripe emulator (blocking)."""
     config = Config(
@@ -48,6 +54,7 @@ def run(
         summary_lag_seconds=summary_lag_seconds,
         seed=seed,
         webhook_secret=webhook_secret or None,
+        endpoint_rate_limit=endpoint_rate_limit,
     )
     try:
         app = create_app(config, state_file=state_file, save_interval=save_interval)

@@ -81,6 +81,13 @@ class Config:
     webhook_signature_clock: str = "emulator"  # or "real"
     faults: list[Fault] = field(default_factory=list)
     seed: int = 0
+    # Stripe's per-endpoint limit (25/s by default, live mode too), keyed by route such as
+    # "GET /v1/billing/meters/{id}/event_summaries"; overrides per route; 0 = none.
+    # `rate_limit: 0` switches every limit off (the tests' default).
+    endpoint_rate_limit: float = 25.0
+    endpoint_rate_limits: dict[str, float] = field(default_factory=dict)
+    # Entries kept by the request log (GET /_emulator/requests/log), oldest dropped first.
+    request_log_size: int = 500_000
     # Stripe's invoice finalization grace period: a renewal invoice stays a draft this long
     # after its period ends (Stripe: 1 h by default, configurable up to 72 h).
     invoice_finalization_grace_seconds: float = 3600.0
@@ -97,6 +104,9 @@ class Config:
         "webhook_signature_clock",
         "faults",
         "seed",
+        "endpoint_rate_limit",
+        "endpoint_rate_limits",
+        "request_log_size",
         "invoice_finalization_grace_seconds",
     )
 
@@ -104,6 +114,7 @@ class Config:
         d = {k: getattr(self, k) for k in self.FIELDS}
         d["faults"] = [f.to_dict() for f in self.faults]
         d["webhook_retry_schedule_seconds"] = list(self.webhook_retry_schedule_seconds)
+        d["endpoint_rate_limits"] = dict(self.endpoint_rate_limits)
         return d
 
     def update(self, fields: dict[str, Any]) -> None:
@@ -118,6 +129,7 @@ class Config:
                 "summary_lag_seconds",
                 "identifier_dedupe_seconds",
                 "webhook_timeout_seconds",
+                "endpoint_rate_limit",
             ):
                 v = float(v)
                 if v < 0:
@@ -134,6 +146,14 @@ class Config:
                     raise ValueError("webhook_drop_rate must be between 0 and 1")
             elif k == "seed":
                 v = int(v)
+            elif k == "request_log_size":
+                v = int(v)
+                if v < 0:
+                    raise ValueError("request_log_size must be >= 0")
+            elif k == "endpoint_rate_limits":
+                v = {str(route): float(rate) for route, rate in (v or {}).items()}
+                if any(rate < 0 for rate in v.values()):
+                    raise ValueError("endpoint_rate_limits must be >= 0")
             elif k == "webhook_retry_schedule_seconds":
                 v = [float(x) for x in (v or [])]
             elif k == "webhook_signature_clock" and v not in ("emulator", "real"):

@@ -15,7 +15,10 @@ from typing import Any
 
 from .config import API_VERSION, DAY, Config
 from .errors import no_such
+from .limits import RateLimits, RequestLog, TokenBucket
 from .meter_event_log import MeterEventLog
+
+__all__ = ["TokenBucket"]  # moved to limits; still importable from here
 
 EVENT_RETENTION_SECONDS = 30 * DAY
 IDEMPOTENCY_TTL_SECONDS = DAY
@@ -66,30 +69,6 @@ def new_id(prefix: str, n: int = 24) -> str:
 
 def new_request_id() -> str:
     return new_id("req_", 14)
-
-
-class TokenBucket:
-    """``rate`` tokens per second, burst = one second's worth (at least 1)."""
-
-    def __init__(self, rate: float) -> None:
-        self.set_rate(rate)
-
-    def set_rate(self, rate: float) -> None:
-        self.rate = float(rate)
-        self.capacity = max(1.0, self.rate)
-        self.tokens = self.capacity
-        self.last = time.monotonic()
-
-    def take(self) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass
@@ -152,7 +131,8 @@ class Store:
     def __init__(self, config: Config | None = None, clock: EmulatorClock | None = None) -> None:
         self.config = config or Config()
         self.clock = clock or EmulatorClock()
-        self.bucket = TokenBucket(self.config.rate_limit)
+        self.limits = RateLimits(self.config)
+        self.request_log = RequestLog(self.config.request_log_size)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         # Mutation counter for the state file's periodic save (bumped by the app, see persist).
         self.changes = 0
@@ -178,6 +158,7 @@ class Store:
                 "refund",
                 "balance_transaction",
                 "invoiceitem",
+                "v2.core.event_destination",
                 "credit_note",
                 "customer_balance_transaction",
             )
@@ -185,13 +166,15 @@ class Store:
         self.webhook_secrets: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []
         self.events_by_id: dict[str, dict[str, Any]] = {}
+        self.v2_events: dict[str, dict[str, Any]] = {}  # GET /v2/core/events/{id} (not persisted)
         self.idempotency: dict[tuple[str, str], SavedResponse] = {}
         self.in_flight: set[tuple[str, str]] = set()
         self.stats: dict[str, int] = {}
         self.meter_events = MeterEventLog()
         self.meters_by_event_name: dict[str, dict[str, Any]] = {}
         self.reseed()
-        self.bucket.set_rate(self.config.rate_limit)
+        self.limits.configure(self.config)
+        self.request_log.clear()
 
     def reseed(self) -> None:
         self.rng = random.Random(self.config.seed)
@@ -200,8 +183,10 @@ class Store:
 
     def configure(self, fields: dict[str, Any]) -> None:
         self.config.update(fields)
-        if "rate_limit" in fields:
-            self.bucket.set_rate(self.config.rate_limit)
+        if {"rate_limit", "endpoint_rate_limit", "endpoint_rate_limits"} & set(fields):
+            self.limits.configure(self.config)
+        if "request_log_size" in fields:
+            self.request_log.resize(self.config.request_log_size)
         if "seed" in fields or "faults" in fields:
             self.reseed()
 

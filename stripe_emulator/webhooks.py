@@ -67,6 +67,11 @@ class WebhookDeliverer:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
+    def _endpoint(self, we_id: str) -> dict[str, Any] | None:
+        """A v1 webhook endpoint (``we_``) or a v2 event destination (``ed_``)."""
+        kind = "v2.core.event_destination" if we_id.startswith("ed_") else "webhook_endpoint"
+        return self.store.col(kind).objects.get(we_id)
+
     async def _deliver(self, event: dict[str, Any], we_id: str) -> None:
         schedule = [0.0, *self.store.config.webhook_retry_schedule_seconds]
         for attempt, delay in enumerate(schedule, start=1):
@@ -74,7 +79,7 @@ class WebhookDeliverer:
                 await asyncio.sleep(delay)
             if self.store.config.drop_webhooks:
                 return
-            endpoint = self.store.col("webhook_endpoint").objects.get(we_id)
+            endpoint = self._endpoint(we_id)
             secret = self.store.webhook_secrets.get(we_id)
             if endpoint is None or secret is None or endpoint["status"] != "enabled":
                 return
@@ -94,7 +99,7 @@ class WebhookDeliverer:
             try:
                 assert self.client is not None
                 resp = await self.client.post(
-                    endpoint["url"],
+                    endpoint["url"] if "url" in endpoint else endpoint["webhook_endpoint"]["url"],
                     content=body.encode(),
                     headers=headers,
                     timeout=self.store.config.webhook_timeout_seconds,
@@ -116,7 +121,8 @@ class WebhookDeliverer:
                 }
             )
             if ok:
-                event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
+                if "pending_webhooks" in event:  # thin notifications have none
+                    event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
                 self.store.changes += 1
                 return
             log.info(

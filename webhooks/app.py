@@ -10,6 +10,8 @@ Order matters, and is the point of this module:
    400 and leaves no row. Then the raw event goes into `billing.stripe_events`
    (insert-if-absent). If Postgres is down the answer is 503 and Stripe retries: we never
    answer 2xx for an event we could lose, and never 503 for one no retry can store.
+Thin events from an event destination (async meter errors) have their own route and rules:
+`webhooks/meter_errors.py`.
 3. `ProcessStripeEvent` starts with id `stripe-event-<evt id>`; a duplicate delivery finds it
    running (no-op). If Temporal is unreachable the event is still stored and answered 200: the
    replay sweep processes inbox rows stuck in `received`.
@@ -38,9 +40,11 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.runtime import Runtime
 
 from billing import correlation, db, metrics
+from billing.budget import StripeBudget
 from billing.settings import Settings
+from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
 from common.client import connect
-from webhooks import limits
+from webhooks import limits, meter_errors
 from webhooks.activities import DONE, store_event_args, store_event_sql
 from webhooks.events import (
     is_permanent_store_error,
@@ -69,6 +73,10 @@ class Receiver:
 
     async def start(self) -> None:
         self.pool = await db.create_pool(self.database_url, min_size=1, max_size=5)
+        # Only for thin events: verifying them and fetching the full event (meter_errors).
+        self.stripe = make_stripe_client(self.settings)
+        budget = StripeBudget(self.pool) if self.settings.stripe_budget == "shared" else None
+        self.gateway = StripeGateway(self.stripe, make_limiter(self.settings.stripe_rate_limit), budget)
 
     async def stop(self) -> None:
         if self.pool is not None:
@@ -144,6 +152,38 @@ class Receiver:
             correlation._current.reset(token)
         return JSONResponse({"id": event["id"], "status": "stored", "duplicate": not row["inserted"],
                              "processing": processing}), outcome
+
+    async def thin_webhook(self, request: Request) -> JSONResponse:
+        """A thin event from an event destination (webhooks/meter_errors.py)."""
+        try:
+            body = await limits.read_body(request, self.settings.webhook_max_body_bytes,
+                                          self.settings.webhook_read_timeout_seconds)
+        except limits.BodyRefused as e:
+            return _refuse(e.status, str(e), close=True)
+        secret = self.settings.stripe_event_destination_secret or self.settings.stripe_webhook_secret
+        try:
+            note = self.stripe.parse_event_notification(
+                body, request.headers.get("stripe-signature"), secret, self.settings.webhook_tolerance_seconds)
+        except stripe.SignatureVerificationError as e:
+            return _refuse(400, f"signature verification failed: {e.user_message or e}")
+        except (ValueError, KeyError, TypeError) as e:  # not JSON, a snapshot event, no id or type
+            return _refuse(400, f"not a thin event notification: {_first_line(e) or type(e).__name__}")
+        if note.type not in meter_errors.METER_ERROR_TYPES:
+            return JSONResponse({"id": note.id, "ignored": True})  # nothing to do; no retries wanted
+        related = getattr(note, "related_object", None)
+        assert self.pool is not None
+        try:
+            await meter_errors.store_report(self.pool, note.id, note.type, related.id if related else None)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+            log.error("error report %s not stored, answering 503 so Stripe retries: %s", note.id, e)
+            return JSONResponse({"error": "event store unavailable"}, status_code=503)
+        try:
+            marked = await asyncio.wait_for(meter_errors.apply_report(self.pool, self.gateway, note.id),
+                                            self.settings.webhook_start_timeout_seconds)
+        except Exception as e:  # Stripe slow or down: stored is enough, the next tick sweeps it
+            log.warning("error report %s stored; marking deferred to the tick: %s", note.id, _first_line(e))
+            return JSONResponse({"id": note.id, "status": "stored", "marked": None})
+        return JSONResponse({"id": note.id, "status": "processed", "marked": marked})
 
     async def _start_processing(self, event_id: str) -> str:
         try:
@@ -223,6 +263,7 @@ def create_app(settings: Settings, database_url: str, *, client: Client | None =
     app = Starlette(
         routes=[
             Route(PATH, receiver.stripe_webhook, methods=["POST"]),
+            Route(meter_errors.THIN_PATH, receiver.thin_webhook, methods=["POST"]),
             Route("/health/ready", receiver.ready, methods=["GET"]),
         ],
         lifespan=lifespan,

@@ -18,6 +18,7 @@ from ..params import to_int
 from ..state import RequestContext, Store
 from .base import Params, Route, active_meter
 from .customers import bare_customer
+from .event_destinations import emit_thin, iso
 
 TIMESTAMP_PAST_LIMIT = 35 * DAY
 TIMESTAMP_FUTURE_LIMIT = 5 * 60
@@ -124,6 +125,15 @@ def create_meter_event(s: Store, ctx: RequestContext | None, p: Params) -> dict[
             ctx,
             explicit_only=True,
         )
+        # What Stripe really sends: a thin event to event destinations (FACTS, "Async meter errors").
+        message = f"No customer found for {cust_key} {customer}."
+        emit_thin(s, "v1.billing.meter.error_report_triggered",
+                  {"id": meter["id"], "type": "billing.meter", "url": f"/v1/billing/meters/{meter['id']}"},
+                  {"developer_message_summary": "There is 1 invalid event",
+                   "reason": {"error_count": 1, "error_types": [{
+                       "code": "meter_event_customer_not_found", "error_count": 1,
+                       "sample_errors": [{"error_message": message, "request": {"identifier": identifier}}]}]},
+                   "validation_start": iso(now), "validation_end": iso(now)})
     return {
         "object": "billing.meter_event",
         "created": rec.created,

@@ -256,3 +256,26 @@ async def test_unknown_route(client, emulator_url):
         )
     assert resp.status_code == 404
     assert "Unrecognized request URL" in resp.json()["error"]["message"]
+
+
+async def test_endpoint_rate_limit_429_and_request_log(client, admin):
+    """Stripe's per-endpoint bucket: one endpoint runs out while another still answers; the
+    request log records every request, 429s included, with its route and key."""
+    await admin.configure(rate_limit=100, endpoint_rate_limit=4)
+    await admin.reset_request_log()
+    results = await asyncio.gather(
+        *(client.v1.customers.list_async() for _ in range(10)), return_exceptions=True
+    )
+    limited = [r for r in results if isinstance(r, Exception)]
+    assert len(limited) >= 5 and all(isinstance(r, stripe.RateLimitError) for r in limited)
+    assert limited[0].headers["Stripe-Rate-Limited-Reason"] == "endpoint-rate"
+    assert limited[0].json_body["error"]["code"] == "rate_limit"
+    await client.v1.billing.meters.list_async()  # another endpoint's bucket is full
+    log = await admin.request_log()
+    routes = [(route, status) for _, route, status, _ in log]
+    assert routes.count(("GET /v1/customers", 429)) == len(limited)
+    assert routes.count(("GET /v1/customers", 200)) == 10 - len(limited)
+    assert routes[-1] == ("GET /v1/billing/meters", 200)
+    only = await admin.request_log(route="GET /v1/billing/meters")
+    assert len(only) == 1
+    await admin.configure(endpoint_rate_limit=25, rate_limit=0)

@@ -40,6 +40,7 @@ def test_cli_signature():
         "log_level",
         "state_file",
         "save_interval",
+        "endpoint_rate_limit",
     ]
 
 

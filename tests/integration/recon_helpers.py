@@ -22,6 +22,8 @@ from temporalio.client import Client, WorkflowHandle
 from billing.ingest import UsageEvent, ingest
 from billing.periods import billing_period, days_in
 from billing.settings import Settings
+from reconcile.tick_types import UsageTickInput, UsageTickResult
+from reconcile.tick_workflow import UsageTick
 from reconcile.types import (
     ApprovalDecision,
     Phase,
@@ -41,6 +43,7 @@ def make_settings(postgres_dsn: str, emulator: str, **extra: Any) -> Settings:
         "DATABASE_URL": postgres_dsn,
         "STRIPE_API_BASE": emulator,
         "STRIPE_RATE_LIMIT": 0,
+        "STRIPE_BUDGET": "process",  # unlimited: tests of the shared budget ask for it
         "RECON_SETTLE_SECONDS": 1,
         "STRIPE_MAX_NETWORK_RETRIES": 2,
     }
@@ -398,3 +401,12 @@ async def insert_legacy_usage(pool: asyncpg.Pool, rows: list[tuple[str, str, str
             definition = d["def"].removesuffix(" NOT VALID")
             await conn.execute(
                 f'ALTER TABLE billing.usage_events ADD CONSTRAINT "{d["conname"]}" {definition} NOT VALID')
+
+
+LONG_SETTLE = 3600  # a tick's settle window that keeps it from reading anything back
+
+
+async def run_tick(client: Client, task_queue: str, **kw: Any) -> UsageTickResult:
+    """One UsageTick to completion (settle window an hour unless given: no read-back)."""
+    inp = UsageTickInput(actor="pytest", **{"settle_seconds": LONG_SETTLE, **kw})
+    return await client.execute_workflow(UsageTick.run, inp, id=f"tick-{uuid.uuid4().hex[:8]}", task_queue=task_queue)

@@ -1,0 +1,119 @@
+"""One Stripe budget for every worker (billing/budget.py, migration 0020): three gateways with
+pools of their own (three workers) share the account's limit, changes reach them at run time,
+and `billing-recon budget show | set`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from decimal import Decimal
+
+import asyncpg
+
+from billing.budget import StripeBudget
+from billing.stripe_gateway import StripeGateway, make_stripe_client
+
+from .cli_helpers import cli
+from .recon_helpers import make_settings
+
+WORKERS = 3
+
+
+async def _set(conn: asyncpg.Pool, *, account: float, share: float, endpoint: tuple[str, float] | None = None) -> None:
+    await conn.execute("INSERT INTO billing.stripe_budget_settings (id, reserved_share) VALUES (true, $1) "
+                       "ON CONFLICT (id) DO UPDATE SET reserved_share = excluded.reserved_share", share)
+    rows = [("account", account), *([endpoint] if endpoint else [])]
+    for bucket, limit in rows:
+        await conn.execute("INSERT INTO billing.stripe_budget (bucket, ops_per_second) VALUES ($1, $2) "
+                           "ON CONFLICT (bucket) DO UPDATE SET ops_per_second = excluded.ops_per_second", bucket, limit)
+
+
+async def _used(pool: asyncpg.Pool, bucket: str) -> list[int]:
+    return [r["used"] for r in await pool.fetch(
+        "SELECT used FROM billing.stripe_budget_usage WHERE bucket = $1 ORDER BY second", bucket)]
+
+
+async def test_three_workers_on_one_budget_stay_under_it(clean_db, postgres_dsn, emulator, emulator_admin):
+    """Each gateway alone would send as fast as the emulator answers; together they never pass
+    the account's limit in any second of wall time, and Stripe (the emulator, limited to
+    exactly that) answers no 429."""
+    await _set(clean_db, account=10, share=0.2)  # ours: 8/s
+    await emulator_admin.configure(rate_limit=10, endpoint_rate_limit=10)
+    await emulator_admin.reset_request_log()
+    settings = make_settings(postgres_dsn, emulator, STRIPE_MAX_NETWORK_RETRIES=0)
+    pools = [await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2) for _ in range(WORKERS)]
+    try:
+        gateways = [StripeGateway(make_stripe_client(settings), None, StripeBudget(p)) for p in pools]
+        await asyncio.gather(*(g.list_meters() for g in gateways for _ in range(10)))
+        assert sum(g.rate_limit_retries for g in gateways) == 0
+    finally:
+        await emulator_admin.configure(rate_limit=0)
+        for p in pools:
+            await p.close()
+    log = await emulator_admin.request_log(route="GET /v1/billing/meters")
+    assert len(log) == WORKERS * 10 and {status for _, _, status, _ in log} == {200}
+    per_second = Counter(int(at) for at, *_ in log)
+    assert max(per_second.values()) <= 10, per_second
+    first, last = log[0][0], log[-1][0]
+    assert (len(log) - 1) / (last - first) <= 8 * 1.1  # our share, not the three workers' sum
+
+
+async def test_an_endpoint_bucket_and_a_change_at_run_time(clean_db):
+    """A request waits for a second where both its endpoint and the account have room; another
+    endpoint is not queued behind a full one; a changed limit holds from the next request."""
+    await _set(clean_db, account=100, share=0.0, endpoint=("meter_event_summaries", 4))
+    await clean_db.execute("DELETE FROM billing.stripe_budget_usage")
+    waits = [await clean_db.fetchval("SELECT billing.stripe_budget_slot('meter_event_summaries')") for _ in range(9)]
+    assert await _used(clean_db, "meter_event_summaries") == [4, 4, 1]  # per second of wall time
+    assert waits[-1] > 1.0  # the ninth waits for the third second
+    other = await clean_db.fetchval("SELECT billing.stripe_budget_slot('list_meters')")
+    assert other < 0.5  # the account has room now: list_meters is not behind the summaries
+    await clean_db.execute("UPDATE billing.stripe_budget SET ops_per_second = 1 WHERE bucket = 'meter_event_summaries'")
+    await clean_db.execute("DELETE FROM billing.stripe_budget_usage")
+    for _ in range(3):
+        await clean_db.fetchval("SELECT billing.stripe_budget_slot('meter_event_summaries')")
+    assert await _used(clean_db, "meter_event_summaries") == [1, 1, 1]  # one a second
+    taken = await clean_db.fetchval("SELECT taken FROM billing.stripe_budget WHERE bucket = 'account'")
+    assert taken == 13
+
+
+async def test_budget_survives_a_missing_settings_row(clean_db):
+    """TRUNCATE (or an operator's DELETE) leaves no rows: the next slot restores the defaults."""
+    await clean_db.execute("DELETE FROM billing.stripe_budget_settings")
+    await clean_db.execute("DELETE FROM billing.stripe_budget")
+    assert await clean_db.fetchval("SELECT billing.stripe_budget_slot('list_meters')") == 0
+    rows = dict(await clean_db.fetch("SELECT bucket, ops_per_second FROM billing.stripe_budget"))
+    assert rows == {"account": 25, "list_meters": 25}
+    assert await clean_db.fetchval("SELECT reserved_share FROM billing.stripe_budget_settings") == Decimal("0.2")
+
+
+async def test_budget_cli_set_show_and_bad_input(clean_db, cli_env):
+    code, out, err = await cli(cli_env, "budget", "set", "--account", "100", "--endpoint",
+                               "meter_event_summaries=20", "--reserved-share", "0.25", "--reason", "live keys",
+                               "--actor", "alice", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["reserved_share"] == "0.25"
+    buckets = {b["bucket"]: b for b in shown["buckets"]}
+    assert buckets["account"]["limit"] == "100" and buckets["account"]["ours"] == "75.00"
+    assert buckets["meter_event_summaries"]["ours"] == "15.00"
+    audit = await clean_db.fetchrow("SELECT actor, reason, before, after FROM billing.audit_log WHERE action = 'budget.set'")
+    assert audit["actor"] == "alice" and audit["reason"] == "live keys"
+    assert audit["after"]["buckets"]["meter_event_summaries"] == "20"
+
+    code, out, _ = await cli(cli_env, "budget", "show", "--json")
+    assert code == 0 and json.loads(out)["buckets"][0]["bucket"] == "account"
+
+    for args, message in [
+        (["--account", "fast"], "--account: 'fast' is not a number"),
+        (["--account", "0"], "--account: must be a number of requests per second above 0"),
+        (["--endpoint", "summaries"], "expected OPERATION=OPS"),
+        ([], "nothing to change"),
+    ]:
+        code, out, err = await cli(cli_env, "budget", "set", *args, "--reason", "x")
+        assert code == 2, (args, err)
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = await cli(cli_env, "budget", "set", "--reserved-share", "1.5", "--reason", "x")
+    assert code == 2 and "Traceback" not in err
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.audit_log WHERE action = 'budget.set'") == 1
