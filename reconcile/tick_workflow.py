@@ -7,7 +7,7 @@ nothing. Deterministic orchestration only; a query reports progress."""
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from common.options import heartbeat_page, short_step
 
@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from common.types import Mode
+    from health.deadman import ping_after_run
     from reconcile.tick import TickActivities
     from reconcile.tick_types import TickCounts, TickPageInput, UsageTickInput, UsageTickResult
 
@@ -35,6 +36,18 @@ class UsageTick:
 
     @workflow.run
     async def run(self, inp: UsageTickInput) -> UsageTickResult:
+        # The dead-man's switch (docs/temporal-ui.md): a scheduled tick that synced pings after
+        # it, a failed one pings /fail when configured; no-ops for runs no schedule started.
+        try:
+            result = await self._run(inp)
+        except ActivityError:
+            await ping_after_run(failed=True)
+            raise
+        if not result.observe_only:
+            await ping_after_run(failed=False)
+        return result
+
+    async def _run(self, inp: UsageTickInput) -> UsageTickResult:
         if inp.mode == Mode.PLAN:  # bad input: fail the run, never wedge its task
             raise ApplicationError("UsageTick supports dry-run and apply, not plan", type="ValidationError",
                                    non_retryable=True)

@@ -60,12 +60,13 @@ def sink_server(fail_first: int = 0) -> Iterator[Sink]:
         sink.server.server_close()
 
 
-async def run_scheduled(client: Client, task_queue: str, name: str, customers: list[str]) -> tuple[str, bool]:
-    """Create a schedule of a usage sync over `customers`, trigger it once and wait for the run:
-    (workflow id, succeeded). The schedule is deleted afterwards."""
-    d = ScheduleDef(name=name, workflow="ReconcileUsage", note="dead-man test", every="1d", execution_timeout="10m",
-                    input={"mode": "apply", "lookback_days": 1, "customers": customers, "settle_seconds": 1,
-                           "actor": f"schedule:{name}", "approval_timeout_seconds": 60})
+async def run_scheduled(client: Client, task_queue: str, name: str, customers: list[str],
+                        *, workflow: str = "ReconcileUsage", inp: dict | None = None) -> tuple[str, bool]:
+    """Create a schedule of a usage sync over `customers` (or of `workflow` with `inp`), trigger
+    it once and wait for the run: (workflow id, succeeded). The schedule is deleted afterwards."""
+    d = ScheduleDef(name=name, workflow=workflow, note="dead-man test", every="1d", execution_timeout="10m",
+                    input=inp or {"mode": "apply", "lookback_days": 1, "customers": customers, "settle_seconds": 1,
+                                  "actor": f"schedule:{name}", "approval_timeout_seconds": 60})
     handle = await client.create_schedule(d.schedule_id, d.to_schedule(task_queue))
     try:
         await handle.trigger()
@@ -123,6 +124,21 @@ async def test_the_ping_arrives_after_a_scheduled_success_and_not_after_a_failur
             failed_id, ok = await run_scheduled(temporal_env.client, task_queue, failing_name, ["nobody"])
             assert not ok
             assert sink.requests == [("POST", f"/ping/{failing_name}/fail", f"{failed_id} failed")]
+
+
+async def test_the_usage_sync_tick_pings_after_a_scheduled_run(
+        temporal_env, postgres_dsn, emulator, task_queue, clean_db, stripe_client):
+    """The `usage-sync` schedule starts UsageTick: its successful runs ping like ReconcileUsage's."""
+    await seed_world(clean_db, stripe_client, n_customers=1, days=1, with_counters=False)
+    name = f"usage-sync-{uuid.uuid4().hex[:6]}"
+    with sink_server(fail_first=0) as sink:
+        settings = make_settings(postgres_dsn, emulator, DEADMAN_PING_URL=f"{sink.url}/ping/{{schedule}}",
+                                 DEADMAN_PING_SCHEDULES=name)
+        async with running_worker(temporal_env.client, settings, task_queue):
+            tick_id, ok = await run_scheduled(temporal_env.client, task_queue, name, [], workflow="UsageTick",
+                                              inp={"mode": "apply", "actor": f"schedule:{name}", "settle_seconds": 1})
+            assert ok
+            assert sink.requests == [("POST", f"/ping/{name}", f"{tick_id} ok")]
 
 
 async def test_a_sink_that_keeps_failing_is_retried_a_bounded_number_of_times_and_never_fails_the_run(
