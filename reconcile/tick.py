@@ -141,6 +141,9 @@ class TickActivities:
         counts = TickCounts()
         now = _now()
         oldest = now.date() - timedelta(days=STRIPE_WINDOW_DAYS - 1)
+        paused = inp.write and await switch.paused(self.pool)
+        if paused:
+            inp = inp.model_copy(update={"write": False})
         if inp.page == 0:
             if inp.write:
                 counts.reports_swept = await sweep_reports(self.pool, self.stripe)
@@ -167,7 +170,7 @@ class TickActivities:
                     tg.create_task(one(key, seen))
             if inp.write:
                 await self._repair_counters(inp, keys, items, counts)
-        return TickPageResult(counts=counts, more=more)
+        return TickPageResult(counts=counts, more=more, paused=paused)
 
     # ------------------------------------------------------------------ which keys
 

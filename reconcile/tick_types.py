@@ -54,6 +54,9 @@ class TickPageInput(BaseModel):
 class TickPageResult(BaseModel):
     counts: TickCounts
     more: bool  # more changed keys wait
+    # Auto-healing was paused when the page began: it wrote nothing (the pause stops a tick's
+    # writes within one page, not only at its start).
+    paused: bool = False
 
 
 class UsageTickResult(BaseModel):

@@ -66,7 +66,9 @@ class UsageTick:
                 **heartbeat_page())
             self._pages += 1
             self._counts = self._counts.add(result.counts)
+            if result.paused:  # paused mid-tick: this page and the rest only observe
+                self._write = write = False
             if not result.more:
                 break
-        return UsageTickResult(run_id=info.workflow_id, mode=inp.mode, observe_only=not write, pages=self._pages,
+        return UsageTickResult(run_id=info.workflow_id, mode=inp.mode, observe_only=not self._write, pages=self._pages,
                                counts=self._counts)

@@ -120,3 +120,31 @@ async def test_dry_run_and_pause_write_nothing_and_the_schedule_runs_the_tick(
                                                          task_queue=task_queue)
         assert res.counts.pushed == 2 * len(world.meters)
     await assert_stripe_equals_ledger(clean_db, stripe_client, world)
+
+
+async def test_a_pause_taken_during_a_tick_stops_its_writes_at_the_next_page(
+        clean_db, stripe_client, emulator, emulator_admin, postgres_dsn):
+    """The workflow reads the switch once at its start; each page reads it again, so a pause
+    taken mid-tick (an operator, the circuit breaker) stops writes within one page."""
+    from temporalio.testing import ActivityEnvironment
+
+    from billing.stripe_gateway import StripeGateway, make_stripe_client
+    from reconcile.tick import TickActivities
+    from reconcile.tick_types import TickPageInput
+
+    world = await seed_world(clean_db, stripe_client, n_customers=2, days=1)
+    settings = make_settings(postgres_dsn, emulator)
+    acts = TickActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+    page = TickPageInput(run_id=f"tick-{world.tag}", workflow_run_id="r1", actor="test", page=1, page_size=100,
+                         settle_seconds=LONG_SETTLE, write=True)  # started unpaused: write=True
+    await clean_db.execute(
+        "INSERT INTO billing.autoheal_state (id, paused, actor, reason) VALUES (true, true, 'alice', 'mid-tick') "
+        "ON CONFLICT (id) DO UPDATE SET paused = true")
+    try:
+        result = await ActivityEnvironment().run(acts.page, page)
+    finally:
+        await clean_db.execute("UPDATE billing.autoheal_state SET paused = false")
+    assert result.paused and not result.more
+    assert result.counts.changed_keys == 2 * len(world.meters) and result.counts.pushed == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM billing.stripe_usage_pushes") == 0
+    assert await emulator_admin.meter_events() == []
