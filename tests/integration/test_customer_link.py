@@ -120,6 +120,14 @@ async def test_link_merges_a_placeholder_into_the_applications_existing_customer
         await wait_until_settled(pool, emulator_admin)
         assert await pool.fetchval("SELECT customer_id FROM billing.customers WHERE stripe_customer_id = $1",
                                    cus) == cus  # the placeholder
+        # Usage under both ids on the same day, and the same key queued for the tick under both:
+        # the rollup follows the events (triggers), the queue is merged.
+        async with pool.acquire() as conn:
+            await ingest(conn, [UsageEvent(request_id=f"p-{tag}", customer_id=cus, meter="api_requests",
+                                           quantity=Decimal(2), occurred_at=datetime.now(UTC))])
+        for who in (app_id, cus):
+            await pool.execute("INSERT INTO billing.usage_sync_queue (customer_id, meter, usage_day, reason) "
+                               "VALUES ($1, 'api_requests', (now() AT TIME ZONE 'UTC')::date, 'meter_error')", who)
         await pool.execute("SET billing.actor = 'app-deploy'")
         assert await link_customer(pool, app_id, cus) == LinkOutcome.REKEYED
         assert await link_customer(pool, app_id, cus) == LinkOutcome.UNCHANGED
@@ -129,7 +137,13 @@ async def test_link_merges_a_placeholder_into_the_applications_existing_customer
         == [{"customer_id": app_id, "stripe_customer_id": cus}]
     assert await pool.fetchval("SELECT balance FROM billing.credit_balances WHERE customer_id = $1", app_id) == 540
     assert await pool.fetchval("SELECT sum(amount) FROM billing.credit_ledger WHERE customer_id = $1", app_id) == 540
-    assert await pool.fetchval("SELECT count(*) FROM billing.usage_events WHERE customer_id = $1", app_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM billing.usage_events WHERE customer_id = $1", app_id) == 2
+    rollup = {r["customer_id"]: r["quantity"] for r in await pool.fetch(
+        "SELECT customer_id, sum(quantity) AS quantity FROM billing.usage_daily WHERE customer_id IN ($1, $2) "
+        "GROUP BY 1", app_id, cus)}
+    assert rollup[app_id] == 5 and rollup.get(cus, 0) == 0  # moved once, never counted twice
+    assert [r["customer_id"] for r in await pool.fetch(
+        "SELECT customer_id FROM billing.usage_sync_queue WHERE customer_id IN ($1, $2)", app_id, cus)] == [app_id]
     assert await pool.fetchval("SELECT customer_id FROM billing.subscriptions WHERE stripe_customer_id = $1",
                                cus) == app_id
     row = await pool.fetchrow("SELECT * FROM billing.audit_log WHERE action = 'customer.link'")
@@ -148,4 +162,5 @@ async def test_every_table_keyed_by_customer_is_merged_by_link_customer(clean_db
           JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(i.indkey)
          WHERE n.nspname = 'billing' AND i.indisunique AND a.attname = 'customer_id'
         """)
-    assert {r["table_name"] for r in rows} == {"customers", "credit_balances", "usage_counters"}
+    assert {r["table_name"] for r in rows} == {"customers", "credit_balances", "usage_counters",
+                                               "usage_daily", "usage_sync_queue"}
