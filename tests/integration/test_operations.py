@@ -42,8 +42,11 @@ async def test_ten_day_backfill_reconciles_every_day_and_rerun_starts_nothing(
     # An outage: ten days of usage that never reached Stripe.
     world = await seed_world(clean_db, stripe_client, n_customers=3, days=10, events_per_key=1,
                              meters={"api_requests": "API requests"})
+    # Scoped to this test's customers: a day's run id is then this test's own. Unscoped, it is
+    # `reconcile-day-<day>-apply`, which another test's backfill over the same recent days has
+    # already completed on the session's shared dev server (RUNNING_ELSEWHERE here).
     inp = CatchUpBackfillInput(start_date=world.start, end_date=world.end, mode=Mode.APPLY, settle_seconds=1,
-                               max_concurrent_days=3, actor="oncall")
+                               max_concurrent_days=3, actor="oncall", customers=world.customer_ids)
     client = temporal_env.client
     async with running_worker(client, make_settings(postgres_dsn, emulator), task_queue):
         first = await backfill(client, task_queue, inp, f"bf-{world.tag}")
