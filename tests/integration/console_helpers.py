@@ -133,12 +133,26 @@ class Browser:
         await self.call(self._navigate, "link text", text)
 
     def _navigate(self, by: str, value: str) -> None:
-        from selenium.webdriver.support import expected_conditions
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.support.wait import WebDriverWait
 
         page = self.driver.find_element("tag name", "html")
         self.driver.find_element(by, value).click()
-        WebDriverWait(self.driver, 120).until(expected_conditions.staleness_of(page))
+
+        def replaced(_driver: Any) -> bool:
+            # The old page's node is gone. Chromium says so as a stale reference, or (racing the
+            # navigation) as an inspector error naming a node no longer in the document.
+            try:
+                page.is_enabled()
+                return False
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as e:
+                if "does not belong to the document" in str(e) or "No node with given id" in str(e):
+                    return True
+                raise
+
+        WebDriverWait(self.driver, 120).until(replaced)
 
     async def text(self, element_id: str) -> str:
         return await self.call(lambda: self.driver.find_element("id", element_id).text)
