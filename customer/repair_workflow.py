@@ -128,19 +128,11 @@ class RepairCustomer:
             if step == RepairStep.SUBSCRIPTIONS:
                 sub = await workflow.execute_child_workflow(
                     ResyncSubscriptions.run, ResyncSubscriptionsInput(**common), id=child_id)
-                c = sub.counts
-                return StepResult(step=step, workflow_id=child_id, paused=sub.paused,
-                                  failed=f"{c.fix_failures} fix(es) failed" if c.fix_failures else None,
-                                  summary=_mirror_summary(c.compared, c.mismatched, c.fixed, c.missing_local,
-                                                          c.created, c.missing_in_stripe))
+                return _mirror_step(step, child_id, sub.paused, sub.counts)
             if step == RepairStep.INVOICES:
                 inv = await workflow.execute_child_workflow(
                     ResyncInvoices.run, ResyncInvoicesInput(**common), id=child_id)
-                c2 = inv.counts
-                return StepResult(step=step, workflow_id=child_id, paused=inv.paused,
-                                  failed=f"{c2.fix_failures} fix(es) failed" if c2.fix_failures else None,
-                                  summary=_mirror_summary(c2.compared, c2.mismatched, c2.fixed, c2.missing_local,
-                                                          c2.created, c2.missing_in_stripe))
+                return _mirror_step(step, child_id, inv.paused, inv.counts)
             if step == RepairStep.CREDITS:
                 cred = await workflow.execute_child_workflow(
                     RepairCredits.run, RepairCreditsInput(**common, days=inp.credit_days), id=child_id)
@@ -167,7 +159,10 @@ class RepairCustomer:
             return StepResult(step=step, workflow_id=child_id, summary="failed", failed=failure_message(e))
 
 
-def _mirror_summary(compared: int, mismatched: int, fixed: int, missing: int, created: int,
-                    missing_in_stripe: int) -> str:
-    return (f"compared {compared}, mismatched {mismatched}, fixed {fixed}, missing here {missing}, "
-            f"created {created}, missing in Stripe {missing_in_stripe}")
+def _mirror_step(step: RepairStep, child_id: str, paused: bool, c: Any) -> StepResult:
+    """A mirror resync's step (subscriptions or invoices: their counts have the same fields)."""
+    return StepResult(step=step, workflow_id=child_id, paused=paused,
+                      failed=f"{c.fix_failures} fix(es) failed" if c.fix_failures else None,
+                      summary=(f"compared {c.compared}, mismatched {c.mismatched}, fixed {c.fixed}, "
+                               f"missing here {c.missing_local}, created {c.created}, "
+                               f"missing in Stripe {c.missing_in_stripe}"))
