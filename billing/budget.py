@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from billing.budget_lane import BudgetLane
 from common.audit import AuditAction, AuditInput, write_audit
 
 ACCOUNT = "account"
@@ -32,8 +33,12 @@ class StripeBudget:
         self._pool = pool
         self.waited_seconds = 0.0  # total time this process's calls queued for their slots
 
-    async def slot(self, endpoint: str) -> None:
-        wait = await self._pool.fetchval("SELECT billing.stripe_budget_slot($1)", endpoint)
+    async def slot(self, endpoint: str, lane: BudgetLane | None = None) -> None:
+        if lane is None:
+            wait = await self._pool.fetchval("SELECT billing.stripe_budget_slot($1)", endpoint)
+        else:
+            wait = await self._pool.fetchval(
+                "SELECT billing.stripe_budget_slot($1, $2, $3)", endpoint, lane.name, lane.share)
         if wait > 0:
             self.waited_seconds += wait
             await asyncio.sleep(wait)

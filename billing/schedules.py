@@ -125,6 +125,10 @@ class ScheduleDef(BaseModel):
                 f"input.approval_timeout_seconds ({wait}) must be shorter than execution_timeout "
                 f"({self.execution_timeout}): a run waiting for an approval must end by itself "
                 "(completing what it did) before Temporal times it out")
+        pace = getattr(inp, "every_minutes", None)  # the read-back paces its slices by its interval
+        if pace is not None and (self.every is None or parse_duration(self.every) != timedelta(minutes=pace)):
+            raise ValueError(f"schedule {self.name}: input.every_minutes ({pace}) must equal `every` "
+                             f"({self.every}): each run reads what keeps the cycle on pace until the next")
         return self
 
     @property

@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     # these schedules, the worker pings this URL (healthchecks-style; `{schedule}` is replaced
     # by the schedule's name, for one check per schedule). Unset: no ping.
     deadman_ping_url: str | None = Field(default=None, alias="DEADMAN_PING_URL")
-    deadman_ping_schedules: str = Field(default="usage-sync,full-reconciliation", alias="DEADMAN_PING_SCHEDULES")
+    deadman_ping_schedules: str = Field(default="usage-sync,usage-readback", alias="DEADMAN_PING_SCHEDULES")
     # Also ping `<url>/fail` after a failed scheduled run (healthchecks alerts at once).
     deadman_ping_on_failure: bool = Field(default=False, alias="DEADMAN_PING_ON_FAILURE")
 

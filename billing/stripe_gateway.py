@@ -35,6 +35,11 @@ from billing.telemetry import stripe_span
 
 if TYPE_CHECKING:
     from billing.budget import StripeBudget
+    from billing.budget_lane import BudgetLane
+
+# Stripe's default per-endpoint limit: a lane's share is of this when no shared budget holds the
+# endpoint's real limit (STRIPE_BUDGET=process).
+DEFAULT_ENDPOINT_LIMIT = 25
 
 
 @dataclass
@@ -132,20 +137,29 @@ class StripeGateway:
         # 429s answered by Stripe and retried here (each one is logged): a limiter sized right
         # keeps this at zero.
         self.rate_limit_retries = 0
+        # Without the shared budget, a lane is this process's own limiter per (lane, endpoint).
+        self._lane_limiters: dict[tuple[str, str], AsyncLimiter] = {}
 
-    async def _slot(self, operation: str) -> None:
+    async def _slot(self, operation: str, lane: BudgetLane | None = None) -> None:
         if self._limiter is not None:
             await self._limiter.acquire()
         if self._budget is not None:
-            await self._budget.slot(operation)
+            await self._budget.slot(operation, lane)
+        elif lane is not None:
+            key = (lane.name, operation)
+            if key not in self._lane_limiters:
+                rate = max(1, int(DEFAULT_ENDPOINT_LIMIT * lane.share))
+                # One request per 1/rate s: no burst, so no wall second holds more than `rate`.
+                self._lane_limiters[key] = AsyncLimiter(max_rate=1, time_period=1.0 / rate)
+            await self._lane_limiters[key].acquire()
 
-    async def _call(self, operation: str, fn, *args, **kwargs):
+    async def _call(self, operation: str, fn, *args, lane: BudgetLane | None = None, **kwargs):
         """One Stripe call under the limiter. A 429 (another process shares the account's
         limit) is retried here with backoff before it fails the activity."""
         with stripe_span(operation) as span:
             for attempt in range(RATE_LIMIT_RETRIES):
-                await self._slot(operation)
-                token = _call_state.set(_CallState(operation, slot=partial(self._slot, operation)))
+                await self._slot(operation, lane)
+                token = _call_state.set(_CallState(operation, slot=partial(self._slot, operation, lane)))
                 try:
                     return await fn(*args, **kwargs)
                 except stripe.RateLimitError:
@@ -183,9 +197,11 @@ class StripeGateway:
         await self._call("probe", self._client.v1.billing.meters.list_async, params={"limit": 1})
 
     async def daily_summaries(
-        self, meter_id: str, stripe_customer_id: str, start: date, end_inclusive: date
+        self, meter_id: str, stripe_customer_id: str, start: date, end_inclusive: date,
+        lane: BudgetLane | None = None,
     ) -> dict[date, Decimal]:
-        """Stripe's aggregated value per UTC day in [start, end_inclusive]; missing days = 0."""
+        """Stripe's aggregated value per UTC day in [start, end_inclusive]; missing days = 0.
+        `lane`: the reads also fit in that lane of the budget (the rolling read-back's share)."""
         start_ts = int(datetime.combine(start, datetime.min.time(), tzinfo=UTC).timestamp())
         end_ts = int(
             datetime.combine(end_inclusive + timedelta(days=1), datetime.min.time(), tzinfo=UTC).timestamp()
@@ -201,7 +217,8 @@ class StripeGateway:
         # (about a tenth of the worker's CPU at full speed, measured with bench/reconcile).
         url = f"/v1/billing/meters/{quote(meter_id, safe='')}/event_summaries"
         while True:
-            resp = await self._call("meter_event_summaries", self._client.raw_request_async, "get", url, **params)
+            resp = await self._call("meter_event_summaries", self._client.raw_request_async, "get", url,
+                                    lane=lane, **params)
             page = resp.data
             data = page.get("data") or []
             for s in data:

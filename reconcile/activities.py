@@ -95,13 +95,14 @@ class UsageActivities:
         ctx = inp.context
         # After a retry: resume after the last finished batch.
         checkpoint = resume(PageCheckpoint, PageCheckpoint())
-        start_cursor = checkpoint.done_through or inp.cursor
+        start_cursor = checkpoint.done_through or inp.cursor or ctx.customers_after
         already = checkpoint.counts.customers_scanned  # finished by an earlier attempt
 
         async with self.pool.acquire() as conn:
             customers = await store.customers_page(
                 conn, after=start_cursor, limit=ctx.policy.page_size - already,
-                only=ctx.customers, verify_run=ctx.run_id if inp.verify else None)
+                only=ctx.customers, verify_run=ctx.run_id if inp.verify else None,
+                through=ctx.customers_through)
         counts = checkpoint.counts
         async with Heartbeater(checkpoint) as hb:
             for i in range(0, len(customers), SUB_BATCH):
@@ -190,7 +191,7 @@ class UsageActivities:
             async with sem:
                 try:
                     out.values[(c.customer_id, meter)] = await self.stripe.daily_summaries(
-                        meter_id, c.stripe_customer_id, ctx.window_start, ctx.window_end)
+                        meter_id, c.stripe_customer_id, ctx.window_start, ctx.window_end, lane=ctx.budget_lane)
                 except stripe.InvalidRequestError as e:
                     out.unreadable[(c.customer_id, meter)] = (
                         f"Stripe refused the summary read: {e.user_message or e}")

@@ -268,7 +268,7 @@ class CorrectionWriter:
         """Stripe's value of one key now (one summary read of one day)."""
         meter_id = next(m.stripe_meter_id for m in ctx.meters if m.event_name == f.meter)
         assert f.stripe_customer_id is not None
-        values = await self.stripe.daily_summaries(meter_id, f.stripe_customer_id, day, day)
+        values = await self.stripe.daily_summaries(meter_id, f.stripe_customer_id, day, day, lane=ctx.budget_lane)
         return values.get(day, Decimal(0))
 
     async def _correct_key_locked(self, conn: asyncpg.Connection, ctx: RunContext, f: Finding,

@@ -125,7 +125,9 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
         window_start=start, window_end=end, customers=sorted(set(req.customers)),
         meters=[MeterInfo(event_name=m, stripe_meter_id=by_name[m].id) for m in wanted],
         meter_filter=sorted(set(req.meters)), unsupported_meters=skipped, policy=policy, actor=req.actor,
-        globally_paused=await switch.paused(pool),
+        globally_paused=await switch.paused(pool), customers_after=req.customers_after,
+        customers_through=req.customers_through, budget_lane=req.budget_lane,
+        verify_after_settle=req.verify_after_settle,
     )
     async with pool.acquire() as conn:
         await conn.execute(

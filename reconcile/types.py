@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, computed_field, model_validator
 
+from billing.budget_lane import BudgetLane
 from billing.policy import MAX_PAGE_SIZE, MAX_SETTLE_SECONDS
 from common.types import ApprovalDecision, Mode, RunStatus
 
@@ -127,6 +128,15 @@ class ReconcileUsageInput(BaseModel):
     auto_approve_over_reporting: bool | None = None
     page_size: int | None = Field(default=None, ge=1, le=MAX_PAGE_SIZE)
     approval_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # A range of customers by id, (customers_after, customers_through]; None = unbounded. The
+    # rolling read-back reconciles its slices this way (readback/).
+    customers_after: str | None = None
+    customers_through: str | None = None
+    # Summary reads also fit in this lane of the Stripe budget (the read-back's share).
+    budget_lane: BudgetLane | None = None
+    # False: no settle timer and verify pass after corrections; the usage tick verifies every
+    # push once it has settled (the read-back's slices leave it to the tick).
+    verify_after_settle: bool = True
     # Carried across continue-as-new; callers leave it empty.
     carried: ReconcileCarry | None = None
 
@@ -134,6 +144,10 @@ class ReconcileUsageInput(BaseModel):
     def _check_window(self) -> ReconcileUsageInput:
         if self.start_date and self.end_date and self.end_date < self.start_date:
             raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        if self.customers_after is not None and self.customers_through is not None \
+                and self.customers_through <= self.customers_after:
+            raise ValueError(f"customers_through {self.customers_through!r} is not after "
+                             f"customers_after {self.customers_after!r}")
         return self
 
 
@@ -169,6 +183,11 @@ class RunContext(BaseModel):
     actor: str = "system"
     # Auto-healing was paused (billing-recon pause) when the run started: it starts observe-only.
     globally_paused: bool = False
+    # The input's customer range, budget lane and verify choice (defaults: a run from before them).
+    customers_after: str | None = None
+    customers_through: str | None = None
+    budget_lane: BudgetLane | None = None
+    verify_after_settle: bool = True
 
     def warnings(self) -> list[str]:
         """Run-level warnings: what the run left out and why (in its result and report)."""

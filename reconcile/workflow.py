@@ -293,7 +293,7 @@ class ReconcileUsage:
     def _should_verify(self) -> bool:
         s = self._state
         assert s is not None
-        if s.context.mode == Mode.DRY_RUN:
+        if s.context.mode == Mode.DRY_RUN or not s.context.verify_after_settle:
             return False
         c = s.counts
         if (c.corrections_pushed + c.corrections_cancelled + c.pending) > 0:

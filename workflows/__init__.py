@@ -16,6 +16,7 @@ import credits
 import customer
 import health
 import notify
+import readback
 import reconcile
 import resync
 import revenue
@@ -24,7 +25,7 @@ import webhooks
 JOBS: tuple[ModuleType, ...] = (
     reconcile, webhooks, backfill, autoheal, resync, credits, health, allocations, customer, revenue, checks,
 )
-JOBS += (notify, circuit)
+JOBS += (notify, circuit, readback)
 
 
 def all_workflows() -> list[type]:

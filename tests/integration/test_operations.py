@@ -166,7 +166,7 @@ async def test_global_pause_stops_running_and_new_runs_and_resume_completes_exac
 async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(temporal_env, task_queue):
     client = temporal_env.client
     defs = schedules.load()
-    assert {d.name for d in defs} == {"usage-sync", "full-reconciliation", "webhook-replay",
+    assert {d.name for d in defs} == {"usage-sync", "usage-readback", "webhook-replay",
                                       "subscription-resync", "invoice-resync", "credit-repair", "allocations-reconcile",
                                       "daily-checks", "revenue-reconciliation"}
     tag = uuid.uuid4().hex[:6]
@@ -184,7 +184,7 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
         sync = second[f"usage-sync-{tag}"].schedule
         # Every scheduled run is bounded, so a stuck one cannot skip every later tick.
         timeouts = {d.name.removesuffix(f"-{tag}"): second[d.name].schedule.action.execution_timeout for d in defs}
-        assert timeouts == {"usage-sync": timedelta(hours=1), "full-reconciliation": timedelta(hours=12),
+        assert timeouts == {"usage-sync": timedelta(hours=1), "usage-readback": timedelta(hours=1),
                             "webhook-replay": timedelta(hours=3), "subscription-resync": timedelta(hours=6),
                             "credit-repair": timedelta(hours=6), "invoice-resync": timedelta(hours=6),
                             "allocations-reconcile": timedelta(minutes=50), "daily-checks": timedelta(hours=2),
@@ -192,8 +192,8 @@ async def test_schedules_apply_is_idempotent_and_overlapping_ticks_are_skipped(t
         assert sync.policy.overlap == ScheduleOverlapPolicy.SKIP
         assert sync.policy.catchup_window == timedelta(minutes=10)
         assert sync.spec.intervals[0].every == timedelta(minutes=5)
-        full = second[f"full-reconciliation-{tag}"].schedule
-        assert full.spec.calendars[0].hour[0].start == 2
+        readback = second[f"usage-readback-{tag}"].schedule
+        assert readback.spec.intervals[0].every == timedelta(minutes=10)
 
         # A tick while the previous run still runs is skipped. No worker polls this task queue,
         # so the first triggered run stays open.

@@ -131,7 +131,7 @@ def test_deadman_ping_url_decisions():
     url = "https://hc-ping.com/KEY/{schedule}"
     s = _settings(DEADMAN_PING_URL=url)
     assert ping_url(s, "billing-usage-sync", failed=False) == ("https://hc-ping.com/KEY/usage-sync", None)
-    assert ping_url(s, "billing-full-reconciliation", failed=False)[0] == "https://hc-ping.com/KEY/full-reconciliation"
+    assert ping_url(s, "billing-usage-readback", failed=False)[0] == "https://hc-ping.com/KEY/usage-readback"
     assert ping_url(s, "billing-webhook-replay", failed=False) == (
         None, "schedule webhook-replay is not in DEADMAN_PING_SCHEDULES")
     assert ping_url(s, "billing-usage-sync", failed=True) == (
