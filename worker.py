@@ -36,6 +36,8 @@ GRACEFUL_SHUTDOWN = 30  # seconds given to running activities on SIGTERM
 # Heartbeats (and with them cancellations, e.g. from `pause`) reach the server at most this
 # late; the SDK's default throttle (80% of the heartbeat timeout) would delay a pause ~24 s.
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
+# Connections of the Stripe budget's own pool (its calls are serialised by one row lock anyway).
+BUDGET_POOL_SIZE = 2
 
 
 def database_url(settings: Settings) -> str:
@@ -59,7 +61,12 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
     also refresh the Postgres-derived gauges until close()."""
     pool = await db.create_pool(
         database_url(settings), min_size=settings.database_pool_min, max_size=settings.database_pool_max)
-    budget = StripeBudget(pool) if settings.stripe_budget == "shared" else None
+    # The budget has its own two connections: callers hold pool connections (a key's lock, a
+    # snapshot) while they wait for a Stripe slot, so with slots taken from the same pool a
+    # small DATABASE_POOL_MAX could leave every connection waiting for one more (a deadlock).
+    budget_pool = await db.create_pool(database_url(settings), min_size=1, max_size=BUDGET_POOL_SIZE) \
+        if settings.stripe_budget == "shared" else None
+    budget = StripeBudget(budget_pool) if budget_pool is not None else None
     gateway = StripeGateway(make_stripe_client(settings), make_limiter(settings.stripe_rate_limit), budget)
     deps = Dependencies(pool=pool, stripe=gateway, settings=settings, temporal=client)
     worker = Worker(
@@ -85,6 +92,8 @@ async def build_worker(client: Client, settings: Settings, *, task_queue: str | 
             await collector
         await flusher
         await pool.close()
+        if budget_pool is not None:
+            await budget_pool.close()
 
     return worker, close
 

@@ -67,6 +67,7 @@ class Receiver:
         self.settings = settings
         self.database_url = database_url
         self.pool: asyncpg.Pool | None = None
+        self.budget_pool: asyncpg.Pool | None = None
         self._client = client
         self._runtime = runtime  # carries the metrics endpoint (METRICS_BIND_ADDRESS)
         self._client_lock = asyncio.Lock()
@@ -75,12 +76,17 @@ class Receiver:
         self.pool = await db.create_pool(self.database_url, min_size=1, max_size=5)
         # Only for thin events: verifying them and fetching the full event (meter_errors).
         self.stripe = make_stripe_client(self.settings)
-        budget = StripeBudget(self.pool) if self.settings.stripe_budget == "shared" else None
+        # Its own connection, as in the worker: a slot is never waited for behind the pool.
+        self.budget_pool = (await db.create_pool(self.database_url, min_size=1, max_size=1)
+                            if self.settings.stripe_budget == "shared" else None)
+        budget = StripeBudget(self.budget_pool) if self.budget_pool is not None else None
         self.gateway = StripeGateway(self.stripe, make_limiter(self.settings.stripe_rate_limit), budget)
 
     async def stop(self) -> None:
         if self.pool is not None:
             await self.pool.close()
+        if self.budget_pool is not None:
+            await self.budget_pool.close()
 
     async def temporal(self) -> Client:
         """Connected on first use and kept: the receiver must start (and store events) while

@@ -10,12 +10,14 @@ from collections import Counter
 from decimal import Decimal
 
 import asyncpg
+import pytest
 
 from billing.budget import StripeBudget
 from billing.stripe_gateway import StripeGateway, make_stripe_client
+from common.types import Mode, RunStatus
 
 from .cli_helpers import cli
-from .recon_helpers import make_settings
+from .recon_helpers import make_settings, run, running_worker, seed_world
 
 WORKERS = 3
 
@@ -79,6 +81,34 @@ async def test_an_endpoint_bucket_and_a_change_at_run_time(clean_db):
     assert await _used(clean_db, "meter_event_summaries") == [1, 1, 1]  # one a second
     taken = await clean_db.fetchval("SELECT taken FROM billing.stripe_budget WHERE bucket = 'account'")
     assert taken == 13
+
+
+async def test_a_lane_holds_its_share_of_the_endpoint_beside_other_callers(clean_db):
+    """The read-back's lane: at most floor(endpoint limit x share) of its requests a second,
+    while callers outside the lane still fill the endpoint up to its own limit."""
+    await _set(clean_db, account=100, share=0.0, endpoint=("meter_event_summaries", 8))
+    await clean_db.execute("DELETE FROM billing.stripe_budget_usage")
+    lane = "SELECT billing.stripe_budget_slot('meter_event_summaries', 'readback', 0.25)"
+    for _ in range(5):  # 2 a second in the lane (8 x 0.25)
+        await clean_db.fetchval(lane)
+    assert await _used(clean_db, "readback:meter_event_summaries") == [2, 2, 1]
+    for _ in range(6):  # the endpoint's other callers take its 6 free places of the first second
+        await clean_db.fetchval("SELECT billing.stripe_budget_slot('meter_event_summaries')")
+    assert (await _used(clean_db, "meter_event_summaries"))[0] == 8
+    with pytest.raises(asyncpg.InvalidParameterValueError):
+        await clean_db.fetchval("SELECT billing.stripe_budget_slot('meter_event_summaries', 'readback', 0)")
+
+
+async def test_a_small_pool_does_not_deadlock_on_budget_slots(clean_db, stripe_client, emulator, postgres_dsn,
+                                                             temporal_env, task_queue):
+    """Corrections hold a pool connection (their key's lock) while they wait for Stripe slots:
+    the budget's own connections keep DATABASE_POOL_MAX=2 from waiting on itself."""
+    world = await seed_world(clean_db, stripe_client, n_customers=6, days=1)
+    settings = make_settings(postgres_dsn, emulator, STRIPE_BUDGET="shared", DATABASE_POOL_MAX=2)
+    async with running_worker(temporal_env.client, settings, task_queue):
+        result = await run(temporal_env.client, task_queue, world.request(mode=Mode.APPLY),
+                           f"small-pool-{world.tag}", limit=120)
+    assert result.status == RunStatus.COMPLETED and result.counts.corrections_pushed == 6 * len(world.meters)
 
 
 async def test_budget_survives_a_missing_settings_row(clean_db):
