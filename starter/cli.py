@@ -38,6 +38,7 @@ def _mount() -> None:
         dev,
         incident_commands,
         notify_commands,
+        readback_commands,
         reconcile_commands,
         resync_commands,
         revenue_commands,
@@ -67,6 +68,7 @@ def _mount() -> None:
     checks_commands.register(app)
     incident_commands.register(app)
     budget_commands.register(app)
+    readback_commands.register(app)
     visibility.register(app)
     notify_commands.register(app)
     console_commands.register(app)

@@ -43,6 +43,7 @@ from billing import correlation, db, metrics
 from billing.budget import StripeBudget
 from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway, make_limiter, make_stripe_client
+from circuit.flusher import run_flusher
 from common.client import connect
 from webhooks import limits, meter_errors
 from webhooks.activities import DONE, store_event_args, store_event_sql
@@ -68,6 +69,8 @@ class Receiver:
         self.database_url = database_url
         self.pool: asyncpg.Pool | None = None
         self.budget_pool: asyncpg.Pool | None = None
+        self._stop_flusher = asyncio.Event()
+        self._flusher: asyncio.Task | None = None
         self._client = client
         self._runtime = runtime  # carries the metrics endpoint (METRICS_BIND_ADDRESS)
         self._client_lock = asyncio.Lock()
@@ -81,8 +84,14 @@ class Receiver:
                             if self.settings.stripe_budget == "shared" else None)
         budget = StripeBudget(self.budget_pool) if self.budget_pool is not None else None
         self.gateway = StripeGateway(self.stripe, make_limiter(self.settings.stripe_rate_limit), budget)
+        # Async meter errors this receiver applies count toward the Stripe circuit breaker,
+        # like the workers' Stripe outcomes (circuit/flusher.py).
+        self._flusher = asyncio.create_task(run_flusher(self.pool, self.settings, self._stop_flusher))
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._stop_flusher.set()
+            await self._flusher
         if self.pool is not None:
             await self.pool.close()
         if self.budget_pool is not None:

@@ -24,6 +24,7 @@ import asyncpg
 import stripe
 
 from billing.stripe_gateway import StripeGateway
+from billing.stripe_health import record_meter_error_reports
 
 log = logging.getLogger("billing.webhooks")
 
@@ -89,6 +90,8 @@ async def apply_report(pool: asyncpg.Pool, gateway: StripeGateway, event_id: str
             """, event_id, list(by_identifier), len(marked), error_count)
     if marked:
         log.info("error report %s: %d push(es) marked failed", event_id, len(marked))
+        # Only pushes this call moved: a report applied twice counts once.
+        record_meter_error_reports(len(marked))
     return len(marked)
 
 

@@ -60,6 +60,14 @@ async def test_an_async_meter_error_fails_the_push_and_the_next_pass_fixes_it_on
         assert {i for r in reports for i in r["identifiers"]} == {r["identifier"] for r in failed}
         queued = await clean_db.fetch("SELECT customer_id, meter, reason FROM billing.usage_sync_queue")
         assert {(q["customer_id"], q["meter"]) for q in queued} == {(cid, m) for m in world.meters}
+        # The rejected pushes count toward the Stripe circuit breaker (flushed within seconds).
+        for _ in range(50):
+            counted_errors = await clean_db.fetchval(
+                "SELECT coalesce(sum((by_reason->>'meter_error')::int), 0) FROM billing.stripe_call_tally")
+            if counted_errors >= len(world.meters):
+                break
+            await asyncio.sleep(0.2)
+        assert counted_errors == len(world.meters)
 
         # The mapping is fixed; the next pass pushes the usage again, under new identifiers.
         await clean_db.execute("UPDATE billing.customers SET stripe_customer_id = $2 WHERE customer_id = $1",

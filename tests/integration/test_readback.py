@@ -6,6 +6,7 @@ against the emulator's request log and the budget's own placements."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 from common.types import RunStatus
 from readback.types import ReadBackInput, SliceStatus
 from readback.workflow import RollingReadBack
+from tests.integration.cli_helpers import cli
 from tests.integration.recon_helpers import make_settings, run_tick, running_worker, seed_world
 
 pytestmark = pytest.mark.integration
@@ -38,7 +40,7 @@ async def _stripe_day(sc, meter_id: str, stripe_customer: str) -> Decimal:
 
 
 async def test_a_cycle_reads_every_key_once_within_its_share_and_fixes_what_only_stripe_knew(
-        clean_db, stripe_client, emulator, emulator_admin, postgres_dsn, temporal_env, task_queue):
+        clean_db, stripe_client, emulator, emulator_admin, postgres_dsn, temporal_env, task_queue, cli_env):
     world = await seed_world(clean_db, stripe_client, n_customers=CUSTOMERS, days=2)
     client = temporal_env.client
     lost, over = world.customers[1], world.customers[17]
@@ -107,3 +109,11 @@ async def test_a_cycle_reads_every_key_once_within_its_share_and_fixes_what_only
     assert [r.status for r in due].count(SliceStatus.AWAITING_APPROVAL) == 1
     runs = await clean_db.fetch("SELECT status FROM billing.reconciliation_runs WHERE run_id LIKE 'usage-readback-%'")
     assert {r["status"] for r in runs} <= {RunStatus.COMPLETED, RunStatus.AWAITING_APPROVAL}
+
+    code, out, err = await cli(cli_env, "readback", "status", "--json")
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["cycles"][0]["customers"] == CUSTOMERS and view["cycles"][0]["failed_slices"] == 0
+    assert len(view["slices"]) == len(slices) and view["cycle"]["slices_awaiting_approval"] == 1
+    code, out, err = await cli(cli_env, "readback", "status")
+    assert code == 0 and "Completed cycles" in out, err

@@ -11,7 +11,6 @@ from decimal import Decimal
 
 import pytest
 
-from billing import schedules
 from billing.ingest import UsageEvent, ingest
 from common.types import Mode, RunStatus
 from reconcile.types import ReconcileUsageInput
