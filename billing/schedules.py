@@ -37,6 +37,7 @@ from checks.workflow import DailyChecks
 from common import ui
 from common.ui_interceptor import warn_unregistered
 from credits.repair_workflow import RepairCredits
+from readback.workflow import RollingReadBack
 from reconcile.tick_workflow import UsageTick
 from reconcile.workflow import ReconcileUsage
 from resync.invoices_workflow import ResyncInvoices
@@ -58,7 +59,7 @@ OVERLAP = {
 KNOWN_WORKFLOWS: dict[str, Callable[..., Awaitable[Any]]] = {
     _Definition.must_from_class(wf).name or wf.__name__: wf.run
     for wf in (ReconcileUsage, ReplayWebhooks, ResyncSubscriptions, ResyncInvoices, RepairCredits, CatchUpBackfill,
-               ReconcileAllocations, RevenueReconciliation, DailyChecks, UsageTick)
+               ReconcileAllocations, RevenueReconciliation, DailyChecks, UsageTick, RollingReadBack)
 }
 
 

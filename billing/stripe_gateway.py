@@ -29,6 +29,7 @@ from aiolimiter import AsyncLimiter
 from temporalio.exceptions import ApplicationError
 
 from billing import metrics
+from billing.budget_lane import ProcessLanes
 from billing.settings import Settings
 from billing.stripe_health import HEALTH, ErrorReason
 from billing.telemetry import stripe_span
@@ -36,10 +37,6 @@ from billing.telemetry import stripe_span
 if TYPE_CHECKING:
     from billing.budget import StripeBudget
     from billing.budget_lane import BudgetLane
-
-# Stripe's default per-endpoint limit: a lane's share is of this when no shared budget holds the
-# endpoint's real limit (STRIPE_BUDGET=process).
-DEFAULT_ENDPOINT_LIMIT = 25
 
 
 @dataclass
@@ -100,9 +97,8 @@ def make_limiter(rate_per_second: float) -> AsyncLimiter | None:
     return AsyncLimiter(max_rate=rate_per_second, time_period=1.0)
 
 
-# 429s retried inside one call (backoff 0.25 s doubling to 4 s, with jitter: about 25-50 s in
-# all) before the activity attempt fails. Stripe's limit is shared with every other client of
-# the account, so a run of 429s is normal under load and must not fail the attempt.
+# 429s retried inside one call (backoff 0.25 s doubling to 4 s with jitter, 25-50 s in all): the
+# account's limit is shared, so a run of 429s under load must not fail the activity attempt.
 RATE_LIMIT_RETRIES = 10
 
 
@@ -137,8 +133,7 @@ class StripeGateway:
         # 429s answered by Stripe and retried here (each one is logged): a limiter sized right
         # keeps this at zero.
         self.rate_limit_retries = 0
-        # Without the shared budget, a lane is this process's own limiter per (lane, endpoint).
-        self._lane_limiters: dict[tuple[str, str], AsyncLimiter] = {}
+        self._lanes = ProcessLanes()  # lanes when there is no shared budget
 
     async def _slot(self, operation: str, lane: BudgetLane | None = None) -> None:
         if self._limiter is not None:
@@ -146,12 +141,7 @@ class StripeGateway:
         if self._budget is not None:
             await self._budget.slot(operation, lane)
         elif lane is not None:
-            key = (lane.name, operation)
-            if key not in self._lane_limiters:
-                rate = max(1, int(DEFAULT_ENDPOINT_LIMIT * lane.share))
-                # One request per 1/rate s: no burst, so no wall second holds more than `rate`.
-                self._lane_limiters[key] = AsyncLimiter(max_rate=1, time_period=1.0 / rate)
-            await self._lane_limiters[key].acquire()
+            await self._lanes.acquire(lane, operation)
 
     async def _call(self, operation: str, fn, *args, lane: BudgetLane | None = None, **kwargs):
         """One Stripe call under the limiter. A 429 (another process shares the account's
@@ -200,8 +190,7 @@ class StripeGateway:
         self, meter_id: str, stripe_customer_id: str, start: date, end_inclusive: date,
         lane: BudgetLane | None = None,
     ) -> dict[date, Decimal]:
-        """Stripe's aggregated value per UTC day in [start, end_inclusive]; missing days = 0.
-        `lane`: the reads also fit in that lane of the budget (the rolling read-back's share)."""
+        """Stripe's value per UTC day in [start, end_inclusive] (missing = 0), read in `lane`."""
         start_ts = int(datetime.combine(start, datetime.min.time(), tzinfo=UTC).timestamp())
         end_ts = int(
             datetime.combine(end_inclusive + timedelta(days=1), datetime.min.time(), tzinfo=UTC).timestamp()

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 import asyncpg
 from temporalio import activity
 
+from billing.budget_lane import DEFAULT_ENDPOINT_LIMIT
 from billing.settings import Settings
-from billing.stripe_gateway import DEFAULT_ENDPOINT_LIMIT, StripeGateway
+from billing.stripe_gateway import StripeGateway
 from readback.types import ClaimInput, FinishSliceInput, SliceClaim, SliceStatus
 
 # A slice's reads take at most this share of its interval at the lane's rate: the rest is for

@@ -29,3 +29,12 @@ def test_allocations_are_reconciled_hourly_in_apply_mode():
     s = d.to_schedule("q")
     assert s.spec.intervals[0].every == timedelta(hours=1)
     assert s.policy.overlap == ScheduleOverlapPolicy.SKIP and s.policy.catchup_window == timedelta(minutes=10)
+
+
+def test_the_readback_paces_by_its_own_interval():
+    d = next(d for d in DEFS if d.name == "usage-readback")
+    assert d.workflow == "RollingReadBack" and d.to_schedule("q").spec.intervals[0].every == timedelta(minutes=10)
+    assert d.input["cycle_hours"] == 24 and d.input["budget_share"] == 0.25
+    wrong = d.model_dump() | {"every": "5m"}  # slices sized for 10 minutes, run every 5
+    with pytest.raises(ValueError, match="every_minutes"):
+        schedules.ScheduleDef.model_validate(wrong)
