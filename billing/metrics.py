@@ -64,6 +64,12 @@ DAILY_CHECK_FAILED = "billing_daily_check_failed"  # {check}: 1 when its last re
 DAILY_CHECK_FINDINGS = "billing_daily_check_findings"  # {check}: what its last result found wrong
 DAILY_CHECKS_LAST_RUN = "billing_daily_checks_last_run_timestamp"  # when the last run finished (0: never)
 
+# The rolling read-back (readback/, from billing.readback_*).
+READBACK_CYCLE_STARTED = "billing_readback_cycle_started_timestamp"  # when the current cycle began (0: none yet)
+READBACK_CYCLE_PROGRESS = "billing_readback_cycle_progress_ratio"  # customers read this cycle / customers
+READBACK_BEHIND = "billing_readback_slices_behind_pace"  # slices of this cycle the budget share could not fit
+READBACK_LAST_CYCLE = "billing_readback_last_cycle_finished_timestamp"  # 0: no cycle completed yet
+
 # The Stripe circuit breaker (circuit/): 0 closed, 1 open, 2 half-open (from Postgres).
 STRIPE_CIRCUIT_STATE = "billing_stripe_circuit_state"
 NOTIFICATIONS = "billing_notifications"  # {kind, target, outcome=sent|retry|failed|no_target}: deliveries
@@ -75,7 +81,8 @@ GAUGES: tuple[str, ...] = (LAST_SUCCESS, LAST_RUN, LAST_RUN_FINISHED, DIFF_ABS, 
           WEBHOOK_BACKLOG, WEBHOOK_BACKLOG_AGE, PAUSED, PAUSED_SINCE, COLLECTOR_REFRESH,
           DAILY_CHECK_FAILED, DAILY_CHECK_FINDINGS, DAILY_CHECKS_LAST_RUN)
 COUNTERS += (NOTIFICATIONS,)
-GAUGES += (STRIPE_CIRCUIT_STATE,)
+GAUGES += (STRIPE_CIRCUIT_STATE, READBACK_CYCLE_STARTED, READBACK_CYCLE_PROGRESS, READBACK_BEHIND,
+           READBACK_LAST_CYCLE)
 
 HISTOGRAM_BUCKETS: dict[str, list[float]] = {
     DURATION: [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800],
@@ -160,6 +167,14 @@ class _Instruments:
                 DAILY_CHECKS_LAST_RUN, "Unix time the last daily checks run finished (0 if never)"),
             STRIPE_CIRCUIT_STATE: m.create_gauge_float(
                 STRIPE_CIRCUIT_STATE, "Stripe circuit breaker: 0 closed, 1 open, 2 half-open (from Postgres)"),
+            READBACK_CYCLE_STARTED: m.create_gauge_float(
+                READBACK_CYCLE_STARTED, "Unix time the rolling read-back's current cycle began (0 if none yet)"),
+            READBACK_CYCLE_PROGRESS: m.create_gauge_float(
+                READBACK_CYCLE_PROGRESS, "Customers the read-back's current cycle has read / customers"),
+            READBACK_BEHIND: m.create_gauge_float(
+                READBACK_BEHIND, "Slices of the current read-back cycle its budget share could not fit (behind pace)"),
+            READBACK_LAST_CYCLE: m.create_gauge_float(
+                READBACK_LAST_CYCLE, "Unix time the last read-back cycle completed (0 if none yet)"),
         }
 
 

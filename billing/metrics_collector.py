@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from checks import metrics as checks_metrics
 from checks import store as checks_store
 from common.audit import AuditAction
 from common.types import RunStatus
+from readback.status import read_status
 from reconcile.types import Counts
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,9 @@ class MetricsCollector:
             paused = await conn.fetchrow(_PAUSED_SQL, PAUSE_ACTIONS, AuditAction.RUN_PAUSE.value)
             daily_checks = await checks_store.last_results(conn)
             circuit = await conn.fetchval("SELECT state FROM billing.stripe_circuit")
+            readback = await read_status(conn, slices=0, cycles=1)
         checks_metrics.publish(daily_checks)
+        _publish_readback(readback)
         metrics.set_gauge(metrics.STRIPE_CIRCUIT_STATE, CIRCUIT_STATE_VALUES.get(circuit or "closed", 0.0))
         self._publish(last_success, last_runs, diffs, open_runs, backlog, paused)
 
@@ -177,3 +181,15 @@ class MetricsCollector:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             except TimeoutError:
                 pass
+
+
+def _publish_readback(view: dict[str, Any]) -> None:
+    """The read-back's gauges (readback.status.read_status): 0 until its first slice / cycle."""
+    cycle = view["cycle"]
+    started = datetime.fromisoformat(cycle["started_at"]).timestamp() if cycle else 0.0
+    metrics.set_gauge(metrics.READBACK_CYCLE_STARTED, started)
+    metrics.set_gauge(metrics.READBACK_CYCLE_PROGRESS,
+                      min(1.0, cycle["customers_read"] / view["customers"]) if cycle and view["customers"] else 0.0)
+    metrics.set_gauge(metrics.READBACK_BEHIND, float(cycle["slices_behind_pace"]) if cycle else 0.0)
+    last = view["cycles"][0]["finished_at"] if view["cycles"] else None
+    metrics.set_gauge(metrics.READBACK_LAST_CYCLE, datetime.fromisoformat(last).timestamp() if last else 0.0)

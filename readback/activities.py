@@ -53,6 +53,12 @@ class ReadBackActivities:
 
     @activity.defn(name="readback.claim_slice")
     async def claim_slice(self, inp: ClaimInput) -> SliceClaim:
+        try:
+            return await self._claim(inp)
+        except _Preview as preview:
+            return preview.claim
+
+    async def _claim(self, inp: ClaimInput) -> SliceClaim:
         meters = await self._sum_meters()  # before the transaction: a Stripe call holds no lock
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_STATE_ROW)
@@ -60,7 +66,7 @@ class ReadBackActivities:
             claimed = await conn.fetchrow("SELECT * FROM billing.readback_slices WHERE claimed_by = $1",
                                           inp.claimed_by)
             if claimed is not None:  # a retried claim
-                return _claim(claimed, due=True)
+                return _claim_of(claimed, due=True)
             cycle, started, cursor, slices = state["cycle"], state["cycle_started_at"], state["cursor"], state["slices"]
             if state["to_end"]:  # the last slice of the cycle was claimed: a new cycle starts now
                 cycle, started, cursor, slices = cycle + 1, datetime.now(UTC), None, 0
@@ -86,6 +92,11 @@ class ReadBackActivities:
                 "ORDER BY customer_id OFFSET $2 LIMIT 1", cursor, n - 1)
             to_end = through is None or not await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM billing.customers WHERE customer_id > $1)", through)
+            if not inp.record:  # a dry-run's preview: the transaction's changes are rolled back
+                raise _Preview(SliceClaim(
+                    due=True, cycle=cycle, slice=slices + 1, after=cursor, through=None if to_end else through,
+                    customers=min(n, customers - done), meters=meters, on_pace=on_pace,
+                    child_id=f"{inp.claimed_by}-preview", cycle_customers=customers, cycle_done_customers=done))
             slices += 1
             # The child's id names the cycle by its start too: unique even if the state row was reset.
             row = await conn.fetchrow(
@@ -99,7 +110,7 @@ class ReadBackActivities:
             await conn.execute(
                 "UPDATE billing.readback_state SET cursor = $1, slices = $2, to_end = $3, updated_at = now()",
                 None if to_end else through, slices, to_end)
-            return _claim(row, due=True, cycle_customers=customers, done=done)
+            return _claim_of(row, due=True, cycle_customers=customers, done=done)
 
     @activity.defn(name="readback.run_status")
     async def run_status(self, run_id: str) -> str | None:
@@ -130,7 +141,15 @@ class ReadBackActivities:
                     """, inp.cycle, SliceStatus.FAILED)
 
 
-def _claim(row: asyncpg.Record, *, due: bool, cycle_customers: int = 0, done: int = 0) -> SliceClaim:
+class _Preview(Exception):
+    """Leaves the claim's transaction without a trace (a dry-run), carrying what it would claim."""
+
+    def __init__(self, claim: SliceClaim) -> None:
+        super().__init__("preview")
+        self.claim = claim
+
+
+def _claim_of(row: asyncpg.Record, *, due: bool, cycle_customers: int = 0, done: int = 0) -> SliceClaim:
     return SliceClaim(
         due=due, cycle=row["cycle"], slice=row["slice"], after=row["after_customer"], through=row["through_customer"],
         customers=row["customers"], meters=row["meters"], on_pace=row["on_pace"], child_id=row["child_run_id"],

@@ -27,9 +27,13 @@ async def read_status(conn: asyncpg.Connection, *, slices: int = 10, cycles: int
     out["slices"] = [
         {"cycle": r["cycle"], "slice": r["slice"], "after": r["after_customer"], "through": r["through_customer"],
          "customers": r["customers"], "meters": r["meters"], "on_pace": r["on_pace"], "status": r["status"],
-         "run_id": r["child_run_id"], "claimed_at": r["claimed_at"].isoformat(), "error": r["error"]}
+         "run_id": r["child_run_id"], "run_status": r["run_status"], "claimed_at": r["claimed_at"].isoformat(),
+         "error": r["error"]}
         for r in await conn.fetch(
-            "SELECT * FROM billing.readback_slices ORDER BY cycle DESC, slice DESC LIMIT $1", slices)]
+            # The run's own status too: a slice left `running` or `awaiting_approval` goes on.
+            "SELECT s.*, r.status AS run_status FROM billing.readback_slices s "
+            "LEFT JOIN billing.reconciliation_runs r ON r.run_id = s.child_run_id "
+            "ORDER BY s.cycle DESC, s.slice DESC LIMIT $1", slices)]
     out["cycles"] = [
         {"cycle": r["cycle"], "started_at": r["started_at"].isoformat(), "finished_at": r["finished_at"].isoformat(),
          "hours": round((r["finished_at"] - r["started_at"]).total_seconds() / 3600, 2), "slices": r["slices"],

@@ -36,6 +36,8 @@ class ClaimInput(BaseModel):
     cycle_seconds: float
     every_seconds: float
     budget_share: Decimal
+    # False (dry-run): compute the next slice without claiming it, so the cycle is unchanged.
+    record: bool = True
 
 
 class SliceClaim(BaseModel):
@@ -59,7 +61,10 @@ class SliceClaim(BaseModel):
 class SliceStatus:
     COMPLETED = "completed"
     AWAITING_APPROVAL = "awaiting_approval"  # its run holds over-reporting for a human
+    RUNNING = "running"  # its run outlived the read-back's wait (one interval): it goes on alone
+    OBSERVE_ONLY = "observe_only"  # auto-healing was paused: read and reported, not corrected
     FAILED = "failed"
+    PREVIEW = "preview"  # a dry-run: what the next slice would read; nothing claimed
 
 
 class FinishSliceInput(BaseModel):
@@ -92,6 +97,10 @@ class ReadBackResult(BaseModel):
             return Outcome.NEEDS_ATTENTION
         if self.status == SliceStatus.AWAITING_APPROVAL:
             return Outcome.AWAITING_APPROVAL
+        if self.status == SliceStatus.OBSERVE_ONLY:
+            return Outcome.OBSERVE_ONLY
+        if self.status == SliceStatus.RUNNING:
+            return Outcome.COMPLETED
         c = self.counts or Counts()
         if self.mode == Mode.DRY_RUN:
             return Outcome.DRIFT_FOUND if c.drift_count else Outcome.CLEAN

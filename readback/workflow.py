@@ -7,8 +7,10 @@ reconciles exactly them with a ReconcileUsage child over Stripe's window: one su
 configured share of the summary endpoint across every worker. The child corrects as a full pass
 does (pushes, cancels, compensations; over-reporting held for approval) and leaves settling to
 the usage tick, which verifies every push once it settled. A child that holds over-reporting for
-an approval is left waiting (it outlives this run) and the slice counts as read: the next slice
-runs on time. Deterministic orchestration only."""
+an approval, or still runs after 90% of the interval, is left to go on by itself (it outlives
+this run; the slice is recorded `awaiting_approval` or `running`): the next slice runs on time.
+A dry-run previews the next slice (its run is a dry-run too) and claims nothing. Deterministic
+orchestration only."""
 
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ with workflow.unsafe.imports_passed_through():
     from reconcile.workflow import ReconcileUsage
 
 # How often the run looks whether its slice's child waits for an approval (then it stops waiting).
-CHILD_POLL = timedelta(seconds=30)
+CHILD_POLL = timedelta(seconds=10)
+# The share of its interval a read-back run waits for its slice's run, so the next tick is free.
+WAIT_SHARE = 0.9
 
 
 @workflow.defn(name="RollingReadBack", failure_exception_types=[ValidationError])
@@ -52,7 +56,7 @@ class RollingReadBack:
         except ActivityError:
             await ping_after_run(failed=True)
             raise
-        if result.status != SliceStatus.FAILED and inp.mode == Mode.APPLY:
+        if result.status not in (SliceStatus.FAILED, SliceStatus.OBSERVE_ONLY) and inp.mode == Mode.APPLY:
             await ping_after_run(failed=False)
         return result
 
@@ -63,7 +67,8 @@ class RollingReadBack:
         claim: SliceClaim = await workflow.execute_activity_method(
             ReadBackActivities.claim_slice,
             ClaimInput(claimed_by=workflow.info().workflow_id, cycle_seconds=inp.cycle_hours * 3600,
-                       every_seconds=inp.every_minutes * 60, budget_share=inp.budget_share),
+                       every_seconds=inp.every_minutes * 60, budget_share=inp.budget_share,
+                       record=inp.mode == Mode.APPLY),
             **short_step())
         if not claim.due:
             return ReadBackResult(due=False, mode=inp.mode, cycle=claim.cycle)
@@ -75,31 +80,46 @@ class RollingReadBack:
         result = ReadBackResult(due=True, mode=inp.mode, cycle=claim.cycle, slice=claim.slice,
                                 customers=claim.customers, keys=claim.customers * claim.meters,
                                 on_pace=claim.on_pace, child_id=claim.child_id)
-        try:
-            handle = await workflow.start_child_workflow(
-                ReconcileUsage.run, child, id=claim.child_id,
-                # A child waiting for an approval outlives this run (see the module docstring).
-                parent_close_policy=workflow.ParentClosePolicy.ABANDON)
-            while not handle.done():
-                try:
-                    await workflow.wait_condition(handle.done, timeout=CHILD_POLL)
-                except TimeoutError:
-                    status = await workflow.execute_activity_method(
-                        ReadBackActivities.run_status, claim.child_id, **short_step())
-                    if status == RunStatus.AWAITING_APPROVAL:
-                        result.status = SliceStatus.AWAITING_APPROVAL
-                        break
-            if handle.done():
-                usage = handle.result()
-                result.counts = usage.counts
-                if usage.status != RunStatus.COMPLETED:
-                    result.status, result.error = SliceStatus.FAILED, f"run ended {usage.status.value}"
-        except ChildWorkflowError as e:
-            # The slice is reported failed; its customers are read again next cycle.
-            result.status, result.error = SliceStatus.FAILED, failure_message(e)
+        await self._run_slice(child, claim, result, wait=timedelta(minutes=inp.every_minutes) * WAIT_SHARE)
+        if inp.mode == Mode.DRY_RUN:
+            result.status = SliceStatus.PREVIEW  # nothing was claimed: the cycle is as it was
+            return result
         await workflow.execute_activity_method(
             ReadBackActivities.finish_slice,
             FinishSliceInput(cycle=claim.cycle, slice=claim.slice, status=result.status, error=result.error,
                              counts=result.counts),
             **short_step())
         return result
+
+    async def _run_slice(self, child: ReconcileUsageInput, claim: SliceClaim, result: ReadBackResult,
+                         wait: timedelta) -> None:
+        """Run the slice's ReconcileUsage; stop waiting for it when it waits for an approval or
+        has run for `wait` (it goes on by itself), so that the next slice is never skipped."""
+        deadline = workflow.now() + wait
+        try:
+            handle = await workflow.start_child_workflow(
+                ReconcileUsage.run, child, id=claim.child_id,
+                # A run waiting for an approval or still reading outlives this one.
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+            while not handle.done():
+                left = deadline - workflow.now()
+                try:
+                    await workflow.wait_condition(handle.done, timeout=max(timedelta(seconds=1), min(CHILD_POLL, left)))
+                except TimeoutError:
+                    status = await workflow.execute_activity_method(
+                        ReadBackActivities.run_status, claim.child_id, **short_step())
+                    if status == RunStatus.AWAITING_APPROVAL:
+                        result.status = SliceStatus.AWAITING_APPROVAL
+                        return
+                    if workflow.now() >= deadline:
+                        result.status = SliceStatus.RUNNING
+                        return
+            usage = handle.result()
+            result.counts = usage.counts
+            if usage.status != RunStatus.COMPLETED:
+                result.status, result.error = SliceStatus.FAILED, f"run ended {usage.status.value}"
+            elif usage.observe_only:
+                result.status = SliceStatus.OBSERVE_ONLY
+        except ChildWorkflowError as e:
+            # The slice is reported failed; its customers are read again next cycle.
+            result.status, result.error = SliceStatus.FAILED, failure_message(e)

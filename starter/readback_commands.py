@@ -40,11 +40,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object")
             f"read in {c['slices']} slice(s); behind pace: {c['slices_behind_pace']}, failed: {c['slices_failed']}, "
             f"awaiting approval: {c['slices_awaiting_approval']}", soft_wrap=True)
     table = Table(title="Last slices")
-    for col in ("cycle", "slice", "customers", "after", "through", "on pace", "status", "run"):
+    for col in ("cycle", "slice", "customers", "after", "through", "on pace", "status", "run", "run status"):
         table.add_column(col)
     for s in view["slices"]:
         table.add_row(str(s["cycle"]), str(s["slice"]), str(s["customers"]), s["after"] or "(start)",
-                      s["through"] or "(end)", "yes" if s["on_pace"] else "NO", s["status"], s["run_id"])
+                      s["through"] or "(end)", "yes" if s["on_pace"] else "NO", s["status"], s["run_id"],
+                      s["run_status"] or "")
     console.print(table)
     done = Table(title="Completed cycles")
     for col in ("cycle", "started", "finished", "hours", "slices", "customers", "failed slices"):

@@ -90,7 +90,10 @@ CREATE TABLE IF NOT EXISTS billing.readback_slices (
     -- whether the lane's share could read them all within the slice's interval.
     on_pace          boolean NOT NULL,
     status           text NOT NULL DEFAULT 'claimed'
-                     CHECK (status IN ('claimed', 'completed', 'awaiting_approval', 'failed')),
+                     -- running: its run outlived the read-back's wait (an interval) and goes on by itself;
+                     -- observe_only: auto-healing was paused, its customers were read, not corrected.
+                     CHECK (status IN ('claimed', 'completed', 'awaiting_approval', 'running', 'observe_only',
+                                       'failed')),
     error            text,
     counts           jsonb,
     claimed_at       timestamptz NOT NULL DEFAULT now(),

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.types import RunStatus
+from common.types import Mode, RunStatus
 from readback.types import ReadBackInput, SliceStatus
 from readback.workflow import RollingReadBack
 from tests.integration.cli_helpers import cli
@@ -61,6 +61,14 @@ async def test_a_cycle_reads_every_key_once_within_its_share_and_fixes_what_only
 
         inp = ReadBackInput(actor="pytest", cycle_hours=CYCLE_SECONDS / 3600, every_minutes=EVERY_SECONDS / 60,
                             budget_share=SHARE, held_approval_timeout_seconds=600)
+        # A dry-run previews the next slice: its run observes, nothing is claimed or written.
+        preview = await client.execute_workflow(
+            RollingReadBack.run, inp.model_copy(update={"mode": Mode.DRY_RUN}), id=f"readback-{world.tag}-dry",
+            task_queue=task_queue)
+        assert preview.due and preview.status == SliceStatus.PREVIEW and preview.counts.drift_count >= 1, preview
+        assert await clean_db.fetchval("SELECT count(*) FROM billing.readback_slices") == 0
+        assert not [e for e in await emulator_admin.request_log() if e[1].startswith("POST")]
+        await emulator_admin.reset_request_log()
         results, placed = [], Counter()
         started = time.monotonic()
         for tick in range(8):  # the schedule's ticks, by hand: one every EVERY_SECONDS
