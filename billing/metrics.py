@@ -67,7 +67,7 @@ DAILY_CHECKS_LAST_RUN = "billing_daily_checks_last_run_timestamp"  # when the la
 # The rolling read-back (readback/, from billing.readback_*).
 READBACK_CYCLE_STARTED = "billing_readback_cycle_started_timestamp"  # when the current cycle began (0: none yet)
 READBACK_CYCLE_PROGRESS = "billing_readback_cycle_progress_ratio"  # customers read this cycle / customers
-READBACK_BEHIND = "billing_readback_slices_behind_pace"  # slices of this cycle the budget share could not fit
+READBACK_BEHIND = "billing_readback_behind_pace"  # 1: the latest slice could not read every customer due
 READBACK_LAST_CYCLE = "billing_readback_last_cycle_finished_timestamp"  # 0: no cycle completed yet
 
 # The Stripe circuit breaker (circuit/): 0 closed, 1 open, 2 half-open (from Postgres).
@@ -172,7 +172,8 @@ class _Instruments:
             READBACK_CYCLE_PROGRESS: m.create_gauge_float(
                 READBACK_CYCLE_PROGRESS, "Customers the read-back's current cycle has read / customers"),
             READBACK_BEHIND: m.create_gauge_float(
-                READBACK_BEHIND, "Slices of the current read-back cycle its budget share could not fit (behind pace)"),
+                READBACK_BEHIND, "1 when the latest read-back slice could not read every customer due within its "
+                "budget share (behind pace), else 0"),
             READBACK_LAST_CYCLE: m.create_gauge_float(
                 READBACK_LAST_CYCLE, "Unix time the last read-back cycle completed (0 if none yet)"),
         }

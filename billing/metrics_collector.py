@@ -189,7 +189,7 @@ def _publish_readback(view: dict[str, Any]) -> None:
     started = datetime.fromisoformat(cycle["started_at"]).timestamp() if cycle else 0.0
     metrics.set_gauge(metrics.READBACK_CYCLE_STARTED, started)
     metrics.set_gauge(metrics.READBACK_CYCLE_PROGRESS,
-                      min(1.0, cycle["customers_read"] / view["customers"]) if cycle and view["customers"] else 0.0)
-    metrics.set_gauge(metrics.READBACK_BEHIND, float(cycle["slices_behind_pace"]) if cycle else 0.0)
+                      min(1.0, cycle["customers_claimed"] / view["customers"]) if cycle and view["customers"] else 0.0)
+    metrics.set_gauge(metrics.READBACK_BEHIND, 1.0 if cycle and cycle["latest_on_pace"] is False else 0.0)
     last = view["cycles"][0]["finished_at"] if view["cycles"] else None
     metrics.set_gauge(metrics.READBACK_LAST_CYCLE, datetime.fromisoformat(last).timestamp() if last else 0.0)

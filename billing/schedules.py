@@ -130,6 +130,9 @@ class ScheduleDef(BaseModel):
         if pace is not None and (self.every is None or parse_duration(self.every) != timedelta(minutes=pace)):
             raise ValueError(f"schedule {self.name}: input.every_minutes ({pace}) must equal `every` "
                              f"({self.every}): each run reads what keeps the cycle on pace until the next")
+        if pace is not None and timedelta(minutes=pace) * 0.9 + timedelta(minutes=5) > timeout:
+            raise ValueError(f"schedule {self.name}: execution_timeout ({self.execution_timeout}) must exceed 90% of "
+                             f"`every` plus 5 minutes: a run waits up to 90% of its interval for its slice")
         return self
 
     @property

@@ -22,10 +22,12 @@ HEALING_MODES = ["apply", "plan"]
 SUCCESSFUL_RUN = ("r.kind = 'usage' AND r.status = 'completed' AND r.mode = ANY('{apply,plan}'::text[]) "
                   "AND NOT r.observe_only AND r.finished_at IS NOT NULL")
 # A run covers a counter when its window overlaps the counter's period and its filters (none =
-# everything) include the counter's customer and meter: its scan compared that counter with
-# the ledger.
+# everything; a read-back slice's customer range) include the counter's customer and meter: its
+# scan compared that counter with the ledger.
 _COVERS = """r.window_start < c.period_end AND r.window_end >= c.period_start
    AND (r.customers_filter IS NULL OR cardinality(r.customers_filter) = 0 OR c.customer_id = ANY(r.customers_filter))
+   AND (r.customers_after IS NULL OR c.customer_id > r.customers_after COLLATE "C")
+   AND (r.customers_through IS NULL OR c.customer_id <= r.customers_through COLLATE "C")
    AND (r.meters_filter IS NULL OR cardinality(r.meters_filter) = 0 OR c.meter = ANY(r.meters_filter))"""
 
 # ---------------------------------------------------------------------------- subscriptions

@@ -66,11 +66,13 @@ async def grants(conn: asyncpg.Connection, sessions: list[str], source_prefix: s
 
 
 async def open_findings(conn: asyncpg.Connection, customer_id: str) -> tuple[str | None, list[OpenFinding]]:
-    """The latest usage run that covered the customer (all customers, or named), and what it
-    left open for them."""
+    """The latest usage run that covered the customer (all customers, named, or a read-back slice
+    whose range holds them), and what it left open for them."""
     run_id = await conn.fetchval(
         """SELECT run_id FROM billing.reconciliation_runs
             WHERE kind = 'usage' AND (customers_filter IS NULL OR $1 = ANY(customers_filter))
+              AND (customers_after IS NULL OR $1 > customers_after COLLATE "C")
+              AND (customers_through IS NULL OR $1 <= customers_through COLLATE "C")
             ORDER BY started_at DESC LIMIT 1""", customer_id)
     if run_id is None:
         return None, []

@@ -18,7 +18,7 @@ from incidents.types import AuditRow, DiscrepancyRow, EventRow, IncidentData, Pu
 _RUNS_SQL = """
 SELECT run_id, mode, status, observe_only, window_start, window_end,
        coalesce(customers_filter, '{}') AS customers_filter, coalesce(meters_filter, '{}') AS meters_filter,
-       started_at, finished_at, error
+       customers_after, customers_through, started_at, finished_at, error
   FROM billing.reconciliation_runs
  WHERE kind = 'usage' AND started_at < $2 AND (finished_at IS NULL OR finished_at >= $1)
  ORDER BY started_at, run_id

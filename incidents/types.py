@@ -28,6 +28,9 @@ class RunRow(BaseModel):
     window_end: date
     customers_filter: list[str] = Field(default_factory=list)
     meters_filter: list[str] = Field(default_factory=list)
+    # A read-back slice's customer range (byte order = Python's str order, COLLATE "C" in SQL).
+    customers_after: str | None = None
+    customers_through: str | None = None
     started_at: datetime
     finished_at: datetime | None = None
     error: str | None = None
@@ -41,6 +44,8 @@ class RunRow(BaseModel):
     def covers(self, customer_id: str, meter: str, day: date) -> bool:
         return (self.window_start <= day <= self.window_end
                 and (not self.customers_filter or customer_id in self.customers_filter)
+                and (self.customers_after is None or customer_id > self.customers_after)
+                and (self.customers_through is None or customer_id <= self.customers_through)
                 and (not self.meters_filter or meter in self.meters_filter))
 
 

@@ -25,6 +25,16 @@ from readback.types import ClaimInput, FinishSliceInput, SliceClaim, SliceStatus
 # apply-time re-reads and the run's own steps, so it ends before the next slice is due.
 SLICE_BUDGET_FILL = 0.8
 SUMMARIES = "meter_event_summaries"  # the gateway's operation (= its budget bucket)
+# Customer ids compare in byte order (= Python's str order) whatever the database's collation,
+# so a slice's bounds mean the same in the claim, in ReconcileUsage's pages and in reports.
+BYTES = 'COLLATE "C"'
+# Slices whose run outlived the read-back's wait and still runs: past this many, no new slice is
+# claimed (a Stripe outage must not pile up a run every tick).
+MAX_OPEN_SLICES = 3
+OPEN_RUN = ["running", "applying", "verifying"]  # still reading or writing (not waiting for a person)
+# A slice still `claimed` this long after its claim lost its read-back run (killed, timed out).
+ABANDON_AFTER = "2 hours"
+ABANDONED = "its read-back run ended without recording the slice (killed or timed out)"
 _STATE_ROW = "INSERT INTO billing.readback_state (id) VALUES (true) ON CONFLICT DO NOTHING"
 
 
@@ -65,22 +75,38 @@ class ReadBackActivities:
             state = await conn.fetchrow("SELECT * FROM billing.readback_state FOR UPDATE")
             claimed = await conn.fetchrow("SELECT * FROM billing.readback_slices WHERE claimed_by = $1",
                                           inp.claimed_by)
-            if claimed is not None:  # a retried claim
+            if claimed is not None:  # this run's claim, retried
                 return _claim_of(claimed, due=True)
+            # Slices whose read-back run died before recording how they ended.
+            await conn.execute(
+                "UPDATE billing.readback_slices SET status = 'failed', finished_at = now(), error = $1 "
+                f"WHERE status = 'claimed' AND claimed_at < now() - interval '{ABANDON_AFTER}'", ABANDONED)
             cycle, started, cursor, slices = state["cycle"], state["cycle_started_at"], state["cursor"], state["slices"]
-            if state["to_end"]:  # the last slice of the cycle was claimed: a new cycle starts now
-                cycle, started, cursor, slices = cycle + 1, datetime.now(UTC), None, 0
-            elif slices == 0:  # no slice yet (first run, or schedule just created): the cycle starts now
-                started = datetime.now(UTC)
-            if state["to_end"] or state["slices"] == 0:
+            top = await conn.fetchval("SELECT coalesce(max(cycle), 0) FROM billing.readback_slices")
+            # The cycle is over when its last slice was claimed, or when no customer is left after
+            # the cursor (the last ones were deleted after it was claimed).
+            over = state["to_end"] or (cursor is not None and not await conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM billing.customers WHERE customer_id > $1 {BYTES})", cursor))
+            if over:
+                await _record_cycle(conn, cycle)
+                cycle, started, cursor, slices = max(cycle, top) + 1, datetime.now(UTC), None, 0
+            elif slices == 0:  # no slice yet (first run, or the state row was reset): it starts now
+                cycle, started = max(cycle, top + 1), datetime.now(UTC)
+            if over or state["slices"] == 0:
                 await conn.execute(
                     "UPDATE billing.readback_state SET cycle = $1, cycle_started_at = $2, cursor = NULL, "
                     "slices = 0, to_end = false, updated_at = now()", cycle, started)
             customers = await conn.fetchval("SELECT count(*) FROM billing.customers")
             done = 0 if cursor is None else await conn.fetchval(
-                "SELECT count(*) FROM billing.customers WHERE customer_id <= $1", cursor)
-            limit = await conn.fetchval("SELECT ops_per_second FROM billing.stripe_budget WHERE bucket = $1",
-                                        SUMMARIES)
+                f"SELECT count(*) FROM billing.customers WHERE customer_id <= $1 {BYTES}", cursor)
+            open_runs = await conn.fetchval(
+                "SELECT count(*) FROM billing.readback_slices s JOIN billing.reconciliation_runs r "
+                "ON r.run_id = s.child_run_id WHERE s.status = 'running' AND r.status = ANY($1)", OPEN_RUN)
+            if open_runs >= MAX_OPEN_SLICES:  # Stripe or the workers are slow: do not pile runs up
+                return SliceClaim(due=False, cycle=cycle, cycle_customers=customers, cycle_done_customers=done,
+                                  waiting_on_runs=open_runs)
+            limit = None if self.settings.stripe_budget != "shared" else await conn.fetchval(
+                "SELECT ops_per_second FROM billing.stripe_budget WHERE bucket = $1", SUMMARIES)
             rate = lane_rate(float(limit or DEFAULT_ENDPOINT_LIMIT), float(inp.budget_share))
             elapsed = (datetime.now(UTC) - started).total_seconds()
             n, on_pace = slice_size(customers=customers, done=done, elapsed=elapsed, cycle=inp.cycle_seconds,
@@ -88,15 +114,16 @@ class ReadBackActivities:
             if n == 0 or customers == 0:
                 return SliceClaim(due=False, cycle=cycle, cycle_customers=customers, cycle_done_customers=done)
             through = await conn.fetchval(
-                "SELECT customer_id FROM billing.customers WHERE ($1::text IS NULL OR customer_id > $1) "
-                "ORDER BY customer_id OFFSET $2 LIMIT 1", cursor, n - 1)
+                f"SELECT customer_id FROM billing.customers WHERE ($1::text IS NULL OR customer_id > $1 {BYTES}) "
+                f"ORDER BY customer_id {BYTES} OFFSET $2 LIMIT 1", cursor, n - 1)
             to_end = through is None or not await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM billing.customers WHERE customer_id > $1)", through)
+                f"SELECT EXISTS (SELECT 1 FROM billing.customers WHERE customer_id > $1 {BYTES})", through)
+            size = min(n, customers - done)
             if not inp.record:  # a dry-run's preview: the transaction's changes are rolled back
                 raise _Preview(SliceClaim(
                     due=True, cycle=cycle, slice=slices + 1, after=cursor, through=None if to_end else through,
-                    customers=min(n, customers - done), meters=meters, on_pace=on_pace,
-                    child_id=f"{inp.claimed_by}-preview", cycle_customers=customers, cycle_done_customers=done))
+                    customers=size, meters=meters, on_pace=on_pace, child_id=f"{inp.claimed_by}-preview",
+                    cycle_customers=customers, cycle_done_customers=done))
             slices += 1
             # The child's id names the cycle by its start too: unique even if the state row was reset.
             row = await conn.fetchrow(
@@ -105,7 +132,7 @@ class ReadBackActivities:
                     (cycle, slice, after_customer, through_customer, customers, meters, claimed_by,
                      child_run_id, on_pace)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *
-                """, cycle, slices, cursor, None if to_end else through, min(n, customers - done), meters,
+                """, cycle, slices, cursor, None if to_end else through, size, meters,
                 inp.claimed_by, f"usage-readback-{started:%Y%m%dT%H%M%S}-c{cycle}-s{slices}", on_pace)
             await conn.execute(
                 "UPDATE billing.readback_state SET cursor = $1, slices = $2, to_end = $3, updated_at = now()",
@@ -129,16 +156,22 @@ class ReadBackActivities:
                 """, inp.cycle, inp.slice, inp.status, inp.error,
                 inp.counts.model_dump() if inp.counts else None)
             if row is not None and row["through_customer"] is None:
-                # The cycle's last slice: the cycle is done (its slices all claimed and read).
-                await conn.execute(
-                    """
-                    INSERT INTO billing.readback_cycles (cycle, started_at, finished_at, slices, customers,
-                                                        failed_slices)
-                    SELECT $1, min(claimed_at), now(), count(*), sum(customers),
-                           count(*) FILTER (WHERE status = $2)
-                      FROM billing.readback_slices WHERE cycle = $1
-                    ON CONFLICT (cycle) DO NOTHING
-                    """, inp.cycle, SliceStatus.FAILED)
+                await _record_cycle(conn, inp.cycle)  # the cycle's last slice
+
+
+async def _record_cycle(conn: asyncpg.Connection, cycle: int) -> None:
+    """A cycle is complete once its last slice was read (or it ran out of customers): its row in
+    billing.readback_cycles, once. Runs its slices left going on (`running`, `awaiting_approval`)
+    finish on their own; `readback status` shows their run's status."""
+    await conn.execute(
+        """
+        INSERT INTO billing.readback_cycles (cycle, started_at, finished_at, slices, customers, failed_slices)
+        SELECT $1, min(claimed_at), coalesce(max(finished_at), now()), count(*), sum(customers),
+               count(*) FILTER (WHERE status = $2)
+          FROM billing.readback_slices WHERE cycle = $1
+        HAVING count(*) > 0
+        ON CONFLICT (cycle) DO NOTHING
+        """, cycle, SliceStatus.FAILED)
 
 
 class _Preview(Exception):

@@ -21,9 +21,11 @@ async def read_status(conn: asyncpg.Connection, *, slices: int = 10, cycles: int
             "FROM billing.readback_slices WHERE cycle = $1", state["cycle"])
         out["cycle"] = {
             "cycle": state["cycle"], "started_at": state["cycle_started_at"].isoformat(),
-            "slices": state["slices"], "customers_read": covered, "last_slice_claimed": state["to_end"],
+            "slices": state["slices"], "customers_claimed": covered, "last_slice_claimed": state["to_end"],
             "slices_behind_pace": this_cycle["behind"], "slices_failed": this_cycle["failed"],
-            "slices_awaiting_approval": this_cycle["awaiting"]}
+            "slices_awaiting_approval": this_cycle["awaiting"],
+            "latest_on_pace": await conn.fetchval(
+                "SELECT on_pace FROM billing.readback_slices ORDER BY claimed_at DESC LIMIT 1")}
     out["slices"] = [
         {"cycle": r["cycle"], "slice": r["slice"], "after": r["after_customer"], "through": r["through_customer"],
          "customers": r["customers"], "meters": r["meters"], "on_pace": r["on_pace"], "status": r["status"],

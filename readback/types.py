@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from common.types import Mode
 from reconcile.types import Counts
 
 READBACK_LANE = "readback"  # its lane of the Stripe budget (billing/budget_lane.py)
+# A run waits for its slice at most 90% of this: it bounds the run's history (a look every few
+# seconds to a minute) and must stay under the schedule's execution_timeout (schedules.py checks).
+MAX_EVERY_MINUTES = 180
 
 
 class ReadBackInput(BaseModel):
     """What the `usage-readback` schedule starts every `every_minutes` (schedules.toml)."""
 
-    mode: Mode = Mode.APPLY  # apply, or dry-run (plan is refused: slices run unattended)
-    actor: str = Field(default="schedule:usage-readback", min_length=1)
+    # apply; dry-run previews the next slice once (claims nothing, so a dry-run schedule would
+    # preview the same slice every tick); plan is refused: slices run unattended.
+    mode: Mode = Mode.APPLY
+    actor: str = Field(default="schedule:usage-readback", min_length=1, max_length=200)
     # Every (customer, meter) key is read back once per cycle.
     cycle_hours: float = Field(default=24, gt=0, le=24 * 35)
     # The schedule's interval: a slice reads what keeps the cycle on pace until the next one.
-    every_minutes: float = Field(default=10, gt=0, le=24 * 60)
+    every_minutes: float = Field(default=10, gt=0, le=MAX_EVERY_MINUTES)
     # The read-back's share of the summary endpoint's limit (Stripe's 25/s: 0.25 = 6 reads/s).
     budget_share: Decimal = Field(default=Decimal("0.25"), gt=0, le=1)
     # The days read per key: Stripe takes corrections within 35 days.
@@ -28,7 +34,21 @@ class ReadBackInput(BaseModel):
     page_size: int | None = Field(default=None, ge=1, le=5000)
     # Held over-reporting waits this long for an approval in its slice's ReconcileUsage run (then
     # it is dropped, and found again next cycle); the read-back itself does not wait for it.
-    held_approval_timeout_seconds: int = Field(default=6 * 3600, ge=1)
+    held_approval_timeout_seconds: int = Field(default=6 * 3600, ge=1, le=7 * 86400)
+
+    @field_validator("mode")
+    @classmethod
+    def _not_plan(cls, v: Mode) -> Mode:
+        if v == Mode.PLAN:
+            raise ValueError("RollingReadBack supports apply and dry-run, not plan (slices run unattended)")
+        return v
+
+    @field_validator("actor")
+    @classmethod
+    def _actor(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("actor must not be blank")
+        return v.strip()
 
 
 class ClaimInput(BaseModel):
@@ -56,9 +76,14 @@ class SliceClaim(BaseModel):
     child_id: str = ""
     cycle_customers: int = 0  # customers when the slice was claimed
     cycle_done_customers: int = 0  # customers before this slice, in this cycle
+    # Not due because this many earlier slices' runs still read (MAX_OPEN_SLICES).
+    waiting_on_runs: int = 0
 
 
-class SliceStatus:
+class SliceStatus(StrEnum):
+    """`readback_slices.status` (its CHECK constraint lists the same values), plus `preview`."""
+
+    CLAIMED = "claimed"  # its read-back run has not recorded how it ended (yet)
     COMPLETED = "completed"
     AWAITING_APPROVAL = "awaiting_approval"  # its run holds over-reporting for a human
     RUNNING = "running"  # its run outlived the read-back's wait (one interval): it goes on alone
@@ -70,7 +95,7 @@ class SliceStatus:
 class FinishSliceInput(BaseModel):
     cycle: int
     slice: int
-    status: str
+    status: SliceStatus
     error: str | None = None
     counts: Counts | None = None
 
@@ -83,7 +108,8 @@ class ReadBackResult(BaseModel):
     customers: int = 0
     keys: int = 0  # customers x meters read back
     on_pace: bool = True
-    status: str = SliceStatus.COMPLETED
+    status: SliceStatus = SliceStatus.COMPLETED
+    waiting_on_runs: int = 0  # not due: earlier slices' runs still read
     child_id: str | None = None
     counts: Counts | None = None
     error: str | None = None

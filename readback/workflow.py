@@ -17,7 +17,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
 
 from common.failures import failure_message
 from common.options import short_step
@@ -42,7 +47,10 @@ with workflow.unsafe.imports_passed_through():
     from reconcile.workflow import ReconcileUsage
 
 # How often the run looks whether its slice's child waits for an approval (then it stops waiting).
-CHILD_POLL = timedelta(seconds=10)
+CHILD_POLL = timedelta(seconds=5)
+MAX_CHILD_POLL = timedelta(minutes=1)
+# A slice's run ends (timed out) at the latest this long after its approval timeout.
+CHILD_RUN_MARGIN = timedelta(hours=6)
 # The share of its interval a read-back run waits for its slice's run, so the next tick is free.
 WAIT_SHARE = 0.9
 
@@ -61,17 +69,17 @@ class RollingReadBack:
         return result
 
     async def _run(self, inp: ReadBackInput) -> ReadBackResult:
-        if inp.mode == Mode.PLAN:  # bad input: fail the run, never wedge its task
-            raise ApplicationError("RollingReadBack supports dry-run and apply, not plan", type="ValidationError",
-                                   non_retryable=True)
         claim: SliceClaim = await workflow.execute_activity_method(
             ReadBackActivities.claim_slice,
-            ClaimInput(claimed_by=workflow.info().workflow_id, cycle_seconds=inp.cycle_hours * 3600,
+            # Keyed by this run: a retried claim returns its slice; a reset or a reused workflow id
+            # is a new run and claims anew.
+            ClaimInput(claimed_by=f"{workflow.info().workflow_id}/{workflow.info().run_id}",
+                       cycle_seconds=inp.cycle_hours * 3600,
                        every_seconds=inp.every_minutes * 60, budget_share=inp.budget_share,
                        record=inp.mode == Mode.APPLY),
             **short_step())
         if not claim.due:
-            return ReadBackResult(due=False, mode=inp.mode, cycle=claim.cycle)
+            return ReadBackResult(due=False, mode=inp.mode, cycle=claim.cycle, waiting_on_runs=claim.waiting_on_runs)
         child = ReconcileUsageInput(
             mode=inp.mode, actor=inp.actor, lookback_days=inp.lookback_days, page_size=inp.page_size,
             customers_after=claim.after, customers_through=claim.through,
@@ -99,12 +107,17 @@ class RollingReadBack:
         try:
             handle = await workflow.start_child_workflow(
                 ReconcileUsage.run, child, id=claim.child_id,
-                # A run waiting for an approval or still reading outlives this one.
-                parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+                # A run waiting for an approval or still reading outlives this one, but not forever.
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                execution_timeout=timedelta(seconds=child.approval_timeout_seconds) + CHILD_RUN_MARGIN,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+            polls = 0
             while not handle.done():
                 left = deadline - workflow.now()
+                polls += 1  # look often first (a slice is usually quick), then once a minute
+                poll = min(CHILD_POLL * polls, MAX_CHILD_POLL, left)
                 try:
-                    await workflow.wait_condition(handle.done, timeout=max(timedelta(seconds=1), min(CHILD_POLL, left)))
+                    await workflow.wait_condition(handle.done, timeout=max(timedelta(seconds=1), poll))
                 except TimeoutError:
                     status = await workflow.execute_activity_method(
                         ReadBackActivities.run_status, claim.child_id, **short_step())
@@ -123,3 +136,5 @@ class RollingReadBack:
         except ChildWorkflowError as e:
             # The slice is reported failed; its customers are read again next cycle.
             result.status, result.error = SliceStatus.FAILED, failure_message(e)
+        except WorkflowAlreadyStartedError:
+            result.status, result.error = SliceStatus.FAILED, f"a run {claim.child_id} already exists"

@@ -95,14 +95,14 @@ class UsageActivities:
         ctx = inp.context
         # After a retry: resume after the last finished batch.
         checkpoint = resume(PageCheckpoint, PageCheckpoint())
-        start_cursor = checkpoint.done_through or inp.cursor or ctx.customers_after
+        start_cursor = checkpoint.done_through or inp.cursor
         already = checkpoint.counts.customers_scanned  # finished by an earlier attempt
 
         async with self.pool.acquire() as conn:
             customers = await store.customers_page(
                 conn, after=start_cursor, limit=ctx.policy.page_size - already,
                 only=ctx.customers, verify_run=ctx.run_id if inp.verify else None,
-                through=ctx.customers_through)
+                range_after=ctx.customers_after, range_through=ctx.customers_through)
         counts = checkpoint.counts
         async with Heartbeater(checkpoint) as hb:
             for i in range(0, len(customers), SUB_BATCH):

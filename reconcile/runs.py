@@ -134,12 +134,13 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
             """
             INSERT INTO billing.reconciliation_runs
                 (run_id, workflow_run_id, mode, window_start, window_end, customers_filter,
-                 meters_filter, correlation_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 meters_filter, correlation_id, customers_after, customers_through)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             ON CONFLICT (run_id) DO NOTHING
             """,
             ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
-            ctx.customers or None, req.meters or None, correlation.current(),
+            ctx.customers or None, req.meters or None, correlation.current(), req.customers_after,
+            req.customers_through,
         )
         previous = await conn.fetchval(
             "SELECT workflow_run_id FROM billing.reconciliation_runs WHERE run_id = $1", ctx.run_id)
@@ -155,11 +156,12 @@ async def start_run(pool: asyncpg.Pool, stripe: StripeGateway, settings: Setting
                            customers_filter = $6, meters_filter = $7, status = $9,
                            counts = '{}', approved_by = NULL, rejected_by = NULL,
                            decision_reason = NULL, started_at = now(), finished_at = NULL, error = NULL,
-                           correlation_id = $8
+                           correlation_id = $8, customers_after = $10, customers_through = $11
                      WHERE run_id = $1
                     """,
                     ctx.run_id, ctx.workflow_run_id, ctx.mode.value, start, end,
-                    ctx.customers or None, req.meters or None, correlation.current(), RunStatus.RUNNING)
+                    ctx.customers or None, req.meters or None, correlation.current(), RunStatus.RUNNING,
+                    req.customers_after, req.customers_through)
     return ctx
 
 

@@ -32,10 +32,11 @@ LISTED_INVALID_IDS = 5
 
 async def customers_page(
     conn: asyncpg.Connection, *, after: str | None, limit: int, only: list[str],
-    verify_run: str | None, through: str | None = None,
+    verify_run: str | None, range_after: str | None = None, range_through: str | None = None,
 ) -> list[Customer]:
-    """The next customers after `after` (up to `through`, when given); for a verify pass
-    (`verify_run`), only those whose keys the run touched."""
+    """The next customers after the page cursor `after`; only those in (range_after,
+    range_through] when given (byte order, COLLATE "C": the read-back's slices); for a verify
+    pass (`verify_run`), only those whose keys the run touched."""
     rows = await conn.fetch(
         """
         SELECT c.customer_id, c.stripe_customer_id
@@ -46,11 +47,12 @@ async def customers_page(
                  SELECT 1 FROM billing.discrepancies d
                   WHERE d.run_id = $4 AND d.customer_id = c.customer_id
                     AND d.status = ANY($5::text[])))
-           AND ($6::text IS NULL OR c.customer_id <= $6)
+           AND ($6::text IS NULL OR c.customer_id > $6 COLLATE "C")
+           AND ($7::text IS NULL OR c.customer_id <= $7 COLLATE "C")
          ORDER BY c.customer_id
          LIMIT $3
         """,
-        after, only, limit, verify_run, list(TOUCHED), through,
+        after, only, limit, verify_run, list(TOUCHED), range_after, range_through,
     )
     return [Customer(r["customer_id"], r["stripe_customer_id"]) for r in rows]
 

@@ -36,8 +36,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object")
         console.print(f"No read-back slice has run yet ({view['customers']} customers to read).")
     else:
         console.print(
-            f"Cycle {c['cycle']} since {c['started_at']}: {c['customers_read']} of {view['customers']} customers "
-            f"read in {c['slices']} slice(s); behind pace: {c['slices_behind_pace']}, failed: {c['slices_failed']}, "
+            f"Cycle {c['cycle']} since {c['started_at']}: {c['customers_claimed']} of {view['customers']} customers "
+            f"claimed by {c['slices']} slice(s); behind pace: {c['slices_behind_pace']}, failed: {c['slices_failed']}, "
             f"awaiting approval: {c['slices_awaiting_approval']}", soft_wrap=True)
     table = Table(title="Last slices")
     for col in ("cycle", "slice", "customers", "after", "through", "on pace", "status", "run", "run status"):

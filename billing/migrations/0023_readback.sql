@@ -111,3 +111,9 @@ CREATE TABLE IF NOT EXISTS billing.readback_cycles (
     customers    integer NOT NULL,
     failed_slices integer NOT NULL
 );
+
+-- A run over a range of customers (a read-back slice) says so, so that what reads "which runs
+-- covered this customer" (daily checks, `customer show`, the incident report) counts it only
+-- for its own customers. Bounds compare with COLLATE "C" (byte order: Python's str order too).
+ALTER TABLE billing.reconciliation_runs ADD COLUMN IF NOT EXISTS customers_after text;
+ALTER TABLE billing.reconciliation_runs ADD COLUMN IF NOT EXISTS customers_through text;

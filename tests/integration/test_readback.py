@@ -15,11 +15,20 @@ from decimal import Decimal
 
 import pytest
 
+from billing.stripe_gateway import StripeGateway, make_stripe_client
 from common.types import Mode, RunStatus
-from readback.types import ReadBackInput, SliceStatus
+from readback.activities import ReadBackActivities
+from readback.types import ClaimInput, ReadBackInput, SliceStatus
 from readback.workflow import RollingReadBack
+from reconcile.types import ReconcileUsageInput
 from tests.integration.cli_helpers import cli
-from tests.integration.recon_helpers import make_settings, run_tick, running_worker, seed_world
+from tests.integration.recon_helpers import (
+    create_meters,
+    make_settings,
+    run_tick,
+    running_worker,
+    seed_world,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +138,74 @@ async def test_a_cycle_reads_every_key_once_within_its_share_and_fixes_what_only
     assert len(view["slices"]) == len(slices) and view["cycle"]["slices_awaiting_approval"] == 1
     code, out, err = await cli(cli_env, "readback", "status")
     assert code == 0 and "Completed cycles" in out, err
+
+
+# ------------------------------------------------------------------ the claim, edge by edge
+
+def _claim_input(by: str, *, cycle: float = 100.0, every: float = 10.0) -> ClaimInput:
+    return ClaimInput(claimed_by=by, cycle_seconds=cycle, every_seconds=every, budget_share=SHARE)
+
+
+async def _customers(pool, ids: list[str]) -> None:
+    await pool.executemany("INSERT INTO billing.customers (customer_id, stripe_customer_id) VALUES ($1, $2)",
+                           [(c, f"cus_{c}") for c in ids])
+
+
+@pytest.fixture
+async def claims(clean_db, postgres_dsn, emulator, stripe_client):
+    await create_meters(stripe_client, {"api_requests": "API requests"})
+    settings = make_settings(postgres_dsn, emulator)
+    return ReadBackActivities(clean_db, StripeGateway(make_stripe_client(settings), None), settings)
+
+
+async def test_claims_are_disjoint_retry_safe_and_in_byte_order(clean_db, claims):
+    # Mixed case: byte order puts 'Zeta' before 'acme' whatever the database's collation.
+    await _customers(clean_db, ["acme", "beta", "Zeta", "zulu"])
+    first = await claims.claim_slice(_claim_input("run-1", cycle=40))  # half the customers due
+    assert first.due and (first.after, first.through, first.customers) == (None, "acme", 2)
+    retried = await claims.claim_slice(_claim_input("run-1", cycle=40))  # the same run's claim, retried
+    assert retried.model_dump(include={"cycle", "slice", "after", "through", "child_id"}) == \
+        first.model_dump(include={"cycle", "slice", "after", "through", "child_id"})
+    # Two runs at once (all due now): one takes the rest of the cycle, the other starts the next.
+    both = await asyncio.gather(*(claims.claim_slice(_claim_input(f"run-{i}", cycle=10)) for i in (2, 3)))
+    assert sorted((c.cycle, c.after or "", c.through or "") for c in both) == [(1, "acme", ""), (2, "", "")]
+    # Every slice's range is one ReconcileUsage accepts (Python's str order is byte order).
+    for c in [first, *both]:
+        if c.due:
+            ReconcileUsageInput(customers_after=c.after, customers_through=c.through)
+
+
+async def test_a_cycle_rolls_over_when_its_last_customers_are_gone(clean_db, claims):
+    await _customers(clean_db, ["a1", "a2", "a3", "a4"])
+    first = await claims.claim_slice(_claim_input("run-1", cycle=40))
+    assert (first.cycle, first.through) == (1, "a2")
+    await clean_db.execute("DELETE FROM billing.customers WHERE customer_id IN ('a3', 'a4')")
+    second = await claims.claim_slice(_claim_input("run-2", cycle=40))
+    assert second.due and (second.cycle, second.slice, second.after) == (2, 1, None), second
+    assert await clean_db.fetchval("SELECT customers FROM billing.readback_cycles WHERE cycle = 1") == 2
+
+
+async def test_a_reset_state_row_abandoned_claims_and_too_many_open_runs(clean_db, claims):
+    await _customers(clean_db, [f"c{i}" for i in range(10)])
+    first = await claims.claim_slice(_claim_input("run-1"))
+    assert first.due and first.cycle == 1
+    # The state row is deleted (an operator's reset): claiming goes on in a new cycle.
+    await clean_db.execute("DELETE FROM billing.readback_state")
+    again = await claims.claim_slice(_claim_input("run-2"))
+    assert again.due and again.cycle == 2 and again.after is None
+    # A claim whose run died is marked failed once it is 2 hours old.
+    await clean_db.execute("UPDATE billing.readback_slices SET claimed_at = now() - interval '3 hours' "
+                           "WHERE claimed_by = 'run-1'")
+    # Three slices whose runs still read: no new slice until they end.
+    for i, c in enumerate(("r1", "r2", "r3")):
+        await clean_db.execute(
+            "INSERT INTO billing.readback_slices (cycle, slice, customers, meters, claimed_by, child_run_id, "
+            "on_pace, status) VALUES (2, $1, 1, 1, $2, $2, true, 'running')", 10 + i, c)
+        await clean_db.execute(
+            "INSERT INTO billing.reconciliation_runs (run_id, workflow_run_id, mode, window_start, window_end) "
+            "VALUES ($1, $1, 'apply', current_date, current_date)", c)
+    held = await claims.claim_slice(_claim_input("run-3", cycle=1))
+    assert not held.due and held.waiting_on_runs == 3
+    assert await clean_db.fetchval("SELECT status FROM billing.readback_slices WHERE claimed_by = 'run-1'") == "failed"
+    await clean_db.execute("UPDATE billing.reconciliation_runs SET status = 'completed'")
+    assert (await claims.claim_slice(_claim_input("run-4", cycle=1))).due
