@@ -64,7 +64,10 @@ class RollingReadBack:
         except ActivityError:
             await ping_after_run(failed=True)
             raise
-        if result.status not in (SliceStatus.FAILED, SliceStatus.OBSERVE_ONLY) and inp.mode == Mode.APPLY:
+        # A healthy slice, or nothing due: a sign of life. Not while earlier slices' runs are
+        # stuck reading (an outage) or a slice failed or only observed.
+        healthy = result.status not in (SliceStatus.FAILED, SliceStatus.OBSERVE_ONLY) and not result.waiting_on_runs
+        if healthy and inp.mode == Mode.APPLY:
             await ping_after_run(failed=False)
         return result
 
