@@ -53,6 +53,7 @@ class Bucket:
     taken: int
     updated_at: datetime
     updated_by: str | None
+    own_bucket: bool = False  # limited by its own bucket only, not the account's (live meter events)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ async def read_budget(conn: asyncpg.Connection) -> BudgetView:
         "SELECT reserved_share, endpoint_default FROM billing.stripe_budget_settings")
     rows = await conn.fetch(
         """
-        SELECT b.bucket, b.ops_per_second, b.taken, b.updated_at, b.updated_by,
+        SELECT b.bucket, b.ops_per_second, b.taken, b.updated_at, b.updated_by, b.own_bucket,
                greatest(0, coalesce(max(u.second) + 1, 0) - extract(epoch FROM clock_timestamp()))::float8
                    AS queued
           FROM billing.stripe_budget b LEFT JOIN billing.stripe_budget_usage u ON u.bucket = b.bucket
@@ -77,13 +78,13 @@ async def read_budget(conn: asyncpg.Connection) -> BudgetView:
     share = settings["reserved_share"]
     return BudgetView(share, settings["endpoint_default"], [
         Bucket(r["bucket"], r["ops_per_second"], r["ops_per_second"] * (1 - share), r["queued"], r["taken"],
-               r["updated_at"], r["updated_by"]) for r in rows])
+               r["updated_at"], r["updated_by"], r["own_bucket"]) for r in rows])
 
 
 async def set_budget(
     conn: asyncpg.Connection, *, actor: str, reason: str, account: Decimal | None = None,
     endpoints: dict[str, Decimal] | None = None, reserved_share: Decimal | None = None,
-    endpoint_default: Decimal | None = None, change_key: str,
+    endpoint_default: Decimal | None = None, change_key: str, own_bucket: dict[str, bool] | None = None,
 ) -> BudgetView:
     """Changes the limits for every worker at once (their next slot uses them), audited as one
     `budget.set` row keyed by `change_key`. Values are validated by the caller and by the
@@ -105,6 +106,14 @@ async def set_budget(
                 ON CONFLICT (bucket) DO UPDATE
                    SET ops_per_second = excluded.ops_per_second, updated_at = now(), updated_by = $3
                 """, bucket, limit, actor)
+        for bucket, own in (own_bucket or {}).items():
+            # A row for it first (the endpoint default), then its bucket choice.
+            await conn.execute(
+                """
+                INSERT INTO billing.stripe_budget (bucket, ops_per_second, own_bucket, updated_by)
+                SELECT $1, endpoint_default, $2, $3 FROM billing.stripe_budget_settings
+                ON CONFLICT (bucket) DO UPDATE SET own_bucket = $2, updated_at = now(), updated_by = $3
+                """, bucket, own, actor)
         after = await read_budget(conn)
         await write_audit(conn, AuditInput(
             actor=actor, action=AuditAction.BUDGET_SET, entity_type="stripe_budget", entity_id=ACCOUNT,
@@ -115,4 +124,5 @@ async def set_budget(
 
 def _limits(view: BudgetView) -> dict:
     return {"reserved_share": str(view.reserved_share), "endpoint_default": str(view.endpoint_default),
-            "buckets": {b.name: str(b.limit) for b in view.buckets}}
+            "buckets": {b.name: str(b.limit) for b in view.buckets},
+            "own_buckets": sorted(b.name for b in view.buckets if b.own_bucket)}

@@ -46,7 +46,7 @@ def _print(view: BudgetView, as_json: bool) -> None:
     if as_json:
         print(json.dumps({
             "reserved_share": str(view.reserved_share), "endpoint_default": str(view.endpoint_default),
-            "buckets": [{"bucket": b.name, "limit": str(b.limit), "ours": f"{b.ours:.2f}",
+            "buckets": [{"bucket": b.name, "limit": str(b.limit), "ours": f"{b.ours:.2f}", "own_bucket": b.own_bucket,
                          "queued_seconds": round(b.queued_seconds, 3), "taken": b.taken,
                          "updated_by": b.updated_by} for b in view.buckets]}))
         return
@@ -55,7 +55,8 @@ def _print(view: BudgetView, as_json: bool) -> None:
     for col in ("bucket", "Stripe limit/s", "ours/s", "queued (s)", "slots taken", "changed by"):
         table.add_column(col)
     for b in view.buckets:
-        table.add_row(b.name, str(b.limit), f"{b.ours:.2f}", f"{b.queued_seconds:.2f}", str(b.taken),
+        name = f"{b.name} (own bucket)" if b.own_bucket else b.name
+        table.add_row(name, str(b.limit), f"{b.ours:.2f}", f"{b.queued_seconds:.2f}", str(b.taken),
                       b.updated_by or "")
     console.print(table)
 
@@ -80,6 +81,12 @@ def set_(
     endpoint_default: str | None = typer.Option(None, help="The limit of endpoints without their own row, ops/s"),
     reserved_share: float | None = typer.Option(
         None, min=0, max=0.95, help="Share of every limit left to the application's own Stripe traffic (0-0.95)"),
+    own_bucket: list[str] = typer.Option(
+        [], "--own-bucket", metavar="OPERATION",
+        help="An endpoint limited by its own bucket only, not the account's (repeat): live mode's "
+             "create_meter_event (1000/s)"),
+    in_account: list[str] = typer.Option(
+        [], "--in-account", metavar="OPERATION", help="An endpoint counted in the account's bucket again (repeat)"),
     reason: str = typer.Option(..., help="Why (audited)", callback=not_blank),
     actor: str | None = typer.Option(None, help="Who (default $USER; audited)", callback=not_blank),
     as_json: bool = typer.Option(False, "--json", help="One JSON object"),
@@ -89,15 +96,21 @@ def set_(
     account_rate = _rate(account, "--account") if account is not None else None
     default_rate = _rate(endpoint_default, "--endpoint-default") if endpoint_default is not None else None
     share = Decimal(str(reserved_share)) if reserved_share is not None else None
-    if account_rate is None and default_rate is None and share is None and not limits:
-        raise fail("nothing to change: give --account, --endpoint, --endpoint-default or --reserved-share",
+    own = {name.strip(): True for name in own_bucket} | {name.strip(): False for name in in_account}
+    if "account" in own or "" in own:
+        raise fail("--own-bucket/--in-account take an endpoint's operation name, e.g. create_meter_event",
                    EXIT_BAD_INPUT)
+    if set(map(str.strip, own_bucket)) & set(map(str.strip, in_account)):
+        raise fail("an endpoint cannot be both --own-bucket and --in-account", EXIT_BAD_INPUT)
+    if account_rate is None and default_rate is None and share is None and not limits and not own:
+        raise fail("nothing to change: give --account, --endpoint, --endpoint-default, --reserved-share, "
+                   "--own-bucket or --in-account", EXIT_BAD_INPUT)
 
     async def go() -> BudgetView:
         async with database() as conn:
             return await set_budget(
                 conn, actor=actor or default_actor(), reason=reason, account=account_rate, endpoints=limits,
-                reserved_share=share, endpoint_default=default_rate,
+                reserved_share=share, endpoint_default=default_rate, own_bucket=own,
                 change_key=correlation.current() or correlation.new_id())
 
     _print(run(go()), as_json)

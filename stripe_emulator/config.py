@@ -86,6 +86,10 @@ class Config:
     # `rate_limit: 0` switches every limit off (the tests' default).
     endpoint_rate_limit: float = 25.0
     endpoint_rate_limits: dict[str, float] = field(default_factory=dict)
+    # Routes with a bucket of their own outside the account's limit: live mode's meter events
+    # ("POST /v1/billing/meter_events", 1000/s in endpoint_rate_limits). Test mode: none (they
+    # count toward the 25/s).
+    own_bucket_routes: list[str] = field(default_factory=list)
     # Entries kept by the request log (GET /_emulator/requests/log), oldest dropped first.
     request_log_size: int = 500_000
     # Stripe's invoice finalization grace period: a renewal invoice stays a draft this long
@@ -106,6 +110,7 @@ class Config:
         "seed",
         "endpoint_rate_limit",
         "endpoint_rate_limits",
+        "own_bucket_routes",
         "request_log_size",
         "invoice_finalization_grace_seconds",
     )
@@ -115,6 +120,7 @@ class Config:
         d["faults"] = [f.to_dict() for f in self.faults]
         d["webhook_retry_schedule_seconds"] = list(self.webhook_retry_schedule_seconds)
         d["endpoint_rate_limits"] = dict(self.endpoint_rate_limits)
+        d["own_bucket_routes"] = list(self.own_bucket_routes)
         return d
 
     def update(self, fields: dict[str, Any]) -> None:
@@ -154,6 +160,8 @@ class Config:
                 v = {str(route): float(rate) for route, rate in (v or {}).items()}
                 if any(rate < 0 for rate in v.values()):
                     raise ValueError("endpoint_rate_limits must be >= 0")
+            elif k == "own_bucket_routes":
+                v = [str(route) for route in (v or [])]
             elif k == "webhook_retry_schedule_seconds":
                 v = [float(x) for x in (v or [])]
             elif k == "webhook_signature_clock" and v not in ("emulator", "real"):

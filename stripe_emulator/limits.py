@@ -73,6 +73,10 @@ class RateLimits:
         endpoint = self._endpoint_bucket(route)
         if endpoint is not None and not endpoint.peek():
             return "endpoint-rate"
+        if route in self.config.own_bucket_routes:  # live meter events: not the account's limit
+            if endpoint is not None:
+                endpoint.take()
+            return None
         if not self.global_bucket.take():
             return "global-rate"
         if endpoint is not None:

@@ -13,6 +13,7 @@ DECLARE
     share    numeric;
     dflt     numeric;
     lane     text := p_lane || ':' || p_endpoint;
+    own      boolean;
     now_ts   double precision := extract(epoch FROM clock_timestamp());
     sec      bigint := floor(extract(epoch FROM clock_timestamp()));
     cap_a    integer;
@@ -38,8 +39,11 @@ BEGIN
     SELECT greatest(1, floor(ops_per_second * (1 - share)))::integer INTO cap_a
       FROM billing.stripe_budget WHERE bucket = 'account';
     SELECT greatest(1, floor(ops_per_second * (1 - share)))::integer,
-           greatest(1, floor(ops_per_second * p_share))::integer INTO cap_e, cap_l
+           greatest(1, floor(ops_per_second * p_share))::integer, own_bucket INTO cap_e, cap_l, own
       FROM billing.stripe_budget WHERE bucket = p_endpoint;
+    IF own THEN
+        cap_a := 2147483647;  -- an endpoint with its own bucket is not counted in the account's
+    END IF;
     LOOP
         SELECT coalesce(max(used) FILTER (WHERE bucket = 'account'), 0),
                coalesce(max(used) FILTER (WHERE bucket = p_endpoint), 0),
@@ -50,9 +54,11 @@ BEGIN
         sec := sec + 1;
     END LOOP;
     INSERT INTO billing.stripe_budget_usage (bucket, second, used)
-    SELECT b, sec, 1 FROM unnest(ARRAY['account', p_endpoint, lane]) AS b
+    SELECT b, sec, 1 FROM unnest(CASE WHEN own THEN ARRAY[p_endpoint, lane]
+                                      ELSE ARRAY['account', p_endpoint, lane] END) AS b
     ON CONFLICT (bucket, second) DO UPDATE SET used = billing.stripe_budget_usage.used + 1;
-    UPDATE billing.stripe_budget SET taken = taken + 1 WHERE bucket IN ('account', p_endpoint);
+    UPDATE billing.stripe_budget SET taken = taken + 1
+     WHERE bucket = p_endpoint OR (bucket = 'account' AND NOT own);
     IF used_a = 0 AND used_e = 0 THEN
         DELETE FROM billing.stripe_budget_usage WHERE second < sec - 60;
     END IF;
@@ -117,3 +123,60 @@ CREATE TABLE IF NOT EXISTS billing.readback_cycles (
 -- for its own customers. Bounds compare with COLLATE "C" (byte order: Python's str order too).
 ALTER TABLE billing.reconciliation_runs ADD COLUMN IF NOT EXISTS customers_after text;
 ALTER TABLE billing.reconciliation_runs ADD COLUMN IF NOT EXISTS customers_through text;
+
+-- Live mode gives meter events a bucket of their own (1,000/s) outside the account's 100/s; in
+-- test mode they count toward the account's 25/s. An endpoint row with own_bucket = true is
+-- limited by its own bucket only (`billing-recon budget set --own-bucket create_meter_event`).
+ALTER TABLE billing.stripe_budget ADD COLUMN IF NOT EXISTS own_bucket boolean NOT NULL DEFAULT false;
+
+-- The one-bucket slot of 0020, now leaving an own-bucket endpoint out of the account's bucket.
+CREATE OR REPLACE FUNCTION billing.stripe_budget_slot(p_endpoint text) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    share    numeric;
+    dflt     numeric;
+    own      boolean;
+    now_ts   double precision := extract(epoch FROM clock_timestamp());
+    sec      bigint := floor(extract(epoch FROM clock_timestamp()));
+    cap_a    integer;
+    cap_e    integer;
+    used_a   integer;
+    used_e   integer;
+    at       double precision;
+BEGIN
+    SELECT reserved_share, endpoint_default INTO share, dflt FROM billing.stripe_budget_settings FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO billing.stripe_budget_settings (id) VALUES (true) ON CONFLICT DO NOTHING;
+        SELECT reserved_share, endpoint_default INTO share, dflt FROM billing.stripe_budget_settings FOR UPDATE;
+    END IF;
+    INSERT INTO billing.stripe_budget (bucket, ops_per_second)
+    SELECT wanted, dflt FROM unnest(ARRAY['account', p_endpoint]) AS wanted
+     WHERE NOT EXISTS (SELECT 1 FROM billing.stripe_budget WHERE bucket = wanted)
+    ON CONFLICT DO NOTHING;
+    SELECT greatest(1, floor(ops_per_second * (1 - share)))::integer INTO cap_a
+      FROM billing.stripe_budget WHERE bucket = 'account';
+    SELECT greatest(1, floor(ops_per_second * (1 - share)))::integer, own_bucket INTO cap_e, own
+      FROM billing.stripe_budget WHERE bucket = p_endpoint;
+    IF own THEN
+        cap_a := 2147483647;  -- not counted in the account's bucket
+    END IF;
+    LOOP
+        SELECT coalesce(max(used) FILTER (WHERE bucket = 'account'), 0),
+               coalesce(max(used) FILTER (WHERE bucket = p_endpoint), 0)
+          INTO used_a, used_e
+          FROM billing.stripe_budget_usage WHERE second = sec AND bucket IN ('account', p_endpoint);
+        EXIT WHEN used_a < cap_a AND used_e < cap_e;
+        sec := sec + 1;
+    END LOOP;
+    INSERT INTO billing.stripe_budget_usage (bucket, second, used)
+    SELECT b, sec, 1 FROM unnest(CASE WHEN own THEN ARRAY[p_endpoint] ELSE ARRAY['account', p_endpoint] END) AS b
+    ON CONFLICT (bucket, second) DO UPDATE SET used = billing.stripe_budget_usage.used + 1;
+    UPDATE billing.stripe_budget SET taken = taken + 1
+     WHERE bucket = p_endpoint OR (bucket = 'account' AND NOT own);
+    IF used_a = 0 AND used_e = 0 THEN
+        DELETE FROM billing.stripe_budget_usage WHERE second < sec - 60;
+    END IF;
+    at := sec + CASE WHEN own THEN used_e::double precision / cap_e
+                     ELSE greatest(used_a::double precision / cap_a, used_e::double precision / cap_e) END;
+    RETURN greatest(0, at - now_ts);
+END $$;

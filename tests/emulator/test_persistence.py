@@ -103,7 +103,7 @@ async def test_a_state_file_saved_by_an_earlier_version_still_loads(
         added = set(after["config"]) - set(saved["observed"]["config"])
         assert {k: after["config"].pop(k) for k in added} == {
             "invoice_finalization_grace_seconds": 3600.0, "endpoint_rate_limit": 25.0, "endpoint_rate_limits": {},
-            "request_log_size": 500_000}
+            "own_bucket_routes": [], "request_log_size": 500_000}
         assert comparable(after) == comparable(saved["observed"])
         assert len(after["meter_events"]) == 542
         ids = saved["ids"]

@@ -279,3 +279,26 @@ async def test_endpoint_rate_limit_429_and_request_log(client, admin):
     only = await admin.request_log(route="GET /v1/billing/meters")
     assert len(only) == 1
     await admin.configure(endpoint_rate_limit=25, rate_limit=0)
+
+
+async def test_live_meter_events_have_a_bucket_outside_the_account_limit(client, admin):
+    """Live mode: meter events have their own 1000/s bucket and leave the account's 100/s (here
+    2/s) to everything else; in test mode they count toward it (own_bucket_routes empty)."""
+    route = "POST /v1/billing/meter_events"
+    meter = await client.v1.billing.meters.create_async(params={
+        "display_name": "own bucket", "event_name": "own_bucket_events", "default_aggregation": {"formula": "sum"}})
+    customer = await client.v1.customers.create_async(params={"name": "own bucket"})
+    await admin.configure(rate_limit=2, endpoint_rate_limit=25, endpoint_rate_limits={route: 1000},
+                          own_bucket_routes=[route])
+    try:
+        pushes = await asyncio.gather(*(client.v1.billing.meter_events.create_async(params={
+            "event_name": meter.event_name, "payload": {"stripe_customer_id": customer.id, "value": "1"}})
+            for _ in range(20)), return_exceptions=True)
+        assert not [p for p in pushes if isinstance(p, Exception)]  # 20 in a second: not the account's
+        await admin.configure(own_bucket_routes=[])  # test mode: they count toward the account
+        pushes = await asyncio.gather(*(client.v1.billing.meter_events.create_async(params={
+            "event_name": meter.event_name, "payload": {"stripe_customer_id": customer.id, "value": "1"}})
+            for _ in range(10)), return_exceptions=True)
+        assert any(isinstance(p, stripe.RateLimitError) for p in pushes)
+    finally:
+        await admin.configure(rate_limit=0, endpoint_rate_limits={}, own_bucket_routes=[])

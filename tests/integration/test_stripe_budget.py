@@ -99,6 +99,29 @@ async def test_a_lane_holds_its_share_of_the_endpoint_beside_other_callers(clean
         await clean_db.fetchval("SELECT billing.stripe_budget_slot('meter_event_summaries', 'readback', 0)")
 
 
+async def test_live_meter_events_have_their_own_bucket(clean_db, cli_env):
+    """Live mode: meter events are limited by their own bucket (1,000/s), not the account's; set
+    with `budget set --own-bucket`, audited, undone with --in-account."""
+    await _set(clean_db, account=4, share=0.0)
+    code, out, err = await cli(cli_env, "budget", "set", "--endpoint", "create_meter_event=100", "--own-bucket",
+                               "create_meter_event", "--reason", "live mode", "--actor", "alice", "--json")
+    assert code == 0, err
+    assert [b["own_bucket"] for b in json.loads(out)["buckets"] if b["bucket"] == "create_meter_event"] == [True]
+    await clean_db.execute("DELETE FROM billing.stripe_budget_usage")
+    for _ in range(20):  # far past the account's 4 a second: all in the first second
+        await clean_db.fetchval("SELECT billing.stripe_budget_slot('create_meter_event')")
+    assert await _used(clean_db, "create_meter_event") == [20] and await _used(clean_db, "account") == []
+    assert await clean_db.fetchval("SELECT billing.stripe_budget_slot('list_meters')") < 0.5  # account untouched
+    code, _, err = await cli(cli_env, "budget", "set", "--in-account", "create_meter_event", "--reason", "test mode")
+    assert code == 0, err
+    await clean_db.execute("DELETE FROM billing.stripe_budget_usage")
+    for _ in range(8):
+        await clean_db.fetchval("SELECT billing.stripe_budget_slot('create_meter_event')")
+    assert await _used(clean_db, "account") == [4, 4]  # counted in the account's 4 a second again
+    code, _, err = await cli(cli_env, "budget", "set", "--own-bucket", "x", "--in-account", "x", "--reason", "r")
+    assert code == 2 and "both" in err
+
+
 async def test_a_small_pool_does_not_deadlock_on_budget_slots(clean_db, stripe_client, emulator, postgres_dsn,
                                                              temporal_env, task_queue):
     """Corrections hold a pool connection (their key's lock) while they wait for Stripe slots:
