@@ -153,7 +153,7 @@ def worker_env(limited: bool) -> dict[str, str]:
 
 async def arm_tick(stack: Stack, client: Client, conn: asyncpg.Connection, admin: EmulatorAdmin,
                    args: argparse.Namespace) -> dict[str, Any]:
-    pid = stack.start_worker(worker_env(limited=True))
+    pid = stack.start_worker(worker_env(limited=True), profile=args.profile_worker)
     await admin.reset_request_log()
     await pg_reset(conn)
     cpu0, pg_cpu0 = cpu_seconds(pid), stack.cpu().get("postgres", 0.0)
@@ -288,4 +288,6 @@ if __name__ == "__main__":
     p.add_argument("--arms", default="tick,raw,fullread", help="arms per size, in this order")
     p.add_argument("--page-size", type=int, default=500, help="UsageTick page_size (and the raw script's)")
     p.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) afterwards")
+    p.add_argument("--profile-worker", metavar="PY_SPY",
+                   help="run the tick arm's worker under this py-spy binary (raw stacks in the kept folder)")
     asyncio.run(main(p.parse_args()))
