@@ -58,7 +58,7 @@ from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway, make_stripe_client
 from common.client import data_converter
 from common.types import Mode
-from devstack.postgres import restart_postgres
+from devstack.postgres import postgres_pid, restart_postgres
 from reconcile.tick_types import UsageTickInput, UsageTickResult
 from reconcile.types import ReconcileResult, ReconcileUsageInput
 from stripe_emulator.admin import EmulatorAdmin
@@ -94,6 +94,14 @@ async def enable_pg_stat_statements(stack: Stack) -> None:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     finally:
         await conn.close()
+
+
+def pg_cpu(stack: Stack) -> float:
+    """CPU seconds of Postgres (all backends). Its pid, read from the data folder: the restart
+    that loads pg_stat_statements gave it a new one (Stack.cpu() still has the first)."""
+    assert stack.pg is not None
+    pid = postgres_pid(stack.pg.pgdata)
+    return cpu_seconds(pid, children=True) if pid else float("nan")
 
 
 async def pg_reset(conn: asyncpg.Connection) -> None:
@@ -156,7 +164,7 @@ async def arm_tick(stack: Stack, client: Client, conn: asyncpg.Connection, admin
     pid = stack.start_worker(worker_env(limited=True), profile=args.profile_worker)
     await admin.reset_request_log()
     await pg_reset(conn)
-    cpu0, pg_cpu0 = cpu_seconds(pid), stack.cpu().get("postgres", 0.0)
+    cpu0, pg_cpu0 = cpu_seconds(pid), pg_cpu(stack)
     started = time.perf_counter()
     handle = await client.start_workflow(
         "UsageTick", UsageTickInput(mode=Mode.APPLY, actor="bench", page_size=args.page_size,
@@ -167,7 +175,7 @@ async def arm_tick(stack: Stack, client: Client, conn: asyncpg.Connection, admin
     wall = time.perf_counter() - started
     out = {"wall_seconds": round(wall, 2), "worker_peak_rss_mib": round(peak_rss_mib(pid), 1),
            "worker_cpu_seconds": round(cpu_seconds(pid) - cpu0, 2),
-           "postgres_cpu_seconds": round(stack.cpu().get("postgres", 0.0) - pg_cpu0, 2),
+           "postgres_cpu_seconds": round(pg_cpu(stack) - pg_cpu0, 2),
            "pages": result.pages, "counts": result.counts.model_dump()}
     history = await handle.fetch_history()
     out["history_events"] = len(history.events)
@@ -182,12 +190,12 @@ async def arm_raw(stack: Stack, conn: asyncpg.Connection, admin: EmulatorAdmin,
         gateway = StripeGateway(make_stripe_client(settings), None, StripeBudget(pool))
         await admin.reset_request_log()
         await pg_reset(conn)
-        pg_cpu0, cpu0 = stack.cpu().get("postgres", 0.0), time.process_time()
+        pg_cpu0, cpu0 = pg_cpu(stack), time.process_time()
         started = time.perf_counter()
         counts = await raw_tick(pool, gateway, settle_seconds=SETTLE_SECONDS, page_size=args.page_size)
         wall = time.perf_counter() - started
     return {"wall_seconds": round(wall, 2), "process_cpu_seconds": round(time.process_time() - cpu0, 2),
-            "postgres_cpu_seconds": round(stack.cpu().get("postgres", 0.0) - pg_cpu0, 2), "counts": counts}
+            "postgres_cpu_seconds": round(pg_cpu(stack) - pg_cpu0, 2), "counts": counts}
 
 
 async def arm_fullread(stack: Stack, client: Client, conn: asyncpg.Connection, admin: EmulatorAdmin,
@@ -197,7 +205,7 @@ async def arm_fullread(stack: Stack, client: Client, conn: asyncpg.Connection, a
     today = data.today().date()
     await admin.reset_request_log()
     await pg_reset(conn)
-    cpu0, pg_cpu0 = cpu_seconds(pid), stack.cpu().get("postgres", 0.0)
+    cpu0, pg_cpu0 = cpu_seconds(pid), pg_cpu(stack)
     started = time.perf_counter()
     handle = await client.start_workflow(
         "ReconcileUsage", ReconcileUsageInput(
@@ -212,14 +220,16 @@ async def arm_fullread(stack: Stack, client: Client, conn: asyncpg.Connection, a
     return {"wall_seconds": round(wall, 2), "sample_customers": len(customers),
             "worker_peak_rss_mib": round(peak_rss_mib(pid), 1),
             "worker_cpu_seconds": round(cpu_seconds(pid) - cpu0, 2),
-            "postgres_cpu_seconds": round(stack.cpu().get("postgres", 0.0) - pg_cpu0, 2),
+            "postgres_cpu_seconds": round(pg_cpu(stack) - pg_cpu0, 2),
             "counts": {"keys_checked": c.keys_checked, "drift_count": c.drift_count,
                        "corrections_pushed": c.corrections_pushed, "counter_repairs": c.counter_repairs,
                        "stripe_writes": c.stripe_writes,
                        "verify_customers": result.verify_counts.customers_scanned if result.verify_counts else None}}
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Runs the bench; prints and returns one line per (size, arm)."""
+    lines: list[dict[str, Any]] = []
     say(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     stack = Stack()
     try:
@@ -273,15 +283,17 @@ async def main(args: argparse.Namespace) -> None:
                         r["calls_per_key"] = round(r["stripe_calls"] / max(1, basis), 3)
                     line = {**line_base, "arm": arm, **r}
                     print(json.dumps(line, default=str), flush=True)
+                    lines.append(line)
                     say(f"  {arm}: wall {r['wall_seconds']} s, Stripe calls {r['stripe_calls']}, "
                         f"Postgres exec {r['postgres_exec_seconds']} s, check {r['check']}")
         await conn.close()
     finally:
         stack.stop_worker()
         await stack.stop(keep=args.keep)
+    return lines
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.tick", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1m,10m", help="usage events, growing in one run, e.g. 1m,10m")
     p.add_argument("--customers", type=int, default=100_000)
@@ -290,4 +302,8 @@ if __name__ == "__main__":
     p.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) afterwards")
     p.add_argument("--profile-worker", metavar="PY_SPY",
                    help="run the tick arm's worker under this py-spy binary (raw stacks in the kept folder)")
-    asyncio.run(main(p.parse_args()))
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

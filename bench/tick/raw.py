@@ -3,7 +3,8 @@ StripeGateway, the same shared budget), no Temporal, no key locks, no queue, no 
 heartbeats, no subscription periods.
 
 1. settled pushes: the same rows the tick reads (`sent`, older than the settle window, the same
-   LIMIT), one summary per (customer, meter), 8 in flight; a push Stripe reflects is confirmed;
+   LIMIT), one summary per (customer, meter), 8 in flight, beside steps 2-3 (as the tick);
+   a push Stripe reflects is confirmed;
 2. changed keys from billing.usage_daily (`changed_seq > synced_seq`), pages of 500, 8 keys in
    flight: P = our live pushes, push L - P under the outbox (row `planned` + audit in one
    transaction, send, `sent`), mark the key synced;
@@ -66,11 +67,21 @@ async def raw_tick(pool: asyncpg.Pool, stripe: StripeGateway, *, settle_seconds:
                     else:
                         counts["mismatched"] += 1
 
-    async with asyncio.TaskGroup() as tg:
-        for (c, m, s), days in groups.items():
-            tg.create_task(verify(c, m, s, days))
+    async def verify_all() -> None:
+        async with asyncio.TaskGroup() as tg:
+            for (c, m, s), days in groups.items():
+                tg.create_task(verify(c, m, s, days))
 
+    async with asyncio.TaskGroup() as outer:
+        outer.create_task(verify_all())  # beside the pushes (as the tick does since 2026-11-30)
+        await sync_changed(pool, stripe, now, oldest, page_size, counts)
+    return dict(counts)
+
+
+async def sync_changed(pool: asyncpg.Pool, stripe: StripeGateway, now: datetime, oldest: date, page_size: int,
+                       counts: dict[str, int]) -> None:
     # 2. changed keys, 3. counters
+    sem = asyncio.Semaphore(CONCURRENCY)
     while True:
         changed = await pool.fetch(
             """
@@ -138,4 +149,3 @@ async def raw_tick(pool: asyncpg.Pool, stripe: StripeGateway, *, settle_seconds:
              WHERE billing.usage_counters.value IS DISTINCT FROM excluded.value
             """, [r["customer_id"] for r in changed], [r["meter"] for r in changed], [r["usage_day"] for r in changed])
         counts["counters_repaired"] += int(result.split()[-1])
-    return dict(counts)
