@@ -107,11 +107,13 @@ class TickActivities:
         self.settings = settings
         self.writer = TickWriter(pool, stripe, concurrency=KEY_CONCURRENCY)
         self._meters: dict[str, str] = {}  # event name -> Stripe meter id, read once per worker
+        self._meters_lock = asyncio.Lock()  # the read-back and the pushes may ask at once: one read
 
     async def _meter_ids(self, names: set[str], counts: TickCounts) -> dict[str, str]:
-        if not names <= set(self._meters):  # first use, or a meter created since
-            self._meters = {m.event_name: m.id for m in await self.stripe.list_meters()}
-            counts.stripe_reads += 1
+        async with self._meters_lock:
+            if not names <= set(self._meters):  # first use, or a meter created since
+                self._meters = {m.event_name: m.id for m in await self.stripe.list_meters()}
+                counts.stripe_reads += 1
         return self._meters
 
     async def _items(self, keys: list[Key], counts: TickCounts) -> dict[tuple[str, str], ItemPeriod]:
