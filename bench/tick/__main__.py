@@ -58,7 +58,7 @@ from billing.settings import Settings
 from billing.stripe_gateway import StripeGateway, make_stripe_client
 from common.client import data_converter
 from common.types import Mode
-from devstack.postgres import postgres_pid, restart_postgres
+from devstack.postgres import postgres_pid, restart_postgres, stop_postgres
 from reconcile.tick_types import UsageTickInput, UsageTickResult
 from reconcile.types import ReconcileResult, ReconcileUsageInput
 from stripe_emulator.admin import EmulatorAdmin
@@ -289,6 +289,8 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         await conn.close()
     finally:
         stack.stop_worker()
+        if stack.pg is not None:  # the server restarted for pg_stat_statements is not the one cleanup knows
+            await asyncio.to_thread(stop_postgres, stack.pg.pgdata)
         await stack.stop(keep=args.keep)
     return lines
 
