@@ -40,23 +40,35 @@ async def test_three_workers_on_one_budget_stay_under_it(clean_db, postgres_dsn,
     """Each gateway alone would send as fast as the emulator answers; together they never pass
     the account's limit in any second of wall time, and Stripe (the emulator, limited to
     exactly that) answers no 429."""
-    await _set(clean_db, account=10, share=0.2)  # ours: 8/s
-    await emulator_admin.configure(rate_limit=10, endpoint_rate_limit=10)
-    await emulator_admin.reset_request_log()
     settings = make_settings(postgres_dsn, emulator, STRIPE_MAX_NETWORK_RETRIES=0)
-    pools = [await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2) for _ in range(WORKERS)]
+    pools = [await asyncpg.create_pool(postgres_dsn, min_size=2, max_size=2) for _ in range(WORKERS)]
     try:
         gateways = [StripeGateway(make_stripe_client(settings), None, StripeBudget(p)) for p in pools]
+        # Warm: each worker's first connection to Stripe is made before the measured burst (a
+        # cold connect can hold a request past its second and bunch it with the next one's).
+        await asyncio.gather(*(g.list_meters() for g in gateways))
+        await _set(clean_db, account=10, share=0.2)  # ours: 8/s
+        await clean_db.execute("DELETE FROM billing.stripe_budget_usage")
+        await emulator_admin.configure(rate_limit=10, endpoint_rate_limit=10)
+        await emulator_admin.reset_request_log()
         await asyncio.gather(*(g.list_meters() for g in gateways for _ in range(10)))
         assert sum(g.rate_limit_retries for g in gateways) == 0
     finally:
         await emulator_admin.configure(rate_limit=0)
         for p in pools:
             await p.close()
+    # What the budget promises, exactly: at most our 8 places in any second of (Postgres') wall time.
+    placed = await _used(clean_db, "account")
+    assert sum(placed) == WORKERS * 10 and max(placed) <= 8, placed
     log = await emulator_admin.request_log(route="GET /v1/billing/meters")
+    # Stripe (the emulator, limited to exactly 10/s) refused nothing.
     assert len(log) == WORKERS * 10 and {status for _, _, status, _ in log} == {200}
+    # As Stripe saw them: a request placed late in a second can arrive in the next one (a first
+    # connection, a busy machine), so a second of arrivals may hold a few more than its places;
+    # any two seconds together stay within twice the limit.
     per_second = Counter(int(at) for at, *_ in log)
-    assert max(per_second.values()) <= 10, per_second
+    pairs = [per_second[t] + per_second[t + 1] for t in range(min(per_second), max(per_second) + 1)]
+    assert max(pairs) <= 20, per_second
     # Our share (8/s), not the three workers' sum: the budget is kept per second of wall time, so
     # the requests need as many seconds as 8 a second allows (a mean over the span can pass 8 when
     # the first second's slots fall at its end: that is still 8 in that second).
